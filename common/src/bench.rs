@@ -1,0 +1,158 @@
+//! Benchmark specifications and latency statistics (pure functions, no clocks).
+
+use serde::{Deserialize, Serialize};
+
+/// How one benchmark is run: warm-up iterations are excluded from the statistics, then the model
+/// runs until `max_iterations` or `max_time_ms` is reached, whichever comes first (at least one
+/// measured iteration always runs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchSpec {
+    /// Runs before measuring (not reported).
+    pub warmup: u32,
+    /// Upper bound on measured iterations.
+    pub max_iterations: u32,
+    /// Upper bound on the measured phase, in milliseconds.
+    pub max_time_ms: u64,
+    /// Values for symbolic input dimensions, by symbol name (e.g. `("sequence_length", 128)`).
+    /// Unnamed symbols default to 1 on the first axis and [`BenchSpec::DEFAULT_DIM`] elsewhere.
+    pub symbols: Vec<(String, u64)>,
+}
+
+impl BenchSpec {
+    /// Size of a symbolic non-batch dimension when the spec does not name it.
+    pub const DEFAULT_DIM: u64 = 128;
+
+    /// Value for a symbolic dimension at `axis`.
+    pub fn symbol_value(&self, symbol: &str, axis: usize) -> u64 {
+        self.symbols
+            .iter()
+            .find(|(name, _)| name == symbol)
+            .map(|(_, v)| *v)
+            .unwrap_or(if axis == 0 { 1 } else { Self::DEFAULT_DIM })
+    }
+}
+
+impl Default for BenchSpec {
+    fn default() -> Self {
+        BenchSpec { warmup: 5, max_iterations: 100, max_time_ms: 10_000, symbols: Vec::new() }
+    }
+}
+
+/// Latency statistics of the measured iterations, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LatencyStats {
+    /// Median (nearest-rank).
+    pub p50_ms: f64,
+    /// 90th percentile (nearest-rank).
+    pub p90_ms: f64,
+    /// 99th percentile (nearest-rank).
+    pub p99_ms: f64,
+    /// Arithmetic mean.
+    pub mean_ms: f64,
+    /// Population standard deviation.
+    pub std_ms: f64,
+    /// Fastest iteration.
+    pub min_ms: f64,
+    /// Slowest iteration.
+    pub max_ms: f64,
+}
+
+impl LatencyStats {
+    /// Summarises samples; `None` when there are none or any is not finite.
+    pub fn from_samples(samples_ms: &[f64]) -> Option<LatencyStats> {
+        if samples_ms.is_empty() || samples_ms.iter().any(|s| !s.is_finite()) {
+            return None;
+        }
+        let mut sorted = samples_ms.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len() as f64;
+        let mean = sorted.iter().sum::<f64>() / n;
+        let var = sorted.iter().map(|s| (s - mean) * (s - mean)).sum::<f64>() / n;
+        Some(LatencyStats {
+            p50_ms: percentile(&sorted, 50.0),
+            p90_ms: percentile(&sorted, 90.0),
+            p99_ms: percentile(&sorted, 99.0),
+            mean_ms: mean,
+            std_ms: var.sqrt(),
+            min_ms: sorted[0],
+            max_ms: sorted[sorted.len() - 1],
+        })
+    }
+}
+
+/// Nearest-rank percentile of already sorted samples (`p` in 0..=100).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    assert!(!sorted.is_empty(), "percentile of no samples");
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Coefficient of variation (std / mean) of a series, e.g. the p50 of repeated runs.
+pub fn coefficient_of_variation(values: &[f64]) -> Option<f64> {
+    let stats = LatencyStats::from_samples(values)?;
+    (stats.mean_ms > 0.0).then(|| stats.std_ms / stats.mean_ms)
+}
+
+/// What one successful benchmark measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchReport {
+    /// Latency of the measured iterations.
+    pub latency: LatencyStats,
+    /// Measured iterations.
+    pub iterations: u32,
+    /// Warm-up iterations run before measuring.
+    pub warmup: u32,
+    /// Load + optimise + plan time of the model, in milliseconds.
+    pub load_ms: f64,
+    /// Peak resident set size of the benchmark process, in bytes.
+    pub peak_rss_bytes: u64,
+    /// Whether inputs were synthesised from the declared shapes (no real data given).
+    pub synthetic_inputs: bool,
+    /// Concrete input shapes used, e.g. `input_ids: i64[1,128]`.
+    pub inputs: Vec<String>,
+    /// Runtime that ran the model, e.g. `tract 0.23.9`.
+    pub runtime: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let samples: Vec<f64> = (1..=100).map(f64::from).collect();
+        let s = LatencyStats::from_samples(&samples).unwrap();
+        assert_eq!((s.p50_ms, s.p90_ms, s.p99_ms), (50.0, 90.0, 99.0));
+        assert_eq!((s.min_ms, s.max_ms), (1.0, 100.0));
+        assert!((s.mean_ms - 50.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn stats_ignore_sample_order() {
+        let a = LatencyStats::from_samples(&[3.0, 1.0, 2.0]).unwrap();
+        let b = LatencyStats::from_samples(&[1.0, 2.0, 3.0]).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.p50_ms, 2.0);
+    }
+
+    #[test]
+    fn stats_refuse_empty_or_non_finite_samples() {
+        assert!(LatencyStats::from_samples(&[]).is_none());
+        assert!(LatencyStats::from_samples(&[1.0, f64::NAN]).is_none());
+    }
+
+    #[test]
+    fn coefficient_of_variation_of_constant_series_is_zero() {
+        assert_eq!(coefficient_of_variation(&[4.0, 4.0, 4.0]), Some(0.0));
+        let cv = coefficient_of_variation(&[9.0, 11.0]).unwrap();
+        assert!((cv - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn unnamed_symbols_default_by_axis() {
+        let spec = BenchSpec { symbols: vec![("seq".into(), 16)], ..BenchSpec::default() };
+        assert_eq!(spec.symbol_value("seq", 1), 16);
+        assert_eq!(spec.symbol_value("batch", 0), 1);
+        assert_eq!(spec.symbol_value("other", 2), BenchSpec::DEFAULT_DIM);
+    }
+}

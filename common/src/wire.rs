@@ -1,0 +1,375 @@
+//! The MQTT wire protocol: postcard-encoded messages inside a versioned envelope.
+//!
+//! Every MQTT payload Hone sends is `postcard(Envelope { wire_version, body })`. Postcard is not
+//! self-describing (no field tags), so compatibility is kept by these rules:
+//!
+//! - [`WIRE_VERSION`] is the first field of every payload; a reader rejects any other version
+//!   *before* decoding the body ([`DecodeError::UnsupportedVersion`]).
+//! - Variants of [`Message`] and of every enum inside it are only ever appended, never
+//!   reordered or removed; a field's type never changes. Adding a field to a struct is a new
+//!   wire version.
+//! - [`MAX_MESSAGE_BYTES`] bounds every payload, checked before any decoding
+//!   ([`DecodeError::TooLarge`]); the encoder refuses to produce larger payloads. The embedded
+//!   broker and the MQTT clients are configured with the same limit.
+//! - Golden-bytes tests (`common/tests/wire_golden.rs`) pin the encoding of every message.
+//!
+//! Models never travel over MQTT: a job carries a signed [`ArtifactRef`] and the agent fetches
+//! the bytes over HTTP (see `docs/wire-protocol.md`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::bench::{BenchReport, BenchSpec};
+
+/// Version of the envelope and of every message in it.
+pub const WIRE_VERSION: u16 = 1;
+
+/// Largest payload Hone writes or accepts, in bytes (64 KiB).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Largest MQTT packet: a payload of [`MAX_MESSAGE_BYTES`] plus room for the fixed header,
+/// topic and packet id.
+pub const MAX_PACKET_BYTES: usize = MAX_MESSAGE_BYTES + 1024;
+
+/// What every payload is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Always [`WIRE_VERSION`] when written by this build.
+    pub wire_version: u16,
+    /// The message.
+    pub body: Message,
+}
+
+/// Every message of wire version 1. Append only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// Agent birth (`online = true`) or Last Will (`online = false`), retained on the status topic.
+    Status(DeviceStatus),
+    /// Coordinator → agent: run a benchmark.
+    RunJob(JobCommand),
+    /// Coordinator → agent: a result is stored, drop it from the outbox.
+    ResultAck(ResultAck),
+    /// Agent → coordinator: a job was accepted and started.
+    JobAccepted(JobAccepted),
+    /// Agent → coordinator: a job finished.
+    JobResult(JobResult),
+    /// Coordinator liveness, retained (and the coordinator's Last Will).
+    CoordinatorStatus(CoordinatorStatus),
+}
+
+/// A device's state, as announced by its agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    /// Device id (also the MQTT client id).
+    pub device_id: String,
+    /// `true` in the birth message, `false` in the Last Will.
+    pub online: bool,
+    /// Incremented at every agent start; a Will with an older session than the last birth is
+    /// stale and ignored (Sparkplug's `bdSeq`).
+    pub session: u64,
+    /// Hone version of the agent.
+    pub agent_version: String,
+    /// CPU architecture, e.g. `aarch64`.
+    pub arch: String,
+    /// Operating system, e.g. `linux`.
+    pub os: String,
+    /// Logical CPU cores.
+    pub cores: u32,
+    /// Total physical memory, bytes.
+    pub memory_bytes: u64,
+    /// Device profile the agent benchmarks under, if any.
+    pub profile: Option<String>,
+    /// Unix milliseconds when the agent wrote this status.
+    pub sent_at_ms: u64,
+}
+
+/// Where a model's bytes are and what they must be.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactRef {
+    /// Registered model id.
+    pub artifact_id: String,
+    /// SHA-256 of the bytes.
+    pub sha256: [u8; 32],
+    /// Exact size in bytes; a download that exceeds it is aborted.
+    pub size: u64,
+    /// HTTP URL that serves the bytes (with Range support).
+    pub url: String,
+    /// Unix milliseconds after which the agent must refuse the artifact.
+    pub expires_at_ms: u64,
+    /// Ed25519 signature by the coordinator over [`crate::artifact::signing_bytes`];
+    /// empty means unsigned (always rejected by agents).
+    pub signature: Vec<u8>,
+}
+
+/// A benchmark job for one device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobCommand {
+    /// Unique per dispatch; agents ignore a command id they have already seen.
+    pub command_id: String,
+    /// Job id; one job has at most one stored result.
+    pub job_id: String,
+    /// 1 for the first dispatch, incremented at each retry.
+    pub attempt: u32,
+    /// The model to benchmark.
+    pub artifact: ArtifactRef,
+    /// How to benchmark it.
+    pub spec: BenchSpec,
+    /// Upper bound on the whole job on the agent (download + benchmark), milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// A result was stored by the coordinator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultAck {
+    /// The acknowledged result.
+    pub result_id: String,
+}
+
+/// A job was accepted and started by an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobAccepted {
+    /// Command being executed.
+    pub command_id: String,
+    /// Its job.
+    pub job_id: String,
+    /// Its attempt.
+    pub attempt: u32,
+}
+
+/// The end of a job on an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobResult {
+    /// Idempotency key of this result: `{job_id}/{attempt}`. Re-sent unchanged until acked.
+    pub result_id: String,
+    /// Command that produced it.
+    pub command_id: String,
+    /// Its job.
+    pub job_id: String,
+    /// Its attempt.
+    pub attempt: u32,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The benchmark ran.
+    Ok(BenchReport),
+    /// It did not; `reason` is for humans.
+    Failed {
+        /// Machine-readable category.
+        kind: FailureKind,
+        /// Human-readable explanation.
+        reason: String,
+    },
+}
+
+/// Why a job failed. Append only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureKind {
+    /// The agent was running another job.
+    Busy,
+    /// The job document or artifact had expired.
+    Expired,
+    /// The artifact carried no signature.
+    Unsigned,
+    /// The signature did not verify against the trusted key.
+    BadSignature,
+    /// The downloaded bytes did not hash to the declared SHA-256.
+    HashMismatch,
+    /// The server sent more bytes than declared.
+    SizeExceeded,
+    /// The download failed (network, HTTP status, truncated body).
+    Download,
+    /// tract could not load or run the model.
+    ModelInvalid,
+    /// The benchmark process died (signal, abort).
+    Crashed,
+    /// The benchmark exceeded its time limit and was killed.
+    Timeout,
+    /// An error inside the agent (disk, spawn).
+    Internal,
+}
+
+impl FailureKind {
+    /// Whether trying the same job again may succeed.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            FailureKind::Busy
+                | FailureKind::Download
+                | FailureKind::Crashed
+                | FailureKind::Internal
+        )
+    }
+
+    /// Stable lowercase name, as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Busy => "busy",
+            FailureKind::Expired => "expired",
+            FailureKind::Unsigned => "unsigned",
+            FailureKind::BadSignature => "bad_signature",
+            FailureKind::HashMismatch => "hash_mismatch",
+            FailureKind::SizeExceeded => "size_exceeded",
+            FailureKind::Download => "download",
+            FailureKind::ModelInvalid => "model_invalid",
+            FailureKind::Crashed => "crashed",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Internal => "internal",
+        }
+    }
+}
+
+/// The coordinator's liveness.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoordinatorStatus {
+    /// `false` in the coordinator's Last Will.
+    pub online: bool,
+    /// Coordinator version.
+    pub version: String,
+    /// Unix milliseconds of the coordinator's start.
+    pub started_at_ms: u64,
+}
+
+/// Why a payload was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Larger than [`MAX_MESSAGE_BYTES`]; not decoded at all.
+    #[error("payload of {size} bytes exceeds the {max}-byte limit")]
+    TooLarge {
+        /// Payload size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Empty payload (e.g. a cleared retained message).
+    #[error("empty payload")]
+    Empty,
+    /// Written by another wire version.
+    #[error("unsupported wire version {found} (this build speaks {WIRE_VERSION})")]
+    UnsupportedVersion {
+        /// Version found.
+        found: u16,
+    },
+    /// Not a valid postcard message of this version.
+    #[error("malformed payload: {0}")]
+    Malformed(String),
+}
+
+/// Why a message could not be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// The encoded message would exceed [`MAX_MESSAGE_BYTES`].
+    #[error("encoded message of {size} bytes exceeds the {max}-byte limit")]
+    TooLarge {
+        /// Encoded size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Serialisation failed.
+    #[error("cannot encode message: {0}")]
+    Serialize(String),
+}
+
+/// Encodes a message in the current wire version.
+pub fn encode(body: &Message) -> Result<Vec<u8>, EncodeError> {
+    let env = EnvelopeRef { wire_version: WIRE_VERSION, body };
+    let bytes = postcard::to_stdvec(&env).map_err(|e| EncodeError::Serialize(e.to_string()))?;
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(EncodeError::TooLarge { size: bytes.len(), max: MAX_MESSAGE_BYTES });
+    }
+    Ok(bytes)
+}
+
+#[derive(Serialize)]
+struct EnvelopeRef<'a> {
+    wire_version: u16,
+    body: &'a Message,
+}
+
+/// Decodes a payload: size check, then version check, then the body. Trailing bytes are an error.
+pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
+    if payload.len() > MAX_MESSAGE_BYTES {
+        return Err(DecodeError::TooLarge { size: payload.len(), max: MAX_MESSAGE_BYTES });
+    }
+    if payload.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    let (version, rest): (u16, &[u8]) =
+        postcard::take_from_bytes(payload).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if version != WIRE_VERSION {
+        return Err(DecodeError::UnsupportedVersion { found: version });
+    }
+    let (body, rest): (Message, &[u8]) =
+        postcard::take_from_bytes(rest).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(DecodeError::Malformed(format!("{} trailing bytes", rest.len())));
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status() -> Message {
+        Message::Status(DeviceStatus {
+            device_id: "d1".into(),
+            online: true,
+            session: 3,
+            agent_version: "0.1.0".into(),
+            arch: "x86_64".into(),
+            os: "linux".into(),
+            cores: 2,
+            memory_bytes: 1 << 30,
+            profile: Some("rpi4".into()),
+            sent_at_ms: 1,
+        })
+    }
+
+    #[test]
+    fn round_trips() {
+        let m = status();
+        assert_eq!(decode(&encode(&m).unwrap()).unwrap(), m);
+    }
+
+    #[test]
+    fn rejects_other_wire_versions_before_decoding_the_body() {
+        let mut bytes = encode(&status()).unwrap();
+        bytes[0] = 2;
+        assert_eq!(decode(&bytes), Err(DecodeError::UnsupportedVersion { found: 2 }));
+    }
+
+    #[test]
+    fn rejects_oversized_payloads_without_decoding() {
+        let big = vec![1u8; MAX_MESSAGE_BYTES + 1];
+        assert!(matches!(decode(&big), Err(DecodeError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn rejects_truncated_and_trailing_bytes() {
+        let bytes = encode(&status()).unwrap();
+        assert!(matches!(decode(&bytes[..bytes.len() - 1]), Err(DecodeError::Malformed(_))));
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(matches!(decode(&longer), Err(DecodeError::Malformed(_))));
+        assert_eq!(decode(&[]), Err(DecodeError::Empty));
+    }
+
+    #[test]
+    fn encoder_refuses_messages_over_the_limit() {
+        let m = Message::ResultAck(ResultAck { result_id: "x".repeat(MAX_MESSAGE_BYTES) });
+        assert!(matches!(encode(&m), Err(EncodeError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn only_transient_failures_are_retryable() {
+        assert!(FailureKind::Busy.is_retryable());
+        assert!(FailureKind::Download.is_retryable());
+        assert!(!FailureKind::HashMismatch.is_retryable());
+        assert!(!FailureKind::ModelInvalid.is_retryable());
+        assert!(!FailureKind::BadSignature.is_retryable());
+    }
+}

@@ -1,0 +1,133 @@
+//! The HTTP API (axum). `app(state)` builds the router, so tests drive it with `oneshot`
+//! without a socket. Every error is a JSON body `{"error": "..."}`; internal errors are logged
+//! in full and answered generically.
+
+mod campaigns;
+mod devices;
+mod models;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tokio::sync::Notify;
+
+use crate::artifacts::{ArtifactStore, Signer};
+use crate::db::Db;
+use crate::metrics::Metrics;
+
+pub use campaigns::{CampaignView, campaign_view};
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// Database.
+    pub db: Db,
+    /// Artifact files.
+    pub artifacts: ArtifactStore,
+    /// Signing key (public half served at `/api/v1/trust`).
+    pub signer: Signer,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Wakes the engine after a campaign is created.
+    pub poke: Arc<Notify>,
+    /// Largest accepted model upload, bytes.
+    pub upload_limit: u64,
+}
+
+/// An API error.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400 with a message for the client.
+    BadRequest(String),
+    /// 404.
+    NotFound(String),
+    /// 413.
+    TooLarge(String),
+    /// 422: understood but refused (e.g. tract cannot load the model).
+    Unprocessable(String),
+    /// 500; the cause is logged, not sent.
+    Internal(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for ApiError {
+    fn from(e: E) -> Self {
+        ApiError::Internal(e.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),
+            ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
+            ApiError::Internal(e) => {
+                tracing::error!(error = %format!("{e:#}"), "internal error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error (see coordinator log)".to_string(),
+                )
+            }
+        };
+        (status, Json(serde_json::json!({ "error": message }))).into_response()
+    }
+}
+
+/// Handler result.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The router.
+pub fn app(state: AppState) -> Router {
+    let upload_limit = state.upload_limit as usize + 1;
+    Router::new()
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/trust", get(trust))
+        .route("/api/v1/metrics", get(metrics_json))
+        .route("/metrics", get(metrics_prometheus))
+        .route(
+            "/api/v1/models",
+            get(models::list).post(models::upload).layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .route("/api/v1/models/register", post(models::register_path))
+        .route("/api/v1/models/{key}", get(models::get))
+        .route("/artifacts/{sha}", get(models::artifact))
+        .route("/api/v1/devices", get(devices::list))
+        .route("/api/v1/devices/{id}", get(devices::get))
+        .route("/api/v1/campaigns", get(campaigns::list).post(campaigns::create))
+        .route("/api/v1/campaigns/{id}", get(campaigns::get))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .with_state(state)
+}
+
+async fn health(State(s): State<AppState>) -> Json<serde_json::Value> {
+    let connected = s.metrics.bus_connected.load(std::sync::atomic::Ordering::Relaxed) == 1;
+    Json(serde_json::json!({
+        "status": "ok",
+        "version": hone_common::HONE_VERSION,
+        "mqtt_connected": connected,
+        "database": if s.db.is_postgres { "postgres" } else { "sqlite" },
+    }))
+}
+
+async fn trust(State(s): State<AppState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "public_key": s.signer.public_hex(), "algorithm": "ed25519" }))
+}
+
+async fn metrics_json(State(s): State<AppState>) -> Json<serde_json::Value> {
+    Json(s.metrics.json())
+}
+
+async fn metrics_prometheus(State(s): State<AppState>) -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.prometheus())
+}
+
+/// Extracts a path parameter.
+type P = Path<String>;
+
+#[cfg(test)]
+mod tests;

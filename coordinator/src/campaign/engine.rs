@@ -1,0 +1,317 @@
+//! The engine: the single writer of job state.
+//!
+//! One task receives every decoded MQTT message ([`crate::mqtt::Inbound`]) and ticks every
+//! 250 ms (or when poked after a campaign is created). On each tick it
+//! 1. ends attempts whose deadline passed or whose device went offline (retry or fail),
+//! 2. fails queued jobs whose device stayed offline longer than the job timeout,
+//! 3. dispatches queued jobs: one job at a time per device, within each campaign's
+//!    `max_parallel`, as a signed job document over MQTT,
+//! 4. marks campaigns done when none of their jobs is left active.
+//!
+//! All state lives in the database, so a restarted coordinator resumes where it stopped.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use hone_common::topic::{self, CmdKind};
+use hone_common::wire::{JobCommand, Message, Outcome, ResultAck};
+use tokio::sync::{Notify, mpsc};
+use tracing::{debug, info, warn};
+
+use crate::artifacts::Signer;
+use crate::campaign::CampaignSpec;
+use crate::db::{Db, DeviceRow, JobRow, NewResult};
+use crate::metrics::Metrics;
+use crate::mqtt::{Bus, Inbound};
+
+/// Everything the engine needs.
+#[derive(Clone)]
+pub struct Engine {
+    /// Database.
+    pub db: Db,
+    /// MQTT.
+    pub bus: Bus,
+    /// Artifact signer.
+    pub signer: Signer,
+    /// Base URL agents download artifacts from.
+    pub public_url: String,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Engine {
+    /// Runs until the inbound channel closes or `stop` turns true.
+    pub async fn run(
+        self,
+        mut inbound: mpsc::Receiver<Inbound>,
+        poke: Arc<Notify>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut interval = tokio::time::interval(Duration::from_millis(250));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = inbound.recv() => match msg {
+                    Some(m) => {
+                        if let Err(e) = self.handle(m).await {
+                            warn!(error = %e, "handling an MQTT message failed");
+                        }
+                    }
+                    None => return,
+                },
+                _ = interval.tick() => self.tick_logged().await,
+                _ = poke.notified() => self.tick_logged().await,
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    async fn tick_logged(&self) {
+        if let Err(e) = self.tick().await {
+            warn!(error = %e, "engine tick failed");
+        }
+    }
+
+    /// Applies one message from a device.
+    pub async fn handle(&self, inbound: Inbound) -> anyhow::Result<()> {
+        let now = now_ms();
+        let device = inbound.device;
+        match inbound.message {
+            Message::Status(status) => {
+                if status.device_id != device {
+                    warn!(topic_device = %device, claimed = %status.device_id, "status for another device ignored");
+                    self.metrics.rejected_malformed.fetch_add(1, Relaxed);
+                    return Ok(());
+                }
+                if self.db.apply_status(&status, now).await? {
+                    info!(device = %device, online = status.online, session = status.session, "device status");
+                    self.poke_tick().await;
+                } else {
+                    self.metrics.stale_wills.fetch_add(1, Relaxed);
+                    debug!(device = %device, session = status.session, "stale status ignored");
+                }
+            }
+            Message::JobAccepted(acc) => {
+                self.db.touch_device(&device, now).await?;
+                let Some(job) = self.db.job(&acc.job_id).await? else { return Ok(()) };
+                if job.device_id != device {
+                    return Ok(());
+                }
+                let timeout = self.job_timeout_ms(&job.campaign_id).await?;
+                self.db.mark_accepted(&acc.job_id, &acc.command_id, now, now + timeout).await?;
+            }
+            Message::JobResult(result) => {
+                self.db.touch_device(&device, now).await?;
+                match self.db.job(&result.job_id).await? {
+                    Some(job) if job.device_id == device => match &result.outcome {
+                        Outcome::Ok(report) => {
+                            let profile = self.db.device(&device).await?.and_then(|d| d.profile);
+                            let stored = self
+                                .db
+                                .store_result(&NewResult {
+                                    job: &job,
+                                    result_id: &result.result_id,
+                                    attempt: i64::from(result.attempt),
+                                    profile: profile.as_deref(),
+                                    report,
+                                    now_ms: now,
+                                })
+                                .await?;
+                            if stored {
+                                self.metrics.results_stored.fetch_add(1, Relaxed);
+                                info!(job = %job.id, device = %device, p50_ms = report.latency.p50_ms, "result stored");
+                            } else {
+                                self.metrics.results_duplicate.fetch_add(1, Relaxed);
+                                debug!(job = %job.id, "duplicate result acknowledged, not stored");
+                            }
+                        }
+                        Outcome::Failed { kind, reason } => {
+                            let reason = format!("{}: {reason}", kind.as_str());
+                            let next = self
+                                .db
+                                .end_attempt(
+                                    &job.id,
+                                    Some(&result.command_id),
+                                    &reason,
+                                    kind.is_retryable(),
+                                    now,
+                                )
+                                .await?;
+                            self.count_end(next);
+                            warn!(job = %job.id, device = %device, %reason, next = ?next, "job attempt failed");
+                        }
+                    },
+                    _ => debug!(job = %result.job_id, "result for an unknown job acknowledged"),
+                }
+                let ack = Message::ResultAck(ResultAck { result_id: result.result_id.clone() });
+                self.bus.publish(&topic::cmd(&device, CmdKind::Ack), &ack, false).await?;
+                self.poke_tick().await;
+            }
+            other => {
+                debug!(device = %device, message = ?std::mem::discriminant(&other), "ignored message")
+            }
+        }
+        Ok(())
+    }
+
+    async fn poke_tick(&self) {
+        if let Err(e) = self.tick().await {
+            warn!(error = %e, "engine tick failed");
+        }
+    }
+
+    fn count_end(&self, next: Option<&str>) {
+        match next {
+            Some("queued") => self.metrics.jobs_retried.fetch_add(1, Relaxed),
+            Some("failed") => self.metrics.jobs_failed.fetch_add(1, Relaxed),
+            _ => 0,
+        };
+    }
+
+    async fn job_timeout_ms(&self, campaign_id: &str) -> anyhow::Result<i64> {
+        Ok(self.spec(campaign_id).await?.map(|s| s.job_timeout_ms as i64).unwrap_or(300_000))
+    }
+
+    async fn spec(&self, campaign_id: &str) -> anyhow::Result<Option<CampaignSpec>> {
+        Ok(match self.db.campaign(campaign_id).await? {
+            Some(c) => Some(serde_json::from_value(c.spec)?),
+            None => None,
+        })
+    }
+
+    /// One pass of timeouts, dispatch and completion.
+    pub async fn tick(&self) -> anyhow::Result<()> {
+        let now = now_ms();
+        let devices: HashMap<String, DeviceRow> =
+            self.db.devices().await?.into_iter().map(|d| (d.id.clone(), d)).collect();
+
+        // 1. Active attempts that timed out or lost their device.
+        for job in self.db.jobs_in_states(&["dispatched", "running"]).await? {
+            let online = devices.get(&job.device_id).is_some_and(|d| d.online);
+            let reason = if job.deadline_ms.is_some_and(|d| d < now) {
+                Some(format!("attempt {} timed out", job.attempt))
+            } else if !online {
+                Some(format!(
+                    "device {} went offline during attempt {}",
+                    job.device_id, job.attempt
+                ))
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                let next = self.db.end_attempt(&job.id, None, &reason, true, now).await?;
+                self.count_end(next);
+                warn!(job = %job.id, %reason, next = ?next, "job attempt ended");
+            }
+        }
+
+        // 2 and 3. Queued jobs.
+        let campaigns = self.db.campaigns(Some("running")).await?;
+        let mut specs: HashMap<String, CampaignSpec> = HashMap::new();
+        for c in &campaigns {
+            match serde_json::from_value::<CampaignSpec>(c.spec.clone()) {
+                Ok(s) => {
+                    specs.insert(c.id.clone(), s);
+                }
+                Err(e) => warn!(campaign = %c.id, error = %e, "unreadable campaign spec"),
+            }
+        }
+        let active = self.db.jobs_in_states(&["dispatched", "running"]).await?;
+        let mut busy: HashSet<String> = active.iter().map(|j| j.device_id.clone()).collect();
+        let mut running_per_campaign: HashMap<String, u32> = HashMap::new();
+        for j in &active {
+            *running_per_campaign.entry(j.campaign_id.clone()).or_default() += 1;
+        }
+        let queued = self.db.jobs_in_states(&["queued"]).await?;
+        let mut ordered: Vec<&JobRow> = queued.iter().collect();
+        let order: HashMap<&str, usize> =
+            campaigns.iter().enumerate().map(|(i, c)| (c.id.as_str(), i)).collect();
+        ordered.sort_by_key(|j| {
+            (order.get(j.campaign_id.as_str()).copied().unwrap_or(usize::MAX), j.seq)
+        });
+        for job in ordered {
+            let Some(spec) = specs.get(&job.campaign_id) else { continue };
+            let device = devices.get(&job.device_id);
+            if !device.is_some_and(|d| d.online) {
+                let since = device.map(|d| d.status_changed_ms).unwrap_or(0);
+                if now - since > spec.job_timeout_ms as i64 {
+                    let reason = format!(
+                        "device {} offline for more than the job timeout ({} s)",
+                        job.device_id,
+                        spec.job_timeout_ms / 1000
+                    );
+                    self.db.fail_queued(&job.id, &reason, now).await?;
+                    self.metrics.jobs_failed.fetch_add(1, Relaxed);
+                    warn!(job = %job.id, %reason, "job failed");
+                }
+                continue;
+            }
+            if busy.contains(&job.device_id) {
+                continue;
+            }
+            let running = running_per_campaign.entry(job.campaign_id.clone()).or_default();
+            if spec.max_parallel.is_some_and(|m| *running >= m) {
+                continue;
+            }
+            self.dispatch(job, spec, now).await?;
+            busy.insert(job.device_id.clone());
+            *running += 1;
+        }
+
+        // 4. Completion.
+        for c in &campaigns {
+            let jobs = self.db.campaign_jobs(&c.id).await?;
+            if jobs.iter().all(|j| j.state == "done" || j.state == "failed") {
+                self.db.finish_campaign(&c.id, now).await?;
+                let failed = jobs.iter().filter(|j| j.state == "failed").count();
+                info!(campaign = %c.id, jobs = jobs.len(), failed, "campaign finished");
+            }
+        }
+        Ok(())
+    }
+
+    async fn dispatch(&self, job: &JobRow, spec: &CampaignSpec, now: i64) -> anyhow::Result<()> {
+        let Some(model) = self.db.find_model(&job.model_id).await? else {
+            self.db
+                .fail_queued(&job.id, &format!("model {} no longer exists", job.model_id), now)
+                .await?;
+            return Ok(());
+        };
+        let sha: [u8; 32] =
+            hex::decode(&model.sha256)?.try_into().map_err(|_| anyhow::anyhow!("bad digest"))?;
+        let command_id = ulid::Ulid::new().to_string();
+        let ttl = (spec.job_timeout_ms as i64).max(3_600_000);
+        let url = format!("{}/artifacts/{}", self.public_url.trim_end_matches('/'), model.sha256);
+        let artifact =
+            self.signer.sign(&model.id, sha, model.size_bytes as u64, url, (now + ttl) as u64);
+        let deadline = now + spec.job_timeout_ms as i64;
+        self.db.mark_dispatched(&job.id, &command_id, now, deadline).await?;
+        let attempt = (job.attempt + 1) as u32;
+        let cmd = Message::RunJob(JobCommand {
+            command_id: command_id.clone(),
+            job_id: job.id.clone(),
+            attempt,
+            artifact,
+            spec: spec.bench.clone(),
+            timeout_ms: spec.job_timeout_ms,
+        });
+        self.metrics.jobs_dispatched.fetch_add(1, Relaxed);
+        info!(job = %job.id, device = %job.device_id, model = %model.name, attempt, "dispatching job");
+        if let Err(e) =
+            self.bus.publish(&topic::cmd(&job.device_id, CmdKind::Job), &cmd, false).await
+        {
+            warn!(job = %job.id, error = %e, "publishing the job failed; it will time out and be retried");
+        }
+        Ok(())
+    }
+}

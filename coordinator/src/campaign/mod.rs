@@ -1,0 +1,268 @@
+//! Campaigns: models × devices → jobs, planned here (pure) and driven by [`engine`].
+
+pub mod engine;
+
+use hone_common::bench::BenchSpec;
+use serde::{Deserialize, Serialize};
+
+use crate::db::DeviceRow;
+
+/// Which devices a campaign targets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceSelector {
+    /// Every device online when the campaign starts.
+    All,
+    /// Every online device with this profile.
+    Profile(String),
+    /// These devices, online or not (offline ones wait, then fail after the job timeout).
+    Ids(Vec<String>),
+}
+
+impl std::str::FromStr for DeviceSelector {
+    type Err = String;
+
+    /// `all`, `profile:NAME` or `ID,ID,...`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s == "all" {
+            return Ok(DeviceSelector::All);
+        }
+        if let Some(p) = s.strip_prefix("profile:") {
+            if p.is_empty() {
+                return Err("`profile:` needs a profile name".into());
+            }
+            return Ok(DeviceSelector::Profile(p.to_string()));
+        }
+        let ids: Vec<String> =
+            s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect();
+        if ids.is_empty() {
+            return Err(
+                "no devices given: use `all`, `profile:NAME` or a list of device ids".into()
+            );
+        }
+        for id in &ids {
+            hone_common::validate_device_id(id)?;
+        }
+        Ok(DeviceSelector::Ids(ids))
+    }
+}
+
+/// A campaign as requested through the API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CampaignRequest {
+    /// Client-chosen id, which makes creation idempotent (retries by schedulers such as Airflow
+    /// do not create twice). Generated when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Models by id, name or digest prefix.
+    pub models: Vec<String>,
+    /// `all`, `profile:NAME` or comma-separated device ids.
+    pub devices: String,
+    /// Benchmark settings.
+    #[serde(default)]
+    pub bench: BenchSpec,
+    /// Time allowed for one attempt on a device (download + benchmark), ms.
+    #[serde(default = "default_job_timeout_ms")]
+    pub job_timeout_ms: u64,
+    /// Dispatches per job before it fails.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// At most this many jobs of the campaign run at once (fleet-wide). `None`: one per device.
+    #[serde(default)]
+    pub max_parallel: Option<u32>,
+}
+
+fn default_job_timeout_ms() -> u64 {
+    300_000
+}
+
+fn default_max_attempts() -> u32 {
+    3
+}
+
+/// What is stored for a campaign: the request with models and devices resolved.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CampaignSpec {
+    /// Model ids.
+    pub models: Vec<String>,
+    /// Device ids.
+    pub devices: Vec<String>,
+    /// The selector as given.
+    pub selector: DeviceSelector,
+    /// Benchmark settings.
+    pub bench: BenchSpec,
+    /// Per-attempt timeout, ms.
+    pub job_timeout_ms: u64,
+    /// Dispatches per job.
+    pub max_attempts: u32,
+    /// Fleet-wide concurrency limit.
+    pub max_parallel: Option<u32>,
+}
+
+/// Why a campaign cannot be planned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// Selector matched nothing.
+    #[error("no device matches `{0}` (devices must be online for `all` and `profile:`)")]
+    NoDevices(String),
+    /// Named devices are unknown.
+    #[error("unknown device(s): {0}")]
+    UnknownDevices(String),
+    /// No models.
+    #[error("a campaign needs at least one model")]
+    NoModels,
+    /// Bad numbers.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Resolves the devices of a selector against the registry.
+pub fn select_devices(
+    selector: &DeviceSelector,
+    devices: &[DeviceRow],
+) -> Result<Vec<String>, PlanError> {
+    let chosen: Vec<String> = match selector {
+        DeviceSelector::All => devices.iter().filter(|d| d.online).map(|d| d.id.clone()).collect(),
+        DeviceSelector::Profile(p) => devices
+            .iter()
+            .filter(|d| d.online && d.profile.as_deref() == Some(p))
+            .map(|d| d.id.clone())
+            .collect(),
+        DeviceSelector::Ids(ids) => {
+            let unknown: Vec<&str> = ids
+                .iter()
+                .filter(|id| !devices.iter().any(|d| &d.id == *id))
+                .map(String::as_str)
+                .collect();
+            if !unknown.is_empty() {
+                return Err(PlanError::UnknownDevices(unknown.join(", ")));
+            }
+            let mut ids = ids.clone();
+            ids.dedup();
+            ids
+        }
+    };
+    if chosen.is_empty() {
+        let text = match selector {
+            DeviceSelector::All => "all".to_string(),
+            DeviceSelector::Profile(p) => format!("profile:{p}"),
+            DeviceSelector::Ids(ids) => ids.join(","),
+        };
+        return Err(PlanError::NoDevices(text));
+    }
+    Ok(chosen)
+}
+
+/// The jobs of a campaign, as (model id, device id) in dispatch order: model-major, so every
+/// device starts on the first model.
+pub fn plan_jobs(
+    models: &[String],
+    devices: &[String],
+) -> Result<Vec<(String, String)>, PlanError> {
+    if models.is_empty() {
+        return Err(PlanError::NoModels);
+    }
+    Ok(models.iter().flat_map(|m| devices.iter().map(move |d| (m.clone(), d.clone()))).collect())
+}
+
+/// Checks the numbers of a request.
+pub fn validate(req: &CampaignRequest) -> Result<(), PlanError> {
+    if req.max_attempts == 0 || req.max_attempts > 20 {
+        return Err(PlanError::Invalid("max_attempts must be between 1 and 20".into()));
+    }
+    if req.job_timeout_ms < 1_000 {
+        return Err(PlanError::Invalid("job_timeout_ms must be at least 1000".into()));
+    }
+    if req.bench.max_iterations == 0 {
+        return Err(PlanError::Invalid("bench.max_iterations must be at least 1".into()));
+    }
+    if req.max_parallel == Some(0) {
+        return Err(PlanError::Invalid("max_parallel must be at least 1".into()));
+    }
+    if let Some(id) = &req.id {
+        if id.is_empty()
+            || id.len() > 64
+            || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(PlanError::Invalid("campaign id: 1-64 letters, digits, `-` or `_`".into()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(id: &str, online: bool, profile: Option<&str>) -> DeviceRow {
+        DeviceRow {
+            id: id.into(),
+            online,
+            session: 1,
+            arch: "x86_64".into(),
+            os: "linux".into(),
+            cores: 2,
+            memory_bytes: 1,
+            agent_version: "0".into(),
+            profile: profile.map(Into::into),
+            first_seen_ms: 0,
+            last_seen_ms: 0,
+            status_changed_ms: 0,
+        }
+    }
+
+    #[test]
+    fn selectors_parse() {
+        assert_eq!("all".parse::<DeviceSelector>().unwrap(), DeviceSelector::All);
+        assert_eq!(
+            "profile:rpi4".parse::<DeviceSelector>().unwrap(),
+            DeviceSelector::Profile("rpi4".into())
+        );
+        assert_eq!(
+            "a, b".parse::<DeviceSelector>().unwrap(),
+            DeviceSelector::Ids(vec!["a".into(), "b".into()])
+        );
+        assert!("".parse::<DeviceSelector>().is_err());
+        assert!("profile:".parse::<DeviceSelector>().is_err());
+        assert!("a/b".parse::<DeviceSelector>().is_err());
+    }
+
+    #[test]
+    fn all_and_profile_select_only_online_devices() {
+        let devs = [
+            dev("a", true, Some("rpi4")),
+            dev("b", false, Some("rpi4")),
+            dev("c", true, Some("rpi5")),
+        ];
+        assert_eq!(select_devices(&DeviceSelector::All, &devs).unwrap(), vec!["a", "c"]);
+        assert_eq!(
+            select_devices(&DeviceSelector::Profile("rpi4".into()), &devs).unwrap(),
+            vec!["a"]
+        );
+        assert!(matches!(
+            select_devices(&DeviceSelector::Profile("n100".into()), &devs),
+            Err(PlanError::NoDevices(_))
+        ));
+    }
+
+    #[test]
+    fn explicit_ids_must_exist_but_may_be_offline() {
+        let devs = [dev("a", true, None), dev("b", false, None)];
+        assert_eq!(
+            select_devices(&DeviceSelector::Ids(vec!["b".into()]), &devs).unwrap(),
+            vec!["b"]
+        );
+        assert_eq!(
+            select_devices(&DeviceSelector::Ids(vec!["a".into(), "zz".into()]), &devs),
+            Err(PlanError::UnknownDevices("zz".into()))
+        );
+    }
+
+    #[test]
+    fn jobs_are_models_times_devices_model_major() {
+        let jobs = plan_jobs(&["m1".into(), "m2".into()], &["a".into(), "b".into()]).unwrap();
+        let flat: Vec<String> = jobs.iter().map(|(m, d)| format!("{m}@{d}")).collect();
+        assert_eq!(flat, ["m1@a", "m1@b", "m2@a", "m2@b"]);
+        assert_eq!(plan_jobs(&[], &["a".into()]), Err(PlanError::NoModels));
+    }
+}

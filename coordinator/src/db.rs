@@ -1,0 +1,769 @@
+//! The only module that knows the database: pool, migrations and every query.
+//!
+//! One code path serves SQLite (default) and PostgreSQL through sqlx's `Any` driver: the schema
+//! (`coordinator/migrations/`) uses only portable types, queries use `$N` placeholders (which
+//! both backends accept) in order of appearance, and booleans are stored as 0/1.
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+/// Database errors, with the failing operation named.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// Connecting or migrating failed.
+    #[error("database {url}: {source}")]
+    Open {
+        /// URL with any password removed.
+        url: String,
+        /// Cause.
+        source: sqlx::Error,
+    },
+    /// Migration failed.
+    #[error("migrating the database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A query failed.
+    #[error("database query `{op}`: {source}")]
+    Query {
+        /// What was being done.
+        op: &'static str,
+        /// Cause.
+        source: sqlx::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, DbError>;
+
+fn q(op: &'static str) -> impl FnOnce(sqlx::Error) -> DbError {
+    move |source| DbError::Query { op, source }
+}
+
+/// Connection pool.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: AnyPool,
+    /// Whether the backend is PostgreSQL.
+    pub is_postgres: bool,
+}
+
+/// A registered model.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelRow {
+    /// Model id (derived from the digest).
+    pub id: String,
+    /// Human name.
+    pub name: String,
+    /// SHA-256, hex.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size_bytes: i64,
+    /// JSON summary (opset, ops, inputs, parameters).
+    pub summary: serde_json::Value,
+    /// Registration time, Unix ms.
+    pub created_at_ms: i64,
+}
+
+/// A device in the registry.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeviceRow {
+    /// Device id.
+    pub id: String,
+    /// Online according to its last birth or Last Will.
+    pub online: bool,
+    /// Agent session counter.
+    pub session: i64,
+    /// CPU architecture.
+    pub arch: String,
+    /// OS.
+    pub os: String,
+    /// Logical cores.
+    pub cores: i64,
+    /// Total memory, bytes.
+    pub memory_bytes: i64,
+    /// Agent version.
+    pub agent_version: String,
+    /// Device profile.
+    pub profile: Option<String>,
+    /// First birth, Unix ms.
+    pub first_seen_ms: i64,
+    /// Last message, Unix ms.
+    pub last_seen_ms: i64,
+    /// Last online/offline change, Unix ms.
+    pub status_changed_ms: i64,
+}
+
+/// A campaign.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CampaignRow {
+    /// Campaign id.
+    pub id: String,
+    /// JSON spec as created.
+    pub spec: serde_json::Value,
+    /// `running` or `done`.
+    pub state: String,
+    /// Creation, Unix ms.
+    pub created_at_ms: i64,
+    /// Completion, Unix ms.
+    pub finished_at_ms: Option<i64>,
+}
+
+/// A job: one model on one device.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JobRow {
+    /// Job id.
+    pub id: String,
+    /// Campaign.
+    pub campaign_id: String,
+    /// Order within the campaign.
+    pub seq: i64,
+    /// Model.
+    pub model_id: String,
+    /// Device.
+    pub device_id: String,
+    /// `queued`, `dispatched`, `running`, `done` or `failed`.
+    pub state: String,
+    /// Dispatches so far.
+    pub attempt: i64,
+    /// Limit on dispatches.
+    pub max_attempts: i64,
+    /// Command id of the current dispatch.
+    pub command_id: Option<String>,
+    /// Last dispatch, Unix ms.
+    pub dispatched_at_ms: Option<i64>,
+    /// Last acceptance by the agent, Unix ms.
+    pub accepted_at_ms: Option<i64>,
+    /// When the current dispatch times out, Unix ms.
+    pub deadline_ms: Option<i64>,
+    /// Terminal time, Unix ms.
+    pub finished_at_ms: Option<i64>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+}
+
+/// A stored benchmark result (exactly one per job at most).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ResultRow {
+    /// Job.
+    pub job_id: String,
+    /// Idempotency key sent by the agent.
+    pub result_id: String,
+    /// Campaign.
+    pub campaign_id: String,
+    /// Model.
+    pub model_id: String,
+    /// Device.
+    pub device_id: String,
+    /// Device profile at the time.
+    pub profile: Option<String>,
+    /// Attempt that produced it.
+    pub attempt: i64,
+    /// Median latency, ms.
+    pub p50_ms: f64,
+    /// p90 latency, ms.
+    pub p90_ms: f64,
+    /// p99 latency, ms.
+    pub p99_ms: f64,
+    /// Mean latency, ms.
+    pub mean_ms: f64,
+    /// Standard deviation, ms.
+    pub std_ms: f64,
+    /// Fastest, ms.
+    pub min_ms: f64,
+    /// Slowest, ms.
+    pub max_ms: f64,
+    /// Load + optimise time, ms.
+    pub load_ms: f64,
+    /// Peak RSS of the benchmark process, bytes.
+    pub peak_rss_bytes: i64,
+    /// Measured iterations.
+    pub iterations: i64,
+    /// Inputs were synthetic.
+    pub synthetic_inputs: bool,
+    /// Full report JSON.
+    pub report: serde_json::Value,
+    /// Arrival, Unix ms.
+    pub received_at_ms: i64,
+}
+
+const JOB_COLS: &str = "id, campaign_id, seq, model_id, device_id, state, attempt, max_attempts, command_id, \
+    dispatched_at_ms, accepted_at_ms, deadline_ms, finished_at_ms, last_error";
+const DEVICE_COLS: &str = "id, online, session, arch, os, cores, memory_bytes, agent_version, profile, \
+    first_seen_ms, last_seen_ms, status_changed_ms";
+const RESULT_COLS: &str = "job_id, result_id, campaign_id, model_id, device_id, profile, attempt, p50_ms, p90_ms, \
+    p99_ms, mean_ms, std_ms, min_ms, max_ms, load_ms, peak_rss_bytes, iterations, synthetic_inputs, report, received_at_ms";
+
+fn json_col(row: &AnyRow, col: &str) -> serde_json::Value {
+    row.try_get::<String, _>(col)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default()
+}
+
+fn job_from(row: &AnyRow) -> std::result::Result<JobRow, sqlx::Error> {
+    Ok(JobRow {
+        id: row.try_get("id")?,
+        campaign_id: row.try_get("campaign_id")?,
+        seq: row.try_get("seq")?,
+        model_id: row.try_get("model_id")?,
+        device_id: row.try_get("device_id")?,
+        state: row.try_get("state")?,
+        attempt: row.try_get("attempt")?,
+        max_attempts: row.try_get("max_attempts")?,
+        command_id: row.try_get("command_id")?,
+        dispatched_at_ms: row.try_get("dispatched_at_ms")?,
+        accepted_at_ms: row.try_get("accepted_at_ms")?,
+        deadline_ms: row.try_get("deadline_ms")?,
+        finished_at_ms: row.try_get("finished_at_ms")?,
+        last_error: row.try_get("last_error")?,
+    })
+}
+
+fn device_from(row: &AnyRow) -> std::result::Result<DeviceRow, sqlx::Error> {
+    Ok(DeviceRow {
+        id: row.try_get("id")?,
+        online: row.try_get::<i64, _>("online")? != 0,
+        session: row.try_get("session")?,
+        arch: row.try_get("arch")?,
+        os: row.try_get("os")?,
+        cores: row.try_get("cores")?,
+        memory_bytes: row.try_get("memory_bytes")?,
+        agent_version: row.try_get("agent_version")?,
+        profile: row.try_get("profile")?,
+        first_seen_ms: row.try_get("first_seen_ms")?,
+        last_seen_ms: row.try_get("last_seen_ms")?,
+        status_changed_ms: row.try_get("status_changed_ms")?,
+    })
+}
+
+fn result_from(row: &AnyRow) -> std::result::Result<ResultRow, sqlx::Error> {
+    Ok(ResultRow {
+        job_id: row.try_get("job_id")?,
+        result_id: row.try_get("result_id")?,
+        campaign_id: row.try_get("campaign_id")?,
+        model_id: row.try_get("model_id")?,
+        device_id: row.try_get("device_id")?,
+        profile: row.try_get("profile")?,
+        attempt: row.try_get("attempt")?,
+        p50_ms: row.try_get("p50_ms")?,
+        p90_ms: row.try_get("p90_ms")?,
+        p99_ms: row.try_get("p99_ms")?,
+        mean_ms: row.try_get("mean_ms")?,
+        std_ms: row.try_get("std_ms")?,
+        min_ms: row.try_get("min_ms")?,
+        max_ms: row.try_get("max_ms")?,
+        load_ms: row.try_get("load_ms")?,
+        peak_rss_bytes: row.try_get("peak_rss_bytes")?,
+        iterations: row.try_get("iterations")?,
+        synthetic_inputs: row.try_get::<i64, _>("synthetic_inputs")? != 0,
+        report: json_col(row, "report"),
+        received_at_ms: row.try_get("received_at_ms")?,
+    })
+}
+
+fn model_from(row: &AnyRow) -> std::result::Result<ModelRow, sqlx::Error> {
+    Ok(ModelRow {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        sha256: row.try_get("sha256")?,
+        size_bytes: row.try_get("size_bytes")?,
+        summary: json_col(row, "summary"),
+        created_at_ms: row.try_get("created_at_ms")?,
+    })
+}
+
+/// A new result to store.
+#[derive(Debug, Clone)]
+pub struct NewResult<'a> {
+    /// The job it belongs to.
+    pub job: &'a JobRow,
+    /// Agent's idempotency key.
+    pub result_id: &'a str,
+    /// Attempt that produced it.
+    pub attempt: i64,
+    /// Device profile at the time.
+    pub profile: Option<&'a str>,
+    /// The report.
+    pub report: &'a hone_common::bench::BenchReport,
+    /// Arrival, Unix ms.
+    pub now_ms: i64,
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***{}", &url[..s], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+impl Db {
+    /// Connects and applies migrations. `sqlite://path?mode=rwc` creates the file.
+    pub async fn open(url: &str) -> Result<Db> {
+        sqlx::any::install_default_drivers();
+        let is_postgres = url.starts_with("postgres");
+        let is_sqlite = url.starts_with("sqlite:");
+        let pool = AnyPoolOptions::new()
+            .max_connections(if is_sqlite { 4 } else { 8 })
+            .acquire_timeout(std::time::Duration::from_secs(15))
+            .connect(url)
+            .await
+            .map_err(|source| DbError::Open { url: redact(url), source })?;
+        if is_sqlite {
+            sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await.map_err(q("enable WAL"))?;
+        }
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Db { pool, is_postgres })
+    }
+
+    // ---- models ----
+
+    /// Inserts a model unless one with the same digest exists; returns the stored row.
+    pub async fn insert_model(&self, m: &ModelRow) -> Result<ModelRow> {
+        sqlx::query(
+            "INSERT INTO models (id, name, sha256, size_bytes, summary, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sha256) DO NOTHING",
+        )
+        .bind(&m.id)
+        .bind(&m.name)
+        .bind(&m.sha256)
+        .bind(m.size_bytes)
+        .bind(m.summary.to_string())
+        .bind(m.created_at_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(q("insert model"))?;
+        Ok(self.model_by_sha(&m.sha256).await?.expect("model row just inserted"))
+    }
+
+    /// Model by digest.
+    pub async fn model_by_sha(&self, sha: &str) -> Result<Option<ModelRow>> {
+        let row = sqlx::query("SELECT * FROM models WHERE sha256 = $1")
+            .bind(sha)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("model by digest"))?;
+        row.map(|r| model_from(&r)).transpose().map_err(q("decode model"))
+    }
+
+    /// Resolves a model by id, name (most recent) or digest prefix (at least 8 hex digits).
+    pub async fn find_model(&self, key: &str) -> Result<Option<ModelRow>> {
+        let pattern = format!("{key}%");
+        let rows = sqlx::query(
+            "SELECT * FROM models WHERE id = $1 OR name = $2 OR (LENGTH($3) >= 8 AND sha256 LIKE $4) \
+             ORDER BY created_at_ms DESC",
+        )
+        .bind(key)
+        .bind(key)
+        .bind(key)
+        .bind(&pattern)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("find model"))?;
+        let rows: Vec<ModelRow> = rows
+            .iter()
+            .map(model_from)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(q("decode model"))?;
+        Ok(rows.iter().find(|m| m.id == key).or_else(|| rows.first()).cloned())
+    }
+
+    /// All models, newest first.
+    pub async fn models(&self) -> Result<Vec<ModelRow>> {
+        let rows = sqlx::query("SELECT * FROM models ORDER BY created_at_ms DESC")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("list models"))?;
+        rows.iter()
+            .map(model_from)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(q("decode model"))
+    }
+
+    // ---- devices ----
+
+    /// Applies a status message, unless it is a Last Will older than the device's current
+    /// session. Returns `false` when the status was stale and ignored.
+    pub async fn apply_status(
+        &self,
+        s: &hone_common::wire::DeviceStatus,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let current = self.device(&s.device_id).await?;
+        if let Some(cur) = &current {
+            if (s.session as i64) < cur.session {
+                return Ok(false);
+            }
+        }
+        let changed = current.as_ref().is_none_or(|c| c.online != s.online);
+        let status_changed_ms = if changed {
+            now_ms
+        } else {
+            current.as_ref().map(|c| c.status_changed_ms).unwrap_or(now_ms)
+        };
+        sqlx::query(
+            "INSERT INTO devices (id, online, session, arch, os, cores, memory_bytes, agent_version, profile, \
+               first_seen_ms, last_seen_ms, status_changed_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             ON CONFLICT (id) DO UPDATE SET online = excluded.online, session = excluded.session, \
+               arch = excluded.arch, os = excluded.os, cores = excluded.cores, memory_bytes = excluded.memory_bytes, \
+               agent_version = excluded.agent_version, profile = excluded.profile, \
+               last_seen_ms = excluded.last_seen_ms, status_changed_ms = excluded.status_changed_ms",
+        )
+        .bind(&s.device_id)
+        .bind(i64::from(s.online))
+        .bind(s.session as i64)
+        .bind(&s.arch)
+        .bind(&s.os)
+        .bind(i64::from(s.cores))
+        .bind(s.memory_bytes as i64)
+        .bind(&s.agent_version)
+        .bind(s.profile.as_deref())
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(status_changed_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(q("upsert device"))?;
+        Ok(true)
+    }
+
+    /// Refreshes a device's last-seen time.
+    pub async fn touch_device(&self, id: &str, now_ms: i64) -> Result<()> {
+        sqlx::query("UPDATE devices SET last_seen_ms = $1 WHERE id = $2")
+            .bind(now_ms)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("touch device"))?;
+        Ok(())
+    }
+
+    /// One device.
+    pub async fn device(&self, id: &str) -> Result<Option<DeviceRow>> {
+        let row = sqlx::query(&format!("SELECT {DEVICE_COLS} FROM devices WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("get device"))?;
+        row.map(|r| device_from(&r)).transpose().map_err(q("decode device"))
+    }
+
+    /// All devices by id.
+    pub async fn devices(&self) -> Result<Vec<DeviceRow>> {
+        let rows = sqlx::query(&format!("SELECT {DEVICE_COLS} FROM devices ORDER BY id"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("list devices"))?;
+        rows.iter()
+            .map(device_from)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(q("decode device"))
+    }
+
+    // ---- campaigns and jobs ----
+
+    /// Creates a campaign and its jobs in one transaction. Returns `false` if the id existed
+    /// (client-supplied ids make creation idempotent).
+    pub async fn create_campaign(
+        &self,
+        id: &str,
+        spec: &serde_json::Value,
+        jobs: &[(String, String, String, i64)],
+        now_ms: i64,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(q("begin campaign"))?;
+        let inserted = sqlx::query(
+            "INSERT INTO campaigns (id, spec, state, created_at_ms) VALUES ($1, $2, 'running', $3) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(spec.to_string())
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(q("insert campaign"))?
+        .rows_affected();
+        if inserted == 0 {
+            tx.rollback().await.map_err(q("rollback campaign"))?;
+            return Ok(false);
+        }
+        for (seq, (job_id, model_id, device_id, max_attempts)) in jobs.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO jobs (id, campaign_id, seq, model_id, device_id, state, attempt, max_attempts, updated_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, 'queued', 0, $6, $7)",
+            )
+            .bind(job_id)
+            .bind(id)
+            .bind(seq as i64)
+            .bind(model_id)
+            .bind(device_id)
+            .bind(*max_attempts)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("insert job"))?;
+        }
+        tx.commit().await.map_err(q("commit campaign"))?;
+        Ok(true)
+    }
+
+    /// One campaign.
+    pub async fn campaign(&self, id: &str) -> Result<Option<CampaignRow>> {
+        let row = sqlx::query(
+            "SELECT id, spec, state, created_at_ms, finished_at_ms FROM campaigns WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q("get campaign"))?;
+        row.map(|r| campaign_from(&r)).transpose().map_err(q("decode campaign"))
+    }
+
+    /// Campaigns, newest first, optionally only those in `state`.
+    pub async fn campaigns(&self, state: Option<&str>) -> Result<Vec<CampaignRow>> {
+        let rows = match state {
+            Some(s) => sqlx::query(
+                "SELECT id, spec, state, created_at_ms, finished_at_ms FROM campaigns WHERE state = $1 ORDER BY created_at_ms",
+            )
+            .bind(s)
+            .fetch_all(&self.pool)
+            .await,
+            None => sqlx::query(
+                "SELECT id, spec, state, created_at_ms, finished_at_ms FROM campaigns ORDER BY created_at_ms DESC",
+            )
+            .fetch_all(&self.pool)
+            .await,
+        }
+        .map_err(q("list campaigns"))?;
+        rows.iter()
+            .map(campaign_from)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(q("decode campaign"))
+    }
+
+    /// Marks a campaign done.
+    pub async fn finish_campaign(&self, id: &str, now_ms: i64) -> Result<()> {
+        sqlx::query("UPDATE campaigns SET state = 'done', finished_at_ms = $1 WHERE id = $2 AND state = 'running'")
+            .bind(now_ms)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("finish campaign"))?;
+        Ok(())
+    }
+
+    /// Jobs of a campaign in order.
+    pub async fn campaign_jobs(&self, campaign_id: &str) -> Result<Vec<JobRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLS} FROM jobs WHERE campaign_id = $1 ORDER BY seq"
+        ))
+        .bind(campaign_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("campaign jobs"))?;
+        rows.iter().map(job_from).collect::<std::result::Result<_, _>>().map_err(q("decode job"))
+    }
+
+    /// Jobs in any of the given states, oldest campaign and lowest sequence first.
+    pub async fn jobs_in_states(&self, states: &[&str]) -> Result<Vec<JobRow>> {
+        let list = states.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ");
+        debug_assert!(states.iter().all(|s| s.chars().all(|c| c.is_ascii_lowercase())));
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLS} FROM jobs WHERE state IN ({list}) ORDER BY campaign_id, seq"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("jobs by state"))?;
+        rows.iter().map(job_from).collect::<std::result::Result<_, _>>().map_err(q("decode job"))
+    }
+
+    /// One job.
+    pub async fn job(&self, id: &str) -> Result<Option<JobRow>> {
+        let row = sqlx::query(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("get job"))?;
+        row.map(|r| job_from(&r)).transpose().map_err(q("decode job"))
+    }
+
+    /// Records a dispatch: new command id, attempt + 1, deadline.
+    pub async fn mark_dispatched(
+        &self,
+        job_id: &str,
+        command_id: &str,
+        now_ms: i64,
+        deadline_ms: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE jobs SET state = 'dispatched', attempt = attempt + 1, command_id = $1, dispatched_at_ms = $2, \
+             accepted_at_ms = NULL, deadline_ms = $3, updated_at_ms = $4 WHERE id = $5 AND state = 'queued'",
+        )
+        .bind(command_id)
+        .bind(now_ms)
+        .bind(deadline_ms)
+        .bind(now_ms)
+        .bind(job_id)
+        .execute(&self.pool)
+        .await
+        .map_err(q("mark dispatched"))?;
+        Ok(())
+    }
+
+    /// Records acceptance of the current dispatch; moves the deadline.
+    pub async fn mark_accepted(
+        &self,
+        job_id: &str,
+        command_id: &str,
+        now_ms: i64,
+        deadline_ms: i64,
+    ) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE jobs SET state = 'running', accepted_at_ms = $1, deadline_ms = $2, updated_at_ms = $3 \
+             WHERE id = $4 AND command_id = $5 AND state = 'dispatched'",
+        )
+        .bind(now_ms)
+        .bind(deadline_ms)
+        .bind(now_ms)
+        .bind(job_id)
+        .bind(command_id)
+        .execute(&self.pool)
+        .await
+        .map_err(q("mark accepted"))?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    /// Ends the current attempt of an active job: back to `queued` if attempts remain and
+    /// `retry` is set, otherwise `failed`. Only applies while the job is still on `command_id`
+    /// (or any active command when `None`). Returns the new state if something changed.
+    pub async fn end_attempt(
+        &self,
+        job_id: &str,
+        command_id: Option<&str>,
+        reason: &str,
+        retry: bool,
+        now_ms: i64,
+    ) -> Result<Option<&'static str>> {
+        let Some(job) = self.job(job_id).await? else { return Ok(None) };
+        if !matches!(job.state.as_str(), "dispatched" | "running") {
+            return Ok(None);
+        }
+        if command_id.is_some_and(|c| job.command_id.as_deref() != Some(c)) {
+            return Ok(None);
+        }
+        let next = if retry && job.attempt < job.max_attempts { "queued" } else { "failed" };
+        let finished = (next == "failed").then_some(now_ms);
+        sqlx::query(
+            "UPDATE jobs SET state = $1, last_error = $2, finished_at_ms = $3, deadline_ms = NULL, updated_at_ms = $4 \
+             WHERE id = $5 AND attempt = $6 AND state IN ('dispatched', 'running')",
+        )
+        .bind(next)
+        .bind(reason)
+        .bind(finished)
+        .bind(now_ms)
+        .bind(job_id)
+        .bind(job.attempt)
+        .execute(&self.pool)
+        .await
+        .map_err(q("end attempt"))?;
+        Ok(Some(next))
+    }
+
+    /// Fails a queued job (e.g. its device stayed offline).
+    pub async fn fail_queued(&self, job_id: &str, reason: &str, now_ms: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE jobs SET state = 'failed', last_error = $1, finished_at_ms = $2, updated_at_ms = $3 \
+             WHERE id = $4 AND state = 'queued'",
+        )
+        .bind(reason)
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(job_id)
+        .execute(&self.pool)
+        .await
+        .map_err(q("fail queued job"))?;
+        Ok(())
+    }
+
+    /// Stores a result once per job (later duplicates are ignored) and marks the job done.
+    /// Returns `true` if this call stored it.
+    pub async fn store_result(&self, r: &NewResult<'_>) -> Result<bool> {
+        let l = &r.report.latency;
+        let report = serde_json::to_string(r.report).unwrap_or_default();
+        let mut tx = self.pool.begin().await.map_err(q("begin result"))?;
+        let stored = sqlx::query(&format!(
+            "INSERT INTO results ({RESULT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
+             $15, $16, $17, $18, $19, $20) ON CONFLICT (job_id) DO NOTHING"
+        ))
+        .bind(&r.job.id)
+        .bind(r.result_id)
+        .bind(&r.job.campaign_id)
+        .bind(&r.job.model_id)
+        .bind(&r.job.device_id)
+        .bind(r.profile)
+        .bind(r.attempt)
+        .bind(l.p50_ms)
+        .bind(l.p90_ms)
+        .bind(l.p99_ms)
+        .bind(l.mean_ms)
+        .bind(l.std_ms)
+        .bind(l.min_ms)
+        .bind(l.max_ms)
+        .bind(r.report.load_ms)
+        .bind(r.report.peak_rss_bytes as i64)
+        .bind(i64::from(r.report.iterations))
+        .bind(i64::from(r.report.synthetic_inputs))
+        .bind(report)
+        .bind(r.now_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(q("insert result"))?
+        .rows_affected()
+            > 0;
+        sqlx::query(
+            "UPDATE jobs SET state = 'done', finished_at_ms = $1, deadline_ms = NULL, updated_at_ms = $2 \
+             WHERE id = $3 AND state <> 'done'",
+        )
+        .bind(r.now_ms)
+        .bind(r.now_ms)
+        .bind(&r.job.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(q("mark job done"))?;
+        tx.commit().await.map_err(q("commit result"))?;
+        Ok(stored)
+    }
+
+    /// Results of a campaign, by job order.
+    pub async fn campaign_results(&self, campaign_id: &str) -> Result<Vec<ResultRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM results r JOIN jobs j ON j.id = r.job_id WHERE r.campaign_id = $1 ORDER BY j.seq",
+            RESULT_COLS.split(", ").map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", ")
+        ))
+        .bind(campaign_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("campaign results"))?;
+        rows.iter()
+            .map(result_from)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(q("decode result"))
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn campaign_from(row: &AnyRow) -> std::result::Result<CampaignRow, sqlx::Error> {
+    Ok(CampaignRow {
+        id: row.try_get("id")?,
+        spec: json_col(row, "spec"),
+        state: row.try_get("state")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        finished_at_ms: row.try_get("finished_at_ms")?,
+    })
+}
+
+#[cfg(test)]
+mod tests;

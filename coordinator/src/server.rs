@@ -1,0 +1,161 @@
+//! Starting a coordinator: database, artifact store, key, broker (embedded or external), MQTT
+//! client, engine and HTTP API, wired together. Used by `coordinator serve`, by `demo`, and by
+//! tests (with an injected listener on `127.0.0.1:0`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{Notify, mpsc};
+
+use crate::api::{self, AppState};
+use crate::artifacts::{ArtifactStore, Signer};
+use crate::campaign::engine::{Engine, now_ms};
+use crate::db::Db;
+use crate::metrics::Metrics;
+
+/// Where the MQTT broker is.
+#[derive(Debug, Clone)]
+pub enum MqttMode {
+    /// Start rumqttd in-process on this address.
+    Embedded(SocketAddr),
+    /// Use an existing broker (`mqtt://host:port`).
+    External(String),
+}
+
+/// Coordinator settings.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Data folder: SQLite database, artifacts, signing key.
+    pub data_dir: PathBuf,
+    /// Database URL; default `sqlite://{data_dir}/hone.db`.
+    pub database_url: Option<String>,
+    /// Broker.
+    pub mqtt: MqttMode,
+    /// MQTT client id (stable, so the broker keeps the session).
+    pub mqtt_client_id: String,
+    /// Base URL agents use for artifacts; default `http://{bound address}`.
+    pub public_url: Option<String>,
+    /// Largest model upload, bytes.
+    pub upload_limit: u64,
+}
+
+impl ServeConfig {
+    /// Defaults for a data folder and broker.
+    pub fn new(data_dir: PathBuf, mqtt: MqttMode) -> ServeConfig {
+        ServeConfig {
+            data_dir,
+            database_url: None,
+            mqtt,
+            mqtt_client_id: "hone-coordinator".into(),
+            public_url: None,
+            upload_limit: 4 * 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// A running coordinator.
+pub struct Running {
+    /// HTTP address.
+    pub http_addr: SocketAddr,
+    /// Broker address as agents should use it (`mqtt://host:port`).
+    pub mqtt_url: String,
+    /// State shared with the API.
+    pub state: AppState,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    engine: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Running {
+    /// Base URL of the API.
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    /// Stops the HTTP server (the broker thread, if embedded, ends with the process).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.engine).await;
+        self.state.db.close().await;
+    }
+
+    /// Waits until the HTTP server stops.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.server.await.context("HTTP server task")?.context("HTTP server")?;
+        Ok(())
+    }
+}
+
+/// Starts a coordinator whose API listens on `listener`.
+pub async fn start(
+    config: ServeConfig,
+    listener: tokio::net::TcpListener,
+) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data folder {}", config.data_dir.display()))?;
+    let http_addr = listener.local_addr()?;
+    let db_url = config.database_url.clone().unwrap_or_else(|| {
+        format!("sqlite://{}?mode=rwc", config.data_dir.join("hone.db").display())
+    });
+    let db = Db::open(&db_url).await?;
+    let artifacts = ArtifactStore::open(&config.data_dir.join("artifacts"))
+        .context("opening artifact store")?;
+    let signer = Signer::load_or_create(&config.data_dir.join("keys/coordinator.ed25519"))?;
+    let mqtt_url = match &config.mqtt {
+        MqttMode::Embedded(addr) => {
+            crate::broker::start(*addr).await?;
+            tracing::info!(%addr, "embedded MQTT broker listening");
+            format!("mqtt://{addr}")
+        }
+        MqttMode::External(url) => url.clone(),
+    };
+    let (host, port) = hone_common::parse_mqtt_url(&mqtt_url).map_err(anyhow::Error::msg)?;
+    let metrics = Arc::new(Metrics::default());
+    let (tx, rx) = mpsc::channel(1024);
+    let bus = crate::mqtt::start(
+        crate::mqtt::BusConfig {
+            host,
+            port,
+            client_id: config.mqtt_client_id.clone(),
+            keepalive: Duration::from_secs(10),
+            started_at_ms: now_ms() as u64,
+        },
+        metrics.clone(),
+        tx,
+    );
+    let public_url = config.public_url.clone().unwrap_or_else(|| {
+        if http_addr.ip().is_unspecified() {
+            tracing::warn!("listening on all interfaces without --public-url: agents will be told to download from 127.0.0.1");
+            format!("http://127.0.0.1:{}", http_addr.port())
+        } else {
+            format!("http://{http_addr}")
+        }
+    });
+    let poke = Arc::new(Notify::new());
+    let engine = Engine {
+        db: db.clone(),
+        bus,
+        signer: signer.clone(),
+        public_url,
+        metrics: metrics.clone(),
+    };
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let engine = tokio::spawn(engine.run(rx, poke.clone(), stop_rx.clone()));
+    let state =
+        AppState { db, artifacts, signer, metrics, poke, upload_limit: config.upload_limit };
+    let app = api::app(state.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
+    let mut stop_http = stop_rx;
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_http.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    tracing::info!(http = %http_addr, mqtt = %mqtt_url, key = %state.signer.public_hex(), "coordinator ready");
+    Ok(Running { http_addr, mqtt_url, state, server, engine, stop })
+}

@@ -1,0 +1,194 @@
+//! The only module of the agent that knows tract: load, optimise, plan and time one model.
+//!
+//! Runs inside the benchmark child process (see [`super`]), never in the agent itself, so that a
+//! model that crashes or exhausts the runtime cannot take the agent down.
+
+use std::path::Path;
+use std::time::Instant;
+
+use hone_common::bench::{BenchReport, BenchSpec, LatencyStats};
+use hone_common::wire::FailureKind;
+use prost::Message as _;
+use tract_onnx::pb;
+use tract_onnx::prelude::*;
+
+/// Version string of the runtime, as reported in every result.
+pub const RUNTIME: &str = "tract 0.23.9";
+
+/// A benchmark failure with its category.
+#[derive(Debug)]
+pub struct BenchFailure {
+    /// Category.
+    pub kind: FailureKind,
+    /// Explanation, naming the op or node when tract does.
+    pub reason: String,
+}
+
+impl BenchFailure {
+    fn invalid(reason: impl Into<String>) -> Self {
+        BenchFailure { kind: FailureKind::ModelInvalid, reason: reason.into() }
+    }
+}
+
+/// One graph input with the concrete shape chosen for the benchmark.
+#[derive(Debug, Clone)]
+struct InputPlan {
+    name: String,
+    datum: DatumType,
+    shape: Vec<usize>,
+}
+
+/// Loads `path` with tract, runs `spec.warmup` unmeasured then up to `spec.max_iterations`
+/// measured iterations (bounded by `spec.max_time_ms`) on synthetic inputs.
+pub fn run_benchmark(path: &Path, spec: &BenchSpec) -> Result<BenchReport, BenchFailure> {
+    let bytes = std::fs::read(path).map_err(|e| BenchFailure {
+        kind: FailureKind::Internal,
+        reason: format!("cannot read {}: {e}", path.display()),
+    })?;
+    let load_start = Instant::now();
+    let proto = pb::ModelProto::decode(bytes.as_slice())
+        .map_err(|e| BenchFailure::invalid(format!("not an ONNX protobuf: {e}")))?;
+    let plans = plan_inputs(&proto, spec)?;
+    let mut model = tract_onnx::onnx()
+        .model_for_proto_model(&proto)
+        .map_err(|e| BenchFailure::invalid(format!("tract cannot load the model: {e:#}")))?;
+    for (ix, plan) in plans.iter().enumerate() {
+        model
+            .set_input_fact(ix, InferenceFact::dt_shape(plan.datum, plan.shape.clone()))
+            .map_err(|e| BenchFailure::invalid(format!("input `{}`: {e:#}", plan.name)))?;
+    }
+    let runnable = model
+        .into_optimized()
+        .and_then(|m| m.into_runnable())
+        .map_err(|e| BenchFailure::invalid(format!("tract cannot optimise the model: {e:#}")))?;
+    let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
+
+    let inputs: TVec<TValue> = plans
+        .iter()
+        .map(synthetic_tensor)
+        .collect::<Result<Vec<Tensor>, _>>()?
+        .into_iter()
+        .map(|t| t.into_tvalue())
+        .collect();
+
+    let run_once = || {
+        runnable
+            .run(inputs.clone())
+            .map_err(|e| BenchFailure::invalid(format!("tract failed to run the model: {e:#}")))
+    };
+    for _ in 0..spec.warmup {
+        run_once()?;
+    }
+    let mut samples = Vec::with_capacity(spec.max_iterations.min(100_000) as usize);
+    let measure_start = Instant::now();
+    while samples.is_empty()
+        || (samples.len() < spec.max_iterations as usize
+            && measure_start.elapsed().as_millis() < u128::from(spec.max_time_ms))
+    {
+        let t = Instant::now();
+        let out = run_once()?;
+        samples.push(t.elapsed().as_secs_f64() * 1e3);
+        drop(out);
+    }
+    let latency = LatencyStats::from_samples(&samples)
+        .ok_or_else(|| BenchFailure::invalid("no finite latency samples"))?;
+    Ok(BenchReport {
+        latency,
+        iterations: samples.len() as u32,
+        warmup: spec.warmup,
+        load_ms,
+        peak_rss_bytes: crate::host::peak_rss_bytes().unwrap_or(0),
+        synthetic_inputs: true,
+        inputs: plans.iter().map(describe).collect(),
+        runtime: RUNTIME.to_string(),
+    })
+}
+
+fn describe(plan: &InputPlan) -> String {
+    let dims: Vec<String> = plan.shape.iter().map(|d| d.to_string()).collect();
+    format!("{}: {:?}[{}]", plan.name, plan.datum, dims.join(","))
+}
+
+/// Chooses a concrete datum type and shape for every true graph input (initializers excluded).
+fn plan_inputs(proto: &pb::ModelProto, spec: &BenchSpec) -> Result<Vec<InputPlan>, BenchFailure> {
+    let graph = proto.graph.as_ref().ok_or_else(|| BenchFailure::invalid("model has no graph"))?;
+    let initializers: std::collections::HashSet<&str> =
+        graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let mut plans = Vec::new();
+    for input in graph.input.iter().filter(|i| !initializers.contains(i.name.as_str())) {
+        let tensor = match input.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+            Some(pb::type_proto::Value::TensorType(t)) => t,
+            _ => {
+                return Err(BenchFailure::invalid(format!(
+                    "input `{}` is not a tensor",
+                    input.name
+                )));
+            }
+        };
+        let datum = onnx_datum(tensor.elem_type).ok_or_else(|| {
+            BenchFailure::invalid(format!(
+                "input `{}` has unsupported element type {}",
+                input.name, tensor.elem_type
+            ))
+        })?;
+        let dims = tensor.shape.as_ref().map(|s| s.dim.as_slice()).unwrap_or(&[]);
+        let mut shape = Vec::with_capacity(dims.len());
+        for (axis, dim) in dims.iter().enumerate() {
+            use pb::tensor_shape_proto::dimension::Value;
+            let value = match &dim.value {
+                Some(Value::DimValue(v)) if *v > 0 => *v as u64,
+                Some(Value::DimParam(p)) => spec.symbol_value(p, axis),
+                _ => spec.symbol_value("", axis),
+            };
+            shape.push(value as usize);
+        }
+        let elements: usize = shape.iter().product();
+        if elements > 512 * 1024 * 1024 {
+            return Err(BenchFailure::invalid(format!(
+                "input `{}` would need {elements} elements; set its symbols smaller",
+                input.name
+            )));
+        }
+        plans.push(InputPlan { name: input.name.clone(), datum, shape });
+    }
+    Ok(plans)
+}
+
+fn onnx_datum(elem_type: i32) -> Option<DatumType> {
+    use pb::tensor_proto::DataType as D;
+    Some(match D::try_from(elem_type).ok()? {
+        D::Float => DatumType::F32,
+        D::Double => DatumType::F64,
+        D::Int64 => DatumType::I64,
+        D::Int32 => DatumType::I32,
+        D::Int8 => DatumType::I8,
+        D::Uint8 => DatumType::U8,
+        D::Bool => DatumType::Bool,
+        _ => return None,
+    })
+}
+
+/// Deterministic synthetic data: floats in [0, 1) from a fixed LCG; integers are 1 (a valid
+/// token id and attention-mask value for every text model Hone ships); booleans are `true`.
+fn synthetic_tensor(plan: &InputPlan) -> Result<Tensor, BenchFailure> {
+    let n: usize = plan.shape.iter().product();
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((state >> 40) as f64) / ((1u64 << 24) as f64)
+    };
+    let shape = &plan.shape;
+    let t = match plan.datum {
+        DatumType::F32 => {
+            Tensor::from_shape(shape, &(0..n).map(|_| next() as f32).collect::<Vec<_>>())
+        }
+        DatumType::F64 => Tensor::from_shape(shape, &(0..n).map(|_| next()).collect::<Vec<_>>()),
+        DatumType::I64 => Tensor::from_shape(shape, &vec![1i64; n]),
+        DatumType::I32 => Tensor::from_shape(shape, &vec![1i32; n]),
+        DatumType::I8 => Tensor::from_shape(shape, &vec![1i8; n]),
+        DatumType::U8 => Tensor::from_shape(shape, &vec![1u8; n]),
+        DatumType::Bool => Tensor::from_shape(shape, &vec![true; n]),
+        other => return Err(BenchFailure::invalid(format!("cannot synthesise {other:?} input"))),
+    };
+    t.map_err(|e| BenchFailure::invalid(format!("input `{}`: {e:#}", plan.name)))
+}

@@ -1,0 +1,77 @@
+//! Agent configuration: raw command-line values validated into [`AgentConfig`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use ed25519_dalek::VerifyingKey;
+
+/// A validated agent configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Device id; also the MQTT client id.
+    pub device_id: String,
+    /// Broker host.
+    pub broker_host: String,
+    /// Broker port.
+    pub broker_port: u16,
+    /// Coordinator base URL (used to fetch its public key on first start).
+    pub coordinator_url: String,
+    /// Device profile to benchmark under.
+    pub profile: Option<String>,
+    /// Durable state: outbox, seen commands, session counter, model store, trusted key.
+    pub state_dir: PathBuf,
+    /// MQTT keepalive.
+    pub keepalive: Duration,
+    /// Coordinator key that artifacts must be signed with; `None` = pinned file or fetch once.
+    pub trust_key: Option<VerifyingKey>,
+    /// Executable started for each benchmark (`bench-child`); normally the agent itself.
+    pub bench_exe: PathBuf,
+}
+
+/// Parses a hex-encoded ed25519 public key, or `@path` to a file holding one.
+pub fn parse_trust_key(text: &str) -> anyhow::Result<VerifyingKey> {
+    let hex_text = match text.strip_prefix('@') {
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading trust key {path}"))?
+        }
+        None => text.to_string(),
+    };
+    let bytes = hex::decode(hex_text.trim()).context("trust key is not hex")?;
+    let Ok(arr) = <[u8; 32]>::try_from(bytes.as_slice()) else {
+        bail!("trust key must be 32 bytes (64 hex characters), got {}", bytes.len());
+    };
+    VerifyingKey::from_bytes(&arr).context("trust key is not a valid ed25519 public key")
+}
+
+/// The default device id: the host name, lowercased and restricted to the allowed characters.
+pub fn default_device_id() -> String {
+    let raw = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "edge-device".into());
+    let id: String = raw
+        .trim()
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+        .take(64)
+        .collect();
+    let id = id.trim_start_matches('-').to_string();
+    if id.is_empty() { "edge-device".to_string() } else { id }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trust_key_must_be_32_hex_bytes() {
+        assert!(parse_trust_key("zz").unwrap_err().to_string().contains("hex"));
+        assert!(parse_trust_key("abcd").unwrap_err().to_string().contains("32 bytes"));
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key();
+        assert_eq!(parse_trust_key(&hex::encode(key.as_bytes())).unwrap(), key);
+    }
+
+    #[test]
+    fn default_device_id_is_a_valid_id() {
+        hone_common::validate_device_id(&default_device_id()).unwrap();
+    }
+}

@@ -1,0 +1,25 @@
+//! Hone's edge agent.
+//!
+//! Installed on each edge device, it keeps an MQTT session with the coordinator's broker,
+//! announces itself with a retained birth message (and a Last Will), receives signed benchmark
+//! jobs, fetches and verifies the model over HTTP, benchmarks it with tract in a child process
+//! and reports the result through a durable outbox.
+//!
+//! Module map:
+//! - [`agent`]: the event loop (MQTT events, finished jobs, shutdown).
+//! - [`mqtt`]: the only module that knows rumqttc.
+//! - [`store`]: verified, resumable artifact downloads, stored by digest.
+//! - [`outbox`]: durable results, seen commands and the session counter.
+//! - [`bench`]: benchmarks in a child process; [`bench::tract`] is the only tract user.
+//! - [`host`]: host facts and process memory.
+//! - [`config`]: validated configuration.
+//! - [`cli`]: the `edge-agent` command line (the binary is a thin wrapper around it).
+
+pub mod agent;
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod host;
+pub mod mqtt;
+pub mod outbox;
+pub mod store;

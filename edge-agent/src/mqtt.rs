@@ -1,0 +1,120 @@
+//! The only agent module that knows rumqttc: connection options, Last Will, publishing, and
+//! turning the event loop into a small closed set of [`BusEvent`]s.
+
+use std::time::Duration;
+
+use hone_common::wire::MAX_PACKET_BYTES;
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
+
+/// Largest packet the agent accepts from a broker. Larger than [`MAX_PACKET_BYTES`] on purpose:
+/// a permissive broker may deliver an oversized payload, which the wire decoder then rejects and
+/// counts; refusing it at the MQTT layer would drop the whole connection instead.
+pub const MAX_INCOMING_PACKET_BYTES: usize = 16 * MAX_PACKET_BYTES;
+
+/// Settings of one agent connection.
+#[derive(Debug, Clone)]
+pub struct BusConfig {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// MQTT client id (the device id).
+    pub client_id: String,
+    /// Keepalive; the broker fires the Last Will after 1.5x this without traffic.
+    pub keepalive: Duration,
+    /// Topic and payload of the Last Will (retained, QoS 1).
+    pub will: (String, Vec<u8>),
+}
+
+/// What the rest of the agent sees of MQTT.
+#[derive(Debug)]
+pub enum BusEvent {
+    /// (Re)connected; the broker acknowledged the session.
+    Connected {
+        /// Whether the broker still had our persistent session.
+        session_present: bool,
+    },
+    /// A message on a subscribed topic.
+    Message {
+        /// Topic.
+        topic: String,
+        /// Payload bytes.
+        payload: Vec<u8>,
+    },
+    /// The connection failed or dropped; polling again reconnects.
+    Disconnected(String),
+}
+
+/// Cloneable publishing handle.
+#[derive(Clone)]
+pub struct BusHandle {
+    client: AsyncClient,
+}
+
+/// The event loop; poll it from exactly one task.
+pub struct BusLoop {
+    eventloop: EventLoop,
+}
+
+/// Creates a persistent-session connection (clean session off) with the Last Will set.
+pub fn connect(config: &BusConfig) -> (BusHandle, BusLoop) {
+    let mut opts = MqttOptions::new(&config.client_id, &config.host, config.port);
+    opts.set_keep_alive(config.keepalive)
+        .set_clean_session(false)
+        .set_max_packet_size(MAX_INCOMING_PACKET_BYTES, MAX_PACKET_BYTES)
+        .set_last_will(LastWill::new(
+            &config.will.0,
+            config.will.1.clone(),
+            QoS::AtLeastOnce,
+            true,
+        ));
+    let (client, eventloop) = AsyncClient::new(opts, 256);
+    (BusHandle { client }, BusLoop { eventloop })
+}
+
+impl BusHandle {
+    /// Queues a QoS 1 publish; returns an error only if the request queue is closed or full.
+    pub fn publish(&self, topic: &str, payload: Vec<u8>, retain: bool) -> Result<(), String> {
+        self.client.try_publish(topic, QoS::AtLeastOnce, retain, payload).map_err(|e| e.to_string())
+    }
+
+    /// Queues a QoS 1 subscription.
+    pub fn subscribe(&self, filter: &str) -> Result<(), String> {
+        self.client.try_subscribe(filter, QoS::AtLeastOnce).map_err(|e| e.to_string())
+    }
+
+    /// Queues a clean disconnect (the broker then does not fire the Last Will).
+    pub fn disconnect(&self) -> Result<(), String> {
+        self.client.try_disconnect().map_err(|e| e.to_string())
+    }
+}
+
+impl BusLoop {
+    /// Waits for the next event that matters to the agent.
+    pub async fn next(&mut self) -> BusEvent {
+        loop {
+            match self.eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    return BusEvent::Connected { session_present: ack.session_present };
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    return BusEvent::Message { topic: p.topic, payload: p.payload.to_vec() };
+                }
+                Ok(_) => continue,
+                Err(e) => return BusEvent::Disconnected(e.to_string()),
+            }
+        }
+    }
+
+    /// Drives the loop until the queued disconnect is sent or `limit` passes.
+    pub async fn drain(&mut self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            while let Ok(ev) = self.eventloop.poll().await {
+                if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}

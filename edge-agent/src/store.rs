@@ -1,0 +1,243 @@
+//! The model store: verified downloads, kept on disk by digest.
+//!
+//! Order of checks for a job's artifact (nothing is parsed before all of them pass):
+//! 1. expiry of the signed manifest;
+//! 2. the ed25519 signature over (id, sha256, size, expiry) against the trusted coordinator key;
+//! 3. download to `tmp/{sha}.part`, resuming with HTTP `Range` when a partial file exists, and
+//!    aborting as soon as more than the declared size arrives (endless-data defence);
+//! 4. SHA-256 of the complete file; only then an atomic rename into `models/{sha}.onnx`.
+
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use hone_common::artifact::signing_bytes;
+use hone_common::wire::{ArtifactRef, FailureKind};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Why an artifact was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    /// Past its expiry.
+    #[error("artifact manifest expired at {expires_at_ms} (now {now_ms})")]
+    Expired {
+        /// Expiry, Unix ms.
+        expires_at_ms: u64,
+        /// Now, Unix ms.
+        now_ms: u64,
+    },
+    /// No signature.
+    #[error("artifact `{0}` is unsigned")]
+    Unsigned(String),
+    /// Signature does not verify.
+    #[error("artifact `{0}` has an invalid signature")]
+    BadSignature(String),
+    /// More bytes than declared.
+    #[error("server sent more than the declared {declared} bytes")]
+    SizeExceeded {
+        /// Declared size.
+        declared: u64,
+    },
+    /// Hash mismatch.
+    #[error("downloaded bytes hash to {actual}, expected {expected}")]
+    HashMismatch {
+        /// Expected hex digest.
+        expected: String,
+        /// Actual hex digest.
+        actual: String,
+    },
+    /// Network or HTTP failure; retrying may help (the partial file is kept for resume).
+    #[error("download failed: {0}")]
+    Download(String),
+    /// Local disk failure.
+    #[error("model store: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ArtifactError {
+    /// The wire failure category.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            ArtifactError::Expired { .. } => FailureKind::Expired,
+            ArtifactError::Unsigned(_) => FailureKind::Unsigned,
+            ArtifactError::BadSignature(_) => FailureKind::BadSignature,
+            ArtifactError::SizeExceeded { .. } => FailureKind::SizeExceeded,
+            ArtifactError::HashMismatch { .. } => FailureKind::HashMismatch,
+            ArtifactError::Download(_) => FailureKind::Download,
+            ArtifactError::Io(_) => FailureKind::Internal,
+        }
+    }
+}
+
+/// Models on disk, by digest.
+#[derive(Debug, Clone)]
+pub struct ModelStore {
+    root: PathBuf,
+    http: reqwest::Client,
+}
+
+/// What a fetch did, for logs and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// Verified model file.
+    pub path: PathBuf,
+    /// Bytes received over the network by this call.
+    pub bytes_downloaded: u64,
+    /// Whether the download resumed a partial file.
+    pub resumed: bool,
+}
+
+impl ModelStore {
+    /// Opens (creating) a store under `root`.
+    pub fn open(root: &Path) -> std::io::Result<ModelStore> {
+        std::fs::create_dir_all(root.join("models"))?;
+        std::fs::create_dir_all(root.join("tmp"))?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .read_timeout(std::time::Duration::from_secs(30))
+            .build()
+            .map_err(std::io::Error::other)?;
+        Ok(ModelStore { root: root.to_path_buf(), http })
+    }
+
+    /// Path a verified model with this digest has in the store.
+    pub fn model_path(&self, sha256: &[u8; 32]) -> PathBuf {
+        self.root.join("models").join(format!("{}.onnx", hex::encode(sha256)))
+    }
+
+    fn part_path(&self, sha256: &[u8; 32]) -> PathBuf {
+        self.root.join("tmp").join(format!("{}.part", hex::encode(sha256)))
+    }
+
+    /// Verifies the manifest, downloads (resuming) and verifies the bytes, and returns the
+    /// stored file. Nothing unverified is ever left under `models/`.
+    pub async fn fetch_verified(
+        &self,
+        artifact: &ArtifactRef,
+        trusted: &VerifyingKey,
+        now_ms: u64,
+    ) -> Result<Fetched, ArtifactError> {
+        verify_manifest(artifact, trusted, now_ms)?;
+        let final_path = self.model_path(&artifact.sha256);
+        if final_path.exists() && file_sha256(&final_path).await? == artifact.sha256 {
+            return Ok(Fetched { path: final_path, bytes_downloaded: 0, resumed: false });
+        }
+        let part = self.part_path(&artifact.sha256);
+        let (downloaded, resumed) = self.download(artifact, &part).await?;
+        let actual = file_sha256(&part).await?;
+        if actual != artifact.sha256 {
+            let _ = tokio::fs::remove_file(&part).await;
+            return Err(ArtifactError::HashMismatch {
+                expected: hex::encode(artifact.sha256),
+                actual: hex::encode(actual),
+            });
+        }
+        tokio::fs::rename(&part, &final_path).await?;
+        Ok(Fetched { path: final_path, bytes_downloaded: downloaded, resumed })
+    }
+
+    async fn download(
+        &self,
+        artifact: &ArtifactRef,
+        part: &Path,
+    ) -> Result<(u64, bool), ArtifactError> {
+        let mut have = tokio::fs::metadata(part).await.map(|m| m.len()).unwrap_or(0);
+        if have > artifact.size {
+            tokio::fs::remove_file(part).await?;
+            have = 0;
+        }
+        if have == artifact.size && have > 0 {
+            return Ok((0, true));
+        }
+        let mut req = self.http.get(&artifact.url);
+        if have > 0 {
+            req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
+        }
+        let mut resp = req.send().await.map_err(|e| ArtifactError::Download(e.to_string()))?;
+        let status = resp.status();
+        let resumed = have > 0 && status == reqwest::StatusCode::PARTIAL_CONTENT;
+        if !status.is_success() {
+            return Err(ArtifactError::Download(format!("GET {} answered {status}", artifact.url)));
+        }
+        if !resumed {
+            have = 0;
+        }
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(resumed)
+            .truncate(!resumed)
+            .open(part)
+            .await?;
+        let mut received = 0u64;
+        loop {
+            let chunk = match resp.chunk().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => {
+                    file.flush().await?;
+                    return Err(ArtifactError::Download(e.to_string()));
+                }
+            };
+            if have + received + chunk.len() as u64 > artifact.size {
+                drop(file);
+                let _ = tokio::fs::remove_file(part).await;
+                return Err(ArtifactError::SizeExceeded { declared: artifact.size });
+            }
+            file.write_all(&chunk).await?;
+            received += chunk.len() as u64;
+        }
+        file.flush().await?;
+        file.sync_all().await?;
+        if have + received < artifact.size {
+            return Err(ArtifactError::Download(format!(
+                "body ended after {} of {} bytes (kept for resume)",
+                have + received,
+                artifact.size
+            )));
+        }
+        Ok((received, resumed))
+    }
+}
+
+/// Checks expiry and signature of a job's artifact manifest.
+pub fn verify_manifest(
+    artifact: &ArtifactRef,
+    trusted: &VerifyingKey,
+    now_ms: u64,
+) -> Result<(), ArtifactError> {
+    if now_ms > artifact.expires_at_ms {
+        return Err(ArtifactError::Expired { expires_at_ms: artifact.expires_at_ms, now_ms });
+    }
+    if artifact.signature.is_empty() {
+        return Err(ArtifactError::Unsigned(artifact.artifact_id.clone()));
+    }
+    let sig = Signature::from_slice(&artifact.signature)
+        .map_err(|_| ArtifactError::BadSignature(artifact.artifact_id.clone()))?;
+    let msg = signing_bytes(
+        &artifact.artifact_id,
+        &artifact.sha256,
+        artifact.size,
+        artifact.expires_at_ms,
+    );
+    trusted
+        .verify_strict(&msg, &sig)
+        .map_err(|_| ArtifactError::BadSignature(artifact.artifact_id.clone()))
+}
+
+async fn file_sha256(path: &Path) -> std::io::Result<[u8; 32]> {
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().into())
+}
+
+#[cfg(test)]
+mod tests;
