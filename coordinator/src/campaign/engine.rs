@@ -71,7 +71,7 @@ impl Engine {
                 },
                 _ = interval.tick() => self.tick_logged().await,
                 _ = poke.notified() => self.tick_logged().await,
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.changed() => return,
             }
         }
     }

@@ -179,13 +179,12 @@ pub fn validate(req: &CampaignRequest) -> Result<(), PlanError> {
     if req.max_parallel == Some(0) {
         return Err(PlanError::Invalid("max_parallel must be at least 1".into()));
     }
-    if let Some(id) = &req.id {
-        if id.is_empty()
+    if let Some(id) = &req.id
+        && (id.is_empty()
             || id.len() > 64
-            || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(PlanError::Invalid("campaign id: 1-64 letters, digits, `-` or `_`".into()));
-        }
+            || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+    {
+        return Err(PlanError::Invalid("campaign id: 1-64 letters, digits, `-` or `_`".into()));
     }
     Ok(())
 }

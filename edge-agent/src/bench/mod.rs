@@ -86,13 +86,13 @@ pub async fn run_in_child(
         }
     };
     let stdout = String::from_utf8_lossy(&output.stdout);
-    if let Some(line) = stdout.lines().rev().find(|l| !l.trim().is_empty()) {
-        if let Ok(outcome) = serde_json::from_str::<ChildOutcome>(line) {
-            return match outcome {
-                ChildOutcome::Ok(report) => Ok(report),
-                ChildOutcome::Failed { kind, reason } => Err((kind, reason)),
-            };
-        }
+    if let Some(line) = stdout.lines().rev().find(|l| !l.trim().is_empty())
+        && let Ok(outcome) = serde_json::from_str::<ChildOutcome>(line)
+    {
+        return match outcome {
+            ChildOutcome::Ok(report) => Ok(report),
+            ChildOutcome::Failed { kind, reason } => Err((kind, reason)),
+        };
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
     let tail: String =
