@@ -1,1 +1,475 @@
-//! placeholder
+//! End-to-end harness: real `coordinator` and `edge-agent` processes on loopback, a real broker
+//! (embedded rumqttd, or Mosquitto at `HONE_TEST_MQTT_URL`), SQLite or PostgreSQL
+//! (`HONE_TEST_POSTGRES_URL`), real models from the asset cache and tiny generated ones.
+//!
+//! The binaries are the ones cargo built next to the test executable (`target/debug/`);
+//! `scripts/test.sh` builds them first.
+
+pub mod models;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+/// Directory holding the built binaries.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/e2e-HASH -> target/debug
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+/// Path of a workspace binary, which must have been built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A short random suffix for names shared with external services.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", ulid::Ulid::new().to_string().to_lowercase()[16..].to_string())
+}
+
+/// The external broker for tests (Mosquitto on this machine by default).
+pub fn external_mqtt_url() -> String {
+    std::env::var("HONE_TEST_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into())
+}
+
+/// Server URL of the PostgreSQL used by tests (a fresh database is created per test).
+pub fn postgres_server_url() -> String {
+    std::env::var("HONE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// Creates a fresh PostgreSQL database with `psql`; returns its URL.
+pub fn fresh_postgres_db() -> anyhow::Result<String> {
+    let server = postgres_server_url();
+    let name = unique("hone_e2e").replace('-', "_");
+    let out = Command::new("psql")
+        .arg(format!("{server}/postgres"))
+        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", &format!("CREATE DATABASE {name}")])
+        .output()
+        .context("running psql (is the postgresql client installed?)")?;
+    if !out.status.success() {
+        bail!("creating database {name} on {server}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(format!("{server}/{name}"))
+}
+
+/// How the coordinator reaches its broker.
+#[derive(Debug, Clone)]
+pub enum Broker {
+    /// Embedded rumqttd on this port.
+    Embedded(u16),
+    /// An external broker URL.
+    External(String),
+}
+
+/// A coordinator process.
+pub struct CoordinatorProc {
+    /// Data folder.
+    pub data_dir: PathBuf,
+    /// HTTP port.
+    pub http_port: u16,
+    /// Broker.
+    pub broker: Broker,
+    /// Database URL (None: SQLite in the data folder).
+    pub database_url: Option<String>,
+    /// MQTT client id.
+    pub client_id: String,
+    child: Option<Child>,
+}
+
+impl CoordinatorProc {
+    /// Starts a coordinator and waits for its API.
+    pub fn start(
+        data_dir: &Path,
+        broker: Broker,
+        database_url: Option<String>,
+    ) -> anyhow::Result<CoordinatorProc> {
+        let mut c = CoordinatorProc {
+            data_dir: data_dir.to_path_buf(),
+            http_port: free_port(),
+            broker,
+            database_url,
+            client_id: unique("hone-coord"),
+            child: None,
+        };
+        c.spawn()?;
+        Ok(c)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let mut cmd = Command::new(bin("coordinator"));
+        cmd.arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{}", self.http_port)])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--mqtt-client-id", &self.client_id]);
+        match &self.broker {
+            Broker::Embedded(port) => cmd.args(["--mqtt-listen", &format!("127.0.0.1:{port}")]),
+            Broker::External(url) => cmd.args(["--mqtt-url", url]),
+        };
+        if let Some(db) = &self.database_url {
+            cmd.args(["--database-url", db]);
+        }
+        std::fs::create_dir_all(&self.data_dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.join("coordinator.log"))?;
+        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn()?;
+        self.child = Some(child);
+        let api = self.api();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(v) = api.get("/api/v1/health") {
+                if v["mqtt_connected"] == true {
+                    return Ok(());
+                }
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("coordinator exited with {status}; log:\n{}", self.log());
+            }
+            if Instant::now() > deadline {
+                bail!("coordinator did not become healthy in 30 s; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("coordinator.log")).unwrap_or_default()
+    }
+
+    /// API client.
+    pub fn api(&self) -> Api {
+        Api::new(&self.api_url())
+    }
+
+    /// API base URL.
+    pub fn api_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// Broker URL agents use.
+    pub fn mqtt_url(&self) -> String {
+        match &self.broker {
+            Broker::Embedded(port) => format!("mqtt://127.0.0.1:{port}"),
+            Broker::External(url) => url.clone(),
+        }
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again with the same ports, data and database.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9();
+        self.spawn()
+    }
+
+    /// The signing key agents trust.
+    pub fn trust_key(&self) -> String {
+        self.api().get("/api/v1/trust").unwrap()["public_key"].as_str().unwrap().to_string()
+    }
+}
+
+impl Drop for CoordinatorProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// An agent process.
+pub struct AgentProc {
+    /// Device id.
+    pub device_id: String,
+    /// State folder.
+    pub state_dir: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl AgentProc {
+    /// Starts an agent for `coord` with a keepalive in seconds.
+    pub fn start(
+        coord: &CoordinatorProc,
+        root: &Path,
+        device_id: &str,
+        profile: &str,
+        keepalive: u64,
+    ) -> anyhow::Result<AgentProc> {
+        let state_dir = root.join(device_id);
+        std::fs::create_dir_all(&state_dir)?;
+        let args = vec![
+            "run".to_string(),
+            "--broker".into(),
+            coord.mqtt_url(),
+            "--coordinator".into(),
+            coord.api_url(),
+            "--device-id".into(),
+            device_id.into(),
+            "--profile".into(),
+            profile.into(),
+            "--state-dir".into(),
+            state_dir.display().to_string(),
+            "--keepalive-secs".into(),
+            keepalive.to_string(),
+            "--trust-key".into(),
+            coord.trust_key(),
+        ];
+        let mut a = AgentProc {
+            device_id: device_id.into(),
+            log: root.join(format!("{device_id}.log")),
+            state_dir,
+            args,
+            child: None,
+        };
+        a.spawn()?;
+        Ok(a)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = Command::new(bin("edge-agent"))
+            .args(&self.args)
+            .env("RUST_LOG", "edge_agent=debug,warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the agent again with the same state.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9();
+        self.spawn()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Results still waiting in the outbox.
+    pub fn outbox_len(&self) -> usize {
+        std::fs::read_dir(self.state_dir.join("outbox")).map(|d| d.count()).unwrap_or(0)
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A blocking JSON client of the coordinator API.
+pub struct Api {
+    base: String,
+    http: reqwest::blocking::Client,
+}
+
+impl Api {
+    /// Client for `base`.
+    pub fn new(base: &str) -> Api {
+        Api {
+            base: base.into(),
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// GET JSON (error on non-2xx).
+    pub fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let r = self.http.get(format!("{}{path}", self.base)).send()?;
+        let status = r.status();
+        let v: Value = r.json().unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("GET {path}: {status} {v}");
+        }
+        Ok(v)
+    }
+
+    /// POST JSON; returns (status, body).
+    pub fn post(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+        let r = self.http.post(format!("{}{path}", self.base)).json(body).send()?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().unwrap_or(Value::Null)))
+    }
+
+    /// POST raw bytes; returns (status, body).
+    pub fn post_bytes(&self, path: &str, bytes: Vec<u8>) -> anyhow::Result<(u16, Value)> {
+        let r = self.http.post(format!("{}{path}", self.base)).body(bytes).send()?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().unwrap_or(Value::Null)))
+    }
+
+    /// Registers a model file by path; returns its id.
+    pub fn register(&self, path: &Path, name: &str) -> anyhow::Result<String> {
+        let (status, body) =
+            self.post("/api/v1/models/register", &serde_json::json!({"path": path, "name": name}))?;
+        if !(200..300).contains(&status) {
+            bail!("registering {name}: {status} {body}");
+        }
+        Ok(body["id"].as_str().unwrap().to_string())
+    }
+
+    /// Waits until a device's online state is `online`; returns the elapsed time.
+    pub fn wait_device(
+        &self,
+        id: &str,
+        online: bool,
+        timeout: Duration,
+    ) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        loop {
+            if let Ok(d) = self.get(&format!("/api/v1/devices/{id}")) {
+                if d["online"] == online {
+                    return Ok(start.elapsed());
+                }
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "device {id} not {} within {timeout:?}",
+                    if online { "online" } else { "offline" }
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts a campaign; returns its id.
+    pub fn start_campaign(&self, body: Value) -> anyhow::Result<String> {
+        let (status, v) = self.post("/api/v1/campaigns", &body)?;
+        if !(200..300).contains(&status) {
+            bail!("starting campaign: {status} {v}");
+        }
+        Ok(v["id"].as_str().unwrap().to_string())
+    }
+
+    /// Waits for a campaign to finish; returns its view.
+    pub fn wait_campaign(&self, id: &str, timeout: Duration) -> anyhow::Result<Value> {
+        let start = Instant::now();
+        loop {
+            if let Ok(v) = self.get(&format!("/api/v1/campaigns/{id}")) {
+                if v["state"] == "done" {
+                    return Ok(v);
+                }
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "campaign {id} not done within {timeout:?}: {}",
+                    self.get(&format!("/api/v1/campaigns/{id}"))?
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until `pred` holds for the campaign view.
+    pub fn wait_campaign_until(
+        &self,
+        id: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
+        let start = Instant::now();
+        loop {
+            let v = self.get(&format!("/api/v1/campaigns/{id}"))?;
+            if pred(&v) {
+                return Ok(v);
+            }
+            if start.elapsed() > timeout {
+                bail!("campaign {id}: condition not reached within {timeout:?}: {v}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Counter value from `/api/v1/metrics`.
+    pub fn metric(&self, name: &str) -> u64 {
+        self.get("/api/v1/metrics").unwrap()[name].as_u64().unwrap_or(0)
+    }
+}
+
+/// Path of a real model from the asset cache (fetched by `scripts/fetch-assets.sh`).
+pub fn asset(name: &str) -> PathBuf {
+    coordinator::assets::path(name).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Clears a device's retained status on an external broker (test hygiene).
+pub fn clear_retained(mqtt_url: &str, device_ids: &[&str]) {
+    let (host, port) = hone_common::parse_mqtt_url(mqtt_url).unwrap();
+    let mut opts = rumqttc::MqttOptions::new(unique("hone-cleaner"), host, port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut conn) = rumqttc::Client::new(opts, 16);
+    for id in device_ids {
+        let _ = client.publish(
+            hone_common::topic::status(id),
+            rumqttc::QoS::AtLeastOnce,
+            true,
+            Vec::<u8>::new(),
+        );
+    }
+    let _ = client.disconnect();
+    for ev in conn.iter().take(50) {
+        if ev.is_err() {
+            break;
+        }
+    }
+}
+
+/// Publishes raw payloads to topics, then disconnects.
+pub fn publish_raw(mqtt_url: &str, messages: &[(String, Vec<u8>)]) {
+    let (host, port) = hone_common::parse_mqtt_url(mqtt_url).unwrap();
+    let mut opts = rumqttc::MqttOptions::new(unique("hone-prober"), host, port);
+    opts.set_keep_alive(Duration::from_secs(5)).set_max_packet_size(1 << 22, 1 << 22);
+    let (client, mut conn) = rumqttc::Client::new(opts, 64);
+    for (topic, payload) in messages {
+        client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.clone()).unwrap();
+    }
+    let _ = client.disconnect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for ev in conn.iter() {
+        if ev.is_err() || Instant::now() > deadline {
+            break;
+        }
+    }
+}

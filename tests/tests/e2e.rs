@@ -1,0 +1,6 @@
+//! End-to-end scenarios: real coordinator and agent processes, real brokers and databases,
+//! real models. One integration binary; each module is a topic.
+
+mod campaign;
+mod faults;
+mod hostile;
