@@ -2,5 +2,6 @@
 //! real models. One integration binary; each module is a topic.
 
 mod campaign;
+mod demo;
 mod faults;
 mod hostile;
