@@ -155,6 +155,24 @@ impl ModelStore {
         }
         let mut resp = req.send().await.map_err(|e| ArtifactError::Download(e.to_string()))?;
         let status = resp.status();
+        if status == reqwest::StatusCode::RANGE_NOT_SATISFIABLE {
+            // Our partial file does not fit the server's file: start over next time.
+            let _ = tokio::fs::remove_file(part).await;
+        }
+        if have > 0 && status == reqwest::StatusCode::PARTIAL_CONTENT {
+            let starts_at_have = resp
+                .headers()
+                .get(reqwest::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with(&format!("bytes {have}-")));
+            if !starts_at_have {
+                let _ = tokio::fs::remove_file(part).await;
+                return Err(ArtifactError::Download(format!(
+                    "GET {} answered 206 for a range not starting at byte {have}",
+                    artifact.url
+                )));
+            }
+        }
         let resumed = have > 0 && status == reqwest::StatusCode::PARTIAL_CONTENT;
         if !status.is_success() {
             return Err(ArtifactError::Download(format!("GET {} answered {status}", artifact.url)));

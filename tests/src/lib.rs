@@ -17,8 +17,13 @@ use serde_json::Value;
 /// Directory holding the built binaries.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/debug/deps/e2e-HASH -> target/debug
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    // Tests run from target/debug/deps/e2e-HASH, harness binaries from target/debug/.
+    let dir = exe.parent().expect("executable folder");
+    if dir.ends_with("deps") {
+        dir.parent().expect("target dir").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Path of a workspace binary, which must have been built.
@@ -289,6 +294,14 @@ impl AgentProc {
     /// Its log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Resident set size of the agent process, bytes (Linux).
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line[6..].trim().trim_end_matches("kB").trim().parse::<u64>().ok().map(|k| k * 1024)
     }
 }
 

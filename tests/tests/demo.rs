@@ -17,7 +17,8 @@ fn the_demo_benchmarks_both_real_models_on_every_local_agent() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
     let results = v["results"].as_array().unwrap();
     assert_eq!(results.len(), 6, "2 models x 3 agents: {v}");
     let mut seen = std::collections::HashSet::new();
@@ -28,7 +29,10 @@ fn the_demo_benchmarks_both_real_models_on_every_local_agent() {
         assert!(r["peak_rss_bytes"].as_i64().unwrap() > 1 << 20);
         assert!(r["iterations"].as_i64().unwrap() >= 1);
         assert!(r["profile"].is_string());
-        seen.insert((r["model"].as_str().unwrap().to_string(), r["device"].as_str().unwrap().to_string()));
+        seen.insert((
+            r["model"].as_str().unwrap().to_string(),
+            r["device"].as_str().unwrap().to_string(),
+        ));
     }
     assert_eq!(seen.len(), 6, "one line per (model, device)");
     assert!(v["wall_seconds"].as_f64().unwrap() > 0.0);

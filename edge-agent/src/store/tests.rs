@@ -1,2 +1,600 @@
+//! Tests of the verified model store against a tiny in-test HTTP/1.1 server whose misbehaviour
+//! (tampering, truncation, endless data, ignoring `Range`, 404) is chosen per test.
+
+use std::sync::{Arc, Mutex};
+
+use ed25519_dalek::{Signer as _, SigningKey};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+
+/// 200 KiB: several HTTP chunks, several hasher buffers.
+const SIZE: usize = 200 * 1024;
+/// Seed of the coordinator key the agent trusts.
+const TRUSTED_SEED: u8 = 7;
+/// "Now" for every test, Unix ms.
+const NOW_MS: u64 = 1_700_000_000_000;
+/// Size of each write the server makes, so the client sees many chunks.
+const WRITE_CHUNK: usize = 16 * 1024;
+/// Hard stop for [`Mode::Endless`], so a client that never aborts fails instead of hanging.
+const ENDLESS_CAP: u64 = 64 * 1024 * 1024;
+
+/// Deterministic pseudo-random bytes (xorshift64*).
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn model_bytes() -> Vec<u8> {
+    pseudo_random(SIZE, 0x05ee_d0f4_0de1)
+}
+
+fn sha256_of(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+fn trusted_key() -> VerifyingKey {
+    SigningKey::from_bytes(&[TRUSTED_SEED; 32]).verifying_key()
+}
+
+/// A manifest for `body` served at `url`, signed by the key with `seed`.
+fn signed_ref(body: &[u8], url: &str, seed: u8) -> ArtifactRef {
+    let mut artifact = ArtifactRef {
+        artifact_id: "resnet-tiny".to_owned(),
+        sha256: sha256_of(body),
+        size: body.len() as u64,
+        url: url.to_owned(),
+        expires_at_ms: NOW_MS + 60_000,
+        signature: Vec::new(),
+    };
+    sign(&mut artifact, seed);
+    artifact
+}
+
+/// (Re)signs `artifact` as it stands with the key with `seed`.
+fn sign(artifact: &mut ArtifactRef, seed: u8) {
+    let msg = signing_bytes(
+        &artifact.artifact_id,
+        &artifact.sha256,
+        artifact.size,
+        artifact.expires_at_ms,
+    );
+    artifact.signature = SigningKey::from_bytes(&[seed; 32]).sign(&msg).to_bytes().to_vec();
+}
+
+/// How the test server answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The declared bytes, honouring `Range: bytes=N-`.
+    Good,
+    /// The declared bytes with one bit flipped (honours `Range`).
+    Tampered,
+    /// Advertises the full Content-Length, then closes after this many body bytes.
+    Truncate(usize),
+    /// No Content-Length (close-delimited), and only this many body bytes: a clean, early EOF.
+    EndEarly(usize),
+    /// The declared bytes and then more, with no Content-Length, until the client hangs up.
+    Endless,
+    /// The declared bytes plus this many more, all announced in Content-Length.
+    Extra(usize),
+    /// Always 200 with the whole body, whatever `Range` says.
+    IgnoreRange,
+    /// 404 Not Found.
+    NotFound,
+}
+
+/// One request the server saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    /// Request line, e.g. `GET /model.onnx HTTP/1.1`.
+    request_line: String,
+    /// Raw `Range` header value, if any.
+    range: Option<String>,
+    /// Status answered.
+    status: u16,
+    /// Body bytes handed to the socket (counted before each write).
+    body_sent: u64,
+}
+
+struct ServerState {
+    body: Vec<u8>,
+    mode: Mutex<Mode>,
+    log: Mutex<Vec<Seen>>,
+}
+
+/// A one-file HTTP/1.1 server on 127.0.0.1, stopped on drop.
+struct TestServer {
+    url: String,
+    state: Arc<ServerState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    async fn start(body: Vec<u8>, mode: Mode) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let state =
+            Arc::new(ServerState { body, mode: Mutex::new(mode), log: Mutex::new(Vec::new()) });
+        let accept_state = Arc::clone(&state);
+        let task = tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let state = Arc::clone(&accept_state);
+                tokio::spawn(async move {
+                    let _ = serve_connection(sock, state).await;
+                });
+            }
+        });
+        TestServer { url: format!("http://{addr}/model.onnx"), state, task }
+    }
+
+    fn set_mode(&self, mode: Mode) {
+        *self.state.mode.lock().unwrap() = mode;
+    }
+
+    fn requests(&self) -> Vec<Seen> {
+        self.state.log.lock().unwrap().clone()
+    }
+
+    fn total_body_sent(&self) -> u64 {
+        self.requests().iter().map(|r| r.body_sent).sum()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Parses `bytes=N-` (the only form the store sends).
+fn range_start(value: &str) -> Option<u64> {
+    value.trim().strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok()
+}
+
+async fn serve_connection(mut sock: TcpStream, state: Arc<ServerState>) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 1024];
+    let head_end = loop {
+        let n = sock.read(&mut tmp).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&tmp[..n]);
+        if let Some(p) = find(&buf, b"\r\n\r\n") {
+            break p;
+        }
+        if buf.len() > 16 * 1024 {
+            return Ok(());
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or_default().to_owned();
+    let mut range = None;
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':')
+            && name.trim().eq_ignore_ascii_case("range")
+        {
+            range = Some(value.trim().to_owned());
+        }
+    }
+    let mode = *state.mode.lock().unwrap();
+    let len = state.body.len();
+    let start = match mode {
+        Mode::IgnoreRange | Mode::NotFound => None,
+        _ => range.as_deref().and_then(range_start),
+    };
+
+    let mut full = state.body.clone();
+    if mode == Mode::Tampered {
+        full[len / 2] ^= 0x10;
+    }
+    let (status, reason, payload, content_length, content_range): (u16, &str, &[u8], _, _) =
+        match (mode, start) {
+            (Mode::NotFound, _) => (404, "Not Found", b"no such model\n", Some(14usize), None),
+            (_, Some(s)) if s as usize >= len => (416, "Range Not Satisfiable", b"", Some(0), None),
+            (_, Some(s)) => {
+                let s = s as usize;
+                let cr = format!("bytes {s}-{}/{len}", len - 1);
+                (206, "Partial Content", &full[s..], Some(len - s), Some(cr))
+            }
+            (_, None) => (200, "OK", &full[..], Some(len), None),
+        };
+    let (content_length, to_send, extra) = match mode {
+        Mode::Truncate(k) => (content_length, payload.len().min(k), 0u64),
+        Mode::EndEarly(k) => (None, payload.len().min(k), 0),
+        Mode::Endless => (None, payload.len(), ENDLESS_CAP),
+        Mode::Extra(n) => (content_length.map(|c| c + n), payload.len(), n as u64),
+        _ => (content_length, payload.len(), 0),
+    };
+
+    let idx = {
+        let mut log = state.log.lock().unwrap();
+        log.push(Seen { request_line, range, status, body_sent: 0 });
+        log.len() - 1
+    };
+    let count = |n: usize| state.log.lock().unwrap()[idx].body_sent += n as u64;
+
+    let mut response = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n"
+    );
+    if let Some(cl) = content_length {
+        response.push_str(&format!("Content-Length: {cl}\r\n"));
+    }
+    if let Some(cr) = content_range {
+        response.push_str(&format!("Content-Range: {cr}\r\n"));
+    }
+    response.push_str("\r\n");
+    sock.write_all(response.as_bytes()).await?;
+
+    for chunk in payload[..to_send].chunks(WRITE_CHUNK) {
+        count(chunk.len());
+        sock.write_all(chunk).await?;
+        sock.flush().await?;
+    }
+    let junk = pseudo_random(WRITE_CHUNK, 0xbad);
+    let mut sent_extra = 0u64;
+    while sent_extra < extra {
+        let n = (extra - sent_extra).min(WRITE_CHUNK as u64) as usize;
+        count(n);
+        sock.write_all(&junk[..n]).await?;
+        sent_extra += n as u64;
+    }
+    sock.shutdown().await
+}
+
+fn open_store() -> (tempfile::TempDir, ModelStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = ModelStore::open(dir.path()).expect("open store");
+    (dir, store)
+}
+
+fn dir_entries(path: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(path)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn part_file(dir: &Path, sha: &[u8; 32]) -> PathBuf {
+    dir.join("tmp").join(format!("{}.part", hex::encode(sha)))
+}
+
+#[tokio::test]
+async fn good_artifact_is_stored_by_digest_and_a_second_fetch_downloads_nothing() {
+    let body = model_bytes();
+    let server = TestServer::start(body.clone(), Mode::Good).await;
+    let (dir, store) = open_store();
+    let artifact = signed_ref(&body, &server.url, TRUSTED_SEED);
+
+    let first = store.fetch_verified(&artifact, &trusted_key(), NOW_MS).await.expect("fetch");
+    let expected_path =
+        dir.path().join("models").join(format!("{}.onnx", hex::encode(artifact.sha256)));
+    assert_eq!(first.path, expected_path);
+    assert_eq!(store.model_path(&artifact.sha256), expected_path);
+    assert_eq!(first.bytes_downloaded, SIZE as u64);
+    assert!(!first.resumed);
+    assert_eq!(std::fs::read(&first.path).expect("read model"), body);
+    assert!(dir_entries(&dir.path().join("tmp")).is_empty(), "no .part left behind");
+    let seen = server.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].request_line, "GET /model.onnx HTTP/1.1");
+    assert_eq!(seen[0].range, None);
+    assert_eq!(seen[0].status, 200);
+
+    let second = store.fetch_verified(&artifact, &trusted_key(), NOW_MS).await.expect("refetch");
+    assert_eq!(second, Fetched { path: expected_path, bytes_downloaded: 0, resumed: false });
+    assert_eq!(server.requests().len(), 1, "a stored model is not downloaded again");
+}
+
+/// Fetches `artifact` from a good server and asserts it is refused with `kind` before any
+/// request is made and before anything is written.
+async fn assert_refused_before_download(
+    server: &TestServer,
+    artifact: &ArtifactRef,
+    now_ms: u64,
+    kind: FailureKind,
+) -> ArtifactError {
+    let (dir, store) = open_store();
+    let err = store
+        .fetch_verified(artifact, &trusted_key(), now_ms)
+        .await
+        .expect_err("manifest must be refused");
+    assert_eq!(err.kind(), kind, "{err}");
+    assert!(server.requests().is_empty(), "server saw {:?}", server.requests());
+    assert!(dir_entries(&dir.path().join("models")).is_empty());
+    assert!(dir_entries(&dir.path().join("tmp")).is_empty());
+    err
+}
+
+#[tokio::test]
+async fn unsigned_manifest_is_refused_before_any_request() {
+    let body = model_bytes();
+    let server = TestServer::start(body.clone(), Mode::Good).await;
+    let mut artifact = signed_ref(&body, &server.url, TRUSTED_SEED);
+    artifact.signature.clear();
+    let err =
+        assert_refused_before_download(&server, &artifact, NOW_MS, FailureKind::Unsigned).await;
+    assert!(matches!(err, ArtifactError::Unsigned(ref id) if id == "resnet-tiny"), "{err:?}");
+}
+
+#[tokio::test]
+async fn signature_by_an_untrusted_key_is_refused_before_any_request() {
+    let body = model_bytes();
+    let server = TestServer::start(body.clone(), Mode::Good).await;
+    let artifact = signed_ref(&body, &server.url, TRUSTED_SEED + 1);
+    let err =
+        assert_refused_before_download(&server, &artifact, NOW_MS, FailureKind::BadSignature).await;
+    assert!(matches!(err, ArtifactError::BadSignature(ref id) if id == "resnet-tiny"), "{err:?}");
+}
+
+#[tokio::test]
+async fn signature_over_a_different_size_is_refused_before_any_request() {
+    let body = model_bytes();
+    let server = TestServer::start(body.clone(), Mode::Good).await;
+    let mut artifact = signed_ref(&body, &server.url, TRUSTED_SEED);
+    artifact.size += 1;
+    sign(&mut artifact, TRUSTED_SEED);
+    artifact.size -= 1;
+    let err =
+        assert_refused_before_download(&server, &artifact, NOW_MS, FailureKind::BadSignature).await;
+    assert!(matches!(err, ArtifactError::BadSignature(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn malformed_signature_is_refused_before_any_request() {
+    let body = model_bytes();
+    let server = TestServer::start(body.clone(), Mode::Good).await;
+    let mut artifact = signed_ref(&body, &server.url, TRUSTED_SEED);
+    artifact.signature.truncate(63);
+    let err =
+        assert_refused_before_download(&server, &artifact, NOW_MS, FailureKind::BadSignature).await;
+    assert!(matches!(err, ArtifactError::BadSignature(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn expired_manifest_is_refused_before_download() {
+    let body = model_bytes();
+    let server = TestServer::start(body.clone(), Mode::Good).await;
+    let artifact = signed_ref(&body, &server.url, TRUSTED_SEED);
+    let late = artifact.expires_at_ms + 1;
+    let err = assert_refused_before_download(&server, &artifact, late, FailureKind::Expired).await;
+    match err {
+        ArtifactError::Expired { expires_at_ms, now_ms } => {
+            assert_eq!(expires_at_ms, artifact.expires_at_ms);
+            assert_eq!(now_ms, late);
+        }
+        other => panic!("expected Expired, got {other:?}"),
+    }
+    // Expiry is checked before the signature: an expired unsigned manifest is still Expired.
+    let mut unsigned = artifact.clone();
+    unsigned.signature.clear();
+    assert_refused_before_download(&server, &unsigned, late, FailureKind::Expired).await;
+}
+
+#[tokio::test]
+async fn tampered_bytes_are_a_hash_mismatch_and_nothing_is_kept() {
+    let body = model_bytes();
+    let server = TestServer::start(body.clone(), Mode::Tampered).await;
+    let (dir, store) = open_store();
+    let artifact = signed_ref(&body, &server.url, TRUSTED_SEED);
+
+    let err = store.fetch_verified(&artifact, &trusted_key(), NOW_MS).await.expect_err("tampered");
+    assert_eq!(err.kind(), FailureKind::HashMismatch);
+    let mut tampered = body.clone();
+    tampered[SIZE / 2] ^= 0x10;
+    match &err {
+        ArtifactError::HashMismatch { expected, actual } => {
+            assert_eq!(expected, &hex::encode(artifact.sha256));
+            assert_eq!(actual, &hex::encode(sha256_of(&tampered)));
+        }
+        other => panic!("expected HashMismatch, got {other:?}"),
+    }
+    assert!(dir_entries(&dir.path().join("models")).is_empty());
+    assert!(!part_file(dir.path(), &artifact.sha256).exists(), ".part removed");
+    assert_eq!(server.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn truncated_download_is_kept_and_resumed_with_a_range_request() {
+    let body = model_bytes();
+    let cut = 120 * 1024 + 17;
+    let server = TestServer::start(body.clone(), Mode::Truncate(cut)).await;
+    let (dir, store) = open_store();
+    let artifact = signed_ref(&body, &server.url, TRUSTED_SEED);
+
+    let err = store.fetch_verified(&artifact, &trusted_key(), NOW_MS).await.expect_err("truncated");
+    assert_eq!(err.kind(), FailureKind::Download, "{err}");
+    assert!(matches!(err, ArtifactError::Download(_)), "{err:?}");
+    assert!(dir_entries(&dir.path().join("models")).is_empty());
+    let part = part_file(dir.path(), &artifact.sha256);
+    let kept = std::fs::read(&part).expect("partial file kept for resume");
+    assert_eq!(kept.len(), cut, "every byte received is kept");
+    assert_eq!(kept[..], body[..cut]);
+
+    server.set_mode(Mode::Good);
+    let fetched = store.fetch_verified(&artifact, &trusted_key(), NOW_MS).await.expect("resume");
+    assert!(fetched.resumed);
+    assert_eq!(fetched.bytes_downloaded, (SIZE - cut) as u64);
+    assert_eq!(std::fs::read(&fetched.path).expect("read model"), body);
+    assert!(!part.exists());
+
+    let seen = server.requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].range.as_deref(), Some(format!("bytes={cut}-").as_str()));
+    assert_eq!(seen[1].status, 206);
+    assert_eq!(seen[1].body_sent, (SIZE - cut) as u64, "only the missing bytes are sent");
+    let total = server.total_body_sent();
+    assert!(total as f64 <= 1.05 * SIZE as f64, "sent {total} bytes for a {SIZE}-byte model");
+}
+
+#[tokio::test]
+async fn body_ending_cleanly_before_the_declared_size_is_a_download_error_kept_for_resume() {
+    let body = model_bytes();
+    let cut = 100 * 1024;
+    let server = TestServer::start(body.clone(), Mode::EndEarly(cut)).await;
+    let (dir, store) = open_store();
+    let artifact = signed_ref(&body, &server.url, TRUSTED_SEED);
+
+    let err = store.fetch_verified(&artifact, &trusted_key(), NOW_MS).await.expect_err("short");
+    assert!(matches!(err, ArtifactError::Download(_)), "{err:?}");
+    assert_eq!(err.kind(), FailureKind::Download);
+    assert!(dir_entries(&dir.path().join("models")).is_empty());
+    let kept = std::fs::read(part_file(dir.path(), &artifact.sha256)).expect("part kept");
+    assert_eq!(kept[..], body[..cut]);
+
+    server.set_mode(Mode::Good);
+    let fetched = store.fetch_verified(&artifact, &trusted_key(), NOW_MS).await.expect("resume");
+    assert!(fetched.resumed);
+    assert_eq!(fetched.bytes_downloaded, (SIZE - cut) as u64);
+    assert_eq!(std::fs::read(&fetched.path).expect("read model"), body);
+}
+
+#[tokio::test]
+async fn server_ignoring_range_restarts_from_zero_and_still_verifies() {
+    let body = model_bytes();
+    let cut = 64 * 1024 + 3;
+    let server = TestServer::start(body.clone(), Mode::Truncate(cut)).await;
+    let (dir, store) = open_store();
+    let artifact = signed_ref(&body, &server.url, TRUSTED_SEED);
+    store.fetch_verified(&artifact, &trusted_key(), NOW_MS).await.expect_err("truncated");
+    assert_eq!(
+        std::fs::metadata(part_file(dir.path(), &artifact.sha256)).expect("part").len(),
+        cut as u64
+    );
+
+    server.set_mode(Mode::IgnoreRange);
+    let fetched = store.fetch_verified(&artifact, &trusted_key(), NOW_MS).await.expect("restart");
+    assert!(!fetched.resumed, "a 200 answer is not a resume");
+    assert_eq!(fetched.bytes_downloaded, SIZE as u64);
+    let stored = std::fs::read(&fetched.path).expect("read model");
+    assert_eq!(stored.len(), SIZE, "the partial prefix was not kept in front of the full body");
+    assert_eq!(sha256_of(&stored), artifact.sha256);
+    let seen = server.requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].range.as_deref(), Some(format!("bytes={cut}-").as_str()));
+    assert_eq!(seen[1].status, 200);
+}
+
+#[tokio::test]
+async fn corrupt_partial_file_fails_the_hash_once_and_is_then_replaced() {
+    let body = model_bytes();
+    let server = TestServer::start(body.clone(), Mode::Good).await;
+    let (dir, store) = open_store();
+    let artifact = signed_ref(&body, &server.url, TRUSTED_SEED);
+    let part = part_file(dir.path(), &artifact.sha256);
+    std::fs::write(&part, vec![0u8; 1000]).expect("write bogus part");
+
+    let err = store.fetch_verified(&artifact, &trusted_key(), NOW_MS).await.expect_err("bad part");
+    assert_eq!(err.kind(), FailureKind::HashMismatch, "{err}");
+    assert!(!part.exists(), "the poisoned partial file is dropped");
+    assert!(dir_entries(&dir.path().join("models")).is_empty());
+
+    let fetched = store.fetch_verified(&artifact, &trusted_key(), NOW_MS).await.expect("fresh");
+    assert!(!fetched.resumed);
+    assert_eq!(std::fs::read(&fetched.path).expect("read model"), body);
+}
+
+#[tokio::test]
+async fn oversized_partial_file_is_discarded_and_the_download_starts_over() {
+    let body = model_bytes();
+    let server = TestServer::start(body.clone(), Mode::Good).await;
+    let (dir, store) = open_store();
+    let artifact = signed_ref(&body, &server.url, TRUSTED_SEED);
+    let part = part_file(dir.path(), &artifact.sha256);
+    std::fs::write(&part, vec![1u8; SIZE + 1]).expect("write oversized part");
+
+    let fetched = store.fetch_verified(&artifact, &trusted_key(), NOW_MS).await.expect("fetch");
+    assert!(!fetched.resumed);
+    assert_eq!(fetched.bytes_downloaded, SIZE as u64);
+    assert_eq!(std::fs::read(&fetched.path).expect("read model"), body);
+    assert_eq!(server.requests()[0].range, None);
+}
+
+#[tokio::test]
+async fn endless_body_is_aborted_as_size_exceeded_and_nothing_is_kept() {
+    let body = model_bytes();
+    let server = TestServer::start(body.clone(), Mode::Endless).await;
+    let (dir, store) = open_store();
+    let artifact = signed_ref(&body, &server.url, TRUSTED_SEED);
+
+    let err = store.fetch_verified(&artifact, &trusted_key(), NOW_MS).await.expect_err("endless");
+    assert_eq!(err.kind(), FailureKind::SizeExceeded, "{err}");
+    assert!(matches!(err, ArtifactError::SizeExceeded { declared } if declared == SIZE as u64));
+    assert!(dir_entries(&dir.path().join("models")).is_empty());
+    assert!(!part_file(dir.path(), &artifact.sha256).exists(), ".part removed");
+    // The client hung up long before the server's safety cap.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(server.total_body_sent() < SIZE as u64 + ENDLESS_CAP);
+}
+
+#[tokio::test]
+async fn a_single_byte_beyond_the_declared_size_is_size_exceeded() {
+    let body = model_bytes();
+    let server = TestServer::start(body.clone(), Mode::Extra(1)).await;
+    let (dir, store) = open_store();
+    let artifact = signed_ref(&body, &server.url, TRUSTED_SEED);
+
+    let err = store.fetch_verified(&artifact, &trusted_key(), NOW_MS).await.expect_err("extra");
+    assert!(
+        matches!(err, ArtifactError::SizeExceeded { declared } if declared == SIZE as u64),
+        "{err:?}"
+    );
+    assert!(dir_entries(&dir.path().join("models")).is_empty());
+    assert!(!part_file(dir.path(), &artifact.sha256).exists(), ".part removed");
+}
+
+#[tokio::test]
+async fn http_404_is_a_download_error_naming_the_status() {
+    let body = model_bytes();
+    let server = TestServer::start(body.clone(), Mode::NotFound).await;
+    let (dir, store) = open_store();
+    let artifact = signed_ref(&body, &server.url, TRUSTED_SEED);
+
+    let err = store.fetch_verified(&artifact, &trusted_key(), NOW_MS).await.expect_err("404");
+    assert_eq!(err.kind(), FailureKind::Download);
+    match &err {
+        ArtifactError::Download(msg) => assert!(msg.contains("404"), "{msg}"),
+        other => panic!("expected Download, got {other:?}"),
+    }
+    assert!(err.to_string().contains("404"));
+    assert!(dir_entries(&dir.path().join("models")).is_empty());
+    assert_eq!(server.requests().len(), 1);
+}
+
 #[test]
-fn placeholder() {}
+fn every_artifact_error_maps_to_its_failure_kind() {
+    let cases = [
+        (ArtifactError::Expired { expires_at_ms: 1, now_ms: 2 }, FailureKind::Expired),
+        (ArtifactError::Unsigned("m".into()), FailureKind::Unsigned),
+        (ArtifactError::BadSignature("m".into()), FailureKind::BadSignature),
+        (ArtifactError::SizeExceeded { declared: 3 }, FailureKind::SizeExceeded),
+        (
+            ArtifactError::HashMismatch { expected: "a".into(), actual: "b".into() },
+            FailureKind::HashMismatch,
+        ),
+        (ArtifactError::Download("x".into()), FailureKind::Download),
+        (ArtifactError::Io(std::io::Error::other("disk")), FailureKind::Internal),
+    ];
+    for (err, kind) in cases {
+        assert_eq!(err.kind(), kind, "{err:?}");
+    }
+    assert!(FailureKind::Download.is_retryable());
+    assert!(!FailureKind::BadSignature.is_retryable());
+    assert!(!FailureKind::HashMismatch.is_retryable());
+}
