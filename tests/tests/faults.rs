@@ -102,10 +102,19 @@ fn a_job_on_an_agent_that_never_returns_fails_with_a_reason_instead_of_hanging()
 
 #[test]
 fn a_coordinator_killed_mid_campaign_resumes_and_stores_each_result_once() {
+    coordinator_restart_scenario(Broker::Embedded(free_port()), None);
+}
+
+#[test]
+fn a_coordinator_on_mosquitto_and_postgres_killed_mid_campaign_resumes() {
+    let db = fresh_postgres_db().expect("PostgreSQL must be reachable (HONE_TEST_POSTGRES_URL)");
+    coordinator_restart_scenario(Broker::External(external_mqtt_url()), Some(db));
+}
+
+fn coordinator_restart_scenario(broker: Broker, database_url: Option<String>) {
     let dir = tempfile::tempdir().unwrap();
     let mut coord =
-        CoordinatorProc::start(&dir.path().join("coord"), Broker::Embedded(free_port()), None)
-            .unwrap();
+        CoordinatorProc::start(&dir.path().join("coord"), broker, database_url).unwrap();
     let api = coord.api();
     let ids = [unique("e2e-cr-a"), unique("e2e-cr-b")];
     let agents: Vec<AgentProc> = ids
@@ -145,5 +154,8 @@ fn a_coordinator_killed_mid_campaign_resumes_and_stores_each_result_once() {
             std::thread::sleep(Duration::from_millis(50));
         }
         assert_eq!(a.outbox_len(), 0, "every result was acknowledged");
+    }
+    if let Broker::External(url) = &coord.broker {
+        clear_retained(url, &[&ids[0], &ids[1]]);
     }
 }
