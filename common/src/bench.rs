@@ -114,9 +114,78 @@ pub struct BenchReport {
     pub runtime: String,
 }
 
+impl BenchReport {
+    /// Checks that a report received from elsewhere is physically meaningful: finite,
+    /// non-negative figures, ordered percentiles and at least one iteration.
+    pub fn validate(&self) -> Result<(), String> {
+        let l = &self.latency;
+        let figures = [
+            ("p50_ms", l.p50_ms),
+            ("p90_ms", l.p90_ms),
+            ("p99_ms", l.p99_ms),
+            ("mean_ms", l.mean_ms),
+            ("std_ms", l.std_ms),
+            ("min_ms", l.min_ms),
+            ("max_ms", l.max_ms),
+            ("load_ms", self.load_ms),
+        ];
+        if let Some((name, v)) = figures.iter().find(|(_, v)| !v.is_finite() || *v < 0.0) {
+            return Err(format!("{name} is {v}"));
+        }
+        if !(l.min_ms <= l.p50_ms
+            && l.p50_ms <= l.p90_ms
+            && l.p90_ms <= l.p99_ms
+            && l.p99_ms <= l.max_ms)
+        {
+            return Err("percentiles are not ordered min <= p50 <= p90 <= p99 <= max".into());
+        }
+        if self.iterations == 0 {
+            return Err("no measured iterations".into());
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn report(samples: &[f64]) -> BenchReport {
+        BenchReport {
+            latency: LatencyStats::from_samples(samples).unwrap(),
+            iterations: samples.len() as u32,
+            warmup: 0,
+            load_ms: 1.0,
+            peak_rss_bytes: 1,
+            synthetic_inputs: true,
+            inputs: vec![],
+            runtime: "t".into(),
+        }
+    }
+
+    #[test]
+    fn reports_from_real_samples_validate() {
+        assert_eq!(report(&[1.0, 2.0, 3.0]).validate(), Ok(()));
+    }
+
+    #[test]
+    fn non_finite_negative_or_disordered_reports_are_refused() {
+        let mut r = report(&[1.0, 2.0]);
+        r.latency.p50_ms = f64::NAN;
+        assert!(r.validate().unwrap_err().contains("p50_ms"));
+        let mut r = report(&[1.0, 2.0]);
+        r.load_ms = f64::INFINITY;
+        assert!(r.validate().unwrap_err().contains("load_ms"));
+        let mut r = report(&[1.0, 2.0]);
+        r.latency.min_ms = -1.0;
+        assert!(r.validate().is_err());
+        let mut r = report(&[1.0, 2.0]);
+        r.latency.p99_ms = 0.5;
+        assert!(r.validate().unwrap_err().contains("ordered"));
+        let mut r = report(&[1.0]);
+        r.iterations = 0;
+        assert!(r.validate().is_err());
+    }
 
     #[test]
     fn percentiles_use_nearest_rank() {

@@ -44,7 +44,7 @@ pub fn free_port() -> u16 {
 
 /// A short random suffix for names shared with external services.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", ulid::Ulid::new().to_string().to_lowercase()[16..].to_string())
+    format!("{prefix}-{}", &ulid::Ulid::new().to_string().to_lowercase()[16..])
 }
 
 /// The external broker for tests (Mosquitto on this machine by default).
@@ -140,10 +140,10 @@ impl CoordinatorProc {
         let api = self.api();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(v) = api.get("/api/v1/health") {
-                if v["mqtt_connected"] == true {
-                    return Ok(());
-                }
+            if let Ok(v) = api.get("/api/v1/health")
+                && v["mqtt_connected"] == true
+            {
+                return Ok(());
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 bail!("coordinator exited with {status}; log:\n{}", self.log());
@@ -373,10 +373,10 @@ impl Api {
     ) -> anyhow::Result<Duration> {
         let start = Instant::now();
         loop {
-            if let Ok(d) = self.get(&format!("/api/v1/devices/{id}")) {
-                if d["online"] == online {
-                    return Ok(start.elapsed());
-                }
+            if let Ok(d) = self.get(&format!("/api/v1/devices/{id}"))
+                && d["online"] == online
+            {
+                return Ok(start.elapsed());
             }
             if start.elapsed() > timeout {
                 bail!(
@@ -401,10 +401,10 @@ impl Api {
     pub fn wait_campaign(&self, id: &str, timeout: Duration) -> anyhow::Result<Value> {
         let start = Instant::now();
         loop {
-            if let Ok(v) = self.get(&format!("/api/v1/campaigns/{id}")) {
-                if v["state"] == "done" {
-                    return Ok(v);
-                }
+            if let Ok(v) = self.get(&format!("/api/v1/campaigns/{id}"))
+                && v["state"] == "done"
+            {
+                return Ok(v);
             }
             if start.elapsed() > timeout {
                 bail!(

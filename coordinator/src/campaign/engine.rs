@@ -114,6 +114,17 @@ impl Engine {
                 self.db.touch_device(&device, now).await?;
                 match self.db.job(&result.job_id).await? {
                     Some(job) if job.device_id == device => match &result.outcome {
+                        Outcome::Ok(report) if report.validate().is_err() => {
+                            let why = report.validate().unwrap_err();
+                            self.metrics.rejected_malformed.fetch_add(1, Relaxed);
+                            let reason = format!("invalid report from the agent: {why}");
+                            let next = self
+                                .db
+                                .end_attempt(&job.id, Some(&result.command_id), &reason, true, now)
+                                .await?;
+                            self.count_end(next);
+                            warn!(job = %job.id, device = %device, %reason, "result refused");
+                        }
                         Outcome::Ok(report) => {
                             let profile = self.db.device(&device).await?.and_then(|d| d.profile);
                             let stored = self

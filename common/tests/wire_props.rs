@@ -1,0 +1,339 @@
+//! Property tests of the wire codec: round trips, robustness of `decode` against hostile or
+//! corrupted payloads, and the size limit of `encode`.
+
+use hone_common::bench::{BenchReport, BenchSpec, LatencyStats};
+use hone_common::wire::{
+    ArtifactRef, CoordinatorStatus, DecodeError, DeviceStatus, EncodeError, FailureKind,
+    JobAccepted, JobCommand, JobResult, MAX_MESSAGE_BYTES, Message, Outcome, ResultAck,
+    WIRE_VERSION, decode, encode,
+};
+use proptest::prelude::*;
+use proptest::sample::Index;
+
+/// Short strings, ASCII and beyond (multi-byte UTF-8 exercises the length prefixes).
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![3 => "[a-z0-9/._-]{0,12}", 1 => "\\PC{0,6}"]
+}
+
+/// Any f64 but NaN, so that decoded messages compare equal to the originals.
+fn float() -> impl Strategy<Value = f64> {
+    use proptest::num::f64::*;
+    NORMAL | SUBNORMAL | ZERO | POSITIVE | NEGATIVE | INFINITE
+}
+
+fn failure_kind() -> impl Strategy<Value = FailureKind> {
+    prop::sample::select(vec![
+        FailureKind::Busy,
+        FailureKind::Expired,
+        FailureKind::Unsigned,
+        FailureKind::BadSignature,
+        FailureKind::HashMismatch,
+        FailureKind::SizeExceeded,
+        FailureKind::Download,
+        FailureKind::ModelInvalid,
+        FailureKind::Crashed,
+        FailureKind::Timeout,
+        FailureKind::Internal,
+    ])
+}
+
+prop_compose! {
+    fn device_status()(
+        device_id in text(),
+        online in any::<bool>(),
+        session in any::<u64>(),
+        agent_version in text(),
+        arch in text(),
+        os in text(),
+        cores in any::<u32>(),
+        memory_bytes in any::<u64>(),
+        profile in proptest::option::of(text()),
+        sent_at_ms in any::<u64>(),
+    ) -> DeviceStatus {
+        DeviceStatus {
+            device_id, online, session, agent_version, arch, os, cores, memory_bytes, profile,
+            sent_at_ms,
+        }
+    }
+}
+
+prop_compose! {
+    fn artifact_ref()(
+        artifact_id in text(),
+        sha256 in any::<[u8; 32]>(),
+        size in any::<u64>(),
+        url in text(),
+        expires_at_ms in any::<u64>(),
+        signature in prop::collection::vec(any::<u8>(), 0..80),
+    ) -> ArtifactRef {
+        ArtifactRef { artifact_id, sha256, size, url, expires_at_ms, signature }
+    }
+}
+
+prop_compose! {
+    fn bench_spec()(
+        warmup in any::<u32>(),
+        max_iterations in any::<u32>(),
+        max_time_ms in any::<u64>(),
+        symbols in prop::collection::vec((text(), any::<u64>()), 0..4),
+    ) -> BenchSpec {
+        BenchSpec { warmup, max_iterations, max_time_ms, symbols }
+    }
+}
+
+prop_compose! {
+    fn job_command()(
+        command_id in text(),
+        job_id in text(),
+        attempt in any::<u32>(),
+        artifact in artifact_ref(),
+        spec in bench_spec(),
+        timeout_ms in any::<u64>(),
+    ) -> JobCommand {
+        JobCommand { command_id, job_id, attempt, artifact, spec, timeout_ms }
+    }
+}
+
+prop_compose! {
+    fn latency_stats()(
+        p in [float(), float(), float(), float(), float(), float(), float()],
+    ) -> LatencyStats {
+        LatencyStats {
+            p50_ms: p[0], p90_ms: p[1], p99_ms: p[2], mean_ms: p[3], std_ms: p[4], min_ms: p[5],
+            max_ms: p[6],
+        }
+    }
+}
+
+prop_compose! {
+    fn bench_report()(
+        latency in latency_stats(),
+        iterations in any::<u32>(),
+        warmup in any::<u32>(),
+        load_ms in float(),
+        peak_rss_bytes in any::<u64>(),
+        synthetic_inputs in any::<bool>(),
+        inputs in prop::collection::vec(text(), 0..4),
+        runtime in text(),
+    ) -> BenchReport {
+        BenchReport {
+            latency, iterations, warmup, load_ms, peak_rss_bytes, synthetic_inputs, inputs,
+            runtime,
+        }
+    }
+}
+
+fn outcome() -> impl Strategy<Value = Outcome> {
+    prop_oneof![
+        bench_report().prop_map(Outcome::Ok),
+        (failure_kind(), text()).prop_map(|(kind, reason)| Outcome::Failed { kind, reason }),
+    ]
+}
+
+prop_compose! {
+    fn job_result()(
+        result_id in text(),
+        command_id in text(),
+        job_id in text(),
+        attempt in any::<u32>(),
+        outcome in outcome(),
+    ) -> JobResult {
+        JobResult { result_id, command_id, job_id, attempt, outcome }
+    }
+}
+
+fn message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        device_status().prop_map(Message::Status),
+        job_command().prop_map(Message::RunJob),
+        text().prop_map(|result_id| Message::ResultAck(ResultAck { result_id })),
+        (text(), text(), any::<u32>()).prop_map(|(command_id, job_id, attempt)| {
+            Message::JobAccepted(JobAccepted { command_id, job_id, attempt })
+        }),
+        job_result().prop_map(Message::JobResult),
+        (any::<bool>(), text(), any::<u64>()).prop_map(|(online, version, started_at_ms)| {
+            Message::CoordinatorStatus(CoordinatorStatus { online, version, started_at_ms })
+        }),
+    ]
+}
+
+/// A change to an encoded payload.
+#[derive(Debug, Clone)]
+enum Mutation {
+    Flip(Index, u8),
+    Set(Index, u8),
+    Insert(Index, u8),
+    Delete(Index),
+    Truncate(Index),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        (any::<Index>(), 0u8..8).prop_map(|(i, bit)| Mutation::Flip(i, bit)),
+        (any::<Index>(), any::<u8>()).prop_map(|(i, b)| Mutation::Set(i, b)),
+        (any::<Index>(), any::<u8>()).prop_map(|(i, b)| Mutation::Insert(i, b)),
+        any::<Index>().prop_map(Mutation::Delete),
+        any::<Index>().prop_map(Mutation::Truncate),
+    ]
+}
+
+fn apply(bytes: &mut Vec<u8>, mutation: &Mutation) {
+    if bytes.is_empty() {
+        if let Mutation::Insert(_, b) = mutation {
+            bytes.push(*b);
+        }
+        return;
+    }
+    let len = bytes.len();
+    match *mutation {
+        Mutation::Flip(i, bit) => bytes[i.index(len)] ^= 1 << bit,
+        Mutation::Set(i, b) => bytes[i.index(len)] = b,
+        Mutation::Insert(i, b) => bytes.insert(i.index(len + 1), b),
+        Mutation::Delete(i) => {
+            bytes.remove(i.index(len));
+        }
+        Mutation::Truncate(i) => bytes.truncate(i.index(len)),
+    }
+}
+
+/// Decodes `payload` (a panic fails the property) and checks that the outcome is consistent:
+/// the documented pre-checks, and a decoded message re-encodes to a payload that decodes to the
+/// same message and is no longer than the input.
+fn check_decode(payload: &[u8]) -> Result<(), TestCaseError> {
+    match decode(payload) {
+        Ok(msg) => {
+            let again = encode(&msg).map_err(|e| TestCaseError::fail(format!("re-encode: {e}")))?;
+            prop_assert!(again.len() <= payload.len(), "re-encoding grew: {msg:?}");
+            let back = decode(&again).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+            // Compare encodings, not values: a decoded f64 may be NaN.
+            prop_assert_eq!(encode(&back).unwrap(), again);
+        }
+        Err(DecodeError::Empty) => prop_assert!(payload.is_empty()),
+        Err(DecodeError::TooLarge { size, max }) => {
+            prop_assert_eq!((size, max), (payload.len(), MAX_MESSAGE_BYTES));
+            prop_assert!(size > max);
+        }
+        Err(DecodeError::UnsupportedVersion { found }) => prop_assert_ne!(found, WIRE_VERSION),
+        Err(DecodeError::Malformed(reason)) => prop_assert!(!reason.is_empty()),
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn messages_round_trip(msg in message()) {
+        let bytes = encode(&msg).unwrap();
+        prop_assert!(bytes.len() <= MAX_MESSAGE_BYTES);
+        prop_assert_eq!(bytes[0], 1);
+        prop_assert_eq!(decode(&bytes).unwrap(), msg);
+    }
+
+    #[test]
+    fn nan_latencies_round_trip_bit_for_bit(
+        msg in job_result(),
+        bits in any::<u64>(),
+    ) {
+        let mut msg = msg;
+        if let Outcome::Ok(report) = &mut msg.outcome {
+            // Any NaN payload, quiet or signalling.
+            report.latency.p99_ms = f64::from_bits(bits | 0x7ff0_0000_0000_0001);
+        }
+        let bytes = encode(&Message::JobResult(msg)).unwrap();
+        let back = decode(&bytes).unwrap();
+        prop_assert_eq!(encode(&back).unwrap(), bytes);
+    }
+
+    #[test]
+    fn decode_never_panics_on_arbitrary_bytes(
+        payload in prop::collection::vec(any::<u8>(), 0..2048),
+    ) {
+        check_decode(&payload)?;
+    }
+
+    #[test]
+    fn decode_never_panics_past_the_envelope_header(
+        tag in 0u8..8,
+        body in prop::collection::vec(any::<u8>(), 0..2048),
+    ) {
+        // Valid version and (mostly) valid message tag, so the body decoder sees the noise.
+        let mut payload = vec![WIRE_VERSION as u8, tag];
+        payload.extend(body);
+        check_decode(&payload)?;
+    }
+
+    #[test]
+    fn decode_never_panics_on_mutated_messages(
+        msg in message(),
+        mutations in prop::collection::vec(mutation(), 1..8),
+    ) {
+        let mut payload = encode(&msg).unwrap();
+        for m in &mutations {
+            apply(&mut payload, m);
+        }
+        check_decode(&payload)?;
+    }
+
+    #[test]
+    fn encode_respects_the_size_limit(
+        msg in message(),
+        // Around the limit most of the time, well below or above it sometimes.
+        filler in prop_oneof![
+            3 => (MAX_MESSAGE_BYTES - 300)..(MAX_MESSAGE_BYTES + 50),
+            1 => 0usize..(2 * MAX_MESSAGE_BYTES),
+        ],
+    ) {
+        let msg = grow(msg, filler);
+        match encode(&msg) {
+            Ok(bytes) => {
+                prop_assert!(bytes.len() <= MAX_MESSAGE_BYTES);
+                prop_assert_eq!(decode(&bytes).unwrap(), msg);
+            }
+            Err(EncodeError::TooLarge { size, max }) => {
+                prop_assert_eq!(max, MAX_MESSAGE_BYTES);
+                prop_assert!(size > max);
+            }
+            Err(e) => prop_assert!(false, "unexpected encode error: {e}"),
+        }
+    }
+}
+
+/// Adds `n` bytes of payload to a variable-size field of `msg`.
+fn grow(mut msg: Message, n: usize) -> Message {
+    let filler = "x".repeat(n);
+    match &mut msg {
+        Message::Status(s) => s.device_id.push_str(&filler),
+        Message::RunJob(j) => j.artifact.signature.extend(filler.as_bytes()),
+        Message::ResultAck(a) => a.result_id.push_str(&filler),
+        Message::JobAccepted(a) => a.job_id.push_str(&filler),
+        Message::JobResult(r) => match &mut r.outcome {
+            Outcome::Ok(report) => report.inputs.push(filler),
+            Outcome::Failed { reason, .. } => reason.push_str(&filler),
+        },
+        Message::CoordinatorStatus(c) => c.version.push_str(&filler),
+    }
+    msg
+}
+
+#[test]
+fn encode_limit_is_inclusive() {
+    // version (1) + tag (1) + length varint (3 bytes for 64 KiB) + the string.
+    let at_limit = Message::ResultAck(ResultAck { result_id: "x".repeat(MAX_MESSAGE_BYTES - 5) });
+    let bytes = encode(&at_limit).unwrap();
+    assert_eq!(bytes.len(), MAX_MESSAGE_BYTES);
+    assert_eq!(decode(&bytes).unwrap(), at_limit);
+
+    let over = Message::ResultAck(ResultAck { result_id: "x".repeat(MAX_MESSAGE_BYTES - 4) });
+    assert_eq!(
+        encode(&over),
+        Err(EncodeError::TooLarge { size: MAX_MESSAGE_BYTES + 1, max: MAX_MESSAGE_BYTES })
+    );
+    let mut raw = bytes;
+    raw.push(b'x');
+    raw[2..5].copy_from_slice(&[0xfc, 0xff, 0x03]); // length MAX - 4
+    assert_eq!(
+        decode(&raw),
+        Err(DecodeError::TooLarge { size: MAX_MESSAGE_BYTES + 1, max: MAX_MESSAGE_BYTES })
+    );
+}
