@@ -16,6 +16,42 @@ pub struct BenchSpec {
     /// Values for symbolic input dimensions, by symbol name (e.g. `("sequence_length", 128)`).
     /// Unnamed symbols default to 1 on the first axis and [`BenchSpec::DEFAULT_DIM`] elsewhere.
     pub symbols: Vec<(String, u64)>,
+    /// What kind of measurement to take.
+    #[serde(default)]
+    pub mode: BenchMode,
+}
+
+/// Benchmark modes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BenchMode {
+    /// Latency percentiles of single inferences, warm-up excluded.
+    #[default]
+    Single,
+    /// Continuous load for `seconds`: latency over time, throttle onset, end against start.
+    Sustained {
+        /// Length of the run.
+        seconds: u32,
+    },
+    /// Process start to the end of the first inference (includes loading the model).
+    Cold,
+    /// Items per second at each batch size (the first input axis).
+    Throughput {
+        /// Batch sizes to measure.
+        batch_sizes: Vec<u32>,
+    },
+}
+
+impl BenchMode {
+    /// Stable lowercase name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BenchMode::Single => "single",
+            BenchMode::Sustained { .. } => "sustained",
+            BenchMode::Cold => "cold",
+            BenchMode::Throughput { .. } => "throughput",
+        }
+    }
 }
 
 impl BenchSpec {
@@ -34,7 +70,13 @@ impl BenchSpec {
 
 impl Default for BenchSpec {
     fn default() -> Self {
-        BenchSpec { warmup: 5, max_iterations: 100, max_time_ms: 10_000, symbols: Vec::new() }
+        BenchSpec {
+            warmup: 5,
+            max_iterations: 100,
+            max_time_ms: 10_000,
+            symbols: Vec::new(),
+            mode: BenchMode::Single,
+        }
     }
 }
 
@@ -112,6 +154,119 @@ pub struct BenchReport {
     pub inputs: Vec<String>,
     /// Runtime that ran the model, e.g. `tract 0.23.9`.
     pub runtime: String,
+    /// Mode of the measurement.
+    pub mode: BenchMode,
+    /// How the device profile was applied (or why it was not).
+    pub emulation: Emulation,
+    /// The host calibration the emulation was computed from, if any.
+    pub calibration: Option<HostCalibration>,
+    /// Version of the agent that measured.
+    pub agent_version: String,
+    /// `sustained`: latency over time.
+    pub timeline: Vec<TimelinePoint>,
+    /// `throughput`: items per second by batch size.
+    pub throughput: Vec<ThroughputPoint>,
+    /// `cold`: process start to the end of the first inference, ms.
+    pub cold_start_ms: Option<f64>,
+    /// Temperatures and clocks read on the host during the run.
+    pub readings: DeviceReadings,
+}
+
+/// Whether and how a device profile was enforced on the benchmark process.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Emulation {
+    /// Profile name, if the agent runs under one.
+    pub profile: Option<String>,
+    /// What was applied.
+    pub status: EmulationStatus,
+    /// Profile speed relative to this host (per core), when emulated.
+    pub performance_ratio: Option<f64>,
+    /// CFS quota per period, µs (cgroup `cpu.cfs_quota_us`).
+    pub cpu_quota_us: Option<u64>,
+    /// CFS period, µs.
+    pub cpu_period_us: Option<u64>,
+    /// CPUs the process may run on.
+    pub cpus: Option<u32>,
+    /// Memory cap, bytes.
+    pub memory_limit_bytes: Option<u64>,
+    /// How the memory cap was applied: `cgroup-v1` or `rlimit-as`.
+    pub memory_method: Option<String>,
+    /// Thermal model speed-up (1 = real time) when the quota followed the thermal model.
+    pub thermal_time_scale: Option<f64>,
+}
+
+/// What the agent did about a profile.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmulationStatus {
+    /// No profile: the host as it is.
+    #[default]
+    None,
+    /// The profile was enforced with cgroups (and the memory cap with cgroups or RLIMIT_AS).
+    Emulated,
+    /// A profile was asked for but could not be enforced; the figures are the host's own.
+    Unthrottled {
+        /// Why.
+        reason: String,
+    },
+    /// The agent runs on the profiled device itself; nothing is emulated.
+    Native,
+}
+
+/// Host speed, measured once and cached with the host's identity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostCalibration {
+    /// CPU model, core count and host name.
+    pub host_id: String,
+    /// Single-thread f32 matrix-multiply throughput with tract, GFLOP/s.
+    pub gflops_per_core: f64,
+    /// Single-thread memory copy bandwidth, GB/s.
+    pub memory_bandwidth_gbs: f64,
+    /// When it was measured, Unix ms.
+    pub measured_at_ms: u64,
+}
+
+/// One window of a sustained run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelinePoint {
+    /// Window end, seconds since the measured phase started.
+    pub t_s: f64,
+    /// Median latency in the window, ms.
+    pub p50_ms: f64,
+    /// Iterations in the window.
+    pub iterations: u32,
+    /// CPU quota in force (fraction of one core), if emulated.
+    pub quota: Option<f64>,
+    /// Emulated clock (thermal model) or measured clock, MHz.
+    pub clock_mhz: Option<u32>,
+    /// Emulated or measured temperature, °C.
+    pub temperature_c: Option<f64>,
+}
+
+/// Throughput at one batch size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ThroughputPoint {
+    /// Batch size.
+    pub batch: u32,
+    /// Items per second.
+    pub items_per_s: f64,
+    /// Median latency of one batch, ms.
+    pub p50_ms: f64,
+}
+
+/// Temperatures and clocks read during a run, where the host exposes them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeviceReadings {
+    /// Hottest thermal zone at the start, °C.
+    pub temperature_start_c: Option<f64>,
+    /// Hottest thermal zone at the end, °C.
+    pub temperature_end_c: Option<f64>,
+    /// Lowest current CPU clock seen, MHz.
+    pub cpu_mhz_min: Option<u32>,
+    /// Highest current CPU clock seen, MHz.
+    pub cpu_mhz_max: Option<u32>,
+    /// Samples where a core ran below 95 % of its maximum clock.
+    pub throttle_events: u32,
 }
 
 impl BenchReport {
@@ -160,6 +315,14 @@ mod tests {
             synthetic_inputs: true,
             inputs: vec![],
             runtime: "t".into(),
+            mode: BenchMode::Single,
+            emulation: Emulation::default(),
+            calibration: None,
+            agent_version: "0".into(),
+            timeline: vec![],
+            throughput: vec![],
+            cold_start_ms: None,
+            readings: DeviceReadings::default(),
         }
     }
 

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::bench::{BenchReport, BenchSpec};
 
 /// Version of the envelope and of every message in it.
-pub const WIRE_VERSION: u16 = 1;
+pub const WIRE_VERSION: u16 = 2;
 
 /// Largest payload Hone writes or accepts, in bytes (64 KiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -189,6 +189,8 @@ pub enum FailureKind {
     Timeout,
     /// An error inside the agent (disk, spawn).
     Internal,
+    /// The model exceeded the profile's memory cap and was stopped.
+    Oom,
 }
 
 impl FailureKind {
@@ -217,6 +219,7 @@ impl FailureKind {
             FailureKind::Crashed => "crashed",
             FailureKind::Timeout => "timeout",
             FailureKind::Internal => "internal",
+            FailureKind::Oom => "oom",
         }
     }
 }
@@ -338,8 +341,10 @@ mod tests {
     #[test]
     fn rejects_other_wire_versions_before_decoding_the_body() {
         let mut bytes = encode(&status()).unwrap();
-        bytes[0] = 2;
-        assert_eq!(decode(&bytes), Err(DecodeError::UnsupportedVersion { found: 2 }));
+        bytes[0] = 1;
+        assert_eq!(decode(&bytes), Err(DecodeError::UnsupportedVersion { found: 1 }));
+        bytes[0] = 3;
+        assert_eq!(decode(&bytes), Err(DecodeError::UnsupportedVersion { found: 3 }));
     }
 
     #[test]
