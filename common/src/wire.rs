@@ -39,8 +39,10 @@ pub struct Envelope {
     pub body: Message,
 }
 
-/// Every message of wire version 1. Append only.
+/// Every message of the current wire version. Append only.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)] // decoded once and moved; boxing would change nothing on the wire
+
 pub enum Message {
     /// Agent birth (`online = true`) or Last Will (`online = false`), retained on the status topic.
     Status(DeviceStatus),
@@ -152,6 +154,8 @@ pub struct JobResult {
 
 /// How a job ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)] // decoded once and moved; boxing would change nothing on the wire
+
 pub enum Outcome {
     /// The benchmark ran.
     Ok(BenchReport),

@@ -3,26 +3,24 @@
 //! Postcard carries no field tags, so reordering fields, changing a field's type or reordering
 //! enum variants silently changes the bytes and breaks every deployed peer. If one of these tests
 //! fails, the change is a wire break: either revert it or bump [`WIRE_VERSION`] (and then update
-//! the pinned hex, which is printed by the failing assertion).
+//! the pinned hex, which is printed by the failing assertion, and the fuzz seeds: see
+//! [`fuzz_seeds_are_the_golden_samples`]).
+//!
+//! Every field of every message has a non-default value in at least one sample, and every
+//! variant of [`BenchMode`] and [`EmulationStatus`] appears (see
+//! [`samples_cover_every_mode_and_emulation_status`]).
+
+use std::path::Path;
 
 use hone_common::artifact::signing_bytes;
-use hone_common::bench::{BenchReport, BenchSpec, LatencyStats};
-use hone_common::wire::{
-    ArtifactRef, CoordinatorStatus, DeviceStatus, FailureKind, JobAccepted, JobCommand, JobResult,
-    Message, Outcome, ResultAck, WIRE_VERSION, decode, encode,
+use hone_common::bench::{
+    BenchMode, BenchReport, BenchSpec, DeviceReadings, Emulation, EmulationStatus, HostCalibration,
+    LatencyStats, ThroughputPoint, TimelinePoint,
 };
-
-/// Encodes `msg`, compares it with the pinned hex (whitespace is ignored, so a length prefix
-/// can sit next to its bytes), and checks that the pinned bytes decode back
-/// to `msg`.
-#[track_caller]
-fn check(msg: Message, expected_hex: &str) {
-    let expected: String = expected_hex.split_whitespace().collect();
-    let actual = hex::encode(encode(&msg).expect("sample encodes"));
-    assert_eq!(actual, expected, "wire encoding changed for {msg:?}");
-    let golden = hex::decode(&expected).expect("pinned hex is valid");
-    assert_eq!(decode(&golden).expect("golden bytes decode"), msg);
-}
+use hone_common::wire::{
+    ArtifactRef, CoordinatorStatus, DecodeError, DeviceStatus, FailureKind, JobAccepted,
+    JobCommand, JobResult, Message, Outcome, ResultAck, WIRE_VERSION, decode, encode,
+};
 
 fn status() -> Message {
     Message::Status(DeviceStatus {
@@ -39,7 +37,8 @@ fn status() -> Message {
     })
 }
 
-fn run_job() -> Message {
+/// A job in `mode`; [`run_job`] pins every byte, the other modes only change the mode.
+fn job_command(mode: BenchMode) -> Message {
     Message::RunJob(JobCommand {
         command_id: "cmd-1".into(),
         job_id: "job-7".into(),
@@ -57,9 +56,26 @@ fn run_job() -> Message {
             max_iterations: 100,
             max_time_ms: 10_000,
             symbols: vec![("batch".into(), 1), ("seq".into(), 128)],
+            mode,
         },
         timeout_ms: 600_000,
     })
+}
+
+fn run_job() -> Message {
+    job_command(BenchMode::Throughput { batch_sizes: vec![1, 8, 300] })
+}
+
+fn run_job_single() -> Message {
+    job_command(BenchMode::Single)
+}
+
+fn run_job_sustained() -> Message {
+    job_command(BenchMode::Sustained { seconds: 600 })
+}
+
+fn run_job_cold() -> Message {
+    job_command(BenchMode::Cold)
 }
 
 fn result_ack() -> Message {
@@ -74,30 +90,147 @@ fn job_accepted() -> Message {
     })
 }
 
-fn job_result_ok() -> Message {
+/// A report with the version-1 fields set and every version-2 field at its default; each
+/// `job_result_*` sample fills the version-2 fields its way.
+fn base_report() -> BenchReport {
+    BenchReport {
+        latency: LatencyStats {
+            p50_ms: 1.5,
+            p90_ms: 2.25,
+            p99_ms: 3.125,
+            mean_ms: 1.75,
+            std_ms: 0.5,
+            min_ms: 1.0,
+            max_ms: 4.0,
+        },
+        iterations: 100,
+        warmup: 5,
+        load_ms: 12.5,
+        peak_rss_bytes: 50_000_000,
+        synthetic_inputs: true,
+        inputs: vec!["input: f32[1,3,224,224]".into()],
+        runtime: "tract 0.23.9".into(),
+        mode: BenchMode::Single,
+        emulation: Emulation::default(),
+        calibration: None,
+        agent_version: "0.2.0".into(),
+        timeline: vec![],
+        throughput: vec![],
+        cold_start_ms: None,
+        readings: DeviceReadings::default(),
+    }
+}
+
+fn job_result(report: BenchReport) -> Message {
     Message::JobResult(JobResult {
         result_id: "job-7/2".into(),
         command_id: "cmd-1".into(),
         job_id: "job-7".into(),
         attempt: 2,
-        outcome: Outcome::Ok(BenchReport {
-            latency: LatencyStats {
+        outcome: Outcome::Ok(report),
+    })
+}
+
+fn calibration() -> HostCalibration {
+    HostCalibration {
+        host_id: "EPYC 7B13/16/h1".into(),
+        gflops_per_core: 48.5,
+        memory_bandwidth_gbs: 12.25,
+        measured_at_ms: 1_699_999_000_000,
+    }
+}
+
+/// Every field set, every `Option` `Some` and every `Vec` non-empty (more than a real sustained
+/// run reports), so that no field of the report escapes the golden bytes.
+fn job_result_ok() -> Message {
+    job_result(BenchReport {
+        mode: BenchMode::Sustained { seconds: 120 },
+        emulation: Emulation {
+            profile: Some("rpi4".into()),
+            status: EmulationStatus::Emulated,
+            performance_ratio: Some(0.25),
+            cpu_quota_us: Some(25_000),
+            cpu_period_us: Some(100_000),
+            cpus: Some(4),
+            memory_limit_bytes: Some(4 << 30),
+            memory_method: Some("cgroup-v1".into()),
+            thermal_time_scale: Some(10.0),
+        },
+        calibration: Some(calibration()),
+        timeline: vec![
+            TimelinePoint {
+                t_s: 5.0,
                 p50_ms: 1.5,
-                p90_ms: 2.25,
-                p99_ms: 3.125,
-                mean_ms: 1.75,
-                std_ms: 0.5,
-                min_ms: 1.0,
-                max_ms: 4.0,
+                iterations: 3000,
+                quota: Some(0.25),
+                clock_mhz: Some(1500),
+                temperature_c: Some(62.5),
             },
-            iterations: 100,
-            warmup: 5,
-            load_ms: 12.5,
-            peak_rss_bytes: 50_000_000,
-            synthetic_inputs: true,
-            inputs: vec!["input: f32[1,3,224,224]".into()],
-            runtime: "tract 0.23.9".into(),
-        }),
+            TimelinePoint {
+                t_s: 10.0,
+                p50_ms: 2.0,
+                iterations: 2500,
+                quota: None,
+                clock_mhz: None,
+                temperature_c: None,
+            },
+        ],
+        throughput: vec![ThroughputPoint { batch: 8, items_per_s: 640.0, p50_ms: 12.5 }],
+        cold_start_ms: Some(250.0),
+        readings: DeviceReadings {
+            temperature_start_c: Some(45.0),
+            temperature_end_c: Some(71.5),
+            cpu_mhz_min: Some(600),
+            cpu_mhz_max: Some(1800),
+            throttle_events: 7,
+        },
+        ..base_report()
+    })
+}
+
+/// `single` on the bare host: every version-2 field at its default.
+fn job_result_single_none() -> Message {
+    job_result(base_report())
+}
+
+/// `cold` under a profile that could not be enforced.
+fn job_result_cold_unthrottled() -> Message {
+    job_result(BenchReport {
+        mode: BenchMode::Cold,
+        emulation: Emulation {
+            profile: Some("jetson-nano".into()),
+            status: EmulationStatus::Unthrottled { reason: "no cpu controller".into() },
+            memory_limit_bytes: Some(4 << 30),
+            memory_method: Some("rlimit-as".into()),
+            ..Emulation::default()
+        },
+        calibration: Some(calibration()),
+        cold_start_ms: Some(812.25),
+        readings: DeviceReadings { cpu_mhz_max: Some(3500), ..DeviceReadings::default() },
+        ..base_report()
+    })
+}
+
+/// `throughput` on the profiled device itself.
+fn job_result_throughput_native() -> Message {
+    job_result(BenchReport {
+        mode: BenchMode::Throughput { batch_sizes: vec![1, 4] },
+        emulation: Emulation {
+            profile: Some("rpi4".into()),
+            status: EmulationStatus::Native,
+            ..Emulation::default()
+        },
+        throughput: vec![
+            ThroughputPoint { batch: 1, items_per_s: 400.0, p50_ms: 2.5 },
+            ThroughputPoint { batch: 4, items_per_s: 1000.0, p50_ms: 4.0 },
+        ],
+        readings: DeviceReadings {
+            temperature_start_c: Some(40.0),
+            temperature_end_c: Some(48.5),
+            throttle_events: 0,
+            ..DeviceReadings::default()
+        },
+        ..base_report()
     })
 }
 
@@ -107,10 +240,7 @@ fn job_result_failed() -> Message {
         command_id: "cmd-2".into(),
         job_id: "job-7".into(),
         attempt: 3,
-        outcome: Outcome::Failed {
-            kind: FailureKind::HashMismatch,
-            reason: "sha256 differs".into(),
-        },
+        outcome: Outcome::Failed { kind: FailureKind::Oom, reason: "rss over 4 GiB".into() },
     })
 }
 
@@ -122,16 +252,35 @@ fn coordinator_status() -> Message {
     })
 }
 
-fn all_samples() -> Vec<Message> {
+/// Every sample, by the name of its fuzz seed (`fuzz/seeds/decode_envelope/{name}.bin`).
+fn all_samples() -> Vec<(&'static str, Message)> {
     vec![
-        status(),
-        run_job(),
-        result_ack(),
-        job_accepted(),
-        job_result_ok(),
-        job_result_failed(),
-        coordinator_status(),
+        ("status", status()),
+        ("run_job", run_job()),
+        ("run_job_single", run_job_single()),
+        ("run_job_sustained", run_job_sustained()),
+        ("run_job_cold", run_job_cold()),
+        ("result_ack", result_ack()),
+        ("job_accepted", job_accepted()),
+        ("job_result_ok", job_result_ok()),
+        ("job_result_single_none", job_result_single_none()),
+        ("job_result_cold_unthrottled", job_result_cold_unthrottled()),
+        ("job_result_throughput_native", job_result_throughput_native()),
+        ("job_result_failed", job_result_failed()),
+        ("coordinator_status", coordinator_status()),
     ]
+}
+
+/// Encodes `msg`, compares it with the pinned hex (whitespace is ignored, so a length prefix
+/// can sit next to its bytes), and checks that the pinned bytes decode back
+/// to `msg`.
+#[track_caller]
+fn check(msg: Message, expected_hex: &str) {
+    let expected: String = expected_hex.split_whitespace().collect();
+    let actual = hex::encode(encode(&msg).expect("sample encodes"));
+    assert_eq!(actual, expected, "wire encoding changed for {msg:?}");
+    let golden = hex::decode(&expected).expect("pinned hex is valid");
+    assert_eq!(decode(&golden).expect("golden bytes decode"), msg);
 }
 
 #[test]
@@ -139,7 +288,7 @@ fn golden_status() {
     check(
         status(),
         concat!(
-            "01",                // wire version
+            "02",                // wire version
             "00",                // Message::Status
             "07 727069342d3031", // device_id "rpi4-01"
             "01",                // online
@@ -155,12 +304,11 @@ fn golden_status() {
     );
 }
 
-#[test]
-fn golden_run_job() {
-    check(
-        run_job(),
+/// The bytes of [`job_command`] up to its `spec.mode`, the same for every mode.
+macro_rules! run_job_head {
+    () => {
         concat!(
-            "01",                                                                // wire version
+            "02",                                                                // wire version
             "01",                                                                // Message::RunJob
             "05 636d642d31",                                                     // command_id
             "05 6a6f622d37",                                                     // job_id
@@ -177,27 +325,76 @@ fn golden_run_job() {
             "02",                    // spec.symbols: 2 entries
             "05 6261746368 01",      //   ("batch", 1)
             "03 736571 8001",        //   ("seq", 128)
-            "c0cf24",                // timeout_ms
+        )
+    };
+}
+
+#[test]
+fn golden_run_job() {
+    check(
+        run_job(),
+        concat!(
+            run_job_head!(),
+            "03",            // spec.mode: BenchMode::Throughput
+            "03 01 08 ac02", //   batch_sizes [1, 8, 300]
+            "c0cf24",        // timeout_ms
+        ),
+    );
+}
+
+#[test]
+fn golden_run_job_single() {
+    check(
+        run_job_single(),
+        concat!(
+            run_job_head!(),
+            "00",     // spec.mode: BenchMode::Single
+            "c0cf24", // timeout_ms
+        ),
+    );
+}
+
+#[test]
+fn golden_run_job_sustained() {
+    check(
+        run_job_sustained(),
+        concat!(
+            run_job_head!(),
+            "01",     // spec.mode: BenchMode::Sustained
+            "d804",   //   seconds 600
+            "c0cf24", // timeout_ms
+        ),
+    );
+}
+
+#[test]
+fn golden_run_job_cold() {
+    check(
+        run_job_cold(),
+        concat!(
+            run_job_head!(),
+            "02",     // spec.mode: BenchMode::Cold
+            "c0cf24", // timeout_ms
         ),
     );
 }
 
 #[test]
 fn golden_result_ack() {
-    check(result_ack(), "0102076a6f622d372f32");
+    check(result_ack(), "0202076a6f622d372f32");
 }
 
 #[test]
 fn golden_job_accepted() {
-    check(job_accepted(), "010305636d642d31056a6f622d3702");
+    check(job_accepted(), "020305636d642d31056a6f622d3702");
 }
 
-#[test]
-fn golden_job_result_ok() {
-    check(
-        job_result_ok(),
+/// The bytes of [`job_result`] of [`base_report`] up to the report's `mode`, the same for every
+/// `job_result_*` sample but the failed one.
+macro_rules! job_result_head {
+    () => {
         concat!(
-            "01",                                                   // wire version
+            "02",                                                   // wire version
             "04",                                                   // Message::JobResult
             "07 6a6f622d372f32",                                    // result_id
             "05 636d642d31",                                        // command_id
@@ -218,6 +415,138 @@ fn golden_job_result_ok() {
             "01",                                                   // synthetic_inputs
             "01 17 696e7075743a206633325b312c332c3232342c3232345d", // inputs: 1 string
             "0c 747261637420302e32332e39",                          // runtime
+        )
+    };
+}
+
+/// The bytes of [`calibration`], after its `Some` tag.
+macro_rules! calibration_bytes {
+    () => {
+        concat!(
+            "0f 4550594320374231332f31362f6831", // calibration.host_id
+            "0000000000404840",                  // calibration.gflops_per_core 48.5
+            "0000000000802840",                  // calibration.memory_bandwidth_gbs 12.25
+            "c0cbd8febc31",                      // calibration.measured_at_ms
+        )
+    };
+}
+
+#[test]
+fn golden_job_result_ok() {
+    check(
+        job_result_ok(),
+        concat!(
+            job_result_head!(),
+            "01 78",                    // mode: BenchMode::Sustained { seconds: 120 }
+            "01 04 72706934",           // emulation.profile Some("rpi4")
+            "01",                       // emulation.status: EmulationStatus::Emulated
+            "01 000000000000d03f",      // emulation.performance_ratio Some(0.25)
+            "01 a8c301",                // emulation.cpu_quota_us Some(25000)
+            "01 a08d06",                // emulation.cpu_period_us Some(100000)
+            "01 04",                    // emulation.cpus Some(4)
+            "01 8080808010",            // emulation.memory_limit_bytes Some(4 GiB)
+            "01 09 6367726f75702d7631", // emulation.memory_method Some("cgroup-v1")
+            "01 0000000000002440",      // emulation.thermal_time_scale Some(10.0)
+            "01",                       // calibration Some
+            calibration_bytes!(),
+            "05 302e322e30",       // agent_version "0.2.0"
+            "02",                  // timeline: 2 points
+            "0000000000001440",    //   t_s 5.0
+            "000000000000f83f",    //   p50_ms 1.5
+            "b817",                //   iterations 3000
+            "01 000000000000d03f", //   quota Some(0.25)
+            "01 dc0b",             //   clock_mhz Some(1500)
+            "01 0000000000404f40", //   temperature_c Some(62.5)
+            "0000000000002440",    //   t_s 10.0
+            "0000000000000040",    //   p50_ms 2.0
+            "c413",                //   iterations 2500
+            "00 00 00",            //   quota, clock_mhz, temperature_c: None
+            "01",                  // throughput: 1 point
+            "08",                  //   batch 8
+            "0000000000008440",    //   items_per_s 640.0
+            "0000000000002940",    //   p50_ms 12.5
+            "01 0000000000406f40", // cold_start_ms Some(250.0)
+            "01 0000000000804640", // readings.temperature_start_c Some(45.0)
+            "01 0000000000e05140", // readings.temperature_end_c Some(71.5)
+            "01 d804",             // readings.cpu_mhz_min Some(600)
+            "01 880e",             // readings.cpu_mhz_max Some(1800)
+            "07",                  // readings.throttle_events
+        ),
+    );
+}
+
+#[test]
+fn golden_job_result_single_none() {
+    check(
+        job_result_single_none(),
+        concat!(
+            job_result_head!(),
+            "00",                   // mode: BenchMode::Single
+            "00",                   // emulation.profile None
+            "00",                   // emulation.status: EmulationStatus::None
+            "00 00 00 00 00 00 00", // emulation's other fields: None
+            "00",                   // calibration None
+            "05 302e322e30",        // agent_version "0.2.0"
+            "00",                   // timeline: empty
+            "00",                   // throughput: empty
+            "00",                   // cold_start_ms None
+            "00 00 00 00",          // readings' options: None
+            "00",                   // readings.throttle_events
+        ),
+    );
+}
+
+#[test]
+fn golden_job_result_cold_unthrottled() {
+    check(
+        job_result_cold_unthrottled(),
+        concat!(
+            job_result_head!(),
+            "02",                                       // mode: BenchMode::Cold
+            "01 0b 6a6574736f6e2d6e616e6f",             // emulation.profile Some("jetson-nano")
+            "02 11 6e6f2063707520636f6e74726f6c6c6572", // emulation.status: Unthrottled { reason }
+            "00 00 00 00",                              // performance_ratio, cpu quota/period, cpus
+            "01 8080808010",                            // emulation.memory_limit_bytes Some(4 GiB)
+            "01 09 726c696d69742d6173",                 // emulation.memory_method Some("rlimit-as")
+            "00",                                       // emulation.thermal_time_scale None
+            "01",                                       // calibration Some
+            calibration_bytes!(),
+            "05 302e322e30",       // agent_version "0.2.0"
+            "00",                  // timeline: empty
+            "00",                  // throughput: empty
+            "01 0000000000628940", // cold_start_ms Some(812.25)
+            "00 00 00",            // temperatures, cpu_mhz_min: None
+            "01 ac1b",             // readings.cpu_mhz_max Some(3500)
+            "00",                  // readings.throttle_events
+        ),
+    );
+}
+
+#[test]
+fn golden_job_result_throughput_native() {
+    check(
+        job_result_throughput_native(),
+        concat!(
+            job_result_head!(),
+            "03 02 01 04",    // mode: BenchMode::Throughput { batch_sizes: [1, 4] }
+            "01 04 72706934", // emulation.profile Some("rpi4")
+            "03",             // emulation.status: EmulationStatus::Native
+            "00 00 00 00 00 00 00", // emulation's other fields: None
+            "00",             // calibration None
+            "05 302e322e30",  // agent_version "0.2.0"
+            "00",             // timeline: empty
+            "02",             // throughput: 2 points
+            "01",             //   batch 1
+            "0000000000007940", //   items_per_s 400.0
+            "0000000000000440", //   p50_ms 2.5
+            "04",             //   batch 4
+            "0000000000408f40", //   items_per_s 1000.0
+            "0000000000001040", //   p50_ms 4.0
+            "00",             // cold_start_ms None
+            "01 0000000000004440", // readings.temperature_start_c Some(40.0)
+            "01 0000000000404840", // readings.temperature_end_c Some(48.5)
+            "00 00",          // readings.cpu_mhz_min, cpu_mhz_max: None
+            "00",             // readings.throttle_events
         ),
     );
 }
@@ -227,38 +556,117 @@ fn golden_job_result_failed() {
     check(
         job_result_failed(),
         concat!(
-            "01",                              // wire version
+            "02",                              // wire version
             "04",                              // Message::JobResult
             "07 6a6f622d372f33",               // result_id
             "05 636d642d32",                   // command_id
             "05 6a6f622d37",                   // job_id
             "03",                              // attempt
             "01",                              // Outcome::Failed
-            "04",                              // FailureKind::HashMismatch
-            "0e 7368613235362064696666657273", // reason
+            "0b",                              // FailureKind::Oom
+            "0e 727373206f766572203420476942", // reason
         ),
     );
 }
 
 #[test]
 fn golden_coordinator_status() {
-    check(coordinator_status(), "01050005302e312e30fbd095ffbc31");
+    check(coordinator_status(), "02050005302e312e30fbd095ffbc31");
 }
 
 #[test]
 fn every_encoding_starts_with_the_wire_version() {
-    assert_eq!(WIRE_VERSION, 1, "a new wire version needs new golden tests");
-    for msg in all_samples() {
+    assert_eq!(WIRE_VERSION, 2, "a new wire version needs new golden tests");
+    for (name, msg) in all_samples() {
         let bytes = encode(&msg).unwrap();
-        assert_eq!(bytes[0], 1, "{msg:?}");
+        assert_eq!(bytes[0], 2, "{name}");
     }
+}
+
+#[test]
+fn version_1_payloads_are_refused() {
+    // The version-1 golden `ResultAck`: its body is still valid, its version is not.
+    let v1 = hex::decode("0102076a6f622d372f32").unwrap();
+    assert_eq!(decode(&v1), Err(DecodeError::UnsupportedVersion { found: 1 }));
 }
 
 #[test]
 fn message_variant_indexes_are_pinned() {
     // The byte after the version is the `Message` discriminant (varint, < 128 so one byte).
-    let indexes: Vec<u8> = all_samples().iter().map(|m| encode(m).unwrap()[1]).collect();
-    assert_eq!(indexes, [0, 1, 2, 3, 4, 4, 5]);
+    let indexes: Vec<u8> = all_samples().iter().map(|(_, m)| encode(m).unwrap()[1]).collect();
+    assert_eq!(indexes, [0, 1, 1, 1, 1, 2, 3, 4, 4, 4, 4, 4, 5]);
+}
+
+/// Index of a mode, by declaration order. Exhaustive on purpose: a new variant must be added
+/// here, to the samples and to the golden tests.
+fn mode_index(mode: &BenchMode) -> u8 {
+    match mode {
+        BenchMode::Single => 0,
+        BenchMode::Sustained { .. } => 1,
+        BenchMode::Cold => 2,
+        BenchMode::Throughput { .. } => 3,
+    }
+}
+
+/// Index of an emulation status, by declaration order (exhaustive, as [`mode_index`]).
+fn emulation_index(status: &EmulationStatus) -> u8 {
+    match status {
+        EmulationStatus::None => 0,
+        EmulationStatus::Emulated => 1,
+        EmulationStatus::Unthrottled { .. } => 2,
+        EmulationStatus::Native => 3,
+    }
+}
+
+#[test]
+fn bench_mode_indexes_are_pinned() {
+    let modes = [
+        (BenchMode::Single, "00"),
+        (BenchMode::Sustained { seconds: 1 }, "01 01"),
+        (BenchMode::Cold, "02"),
+        (BenchMode::Throughput { batch_sizes: vec![2] }, "03 01 02"),
+    ];
+    for (mode, expected) in modes {
+        let expected: String = expected.split_whitespace().collect();
+        assert_eq!(hex::encode(postcard::to_stdvec(&mode).unwrap()), expected, "{mode:?}");
+        assert_eq!(postcard::to_stdvec(&mode).unwrap()[0], mode_index(&mode));
+    }
+}
+
+#[test]
+fn emulation_status_indexes_are_pinned() {
+    let statuses = [
+        (EmulationStatus::None, "00"),
+        (EmulationStatus::Emulated, "01"),
+        (EmulationStatus::Unthrottled { reason: "r".into() }, "02 01 72"),
+        (EmulationStatus::Native, "03"),
+    ];
+    for (status, expected) in statuses {
+        let expected: String = expected.split_whitespace().collect();
+        assert_eq!(hex::encode(postcard::to_stdvec(&status).unwrap()), expected, "{status:?}");
+        assert_eq!(postcard::to_stdvec(&status).unwrap()[0], emulation_index(&status));
+    }
+}
+
+#[test]
+fn samples_cover_every_mode_and_emulation_status() {
+    let mut job_modes = Vec::new();
+    let mut report_modes = Vec::new();
+    let mut statuses = Vec::new();
+    for (_, msg) in all_samples() {
+        match msg {
+            Message::RunJob(job) => job_modes.push(mode_index(&job.spec.mode)),
+            Message::JobResult(JobResult { outcome: Outcome::Ok(report), .. }) => {
+                report_modes.push(mode_index(&report.mode));
+                statuses.push(emulation_index(&report.emulation.status));
+            }
+            _ => {}
+        }
+    }
+    for indexes in [&mut job_modes, &mut report_modes, &mut statuses] {
+        indexes.sort_unstable();
+        assert_eq!(*indexes, [0, 1, 2, 3]);
+    }
 }
 
 #[test]
@@ -276,6 +684,7 @@ fn failure_kind_indexes_are_pinned() {
         (FailureKind::Crashed, 8),
         (FailureKind::Timeout, 9),
         (FailureKind::Internal, 10),
+        (FailureKind::Oom, 11),
     ];
     for (kind, index) in kinds {
         assert_eq!(postcard::to_stdvec(&kind).unwrap(), [index], "{kind:?}");
@@ -290,10 +699,47 @@ fn failure_kind_indexes_are_pinned() {
         let bytes = encode(&msg).unwrap();
         // version, Message tag, 3 one-char strings (len + byte), attempt, Outcome tag, kind, reason.
         assert_eq!(bytes.len(), 12);
-        assert_eq!(&bytes[..2], [1, 4]);
+        assert_eq!(&bytes[..2], [2, 4]);
         assert_eq!(bytes[9], 1, "Outcome::Failed tag");
         assert_eq!(bytes[10], index, "{kind:?}");
         assert_eq!(decode(&bytes).unwrap(), msg);
+    }
+}
+
+/// The fuzz seeds (`fuzz/seeds/decode_envelope/*.bin`) are exactly the encodings of the golden
+/// samples, one file per sample. After a wire change, rewrite them with
+/// `HONE_BLESS_SEEDS=1 cargo test -p hone-common --test wire_golden fuzz_seeds`.
+#[test]
+fn fuzz_seeds_are_the_golden_samples() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/decode_envelope");
+    let samples = all_samples();
+    if std::env::var_os("HONE_BLESS_SEEDS").is_some() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "bin") {
+                std::fs::remove_file(path).unwrap();
+            }
+        }
+        for (name, msg) in &samples {
+            std::fs::write(dir.join(format!("{name}.bin")), encode(msg).unwrap()).unwrap();
+        }
+    }
+    let mut seeds: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".bin"))
+        .collect();
+    seeds.sort();
+    let mut expected: Vec<String> = samples.iter().map(|(name, _)| format!("{name}.bin")).collect();
+    expected.sort();
+    assert_eq!(seeds, expected, "one seed per golden sample (HONE_BLESS_SEEDS=1 rewrites them)");
+    for (name, msg) in &samples {
+        let seed = std::fs::read(dir.join(format!("{name}.bin"))).unwrap();
+        assert_eq!(
+            hex::encode(&seed),
+            hex::encode(encode(msg).unwrap()),
+            "stale seed {name}.bin (HONE_BLESS_SEEDS=1 rewrites the seeds)"
+        );
     }
 }
 

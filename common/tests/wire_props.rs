@@ -1,7 +1,10 @@
 //! Property tests of the wire codec: round trips, robustness of `decode` against hostile or
 //! corrupted payloads, and the size limit of `encode`.
 
-use hone_common::bench::{BenchReport, BenchSpec, LatencyStats};
+use hone_common::bench::{
+    BenchMode, BenchReport, BenchSpec, DeviceReadings, Emulation, EmulationStatus, HostCalibration,
+    LatencyStats, ThroughputPoint, TimelinePoint,
+};
 use hone_common::wire::{
     ArtifactRef, CoordinatorStatus, DecodeError, DeviceStatus, EncodeError, FailureKind,
     JobAccepted, JobCommand, JobResult, MAX_MESSAGE_BYTES, Message, Outcome, ResultAck,
@@ -11,8 +14,16 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 
 /// Short strings, ASCII and beyond (multi-byte UTF-8 exercises the length prefixes).
-fn text() -> impl Strategy<Value = String> {
-    prop_oneof![3 => "[a-z0-9/._-]{0,12}", 1 => "\\PC{0,6}"]
+///
+/// Boxed, as are [`maybe`] and the larger strategies: the value trees of unboxed nested tuples
+/// live on the stack and a whole message's would overflow a test thread's.
+fn text() -> BoxedStrategy<String> {
+    prop_oneof![3 => "[a-z0-9/._-]{0,12}", 1 => "\\PC{0,6}"].boxed()
+}
+
+/// `None` or a value of `strategy`.
+fn maybe<S: Strategy + 'static>(strategy: S) -> BoxedStrategy<Option<S::Value>> {
+    proptest::option::of(strategy).boxed()
 }
 
 /// Any f64 but NaN, so that decoded messages compare equal to the originals.
@@ -34,7 +45,27 @@ fn failure_kind() -> impl Strategy<Value = FailureKind> {
         FailureKind::Crashed,
         FailureKind::Timeout,
         FailureKind::Internal,
+        FailureKind::Oom,
     ])
+}
+
+fn bench_mode() -> impl Strategy<Value = BenchMode> {
+    prop_oneof![
+        Just(BenchMode::Single),
+        any::<u32>().prop_map(|seconds| BenchMode::Sustained { seconds }),
+        Just(BenchMode::Cold),
+        prop::collection::vec(any::<u32>(), 0..5)
+            .prop_map(|batch_sizes| BenchMode::Throughput { batch_sizes }),
+    ]
+}
+
+fn emulation_status() -> impl Strategy<Value = EmulationStatus> {
+    prop_oneof![
+        Just(EmulationStatus::None),
+        Just(EmulationStatus::Emulated),
+        text().prop_map(|reason| EmulationStatus::Unthrottled { reason }),
+        Just(EmulationStatus::Native),
+    ]
 }
 
 prop_compose! {
@@ -47,7 +78,7 @@ prop_compose! {
         os in text(),
         cores in any::<u32>(),
         memory_bytes in any::<u64>(),
-        profile in proptest::option::of(text()),
+        profile in maybe(text()),
         sent_at_ms in any::<u64>(),
     ) -> DeviceStatus {
         DeviceStatus {
@@ -76,8 +107,9 @@ prop_compose! {
         max_iterations in any::<u32>(),
         max_time_ms in any::<u64>(),
         symbols in prop::collection::vec((text(), any::<u64>()), 0..4),
+        mode in bench_mode(),
     ) -> BenchSpec {
-        BenchSpec { warmup, max_iterations, max_time_ms, symbols }
+        BenchSpec { warmup, max_iterations, max_time_ms, symbols, mode }
     }
 }
 
@@ -106,26 +138,106 @@ prop_compose! {
 }
 
 prop_compose! {
-    fn bench_report()(
-        latency in latency_stats(),
+    fn emulation()(
+        profile in maybe(text()),
+        status in emulation_status(),
+        performance_ratio in maybe(float()),
+        cpu_quota_us in maybe(any::<u64>()),
+        cpu_period_us in maybe(any::<u64>()),
+        cpus in maybe(any::<u32>()),
+        memory_limit_bytes in maybe(any::<u64>()),
+        memory_method in maybe(text()),
+        thermal_time_scale in maybe(float()),
+    ) -> Emulation {
+        Emulation {
+            profile, status, performance_ratio, cpu_quota_us, cpu_period_us, cpus,
+            memory_limit_bytes, memory_method, thermal_time_scale,
+        }
+    }
+}
+
+prop_compose! {
+    fn host_calibration()(
+        host_id in text(),
+        gflops_per_core in float(),
+        memory_bandwidth_gbs in float(),
+        measured_at_ms in any::<u64>(),
+    ) -> HostCalibration {
+        HostCalibration { host_id, gflops_per_core, memory_bandwidth_gbs, measured_at_ms }
+    }
+}
+
+prop_compose! {
+    fn timeline_point()(
+        t_s in float(),
+        p50_ms in float(),
         iterations in any::<u32>(),
-        warmup in any::<u32>(),
-        load_ms in float(),
-        peak_rss_bytes in any::<u64>(),
-        synthetic_inputs in any::<bool>(),
-        inputs in prop::collection::vec(text(), 0..4),
-        runtime in text(),
+        quota in maybe(float()),
+        clock_mhz in maybe(any::<u32>()),
+        temperature_c in maybe(float()),
+    ) -> TimelinePoint {
+        TimelinePoint { t_s, p50_ms, iterations, quota, clock_mhz, temperature_c }
+    }
+}
+
+prop_compose! {
+    fn throughput_point()(
+        batch in any::<u32>(),
+        items_per_s in float(),
+        p50_ms in float(),
+    ) -> ThroughputPoint {
+        ThroughputPoint { batch, items_per_s, p50_ms }
+    }
+}
+
+prop_compose! {
+    fn device_readings()(
+        temperature_start_c in maybe(float()),
+        temperature_end_c in maybe(float()),
+        cpu_mhz_min in maybe(any::<u32>()),
+        cpu_mhz_max in maybe(any::<u32>()),
+        throttle_events in any::<u32>(),
+    ) -> DeviceReadings {
+        DeviceReadings {
+            temperature_start_c, temperature_end_c, cpu_mhz_min, cpu_mhz_max, throttle_events,
+        }
+    }
+}
+
+prop_compose! {
+    /// A report's version-1 fields and its version-2 fields are drawn apart (a strategy tuple
+    /// holds at most 12 values).
+    fn bench_report()(
+        (latency, iterations, warmup, load_ms, peak_rss_bytes, synthetic_inputs, inputs, runtime) in (
+            latency_stats(),
+            any::<u32>(),
+            any::<u32>(),
+            float(),
+            any::<u64>(),
+            any::<bool>(),
+            prop::collection::vec(text(), 0..4),
+            text(),
+        ),
+        mode in bench_mode(),
+        emulation in emulation().boxed(),
+        calibration in maybe(host_calibration()),
+        agent_version in text(),
+        timeline in prop::collection::vec(timeline_point(), 0..4),
+        throughput in prop::collection::vec(throughput_point(), 0..4),
+        cold_start_ms in maybe(float()),
+        readings in device_readings(),
     ) -> BenchReport {
         BenchReport {
             latency, iterations, warmup, load_ms, peak_rss_bytes, synthetic_inputs, inputs,
-            runtime,
+            runtime, mode, emulation, calibration, agent_version, timeline, throughput,
+            cold_start_ms, readings,
         }
     }
 }
 
 fn outcome() -> impl Strategy<Value = Outcome> {
     prop_oneof![
-        bench_report().prop_map(Outcome::Ok),
+        bench_report().boxed().prop_map(Outcome::Ok),
         (failure_kind(), text()).prop_map(|(kind, reason)| Outcome::Failed { kind, reason }),
     ]
 }
@@ -142,10 +254,10 @@ prop_compose! {
     }
 }
 
-fn message() -> impl Strategy<Value = Message> {
+fn message() -> BoxedStrategy<Message> {
     prop_oneof![
         device_status().prop_map(Message::Status),
-        job_command().prop_map(Message::RunJob),
+        job_command().boxed().prop_map(Message::RunJob),
         text().prop_map(|result_id| Message::ResultAck(ResultAck { result_id })),
         (text(), text(), any::<u32>()).prop_map(|(command_id, job_id, attempt)| {
             Message::JobAccepted(JobAccepted { command_id, job_id, attempt })
@@ -155,6 +267,7 @@ fn message() -> impl Strategy<Value = Message> {
             Message::CoordinatorStatus(CoordinatorStatus { online, version, started_at_ms })
         }),
     ]
+    .boxed()
 }
 
 /// A change to an encoded payload.
@@ -226,19 +339,24 @@ proptest! {
     fn messages_round_trip(msg in message()) {
         let bytes = encode(&msg).unwrap();
         prop_assert!(bytes.len() <= MAX_MESSAGE_BYTES);
-        prop_assert_eq!(bytes[0], 1);
+        prop_assert_eq!(bytes[0], 2);
         prop_assert_eq!(decode(&bytes).unwrap(), msg);
     }
 
     #[test]
-    fn nan_latencies_round_trip_bit_for_bit(
+    fn nan_figures_round_trip_bit_for_bit(
         msg in job_result(),
         bits in any::<u64>(),
     ) {
         let mut msg = msg;
         if let Outcome::Ok(report) = &mut msg.outcome {
-            // Any NaN payload, quiet or signalling.
-            report.latency.p99_ms = f64::from_bits(bits | 0x7ff0_0000_0000_0001);
+            // Any NaN payload, quiet or signalling, in a plain and in an optional figure.
+            let nan = f64::from_bits(bits | 0x7ff0_0000_0000_0001);
+            report.latency.p99_ms = nan;
+            report.cold_start_ms = Some(nan);
+            for point in &mut report.timeline {
+                point.p50_ms = nan;
+            }
         }
         let bytes = encode(&Message::JobResult(msg)).unwrap();
         let back = decode(&bytes).unwrap();

@@ -466,6 +466,7 @@ async fn campaign(cmd: CampaignCmd) -> anyhow::Result<i32> {
                     max_iterations: iterations,
                     max_time_ms,
                     symbols: vec![],
+                    mode: Default::default(),
                 },
                 job_timeout_ms,
                 max_attempts,

@@ -263,6 +263,7 @@ async fn drive(
             max_iterations: args.iterations,
             max_time_ms: args.max_time_ms,
             symbols: vec![],
+            mode: Default::default(),
         },
         job_timeout_ms: 300_000,
         max_attempts: 3,

@@ -19,6 +19,9 @@ use crate::host::{HostFacts, now_ms};
 use crate::mqtt::{self, BusEvent, BusHandle};
 use crate::outbox::Durable;
 use crate::store::ModelStore;
+use crate::throttle::cgroup::Cgroups;
+use crate::throttle::{Plan, PlanInput};
+use hone_common::bench::EmulationStatus;
 
 /// Counters the agent keeps about what it rejected.
 #[derive(Debug, Default, Clone, Copy)]
@@ -40,7 +43,8 @@ pub async fn run(
     let trusted = trusted_key(&config).await?;
     let store = ModelStore::open(&config.state_dir.join("store")).context("opening model store")?;
     let host = HostFacts::read();
-    let profile = config.profile.as_deref();
+    let profile = config.profile.as_ref().map(|p| p.name.as_str());
+    let emulation = std::sync::Arc::new(prepare_emulation(&config, &host).await);
 
     let will =
         wire::encode(&Message::Status(host.status(&config.device_id, false, session, profile)))?;
@@ -75,7 +79,7 @@ pub async fn run(
                     }
                 }
                 BusEvent::Message { topic, payload } => {
-                    handle_message(&config, &mut durable, &bus, &store, &trusted, &done_tx, &mut busy, &mut rejections, &topic, &payload)?;
+                    handle_message(&config, &mut durable, &bus, &store, &trusted, &emulation, &done_tx, &mut busy, &mut rejections, &topic, &payload)?;
                 }
                 BusEvent::Disconnected(reason) => {
                     warn!(%reason, retry_in_ms = backoff.as_millis() as u64, "broker connection lost");
@@ -115,6 +119,7 @@ fn handle_message(
     bus: &BusHandle,
     store: &ModelStore,
     trusted: &VerifyingKey,
+    emulation: &std::sync::Arc<(Plan, Cgroups)>,
     done_tx: &mpsc::Sender<JobResult>,
     busy: &mut Option<String>,
     rejections: &mut Rejections,
@@ -178,8 +183,9 @@ fn handle_message(
             info!(job = %job.job_id, attempt = job.attempt, artifact = %job.artifact.artifact_id, "job accepted");
             let (store, trusted, exe, tx) =
                 (store.clone(), *trusted, config.bench_exe.clone(), done_tx.clone());
+            let emulation = emulation.clone();
             tokio::spawn(async move {
-                let result = execute(&store, &trusted, &exe, job).await;
+                let result = execute(&store, &trusted, &exe, job, &emulation.0, &emulation.1).await;
                 let _ = tx.send(result).await;
             });
         }
@@ -200,12 +206,60 @@ fn result_id_of(job: &JobCommand) -> String {
     result_id(&job.job_id, job.attempt)
 }
 
-/// Runs one job: verified fetch, then the benchmark in a child process.
+/// Detects cgroups, calibrates the host (once, cached) and plans the profile's emulation.
+/// Warns once when a profile cannot be enforced.
+pub async fn prepare_emulation(config: &AgentConfig, host: &HostFacts) -> (Plan, Cgroups) {
+    let cgroups = Cgroups::detect();
+    let calibration = match &config.profile {
+        Some(_) if !config.native => {
+            match crate::calibrate::load_or_measure(
+                &config.state_dir.join("calibration.json"),
+                &config.bench_exe,
+            )
+            .await
+            {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "host calibration failed");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let plan = crate::throttle::plan(&PlanInput {
+        profile: config.profile.as_ref(),
+        calibration: calibration.as_ref(),
+        cgroups: &cgroups,
+        native: config.native,
+        host_cores: host.cores,
+        memory_override: None,
+        thermal_time_scale: config.thermal_time_scale,
+    });
+    match &plan.status {
+        EmulationStatus::Unthrottled { reason } => {
+            warn!(%reason, "the device profile cannot be enforced on this host: results will be marked unthrottled")
+        }
+        EmulationStatus::Emulated => info!(
+            ratio = plan.ratio.unwrap_or(1.0),
+            quota_us = plan.quota_us.unwrap_or(0),
+            cpus = plan.cpus.unwrap_or(0),
+            memory_limit = plan.memory_limit.unwrap_or(0),
+            "emulating the device profile"
+        ),
+        _ => {}
+    }
+    (plan, cgroups)
+}
+
+/// Runs one job: verified fetch, then the benchmark in a child process under `plan`.
 pub async fn execute(
     store: &ModelStore,
     trusted: &VerifyingKey,
     exe: &std::path::Path,
     job: JobCommand,
+    plan: &Plan,
+    cgroups: &Cgroups,
 ) -> JobResult {
     let started = std::time::Instant::now();
     let outcome = match store.fetch_verified(&job.artifact, trusted, now_ms()).await {
@@ -216,7 +270,9 @@ pub async fn execute(
         Ok(fetched) => {
             let budget = Duration::from_millis(job.timeout_ms).saturating_sub(started.elapsed());
             let budget = budget.max(Duration::from_secs(1));
-            match crate::bench::run_in_child(exe, &fetched.path, &job.spec, budget).await {
+            match crate::bench::run_in_child(exe, &fetched.path, &job.spec, budget, plan, cgroups)
+                .await
+            {
                 Ok(report) => Outcome::Ok(report),
                 Err((kind, reason)) => {
                     warn!(job = %job.job_id, kind = kind.as_str(), %reason, "benchmark failed");

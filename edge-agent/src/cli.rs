@@ -5,7 +5,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use hone_common::bench::{BenchReport, BenchSpec, coefficient_of_variation};
+use hone_common::bench::{
+    BenchMode, BenchReport, BenchSpec, EmulationStatus, coefficient_of_variation,
+};
+
+use crate::throttle::cgroup::Cgroups;
 
 use crate::config::{AgentConfig, default_device_id, parse_trust_key};
 
@@ -29,6 +33,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure this host's speed (tract matmul GFLOP/s, memory bandwidth) for profile emulation.
+    Calibrate {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Measure even if a cached calibration for this host exists.
+        #[arg(long)]
+        no_cache: bool,
+        /// Where the cache lives.
+        #[arg(long, env = "HONE_AGENT_STATE", default_value_os_t = default_bench_state())]
+        state_dir: PathBuf,
+    },
     /// Internal: run one benchmark and print its outcome as JSON (used by the agent itself).
     #[command(hide = true)]
     BenchChild {
@@ -36,7 +52,30 @@ enum Command {
         model: PathBuf,
         #[arg(long)]
         spec: String,
+        #[arg(long)]
+        wait_go: bool,
+        #[arg(long)]
+        rlimit_as: Option<u64>,
+        #[arg(long)]
+        cpus: Option<u32>,
     },
+}
+
+fn default_bench_state() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("hone")
+        .join("agent")
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ModeArg {
+    Single,
+    Sustained,
+    Cold,
+    Throughput,
 }
 
 #[derive(Debug, clap::Args)]
@@ -50,6 +89,15 @@ struct RunArgs {
     /// Device profile name (see `edge-agent profiles`).
     #[arg(long)]
     profile: Option<String>,
+    /// Device profile from a TOML file (see firmware-profiles/profiles/rpi4.toml).
+    #[arg(long, conflicts_with = "profile")]
+    profile_file: Option<PathBuf>,
+    /// This is the profiled device itself: read temperatures and clocks, emulate nothing.
+    #[arg(long)]
+    native: bool,
+    /// Speed-up of the thermal model in sustained runs (1 = real time).
+    #[arg(long, default_value_t = 1.0)]
+    thermal_time_scale: f64,
     /// Device id (default: the host name).
     #[arg(long)]
     device_id: Option<String>,
@@ -87,6 +135,33 @@ struct BenchArgs {
     /// Kill a benchmark process after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
+    /// Device profile to emulate (see `edge-agent profiles`).
+    #[arg(long)]
+    profile: Option<String>,
+    /// Device profile from a TOML file.
+    #[arg(long, conflicts_with = "profile")]
+    profile_file: Option<PathBuf>,
+    /// Measurement mode.
+    #[arg(long, value_enum, default_value = "single")]
+    mode: ModeArg,
+    /// Length of a sustained run, seconds.
+    #[arg(long, default_value_t = 60)]
+    seconds: u32,
+    /// Batch sizes of a throughput run.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
+    batch_sizes: Vec<u32>,
+    /// Speed-up of the thermal model in sustained runs (1 = real time).
+    #[arg(long, default_value_t = 1.0)]
+    thermal_time_scale: f64,
+    /// Memory cap in MiB instead of the profile's.
+    #[arg(long)]
+    memory_limit_mib: Option<u64>,
+    /// This is the profiled device itself: emulate nothing.
+    #[arg(long)]
+    native: bool,
+    /// State folder (calibration cache).
+    #[arg(long, env = "HONE_AGENT_STATE", default_value_os_t = default_bench_state())]
+    state_dir: PathBuf,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -104,8 +179,10 @@ fn parse_symbol(s: &str) -> Result<(String, u64), String> {
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    if let Command::BenchChild { model, spec } = &cli.command {
-        return crate::bench::child_main(model, spec);
+    if let Command::BenchChild { model, spec, wait_go, rlimit_as, cpus } = &cli.command {
+        let opts =
+            crate::bench::ChildOptions { wait_go: *wait_go, rlimit_as: *rlimit_as, cpus: *cpus };
+        return crate::bench::child_main(model, spec, &opts);
     }
     init_tracing();
     let runtime =
@@ -147,6 +224,23 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
             profiles(json);
             Ok(0)
         }
+        Command::Calibrate { json, no_cache, state_dir } => {
+            let cal = if no_cache {
+                tokio::task::spawn_blocking(crate::calibrate::measure).await??
+            } else {
+                let exe = std::env::current_exe().context("locating the agent executable")?;
+                crate::calibrate::load_or_measure(&state_dir.join("calibration.json"), &exe).await?
+            };
+            #[allow(clippy::print_stdout)]
+            if json {
+                println!("{}", serde_json::to_string_pretty(&cal)?);
+            } else {
+                println!("host: {}", cal.host_id);
+                println!("f32 matmul (tract, 1 thread): {:.1} GFLOP/s", cal.gflops_per_core);
+                println!("memory copy (1 thread): {:.1} GB/s", cal.memory_bandwidth_gbs);
+            }
+            Ok(0)
+        }
         Command::BenchChild { .. } => unreachable!("handled before the runtime starts"),
     }
 }
@@ -156,12 +250,10 @@ fn run_config(args: RunArgs) -> anyhow::Result<AgentConfig> {
         hone_common::parse_mqtt_url(&args.broker).map_err(anyhow::Error::msg)?;
     let device_id = args.device_id.unwrap_or_else(default_device_id);
     hone_common::validate_device_id(&device_id).map_err(anyhow::Error::msg)?;
-    if let Some(p) = &args.profile
-        && hone_firmware_profiles::find(p).is_none()
-    {
-        let names: Vec<&str> =
-            hone_firmware_profiles::builtin().iter().map(|p| p.name.as_str()).collect();
-        anyhow::bail!("unknown profile `{p}`; known profiles: {}", names.join(", "));
+    let profile =
+        crate::config::resolve_profile(args.profile.as_deref(), args.profile_file.as_deref())?;
+    if !(args.thermal_time_scale > 0.0 && args.thermal_time_scale.is_finite()) {
+        anyhow::bail!("--thermal-time-scale must be a positive number");
     }
     if args.keepalive_secs == 0 {
         anyhow::bail!("--keepalive-secs must be at least 1");
@@ -172,7 +264,9 @@ fn run_config(args: RunArgs) -> anyhow::Result<AgentConfig> {
         broker_host,
         broker_port,
         coordinator_url: args.coordinator,
-        profile: args.profile,
+        profile,
+        native: args.native,
+        thermal_time_scale: args.thermal_time_scale,
         state_dir: args.state_dir,
         keepalive: Duration::from_secs(args.keepalive_secs),
         trust_key,
@@ -198,9 +292,13 @@ async fn shutdown_signal() {
 #[derive(serde::Serialize)]
 struct BenchOutput {
     model: String,
+    profile: Option<String>,
+    mode: &'static str,
+    emulated: bool,
+    emulation_status: EmulationStatus,
+    throttle: serde_json::Value,
     outcome: &'static str,
     reason: Option<String>,
-    runs: Vec<BenchReport>,
     p50_ms: Option<f64>,
     p90_ms: Option<f64>,
     p99_ms: Option<f64>,
@@ -208,31 +306,72 @@ struct BenchOutput {
     load_ms: Option<f64>,
     peak_rss_bytes: Option<u64>,
     iterations: Option<u32>,
+    cold_start_ms: Option<f64>,
+    timeline: Vec<hone_common::bench::TimelinePoint>,
+    throughput: Vec<hone_common::bench::ThroughputPoint>,
+    /// `sustained`: p99 of the last timeline window over the first (>1 = slower at the end).
+    p50_end_over_start: Option<f64>,
+    /// `sustained`: seconds into the run when the quota first dropped (throttle onset).
+    throttle_onset_s: Option<f64>,
     p50_cv: Option<f64>,
+    calibration: Option<hone_common::bench::HostCalibration>,
+    runs: Vec<BenchReport>,
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<i32> {
     if !args.model.is_file() {
         anyhow::bail!("model file {} does not exist", args.model.display());
     }
+    if !(args.thermal_time_scale > 0.0 && args.thermal_time_scale.is_finite()) {
+        anyhow::bail!("--thermal-time-scale must be a positive number");
+    }
+    let mode = match args.mode {
+        ModeArg::Single => BenchMode::Single,
+        ModeArg::Sustained => BenchMode::Sustained { seconds: args.seconds.max(1) },
+        ModeArg::Cold => BenchMode::Cold,
+        ModeArg::Throughput => {
+            if args.batch_sizes.is_empty() || args.batch_sizes.contains(&0) {
+                anyhow::bail!("--batch-sizes needs positive sizes");
+            }
+            BenchMode::Throughput { batch_sizes: args.batch_sizes.clone() }
+        }
+    };
     let spec = BenchSpec {
         warmup: args.warmup,
         max_iterations: args.iterations.max(1),
         max_time_ms: args.max_time_ms,
         symbols: args.symbols.clone(),
+        mode: mode.clone(),
     };
     let exe = std::env::current_exe().context("locating the agent executable")?;
+    let profile =
+        crate::config::resolve_profile(args.profile.as_deref(), args.profile_file.as_deref())?;
+    let cgroups = Cgroups::detect();
+    let calibration = match &profile {
+        Some(_) if !args.native => Some(
+            crate::calibrate::load_or_measure(&args.state_dir.join("calibration.json"), &exe)
+                .await?,
+        ),
+        _ => None,
+    };
+    let host = crate::host::HostFacts::read();
+    let plan = crate::throttle::plan(&crate::throttle::PlanInput {
+        profile: profile.as_ref(),
+        calibration: calibration.as_ref(),
+        cgroups: &cgroups,
+        native: args.native,
+        host_cores: host.cores,
+        memory_override: args.memory_limit_mib.map(|m| m * 1024 * 1024),
+        thermal_time_scale: args.thermal_time_scale,
+    });
+    if let EmulationStatus::Unthrottled { reason } = &plan.status {
+        eprintln!("warning: profile not enforced, results are unthrottled: {reason}");
+    }
+    let timeout = Duration::from_secs(args.timeout_secs.max(u64::from(args.seconds) + 60));
     let mut runs = Vec::new();
     let mut failure = None;
     for _ in 0..args.repeat.max(1) {
-        match crate::bench::run_in_child(
-            &exe,
-            &args.model,
-            &spec,
-            Duration::from_secs(args.timeout_secs),
-        )
-        .await
-        {
+        match crate::bench::run_in_child(&exe, &args.model, &spec, timeout, &plan, &cgroups).await {
             Ok(r) => runs.push(r),
             Err(f) => {
                 failure = Some(f);
@@ -242,8 +381,31 @@ async fn bench(args: BenchArgs) -> anyhow::Result<i32> {
     }
     let p50s: Vec<f64> = runs.iter().map(|r| r.latency.p50_ms).collect();
     let first = runs.first();
+    let record = first
+        .map(|r| r.emulation.clone())
+        .unwrap_or_else(|| plan.record(matches!(mode, BenchMode::Sustained { .. })));
+    let timeline = first.map(|r| r.timeline.clone()).unwrap_or_default();
+    let onset = timeline
+        .iter()
+        .find(|p| {
+            p.quota.zip(timeline.first().and_then(|f| f.quota)).is_some_and(|(q, q0)| q < q0 - 1e-9)
+        })
+        .map(|p| p.t_s);
     let out = BenchOutput {
         model: args.model.display().to_string(),
+        profile: profile.as_ref().map(|p| p.name.clone()),
+        mode: mode.name(),
+        emulated: record.status == EmulationStatus::Emulated,
+        emulation_status: record.status.clone(),
+        throttle: serde_json::json!({
+            "performance_ratio": record.performance_ratio,
+            "cpu_quota_us": record.cpu_quota_us,
+            "cpu_period_us": record.cpu_period_us,
+            "cpus": record.cpus,
+            "memory_limit_bytes": record.memory_limit_bytes,
+            "memory_method": record.memory_method,
+            "thermal_time_scale": record.thermal_time_scale,
+        }),
         outcome: failure.as_ref().map(|(k, _)| k.as_str()).unwrap_or("ok"),
         reason: failure.as_ref().map(|(_, r)| r.clone()),
         p50_ms: first.map(|r| r.latency.p50_ms),
@@ -253,7 +415,16 @@ async fn bench(args: BenchArgs) -> anyhow::Result<i32> {
         load_ms: first.map(|r| r.load_ms),
         peak_rss_bytes: first.map(|r| r.peak_rss_bytes),
         iterations: first.map(|r| r.iterations),
+        cold_start_ms: first.and_then(|r| r.cold_start_ms),
+        p50_end_over_start: match (timeline.first(), timeline.last()) {
+            (Some(a), Some(b)) if timeline.len() > 1 && a.p50_ms > 0.0 => Some(b.p50_ms / a.p50_ms),
+            _ => None,
+        },
+        throttle_onset_s: onset,
+        timeline,
+        throughput: first.map(|r| r.throughput.clone()).unwrap_or_default(),
         p50_cv: if p50s.len() > 1 { coefficient_of_variation(&p50s) } else { None },
+        calibration: plan.calibration.clone(),
         runs,
     };
     #[allow(clippy::print_stdout)]
@@ -262,35 +433,78 @@ async fn bench(args: BenchArgs) -> anyhow::Result<i32> {
     } else if let Some((kind, reason)) = &failure {
         println!("{}: {} ({reason})", out.model, kind.as_str());
     } else {
-        println!(
-            "{:<5} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12} {:>6}",
-            "run", "p50 ms", "p90 ms", "p99 ms", "mean ms", "load ms", "peak RSS MiB", "iters"
-        );
-        for (i, r) in out.runs.iter().enumerate() {
-            println!(
-                "{:<5} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>10.1} {:>12.1} {:>6}",
-                i + 1,
-                r.latency.p50_ms,
-                r.latency.p90_ms,
-                r.latency.p99_ms,
-                r.latency.mean_ms,
-                r.load_ms,
-                r.peak_rss_bytes as f64 / (1024.0 * 1024.0),
-                r.iterations
-            );
-        }
-        if let Some(cv) = out.p50_cv {
-            println!(
-                "p50 coefficient of variation over {} runs: {:.2} %",
-                out.runs.len(),
-                cv * 100.0
-            );
-        }
-        if let Some(r) = out.runs.first() {
-            println!("inputs (synthetic={}): {}", r.synthetic_inputs, r.inputs.join("; "));
-        }
+        print_bench(&out);
     }
     Ok(if failure.is_some() { 2 } else { 0 })
+}
+
+#[allow(clippy::print_stdout)]
+fn print_bench(out: &BenchOutput) {
+    println!(
+        "model {} | profile {} | mode {} | {}",
+        out.model,
+        out.profile.as_deref().unwrap_or("none (host)"),
+        out.mode,
+        match &out.emulation_status {
+            EmulationStatus::Emulated => format!("emulated ({})", out.throttle),
+            EmulationStatus::Unthrottled { reason } => format!("UNTHROTTLED: {reason}"),
+            EmulationStatus::Native => "native device".into(),
+            EmulationStatus::None => "host as is".into(),
+        }
+    );
+    println!(
+        "{:<5} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12} {:>6}",
+        "run", "p50 ms", "p90 ms", "p99 ms", "mean ms", "load ms", "peak RSS MiB", "iters"
+    );
+    for (i, r) in out.runs.iter().enumerate() {
+        println!(
+            "{:<5} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>10.1} {:>12.1} {:>6}",
+            i + 1,
+            r.latency.p50_ms,
+            r.latency.p90_ms,
+            r.latency.p99_ms,
+            r.latency.mean_ms,
+            r.load_ms,
+            r.peak_rss_bytes as f64 / (1024.0 * 1024.0),
+            r.iterations
+        );
+    }
+    if let Some(cv) = out.p50_cv {
+        println!("p50 coefficient of variation over {} runs: {:.2} %", out.runs.len(), cv * 100.0);
+    }
+    if let Some(c) = out.cold_start_ms {
+        println!("cold start (process start to first inference): {c:.1} ms");
+    }
+    for t in &out.throughput {
+        println!(
+            "batch {:>4}: {:>10.1} items/s (p50 {:.2} ms per batch)",
+            t.batch, t.items_per_s, t.p50_ms
+        );
+    }
+    if !out.timeline.is_empty() {
+        println!(
+            "{:>8} {:>10} {:>8} {:>8} {:>8} {:>6}",
+            "t s", "p50 ms", "quota", "MHz", "°C", "iters"
+        );
+        for p in &out.timeline {
+            let f = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
+            println!(
+                "{:>8.1} {:>10.3} {:>8} {:>8} {:>8} {:>6}",
+                p.t_s,
+                p.p50_ms,
+                f(p.quota),
+                p.clock_mhz.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                f(p.temperature_c),
+                p.iterations
+            );
+        }
+        if let Some(o) = out.throttle_onset_s {
+            println!("throttle onset after {o:.1} s");
+        }
+    }
+    if let Some(r) = out.runs.first() {
+        println!("inputs (synthetic={}): {}", r.synthetic_inputs, r.inputs.join("; "));
+    }
 }
 
 fn profiles(json: bool) {
@@ -299,7 +513,11 @@ fn profiles(json: bool) {
     if json {
         let list: Vec<serde_json::Value> = all
             .iter()
-            .map(|p| serde_json::json!({ "name": p.name, "summary": p.summary() }))
+            .map(|p| {
+                let mut v = serde_json::to_value(p).unwrap_or_default();
+                v["summary"] = p.summary().into();
+                v
+            })
             .collect();
         println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
     } else {

@@ -18,7 +18,11 @@ pub struct AgentConfig {
     /// Coordinator base URL (used to fetch its public key on first start).
     pub coordinator_url: String,
     /// Device profile to benchmark under.
-    pub profile: Option<String>,
+    pub profile: Option<hone_firmware_profiles::DeviceProfile>,
+    /// The agent runs on the profiled device itself: measure, do not emulate.
+    pub native: bool,
+    /// Thermal model speed-up for sustained runs.
+    pub thermal_time_scale: f64,
     /// Durable state: outbox, seen commands, session counter, model store, trusted key.
     pub state_dir: PathBuf,
     /// MQTT keepalive.
@@ -56,6 +60,30 @@ pub fn default_device_id() -> String {
         .collect();
     let id = id.trim_start_matches('-').to_string();
     if id.is_empty() { "edge-device".to_string() } else { id }
+}
+
+/// Resolves a profile by built-in name or from a TOML file.
+pub fn resolve_profile(
+    name: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<Option<hone_firmware_profiles::DeviceProfile>> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading profile {}", path.display()))?;
+        let hint = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        return Ok(Some(hone_firmware_profiles::parse(&hint, &text)?));
+    }
+    match name {
+        None => Ok(None),
+        Some(n) => match hone_firmware_profiles::find(n) {
+            Some(p) => Ok(Some(p.clone())),
+            None => {
+                let names: Vec<&str> =
+                    hone_firmware_profiles::builtin().iter().map(|p| p.name.as_str()).collect();
+                bail!("unknown profile `{n}`; known profiles: {}", names.join(", "))
+            }
+        },
+    }
 }
 
 #[cfg(test)]

@@ -12,14 +12,19 @@
 //! - [`outbox`]: durable results, seen commands and the session counter.
 //! - [`bench`]: benchmarks in a child process; [`bench::tract`] is the only tract user.
 //! - [`host`]: host facts and process memory.
+//! - [`throttle`]: device-profile emulation (cgroup quota, cpuset, memory cap, thermal model);
+//!   [`calibrate`]: host speed; [`readings`]: temperatures and clocks.
 //! - [`config`]: validated configuration.
 //! - [`cli`]: the `edge-agent` command line (the binary is a thin wrapper around it).
 
 pub mod agent;
 pub mod bench;
+pub mod calibrate;
 pub mod cli;
 pub mod config;
 pub mod host;
 pub mod mqtt;
 pub mod outbox;
+pub mod readings;
 pub mod store;
+pub mod throttle;

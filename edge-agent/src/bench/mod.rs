@@ -1,27 +1,43 @@
-//! Benchmarks run in a child process.
+//! Benchmarks run in a child process, under the device profile's limits.
 //!
 //! The agent never loads a model itself: it spawns its own executable with the hidden
 //! `bench-child` subcommand, which runs [`tract::run_benchmark`] and prints one JSON line
-//! ([`ChildOutcome`]) on stdout. A crash, abort or hang of the runtime therefore ends the child,
-//! never the agent, and memory readings start from a fresh process. Process start-up is outside
-//! the measured window (the child times only load and inference).
+//! ([`ChildOutcome`]) on stdout. A crash, abort, out-of-memory kill or hang therefore ends the
+//! child, never the agent, and memory readings start from a fresh process.
+//!
+//! Under an emulated profile the child waits for a go line on stdin, so that the agent can put
+//! it into its cgroups (CPU quota, cpuset, memory limit) before it does any work. During
+//! `sustained` runs the agent moves the quota along the thermal model; during every run it
+//! samples the host's temperatures and clocks.
 
 pub mod tract;
 
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use hone_common::bench::{BenchReport, BenchSpec};
+use hone_common::bench::{BenchMode, BenchReport, BenchSpec, EmulationStatus};
 use hone_common::wire::FailureKind;
 use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+
+use crate::throttle::Plan;
+use crate::throttle::cgroup::{Cgroups, Group};
 
 /// What the child prints on stdout: exactly one JSON line.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChildOutcome {
     /// The benchmark ran.
-    Ok(BenchReport),
+    Ok {
+        /// The measurement.
+        report: BenchReport,
+        /// Unix ns when the measured phase began (aligns the timeline with the agent's records).
+        measure_start_unix_ns: u128,
+        /// Unix ns when the first inference ended (for `cold`).
+        first_inference_end_unix_ns: u128,
+    },
     /// It failed with a category and reason.
     Failed {
         /// Category.
@@ -31,14 +47,44 @@ pub enum ChildOutcome {
     },
 }
 
+/// Options of the `bench-child` subcommand.
+#[derive(Debug, Default)]
+pub struct ChildOptions {
+    /// Wait for a line on stdin before starting.
+    pub wait_go: bool,
+    /// Apply `RLIMIT_AS` to itself (memory cap without the cgroup controller).
+    pub rlimit_as: Option<u64>,
+    /// Restrict itself to the first N CPUs (without the cpuset controller).
+    pub cpus: Option<u32>,
+}
+
 /// Entry point of the `bench-child` subcommand: runs the benchmark and prints the outcome.
-pub fn child_main(model: &Path, spec_json: &str) -> i32 {
+pub fn child_main(model: &Path, spec_json: &str, opts: &ChildOptions) -> i32 {
+    if opts.wait_go {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+    }
+    if let Some(limit) = opts.rlimit_as {
+        let lim = rustix::process::Rlimit { current: Some(limit), maximum: Some(limit) };
+        let _ = rustix::process::setrlimit(rustix::process::Resource::As, lim);
+    }
+    if let Some(n) = opts.cpus {
+        let mut set = rustix::thread::CpuSet::new();
+        for cpu in 0..n as usize {
+            set.set(cpu);
+        }
+        let _ = rustix::thread::sched_setaffinity(None, &set);
+    }
     let outcome = match serde_json::from_str::<BenchSpec>(spec_json) {
         Err(e) => {
             ChildOutcome::Failed { kind: FailureKind::Internal, reason: format!("bad spec: {e}") }
         }
         Ok(spec) => match tract::run_benchmark(model, &spec) {
-            Ok(report) => ChildOutcome::Ok(report),
+            Ok(r) => ChildOutcome::Ok {
+                report: r.report,
+                measure_start_unix_ns: r.measure_start_unix_ns,
+                first_inference_end_unix_ns: r.first_inference_end_unix_ns,
+            },
             Err(f) => ChildOutcome::Failed { kind: f.kind, reason: f.reason },
         },
     };
@@ -50,29 +96,139 @@ pub fn child_main(model: &Path, spec_json: &str) -> i32 {
     0
 }
 
-/// Runs one benchmark of `model` in a child process of `exe`, killing it after `timeout`.
+static GROUP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn unix_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// A thermal-controller record: when a quota was applied.
+#[derive(Debug, Clone, Copy)]
+struct Applied {
+    unix_ns: u128,
+    point: crate::throttle::ThermalPoint,
+}
+
+/// Runs one benchmark of `model` in a child process of `exe` under `plan`, killing it after
+/// `timeout`. The report carries the emulation record, the calibration and the readings.
 pub async fn run_in_child(
     exe: &Path,
     model: &Path,
     spec: &BenchSpec,
     timeout: Duration,
+    plan: &Plan,
+    cgroups: &Cgroups,
 ) -> Result<BenchReport, (FailureKind, String)> {
+    let sustained = matches!(spec.mode, BenchMode::Sustained { .. });
+    let mut plan = plan.clone();
+    let mut group: Option<Group> = None;
+    if plan.status == EmulationStatus::Emulated || plan.memory_limit.is_some() {
+        let name = format!(
+            "hone-bench-{}-{}",
+            std::process::id(),
+            GROUP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let quota = plan.quota_us.map(|q| (q, plan.period_us));
+        let memory = plan.memory_limit.filter(|_| plan.memory_by_cgroup);
+        match cgroups.create(&name, quota, plan.cpus, memory) {
+            Ok(g) => group = Some(g),
+            Err(e) => {
+                plan.status =
+                    EmulationStatus::Unthrottled { reason: format!("cannot create cgroups: {e}") };
+                plan.quota_us = None;
+            }
+        }
+    }
     let spec_json = serde_json::to_string(spec).expect("spec serialises");
     let mut cmd = tokio::process::Command::new(exe);
+    let spawned_at = unix_ns();
     cmd.arg("bench-child")
         .arg("--model")
         .arg(model)
         .arg("--spec")
         .arg(&spec_json)
-        .stdin(Stdio::null())
+        .arg("--wait-go")
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .env("RUST_LOG", "warn")
         .kill_on_drop(true);
-    let child = cmd.spawn().map_err(|e| {
-        (FailureKind::Internal, format!("cannot start benchmark process {}: {e}", exe.display()))
-    })?;
-    let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+    if let Some(limit) = plan.memory_limit.filter(|_| !plan.memory_by_cgroup) {
+        cmd.arg("--rlimit-as").arg(limit.to_string());
+    }
+    if let Some(n) = plan.cpus.filter(|_| cgroups.cpuset.is_none()) {
+        cmd.arg("--cpus").arg(n.to_string());
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(g) = &group {
+                g.remove();
+            }
+            return Err((
+                FailureKind::Internal,
+                format!("cannot start benchmark process {}: {e}", exe.display()),
+            ));
+        }
+    };
+    if let (Some(g), Some(pid)) = (&group, child.id()) {
+        if let Err(e) = g.add(pid) {
+            plan.status = EmulationStatus::Unthrottled {
+                reason: format!("cannot move the benchmark into its cgroups: {e}"),
+            };
+        }
+    }
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(b"go\n").await;
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let sampler =
+        tokio::spawn(crate::readings::sample_until(Duration::from_millis(500), stop_rx.clone()));
+    let thermal = (sustained
+        && plan.status == EmulationStatus::Emulated
+        && plan.quota_us.is_some())
+    .then(|| {
+        let plan = plan.clone();
+        let cpu_dir = group.as_ref().and_then(|g| g.cpu_dir.clone());
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let start = std::time::Instant::now();
+            let mut applied = Vec::new();
+            loop {
+                if let Some(point) = plan.thermal_at(start.elapsed().as_secs_f64()) {
+                    if let Some(dir) = &cpu_dir {
+                        let _ = std::fs::write(
+                            dir.join("cpu.cfs_quota_us"),
+                            point.quota_us.to_string(),
+                        );
+                    }
+                    applied.push(Applied { unix_ns: unix_ns(), point });
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    _ = stop.changed() => break,
+                }
+            }
+            applied
+        })
+    });
+
+    let waited = tokio::time::timeout(timeout, child.wait_with_output()).await;
+    let _ = stop_tx.send(true);
+    let samples = sampler.await.unwrap_or_default();
+    let applied = match thermal {
+        Some(h) => h.await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let oom = group.as_ref().is_some_and(Group::oom_killed);
+    if let Some(g) = &group {
+        g.remove();
+    }
+    let output = match waited {
         Ok(Ok(output)) => output,
         Ok(Err(e)) => return Err((FailureKind::Internal, format!("benchmark process: {e}"))),
         Err(_) => {
@@ -85,22 +241,64 @@ pub async fn run_in_child(
             ));
         }
     };
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    if let Some(line) = stdout.lines().rev().find(|l| !l.trim().is_empty())
-        && let Ok(outcome) = serde_json::from_str::<ChildOutcome>(line)
-    {
-        return match outcome {
-            ChildOutcome::Ok(report) => Ok(report),
-            ChildOutcome::Failed { kind, reason } => Err((kind, reason)),
-        };
-    }
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let tail: String =
-        stderr.chars().rev().take(600).collect::<Vec<_>>().into_iter().rev().collect();
-    Err((
-        FailureKind::Crashed,
-        format!("benchmark process {}: {}", describe_exit(&output.status), tail.trim()),
-    ))
+    let limit_text = || {
+        plan.memory_limit
+            .map(|l| format!("{:.0} MiB", l as f64 / 1048576.0))
+            .unwrap_or_else(|| "?".into())
+    };
+    if oom || (plan.memory_limit.is_some() && stderr.contains("memory allocation of")) {
+        let method = if plan.memory_by_cgroup { "cgroup memory limit" } else { "RLIMIT_AS" };
+        return Err((
+            FailureKind::Oom,
+            format!("the model exceeded the {} memory cap ({method})", limit_text()),
+        ));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let parsed = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .and_then(|l| serde_json::from_str::<ChildOutcome>(l).ok());
+    match parsed {
+        Some(ChildOutcome::Ok {
+            mut report,
+            measure_start_unix_ns,
+            first_inference_end_unix_ns,
+        }) => {
+            report.emulation = plan.record(sustained);
+            report.calibration = plan.calibration.clone();
+            report.readings = crate::readings::summarize(&samples);
+            if matches!(spec.mode, BenchMode::Cold) {
+                report.cold_start_ms =
+                    Some(first_inference_end_unix_ns.saturating_sub(spawned_at) as f64 / 1e6);
+            }
+            for point in &mut report.timeline {
+                let at = measure_start_unix_ns + (point.t_s * 1e9) as u128;
+                if let Some(a) = applied.iter().rev().find(|a| a.unix_ns <= at).or(applied.first())
+                {
+                    point.quota = Some(a.point.quota_us as f64 / plan.period_us as f64);
+                    point.clock_mhz = Some(a.point.clock_mhz);
+                    point.temperature_c = Some(a.point.temperature_c);
+                } else if let Some(s) =
+                    samples.iter().rev().find(|s| (spawned_at + (s.t_s * 1e9) as u128) <= at)
+                {
+                    point.clock_mhz = s.cpu_mhz;
+                    point.temperature_c = s.temperature_c;
+                }
+            }
+            Ok(report)
+        }
+        Some(ChildOutcome::Failed { kind, reason }) => Err((kind, reason)),
+        None => {
+            let tail: String =
+                stderr.chars().rev().take(600).collect::<Vec<_>>().into_iter().rev().collect();
+            Err((
+                FailureKind::Crashed,
+                format!("benchmark process {}: {}", describe_exit(&output.status), tail.trim()),
+            ))
+        }
+    }
 }
 
 fn describe_exit(status: &std::process::ExitStatus) -> String {

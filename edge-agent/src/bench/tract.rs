@@ -6,7 +6,9 @@
 use std::path::Path;
 use std::time::Instant;
 
-use hone_common::bench::{BenchReport, BenchSpec, LatencyStats};
+use hone_common::bench::{
+    BenchMode, BenchReport, BenchSpec, LatencyStats, ThroughputPoint, TimelinePoint,
+};
 use hone_common::wire::FailureKind;
 use prost::Message as _;
 use tract_onnx::pb;
@@ -38,9 +40,63 @@ struct InputPlan {
     shape: Vec<usize>,
 }
 
-/// Loads `path` with tract, runs `spec.warmup` unmeasured then up to `spec.max_iterations`
-/// measured iterations (bounded by `spec.max_time_ms`) on synthetic inputs.
-pub fn run_benchmark(path: &Path, spec: &BenchSpec) -> Result<BenchReport, BenchFailure> {
+/// What the child measured, with the clocks the parent needs to align its own records.
+#[derive(Debug)]
+pub struct ChildResult {
+    /// The report (parent-side fields left at their defaults).
+    pub report: BenchReport,
+    /// Unix ns when the measured phase started.
+    pub measure_start_unix_ns: u128,
+    /// Unix ns when the first inference ended.
+    pub first_inference_end_unix_ns: u128,
+}
+
+fn unix_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+type Runnable = std::sync::Arc<TypedSimplePlan>;
+
+fn load(proto: &pb::ModelProto, plans: &[InputPlan]) -> Result<Runnable, BenchFailure> {
+    let mut model = tract_onnx::onnx()
+        .model_for_proto_model(proto)
+        .map_err(|e| BenchFailure::invalid(format!("tract cannot load the model: {e:#}")))?;
+    for (ix, plan) in plans.iter().enumerate() {
+        model
+            .set_input_fact(ix, InferenceFact::dt_shape(plan.datum, plan.shape.clone()))
+            .map_err(|e| BenchFailure::invalid(format!("input `{}`: {e:#}", plan.name)))?;
+    }
+    model
+        .into_optimized()
+        .and_then(|m| m.into_runnable())
+        .map_err(|e| BenchFailure::invalid(format!("tract cannot optimise the model: {e:#}")))
+}
+
+fn inputs_for(plans: &[InputPlan]) -> Result<TVec<TValue>, BenchFailure> {
+    Ok(plans
+        .iter()
+        .map(synthetic_tensor)
+        .collect::<Result<Vec<Tensor>, _>>()?
+        .into_iter()
+        .map(|t| t.into_tvalue())
+        .collect())
+}
+
+fn run_once(runnable: &Runnable, inputs: &TVec<TValue>) -> Result<(), BenchFailure> {
+    runnable
+        .run(inputs.clone())
+        .map(drop)
+        .map_err(|e| BenchFailure::invalid(format!("tract failed to run the model: {e:#}")))
+}
+
+/// Loads `path` with tract and measures it as `spec.mode` says: warm-up iterations are never
+/// measured; `single` runs up to `spec.max_iterations` bounded by `spec.max_time_ms`;
+/// `sustained` runs for its seconds and records a timeline; `cold` times process start to the
+/// end of the first inference; `throughput` measures each batch size.
+pub fn run_benchmark(path: &Path, spec: &BenchSpec) -> Result<ChildResult, BenchFailure> {
     let bytes = std::fs::read(path).map_err(|e| BenchFailure {
         kind: FailureKind::Internal,
         reason: format!("cannot read {}: {e}", path.display()),
@@ -48,51 +104,112 @@ pub fn run_benchmark(path: &Path, spec: &BenchSpec) -> Result<BenchReport, Bench
     let load_start = Instant::now();
     let proto = pb::ModelProto::decode(bytes.as_slice())
         .map_err(|e| BenchFailure::invalid(format!("not an ONNX protobuf: {e}")))?;
-    let plans = plan_inputs(&proto, spec)?;
-    let mut model = tract_onnx::onnx()
-        .model_for_proto_model(&proto)
-        .map_err(|e| BenchFailure::invalid(format!("tract cannot load the model: {e:#}")))?;
-    for (ix, plan) in plans.iter().enumerate() {
-        model
-            .set_input_fact(ix, InferenceFact::dt_shape(plan.datum, plan.shape.clone()))
-            .map_err(|e| BenchFailure::invalid(format!("input `{}`: {e:#}", plan.name)))?;
-    }
-    let runnable = model
-        .into_optimized()
-        .and_then(|m| m.into_runnable())
-        .map_err(|e| BenchFailure::invalid(format!("tract cannot optimise the model: {e:#}")))?;
-    let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
-
-    let inputs: TVec<TValue> = plans
-        .iter()
-        .map(synthetic_tensor)
-        .collect::<Result<Vec<Tensor>, _>>()?
-        .into_iter()
-        .map(|t| t.into_tvalue())
-        .collect();
-
-    let run_once = || {
-        runnable
-            .run(inputs.clone())
-            .map_err(|e| BenchFailure::invalid(format!("tract failed to run the model: {e:#}")))
+    drop(bytes);
+    let batch_one = match &spec.mode {
+        BenchMode::Throughput { batch_sizes } => batch_sizes.first().map(|b| u64::from(*b)),
+        _ => None,
     };
-    for _ in 0..spec.warmup {
-        run_once()?;
+    let plans = plan_inputs(&proto, spec, batch_one)?;
+    let runnable = load(&proto, &plans)?;
+    let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
+    let inputs = inputs_for(&plans)?;
+
+    run_once(&runnable, &inputs)?;
+    let first_inference_end_unix_ns = unix_ns();
+    let first_ms = load_start.elapsed().as_secs_f64() * 1e3 - load_ms;
+    for _ in 1..spec.warmup {
+        run_once(&runnable, &inputs)?;
     }
-    let mut samples = Vec::with_capacity(spec.max_iterations.min(100_000) as usize);
+    let measure_start_unix_ns = unix_ns();
     let measure_start = Instant::now();
-    while samples.is_empty()
-        || (samples.len() < spec.max_iterations as usize
-            && measure_start.elapsed().as_millis() < u128::from(spec.max_time_ms))
-    {
-        let t = Instant::now();
-        let out = run_once()?;
-        samples.push(t.elapsed().as_secs_f64() * 1e3);
-        drop(out);
+    let mut samples = Vec::with_capacity(spec.max_iterations.min(100_000) as usize);
+    let mut times = Vec::new();
+    let mut throughput = Vec::new();
+    let mut timeline = Vec::new();
+    match &spec.mode {
+        BenchMode::Cold => samples.push(first_ms),
+        BenchMode::Single => {
+            while samples.is_empty()
+                || (samples.len() < spec.max_iterations as usize
+                    && measure_start.elapsed().as_millis() < u128::from(spec.max_time_ms))
+            {
+                let t = Instant::now();
+                run_once(&runnable, &inputs)?;
+                samples.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        BenchMode::Sustained { seconds } => {
+            let limit = f64::from((*seconds).max(1));
+            while samples.is_empty() || measure_start.elapsed().as_secs_f64() < limit {
+                let t = Instant::now();
+                run_once(&runnable, &inputs)?;
+                samples.push(t.elapsed().as_secs_f64() * 1e3);
+                times.push(measure_start.elapsed().as_secs_f64());
+            }
+            let window = (limit / 60.0).max(1.0);
+            let mut start = 0;
+            let mut edge = window;
+            while start < samples.len() {
+                let end = times[start..]
+                    .iter()
+                    .position(|t| *t > edge)
+                    .map_or(samples.len(), |p| start + p);
+                if end > start {
+                    let stats =
+                        LatencyStats::from_samples(&samples[start..end]).expect("finite samples");
+                    timeline.push(TimelinePoint {
+                        t_s: times[end - 1],
+                        p50_ms: stats.p50_ms,
+                        iterations: (end - start) as u32,
+                        quota: None,
+                        clock_mhz: None,
+                        temperature_c: None,
+                    });
+                }
+                start = end;
+                edge += window;
+            }
+        }
+        BenchMode::Throughput { batch_sizes } => {
+            let per_batch_ms = (spec.max_time_ms / batch_sizes.len().max(1) as u64).max(100);
+            for (i, b) in batch_sizes.iter().enumerate() {
+                let (runnable_b, inputs_b) = if i == 0 {
+                    (None, None)
+                } else {
+                    let plans_b = plan_inputs(&proto, spec, Some(u64::from(*b)))?;
+                    (Some(load(&proto, &plans_b)?), Some(inputs_for(&plans_b)?))
+                };
+                let r = runnable_b.as_ref().unwrap_or(&runnable);
+                let x = inputs_b.as_ref().unwrap_or(&inputs);
+                for _ in 0..spec.warmup.min(3) {
+                    run_once(r, x)?;
+                }
+                let mut lat = Vec::new();
+                let start = Instant::now();
+                while lat.is_empty()
+                    || (start.elapsed().as_millis() < u128::from(per_batch_ms)
+                        && lat.len() < spec.max_iterations as usize)
+                {
+                    let t = Instant::now();
+                    run_once(r, x)?;
+                    lat.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                let total_s = lat.iter().sum::<f64>() / 1e3;
+                let stats = LatencyStats::from_samples(&lat).expect("finite samples");
+                throughput.push(ThroughputPoint {
+                    batch: *b,
+                    items_per_s: f64::from(*b) * lat.len() as f64 / total_s,
+                    p50_ms: stats.p50_ms,
+                });
+                if i == 0 {
+                    samples = lat;
+                }
+            }
+        }
     }
     let latency = LatencyStats::from_samples(&samples)
         .ok_or_else(|| BenchFailure::invalid("no finite latency samples"))?;
-    Ok(BenchReport {
+    let report = BenchReport {
         latency,
         iterations: samples.len() as u32,
         warmup: spec.warmup,
@@ -101,7 +218,16 @@ pub fn run_benchmark(path: &Path, spec: &BenchSpec) -> Result<BenchReport, Bench
         synthetic_inputs: true,
         inputs: plans.iter().map(describe).collect(),
         runtime: RUNTIME.to_string(),
-    })
+        mode: spec.mode.clone(),
+        emulation: Default::default(),
+        calibration: None,
+        agent_version: hone_common::HONE_VERSION.to_string(),
+        timeline,
+        throughput,
+        cold_start_ms: None,
+        readings: Default::default(),
+    };
+    Ok(ChildResult { report, measure_start_unix_ns, first_inference_end_unix_ns })
 }
 
 fn describe(plan: &InputPlan) -> String {
@@ -110,7 +236,11 @@ fn describe(plan: &InputPlan) -> String {
 }
 
 /// Chooses a concrete datum type and shape for every true graph input (initializers excluded).
-fn plan_inputs(proto: &pb::ModelProto, spec: &BenchSpec) -> Result<Vec<InputPlan>, BenchFailure> {
+fn plan_inputs(
+    proto: &pb::ModelProto,
+    spec: &BenchSpec,
+    batch: Option<u64>,
+) -> Result<Vec<InputPlan>, BenchFailure> {
     let graph = proto.graph.as_ref().ok_or_else(|| BenchFailure::invalid("model has no graph"))?;
     let initializers: std::collections::HashSet<&str> =
         graph.initializer.iter().map(|t| t.name.as_str()).collect();
@@ -136,7 +266,16 @@ fn plan_inputs(proto: &pb::ModelProto, spec: &BenchSpec) -> Result<Vec<InputPlan
         for (axis, dim) in dims.iter().enumerate() {
             use pb::tensor_shape_proto::dimension::Value;
             let value = match &dim.value {
-                Some(Value::DimValue(v)) if *v > 0 => *v as u64,
+                Some(Value::DimValue(v)) if *v > 0 => {
+                    if axis == 0 && batch.is_some_and(|b| b != *v as u64) {
+                        return Err(BenchFailure::invalid(format!(
+                            "input `{}` has a fixed batch of {v}: throughput at other batch sizes needs a symbolic first axis",
+                            input.name
+                        )));
+                    }
+                    *v as u64
+                }
+                _ if axis == 0 && batch.is_some() => batch.unwrap_or(1),
                 Some(Value::DimParam(p)) => spec.symbol_value(p, axis),
                 _ => spec.symbol_value("", axis),
             };
