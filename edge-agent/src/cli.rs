@@ -33,6 +33,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run one inference on the benchmark's synthetic inputs and print every output as JSON
+    /// (to compare runtimes and architectures).
+    Infer {
+        /// ONNX model.
+        #[arg(long)]
+        model: PathBuf,
+        /// Value of a symbolic input dimension, NAME=VALUE (repeatable).
+        #[arg(long = "symbol", value_parser = parse_symbol)]
+        symbols: Vec<(String, u64)>,
+    },
     /// Measure this host's speed (tract matmul GFLOP/s, memory bandwidth) for profile emulation.
     Calibrate {
         /// Print JSON.
@@ -222,6 +232,17 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Bench(args) => bench(args).await,
         Command::Profiles { json } => {
             profiles(json);
+            Ok(0)
+        }
+        Command::Infer { model, symbols } => {
+            let spec = BenchSpec { symbols, ..BenchSpec::default() };
+            let outputs = tokio::task::spawn_blocking(move || crate::bench::tract::infer(&model, &spec))
+                .await?
+                .map_err(|f| anyhow::anyhow!("{}: {}", f.kind.as_str(), f.reason))?;
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{}", serde_json::to_string(&outputs)?);
+            }
             Ok(0)
         }
         Command::Calibrate { json, no_cache, state_dir } => {

@@ -230,6 +230,50 @@ pub fn run_benchmark(path: &Path, spec: &BenchSpec) -> Result<ChildResult, Bench
     Ok(ChildResult { report, measure_start_unix_ns, first_inference_end_unix_ns })
 }
 
+/// One output of [`infer`].
+#[derive(Debug, serde::Serialize)]
+pub struct OutputValues {
+    /// Graph output name.
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Values as f32 (integer outputs are converted).
+    pub values: Vec<f32>,
+}
+
+/// Runs one inference on the same deterministic synthetic inputs as the benchmarks and returns
+/// every output (used to compare architectures: the aarch64 agent against the x86_64 one).
+pub fn infer(path: &Path, spec: &BenchSpec) -> Result<Vec<OutputValues>, BenchFailure> {
+    let bytes = std::fs::read(path).map_err(|e| BenchFailure {
+        kind: FailureKind::Internal,
+        reason: format!("cannot read {}: {e}", path.display()),
+    })?;
+    let proto = pb::ModelProto::decode(bytes.as_slice())
+        .map_err(|e| BenchFailure::invalid(format!("not an ONNX protobuf: {e}")))?;
+    let plans = plan_inputs(&proto, spec, None)?;
+    let runnable = load(&proto, &plans)?;
+    let outputs = runnable
+        .run(inputs_for(&plans)?)
+        .map_err(|e| BenchFailure::invalid(format!("tract failed to run the model: {e:#}")))?;
+    let names: Vec<String> = proto.graph.as_ref().map(|g| g.output.iter().map(|o| o.name.clone()).collect()).unwrap_or_default();
+    outputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let f = t
+                .cast_to::<f32>()
+                .map_err(|e| BenchFailure::invalid(format!("output {i} is not numeric: {e:#}")))?;
+            let values = f
+                .to_plain_array_view::<f32>()
+                .map_err(|e| BenchFailure::invalid(format!("output {i}: {e:#}")))?
+                .iter()
+                .copied()
+                .collect();
+            Ok(OutputValues { name: names.get(i).cloned().unwrap_or_else(|| format!("output{i}")), shape: t.shape().to_vec(), values })
+        })
+        .collect()
+}
+
 fn describe(plan: &InputPlan) -> String {
     let dims: Vec<String> = plan.shape.iter().map(|d| d.to_string()).collect();
     format!("{}: {:?}[{}]", plan.name, plan.datum, dims.join(","))

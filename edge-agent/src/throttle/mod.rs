@@ -104,6 +104,9 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         plan.status = EmulationStatus::Unthrottled { reason: "no host calibration".into() };
         return plan;
     };
+    // The memory cap does not need cgroups: RLIMIT_AS in the child is the fallback.
+    plan.memory_limit = Some(input.memory_override.unwrap_or(profile.memory_available_bytes));
+    plan.memory_by_cgroup = input.cgroups.memory.is_some();
     if input.cgroups.cpu.is_none() {
         let reason = if input.cgroups.problems.is_empty() {
             "no cgroup cpu controller".to_string()
@@ -126,8 +129,6 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         plan.quota_us = Some(((ratio * period as f64).round() as u64).clamp(MIN_QUOTA_US, period));
     }
     plan.cpus = Some(profile.cores.min(input.host_cores).max(1));
-    plan.memory_limit = Some(input.memory_override.unwrap_or(profile.memory_available_bytes));
-    plan.memory_by_cgroup = input.cgroups.memory.is_some();
     plan.status = EmulationStatus::Emulated;
     plan
 }
@@ -273,6 +274,7 @@ mod tests {
             other => panic!("expected unthrottled, got {other:?}"),
         }
         assert_eq!(plan.quota_us, None);
+        assert_eq!(plan.memory_limit, Some(p.memory_available_bytes), "the memory cap still applies");
         assert_eq!(plan.record(false).status, plan.status);
     }
 
