@@ -42,7 +42,6 @@ pub struct Envelope {
 /// Every message of the current wire version. Append only.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[allow(clippy::large_enum_variant)] // decoded once and moved; boxing would change nothing on the wire
-
 pub enum Message {
     /// Agent birth (`online = true`) or Last Will (`online = false`), retained on the status topic.
     Status(DeviceStatus),
@@ -155,7 +154,6 @@ pub struct JobResult {
 /// How a job ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[allow(clippy::large_enum_variant)] // decoded once and moved; boxing would change nothing on the wire
-
 pub enum Outcome {
     /// The benchmark ran.
     Ok(BenchReport),

@@ -128,12 +128,12 @@ pub fn measure() -> anyhow::Result<HostCalibration> {
 
 /// The cached calibration for this host, or a new one measured in a child process of `exe`.
 pub async fn load_or_measure(cache: &Path, exe: &Path) -> anyhow::Result<HostCalibration> {
-    if let Ok(text) = std::fs::read_to_string(cache) {
-        if let Ok(cal) = serde_json::from_str::<HostCalibration>(&text) {
-            if cal.host_id == host_id() && cal.gflops_per_core > 0.0 {
-                return Ok(cal);
-            }
-        }
+    if let Ok(text) = std::fs::read_to_string(cache)
+        && let Ok(cal) = serde_json::from_str::<HostCalibration>(&text)
+        && cal.host_id == host_id()
+        && cal.gflops_per_core > 0.0
+    {
+        return Ok(cal);
     }
     let out = tokio::process::Command::new(exe)
         .args(["calibrate", "--json", "--no-cache"])

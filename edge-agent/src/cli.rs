@@ -236,9 +236,10 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
         }
         Command::Infer { model, symbols } => {
             let spec = BenchSpec { symbols, ..BenchSpec::default() };
-            let outputs = tokio::task::spawn_blocking(move || crate::bench::tract::infer(&model, &spec))
-                .await?
-                .map_err(|f| anyhow::anyhow!("{}: {}", f.kind.as_str(), f.reason))?;
+            let outputs =
+                tokio::task::spawn_blocking(move || crate::bench::tract::infer(&model, &spec))
+                    .await?
+                    .map_err(|f| anyhow::anyhow!("{}: {}", f.kind.as_str(), f.reason))?;
             #[allow(clippy::print_stdout)]
             {
                 println!("{}", serde_json::to_string(&outputs)?);

@@ -216,12 +216,23 @@ pub struct AgentProc {
 }
 
 impl AgentProc {
-    /// Starts an agent for `coord` with a keepalive in seconds.
+    /// Starts an agent for `coord` with a built-in profile and a keepalive in seconds.
     pub fn start(
         coord: &CoordinatorProc,
         root: &Path,
         device_id: &str,
         profile: &str,
+        keepalive: u64,
+    ) -> anyhow::Result<AgentProc> {
+        Self::start_with(coord, root, device_id, &["--profile", profile], keepalive)
+    }
+
+    /// Starts an agent with extra arguments (e.g. `--profile-file`).
+    pub fn start_with(
+        coord: &CoordinatorProc,
+        root: &Path,
+        device_id: &str,
+        extra: &[&str],
         keepalive: u64,
     ) -> anyhow::Result<AgentProc> {
         let state_dir = root.join(device_id);
@@ -234,8 +245,6 @@ impl AgentProc {
             coord.api_url(),
             "--device-id".into(),
             device_id.into(),
-            "--profile".into(),
-            profile.into(),
             "--state-dir".into(),
             state_dir.display().to_string(),
             "--keepalive-secs".into(),
@@ -243,6 +252,8 @@ impl AgentProc {
             "--trust-key".into(),
             coord.trust_key(),
         ];
+        let mut args = args;
+        args.extend(extra.iter().map(|s| s.to_string()));
         let mut a = AgentProc {
             device_id: device_id.into(),
             log: root.join(format!("{device_id}.log")),

@@ -43,6 +43,14 @@ fn report(p50: f64) -> BenchReport {
         synthetic_inputs: true,
         inputs: vec![],
         runtime: "tract".into(),
+        mode: Default::default(),
+        emulation: Default::default(),
+        calibration: None,
+        agent_version: "0".into(),
+        timeline: vec![],
+        throughput: vec![],
+        cold_start_ms: None,
+        readings: Default::default(),
     }
 }
 

@@ -27,6 +27,7 @@ use crate::throttle::cgroup::{Cgroups, Group};
 
 /// What the child prints on stdout: exactly one JSON line.
 #[derive(Debug, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)] // built once, serialised once
 #[serde(rename_all = "snake_case")]
 pub enum ChildOutcome {
     /// The benchmark ran.
@@ -174,12 +175,12 @@ pub async fn run_in_child(
             ));
         }
     };
-    if let (Some(g), Some(pid)) = (&group, child.id()) {
-        if let Err(e) = g.add(pid) {
-            plan.status = EmulationStatus::Unthrottled {
-                reason: format!("cannot move the benchmark into its cgroups: {e}"),
-            };
-        }
+    if let (Some(g), Some(pid)) = (&group, child.id())
+        && let Err(e) = g.add(pid)
+    {
+        plan.status = EmulationStatus::Unthrottled {
+            reason: format!("cannot move the benchmark into its cgroups: {e}"),
+        };
     }
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(b"go\n").await;
@@ -288,6 +289,13 @@ pub async fn run_in_child(
                 }
             }
             Ok(report)
+        }
+        Some(ChildOutcome::Failed { kind: FailureKind::Oom, reason }) => {
+            let method = if plan.memory_by_cgroup { "cgroup memory limit" } else { "RLIMIT_AS" };
+            Err((
+                FailureKind::Oom,
+                format!("the model exceeded the {} memory cap ({method}): {reason}", limit_text()),
+            ))
         }
         Some(ChildOutcome::Failed { kind, reason }) => Err((kind, reason)),
         None => {

@@ -97,10 +97,7 @@ fn run_once(runnable: &Runnable, inputs: &TVec<TValue>) -> Result<(), BenchFailu
 /// `sustained` runs for its seconds and records a timeline; `cold` times process start to the
 /// end of the first inference; `throughput` measures each batch size.
 pub fn run_benchmark(path: &Path, spec: &BenchSpec) -> Result<ChildResult, BenchFailure> {
-    let bytes = std::fs::read(path).map_err(|e| BenchFailure {
-        kind: FailureKind::Internal,
-        reason: format!("cannot read {}: {e}", path.display()),
-    })?;
+    let bytes = std::fs::read(path).map_err(|e| read_failure(path, e))?;
     let load_start = Instant::now();
     let proto = pb::ModelProto::decode(bytes.as_slice())
         .map_err(|e| BenchFailure::invalid(format!("not an ONNX protobuf: {e}")))?;
@@ -230,6 +227,15 @@ pub fn run_benchmark(path: &Path, spec: &BenchSpec) -> Result<ChildResult, Bench
     Ok(ChildResult { report, measure_start_unix_ns, first_inference_end_unix_ns })
 }
 
+fn read_failure(path: &Path, e: std::io::Error) -> BenchFailure {
+    let kind = if e.kind() == std::io::ErrorKind::OutOfMemory {
+        FailureKind::Oom
+    } else {
+        FailureKind::Internal
+    };
+    BenchFailure { kind, reason: format!("cannot read {}: {e}", path.display()) }
+}
+
 /// One output of [`infer`].
 #[derive(Debug, serde::Serialize)]
 pub struct OutputValues {
@@ -244,10 +250,7 @@ pub struct OutputValues {
 /// Runs one inference on the same deterministic synthetic inputs as the benchmarks and returns
 /// every output (used to compare architectures: the aarch64 agent against the x86_64 one).
 pub fn infer(path: &Path, spec: &BenchSpec) -> Result<Vec<OutputValues>, BenchFailure> {
-    let bytes = std::fs::read(path).map_err(|e| BenchFailure {
-        kind: FailureKind::Internal,
-        reason: format!("cannot read {}: {e}", path.display()),
-    })?;
+    let bytes = std::fs::read(path).map_err(|e| read_failure(path, e))?;
     let proto = pb::ModelProto::decode(bytes.as_slice())
         .map_err(|e| BenchFailure::invalid(format!("not an ONNX protobuf: {e}")))?;
     let plans = plan_inputs(&proto, spec, None)?;
@@ -255,7 +258,11 @@ pub fn infer(path: &Path, spec: &BenchSpec) -> Result<Vec<OutputValues>, BenchFa
     let outputs = runnable
         .run(inputs_for(&plans)?)
         .map_err(|e| BenchFailure::invalid(format!("tract failed to run the model: {e:#}")))?;
-    let names: Vec<String> = proto.graph.as_ref().map(|g| g.output.iter().map(|o| o.name.clone()).collect()).unwrap_or_default();
+    let names: Vec<String> = proto
+        .graph
+        .as_ref()
+        .map(|g| g.output.iter().map(|o| o.name.clone()).collect())
+        .unwrap_or_default();
     outputs
         .iter()
         .enumerate()
@@ -269,7 +276,11 @@ pub fn infer(path: &Path, spec: &BenchSpec) -> Result<Vec<OutputValues>, BenchFa
                 .iter()
                 .copied()
                 .collect();
-            Ok(OutputValues { name: names.get(i).cloned().unwrap_or_else(|| format!("output{i}")), shape: t.shape().to_vec(), values })
+            Ok(OutputValues {
+                name: names.get(i).cloned().unwrap_or_else(|| format!("output{i}")),
+                shape: t.shape().to_vec(),
+                values,
+            })
         })
         .collect()
 }

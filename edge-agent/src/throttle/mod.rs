@@ -274,7 +274,11 @@ mod tests {
             other => panic!("expected unthrottled, got {other:?}"),
         }
         assert_eq!(plan.quota_us, None);
-        assert_eq!(plan.memory_limit, Some(p.memory_available_bytes), "the memory cap still applies");
+        assert_eq!(
+            plan.memory_limit,
+            Some(p.memory_available_bytes),
+            "the memory cap still applies"
+        );
         assert_eq!(plan.record(false).status, plan.status);
     }
 

@@ -1,0 +1,274 @@
+//! Device-profile emulation on this host: the CPU quota really slows a compute-bound model by
+//! the profile's ratio, the memory cap ends a model as `oom` while the agent lives on, and a host
+//! without cgroup rights says `unthrottled` instead of pretending.
+//!
+//! A separate test binary: cargo runs test binaries one after another, so these timing ratios are
+//! not disturbed by the end-to-end suite; within this binary the tests take a lock.
+
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hone_e2e::*;
+use serde_json::{Value, json};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn agent_json(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, Value) {
+    let mut cmd = Command::new(bin("edge-agent"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: stdout {} stderr {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), v)
+}
+
+/// A copy of the `x86-vm-2core` profile whose per-core speed is `fraction` of this host's.
+fn profile_at(
+    fraction: f64,
+    memory_mib: u64,
+    dir: &std::path::Path,
+    state: &str,
+) -> std::path::PathBuf {
+    let (_, cal) = agent_json(&["calibrate", "--json", "--state-dir", state], &[]);
+    let host = cal["gflops_per_core"].as_f64().unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../firmware-profiles/profiles/x86-vm-2core.toml");
+    let text = std::fs::read_to_string(src).unwrap();
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("fp32_peak_gflops") {
+                format!("fp32_peak_gflops = {:.3}", fraction * host * 2.0)
+            } else if l.starts_with("memory_available_mib") {
+                format!("memory_available_mib = {memory_mib}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let path = dir.join("x86-vm-2core.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn a_profile_at_half_the_host_speed_runs_a_compute_bound_model_about_twice_as_long() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let state = state.to_str().unwrap();
+    let profile = profile_at(0.5, 2048, dir.path(), state);
+    let model = asset("open-nsfw-onnx");
+    let model = model.to_str().unwrap();
+    let base = [
+        "bench",
+        "--json",
+        "--model",
+        model,
+        "--warmup",
+        "2",
+        "--iterations",
+        "8",
+        "--state-dir",
+        state,
+    ];
+    let mut throttled_args = base.to_vec();
+    throttled_args.extend(["--profile-file", profile.to_str().unwrap()]);
+    // Interleaved A/B rounds; the median ratio resists a noisy neighbour on a shared machine.
+    let mut ratios = Vec::new();
+    for _ in 0..3 {
+        let (_, host) = agent_json(&base, &[]);
+        let (code, slow) = agent_json(&throttled_args, &[]);
+        assert_eq!(code, Some(0), "{slow}");
+        assert_eq!(slow["emulated"], true, "{slow}");
+        assert!((slow["throttle"]["performance_ratio"].as_f64().unwrap() - 0.5).abs() < 0.01);
+        ratios.push(slow["mean_ms"].as_f64().unwrap() / host["mean_ms"].as_f64().unwrap());
+    }
+    ratios.sort_by(f64::total_cmp);
+    let ratio = ratios[1];
+    assert!(
+        (1.6..=2.4).contains(&ratio),
+        "throttled/unthrottled mean latency: median of {ratios:?}"
+    );
+}
+
+#[test]
+fn a_model_over_the_memory_cap_ends_as_oom_and_the_agent_serves_the_next_job() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("calib");
+    // 96 MiB: enough for a tiny model, far too little for MiniLM (about 230 MiB).
+    let profile = profile_at(0.9, 96, dir.path(), state.to_str().unwrap());
+    let coord =
+        CoordinatorProc::start(&dir.path().join("coord"), Broker::Embedded(free_port()), None)
+            .unwrap();
+    let api = coord.api();
+    let id = unique("e2e-oom");
+    let mut agent = AgentProc::start_with(
+        &coord,
+        &dir.path().join("agents"),
+        &id,
+        &["--profile-file", profile.to_str().unwrap()],
+        5,
+    )
+    .unwrap();
+    if let Err(e) = api.wait_device(&id, true, Duration::from_secs(60)) {
+        panic!("{e}\nagent log:\n{}", agent.log());
+    }
+    let big = api.register(&asset("minilm-l3-onnx"), "minilm").unwrap();
+    let c = api.start_campaign(json!({"models": [big], "devices": id})).unwrap();
+    let view = api.wait_campaign(&c, Duration::from_secs(60)).unwrap();
+    let line = &view["lines"][0];
+    assert_eq!(line["state"], "failed", "{view}");
+    let error = line["error"].as_str().unwrap();
+    assert!(error.starts_with("oom") && error.contains("96 MiB"), "{error}");
+    assert!(agent.is_alive());
+
+    let tiny_path = dir.path().join("mlp.onnx");
+    std::fs::write(&tiny_path, models::mlp(32)).unwrap();
+    let tiny = api.register(&tiny_path, "mlp32").unwrap();
+    let c = api.start_campaign(json!({"models": [tiny], "devices": id})).unwrap();
+    let view = api.wait_campaign(&c, Duration::from_secs(60)).unwrap();
+    assert_eq!(view["lines"][0]["state"], "done", "{view}");
+}
+
+#[test]
+fn without_cgroup_rights_results_say_unthrottled_and_the_memory_cap_falls_back_to_rlimit() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let no_cgroups = [("HONE_CGROUP_ROOT", "/nonexistent/hone-test")];
+    let tiny = dir.path().join("mlp.onnx");
+    std::fs::write(&tiny, models::mlp(64)).unwrap();
+    let (code, v) = agent_json(
+        &[
+            "bench",
+            "--json",
+            "--model",
+            tiny.to_str().unwrap(),
+            "--profile",
+            "rpi4",
+            "--iterations",
+            "5",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        &no_cgroups,
+    );
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["emulated"], false);
+    assert!(
+        v["emulation_status"]["unthrottled"]["reason"].as_str().unwrap().contains("cgroup"),
+        "{v}"
+    );
+    assert_eq!(
+        v["runs"][0]["emulation"]["status"]["unthrottled"],
+        v["emulation_status"]["unthrottled"]
+    );
+
+    let minilm = asset("minilm-l3-onnx");
+    let (code, v) = agent_json(
+        &[
+            "bench",
+            "--json",
+            "--model",
+            minilm.to_str().unwrap(),
+            "--profile",
+            "rpi4",
+            "--memory-limit-mib",
+            "96",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        &no_cgroups,
+    );
+    assert_eq!(code, Some(2), "{v}");
+    assert_eq!(v["outcome"], "oom", "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("RLIMIT_AS"), "{v}");
+}
+
+#[test]
+fn cold_throughput_and_sustained_modes_report_their_own_figures() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let state = state.to_str().unwrap();
+    let tiny = dir.path().join("mlp.onnx");
+    std::fs::write(&tiny, models::mlp(256)).unwrap();
+    let tiny = tiny.to_str().unwrap();
+
+    let (_, cold) = agent_json(
+        &["bench", "--json", "--model", tiny, "--mode", "cold", "--state-dir", state],
+        &[],
+    );
+    let cold_ms = cold["cold_start_ms"].as_f64().unwrap();
+    assert!(cold_ms >= cold["load_ms"].as_f64().unwrap(), "{cold}");
+    assert_eq!(cold["iterations"], 1);
+
+    let (_, tp) = agent_json(
+        &[
+            "bench",
+            "--json",
+            "--model",
+            tiny,
+            "--mode",
+            "throughput",
+            "--batch-sizes",
+            "1,8",
+            "--max-time-ms",
+            "600",
+            "--state-dir",
+            state,
+        ],
+        &[],
+    );
+    let points = tp["throughput"].as_array().unwrap();
+    assert_eq!(
+        points.iter().map(|p| p["batch"].as_u64().unwrap()).collect::<Vec<_>>(),
+        [1, 8],
+        "{tp}"
+    );
+    assert!(points.iter().all(|p| p["items_per_s"].as_f64().unwrap() > 0.0));
+
+    // rpi4 throttles from 80 °C; at 200x the model's time, that happens within a few seconds.
+    let (_, sus) = agent_json(
+        &[
+            "bench",
+            "--json",
+            "--model",
+            tiny,
+            "--mode",
+            "sustained",
+            "--seconds",
+            "6",
+            "--profile",
+            "rpi4",
+            "--thermal-time-scale",
+            "200",
+            "--state-dir",
+            state,
+        ],
+        &[],
+    );
+    let timeline = sus["timeline"].as_array().unwrap();
+    assert!(timeline.len() >= 4, "{sus}");
+    let first = &timeline[0];
+    let last = timeline.last().unwrap();
+    assert!(last["temperature_c"].as_f64().unwrap() > first["temperature_c"].as_f64().unwrap());
+    assert!(
+        last["quota"].as_f64().unwrap() < first["quota"].as_f64().unwrap(),
+        "the quota follows the clock down"
+    );
+    assert_eq!(last["clock_mhz"], 1000);
+    assert!(sus["throttle_onset_s"].as_f64().is_some());
+}
