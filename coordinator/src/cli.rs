@@ -113,6 +113,15 @@ enum CampaignCmd {
         /// Fleet-wide limit on concurrent jobs (1 = one at a time, for agents sharing a host).
         #[arg(long)]
         max_parallel: Option<u32>,
+        /// Measurement mode: single, sustained, cold or throughput.
+        #[arg(long, default_value = "single")]
+        mode: String,
+        /// Length of a sustained run, seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+        /// Batch sizes of a throughput run.
+        #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
+        batch_sizes: Vec<u32>,
         /// Wait for the campaign to finish, showing progress.
         #[arg(long)]
         wait: bool,
@@ -454,8 +463,18 @@ async fn campaign(cmd: CampaignCmd) -> anyhow::Result<i32> {
             job_timeout_ms,
             max_attempts,
             max_parallel,
+            mode,
+            seconds,
+            batch_sizes,
             wait,
         } => {
+            let mode = match mode.as_str() {
+                "single" => hone_common::bench::BenchMode::Single,
+                "sustained" => hone_common::bench::BenchMode::Sustained { seconds },
+                "cold" => hone_common::bench::BenchMode::Cold,
+                "throughput" => hone_common::bench::BenchMode::Throughput { batch_sizes },
+                other => bail!("unknown mode `{other}`: single, sustained, cold or throughput"),
+            };
             let client = Client::new(&api.api);
             let req = CampaignRequest {
                 id,
@@ -466,7 +485,7 @@ async fn campaign(cmd: CampaignCmd) -> anyhow::Result<i32> {
                     max_iterations: iterations,
                     max_time_ms,
                     symbols: vec![],
-                    mode: Default::default(),
+                    mode,
                 },
                 job_timeout_ms,
                 max_attempts,
@@ -555,6 +574,9 @@ pub fn print_campaign(view: &CampaignView) {
         );
         if let Some(e) = &l.error {
             println!("    error: {e}");
+        }
+        if let Some(em) = l.emulation.as_deref().filter(|e| e.starts_with("unthrottled")) {
+            println!("    {em}");
         }
     }
 }

@@ -7,7 +7,9 @@
 //! JSON object with `--json`), and stops the agents.
 //!
 //! The agents share this host, so the campaign runs one job at a time (`max_parallel = 1`):
-//! concurrent benchmarks on the same cores would measure each other.
+//! concurrent benchmarks on the same cores would measure each other. Each agent emulates its
+//! device profile (CPU quota from the host calibration, cpuset, memory cap) when the host grants
+//! cgroup rights; otherwise its results say `unthrottled`.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -63,6 +65,7 @@ struct DemoResult {
     peak_rss_bytes: Option<i64>,
     iterations: Option<i64>,
     synthetic_inputs: Option<bool>,
+    emulation: Option<String>,
     error: Option<String>,
 }
 
@@ -197,6 +200,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
             peak_rss_bytes: l.peak_rss_bytes,
             iterations: l.iterations,
             synthetic_inputs: l.synthetic_inputs,
+            emulation: l.emulation.clone(),
             error: l.error.clone(),
         })
         .collect();
@@ -208,7 +212,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
             "broker": "embedded rumqttd",
             "database": "sqlite",
             "runtime": "tract 0.23.9",
-            "note": "agents share one host and run one job at a time; device profiles are recorded, not yet enforced",
+            "note": "agents share one host and run one job at a time; each agent emulates its device profile (cgroup CPU quota scaled by the host calibration, cpuset, memory cap) where the host allows it, see `emulation`",
             "results": results,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);

@@ -29,6 +29,7 @@ fn the_demo_benchmarks_both_real_models_on_every_local_agent() {
         assert!(r["peak_rss_bytes"].as_i64().unwrap() > 1 << 20);
         assert!(r["iterations"].as_i64().unwrap() >= 1);
         assert!(r["profile"].is_string());
+        assert!(r["emulation"].is_string(), "every result says how its profile was applied: {r}");
         seen.insert((
             r["model"].as_str().unwrap().to_string(),
             r["device"].as_str().unwrap().to_string(),
