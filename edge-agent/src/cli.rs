@@ -43,6 +43,15 @@ enum Command {
         #[arg(long = "symbol", value_parser = parse_symbol)]
         symbols: Vec<(String, u64)>,
     },
+    /// Multiply-accumulates and parameters of a model (tract's cost model), as JSON.
+    Inspect {
+        /// ONNX model.
+        #[arg(long)]
+        model: PathBuf,
+        /// Value of a symbolic input dimension, NAME=VALUE (repeatable).
+        #[arg(long = "symbol", value_parser = parse_symbol)]
+        symbols: Vec<(String, u64)>,
+    },
     /// Measure this host's speed (tract matmul GFLOP/s, memory bandwidth) for profile emulation.
     Calibrate {
         /// Print JSON.
@@ -243,6 +252,17 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
             #[allow(clippy::print_stdout)]
             {
                 println!("{}", serde_json::to_string(&outputs)?);
+            }
+            Ok(0)
+        }
+        Command::Inspect { model, symbols } => {
+            let spec = BenchSpec { symbols, ..BenchSpec::default() };
+            let c = tokio::task::spawn_blocking(move || crate::bench::tract::cost(&model, &spec))
+                .await?
+                .map_err(|f| anyhow::anyhow!("{}: {}", f.kind.as_str(), f.reason))?;
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{}", serde_json::to_string_pretty(&c)?);
             }
             Ok(0)
         }

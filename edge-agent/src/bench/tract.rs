@@ -227,6 +227,60 @@ pub fn run_benchmark(path: &Path, spec: &BenchSpec) -> Result<ChildResult, Bench
     Ok(ChildResult { report, measure_start_unix_ns, first_inference_end_unix_ns })
 }
 
+/// Compute cost of a model as tract plans it for `spec`'s input shapes.
+#[derive(Debug, serde::Serialize)]
+pub struct ModelCost {
+    /// Multiply-accumulates (f32 FMA) of one inference.
+    pub macs: u64,
+    /// Parameters (elements of float initializers).
+    pub params: u64,
+    /// Concrete input shapes used.
+    pub inputs: Vec<String>,
+}
+
+/// Counts the multiply-accumulates of one inference with tract's cost model.
+pub fn cost(path: &Path, spec: &BenchSpec) -> Result<ModelCost, BenchFailure> {
+    let bytes = std::fs::read(path).map_err(|e| read_failure(path, e))?;
+    let proto = pb::ModelProto::decode(bytes.as_slice())
+        .map_err(|e| BenchFailure::invalid(format!("not an ONNX protobuf: {e}")))?;
+    let params = proto
+        .graph
+        .as_ref()
+        .map(|g| {
+            g.initializer
+                .iter()
+                .filter(|t| t.data_type == pb::tensor_proto::DataType::Float as i32)
+                .map(|t| t.dims.iter().product::<i64>().max(0) as u64)
+                .sum()
+        })
+        .unwrap_or(0);
+    let plans = plan_inputs(&proto, spec, None)?;
+    let mut model = tract_onnx::onnx()
+        .model_for_proto_model(&proto)
+        .map_err(|e| BenchFailure::invalid(format!("tract cannot load the model: {e:#}")))?;
+    for (ix, plan) in plans.iter().enumerate() {
+        model
+            .set_input_fact(ix, InferenceFact::dt_shape(plan.datum, plan.shape.clone()))
+            .map_err(|e| BenchFailure::invalid(format!("input `{}`: {e:#}", plan.name)))?;
+    }
+    let typed = model
+        .into_typed()
+        .and_then(|m| m.into_decluttered())
+        .map_err(|e| BenchFailure::invalid(format!("tract cannot type the model: {e:#}")))?;
+    let mut macs = 0u64;
+    for node in typed.nodes() {
+        let facts =
+            typed.node_input_facts(node.id).map_err(|e| BenchFailure::invalid(format!("{e:#}")))?;
+        let costs = node.op.cost(&facts).map_err(|e| BenchFailure::invalid(format!("{e:#}")))?;
+        for (c, n) in costs {
+            if matches!(c, tract_onnx::tract_core::ops::Cost::FMA(_)) {
+                macs += n.to_i64().unwrap_or(0).max(0) as u64;
+            }
+        }
+    }
+    Ok(ModelCost { macs, params, inputs: plans.iter().map(describe).collect() })
+}
+
 fn read_failure(path: &Path, e: std::io::Error) -> BenchFailure {
     let kind = if e.kind() == std::io::ErrorKind::OutOfMemory {
         FailureKind::Oom
