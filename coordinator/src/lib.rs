@@ -12,6 +12,8 @@
 //! - [`mqtt`]: the only module that knows rumqttc; [`broker`]: the embedded rumqttd.
 //! - [`artifacts`]: content-addressed files and the ed25519 signing key.
 //! - [`models`]: the tract gate for registration; [`assets`]: the real models of the manifest.
+//! - [`data`]: data set loaders (Fashion-MNIST, MNIST, VADER movie reviews, SOTU) with fixed
+//!   splits, seeded mini-batches and a WordPiece tokenizer.
 //! - [`cli`], [`demo`]: the `coordinator` command line.
 
 pub mod api;
@@ -20,6 +22,7 @@ pub mod assets;
 pub mod broker;
 pub mod campaign;
 pub mod cli;
+pub mod data;
 pub mod db;
 pub mod demo;
 pub mod metrics;
