@@ -154,16 +154,27 @@ fn line(
         peak_rss_bytes: r.map(|r| r.peak_rss_bytes),
         iterations: r.map(|r| r.iterations),
         synthetic_inputs: r.map(|r| r.synthetic_inputs),
-        mode: r.and_then(|r| serde_json::from_value::<hone_common::bench::BenchMode>(r.report["mode"].clone()).ok()).map(|m| m.name().to_string()),
-        emulation: r.and_then(|r| {
-            serde_json::from_value::<hone_common::bench::EmulationStatus>(r.report["emulation"]["status"].clone()).ok()
-        })
-        .map(|s| match s {
-            hone_common::bench::EmulationStatus::Emulated => "emulated".to_string(),
-            hone_common::bench::EmulationStatus::Unthrottled { reason } => format!("unthrottled: {reason}"),
-            hone_common::bench::EmulationStatus::Native => "native".to_string(),
-            hone_common::bench::EmulationStatus::None => "none".to_string(),
-        }),
+        mode: r
+            .and_then(|r| {
+                serde_json::from_value::<hone_common::bench::BenchMode>(r.report["mode"].clone())
+                    .ok()
+            })
+            .map(|m| m.name().to_string()),
+        emulation: r
+            .and_then(|r| {
+                serde_json::from_value::<hone_common::bench::EmulationStatus>(
+                    r.report["emulation"]["status"].clone(),
+                )
+                .ok()
+            })
+            .map(|s| match s {
+                hone_common::bench::EmulationStatus::Emulated => "emulated".to_string(),
+                hone_common::bench::EmulationStatus::Unthrottled { reason } => {
+                    format!("unthrottled: {reason}")
+                }
+                hone_common::bench::EmulationStatus::Native => "native".to_string(),
+                hone_common::bench::EmulationStatus::None => "none".to_string(),
+            }),
         cold_start_ms: r.and_then(|r| r.report["cold_start_ms"].as_f64()),
         dispatch_ms: j.dispatched_at_ms.zip(j.accepted_at_ms).map(|(d, a)| a - d),
         turnaround_ms: r.zip(j.dispatched_at_ms).map(|(r, d)| r.received_at_ms - d),
