@@ -272,3 +272,30 @@ fn cold_throughput_and_sustained_modes_report_their_own_figures() {
     assert_eq!(last["clock_mhz"], 1000);
     assert!(sus["throttle_onset_s"].as_f64().is_some());
 }
+
+#[test]
+fn the_agent_lists_every_built_in_profile_with_its_sources() {
+    let out = Command::new(bin("edge-agent")).args(["profiles", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> =
+        list.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    for expected in ["rpi4", "rpi5", "jetson-orin-nano-cpu", "intel-n100", "imx8mp", "x86-vm-2core"]
+    {
+        assert!(names.contains(&expected), "{expected} missing from {names:?}");
+    }
+    for p in list.as_array().unwrap() {
+        assert!(!p["sources"].as_array().unwrap().is_empty(), "{} cites nothing", p["name"]);
+        assert!(p["summary"].as_str().unwrap().starts_with(p["name"].as_str().unwrap()));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = dir.path().join("mlp.onnx");
+    std::fs::write(&tiny, models::mlp(8)).unwrap();
+    let bad = Command::new(bin("edge-agent"))
+        .args(["bench", "--model", tiny.to_str().unwrap(), "--profile", "no-such-board"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("unknown profile `no-such-board`") && err.contains("rpi4"), "{err}");
+}
