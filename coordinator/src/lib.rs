@@ -12,6 +12,7 @@
 //! - [`mqtt`]: the only module that knows rumqttc; [`broker`]: the embedded rumqttd.
 //! - [`artifacts`]: content-addressed files and the ed25519 signing key.
 //! - [`models`]: the tract gate for registration; [`assets`]: the real models of the manifest.
+//! - [`graph`]: the ONNX graph IR (inspect, edit, fold, round-trip, external data).
 //! - [`data`]: data set loaders (Fashion-MNIST, MNIST, VADER movie reviews, SOTU) with fixed
 //!   splits, seeded mini-batches and a WordPiece tokenizer.
 //! - [`cli`], [`demo`]: the `coordinator` command line.
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod data;
 pub mod db;
 pub mod demo;
+pub mod graph;
 pub mod metrics;
 pub mod models;
 pub mod mqtt;
