@@ -15,6 +15,8 @@
 //! - [`graph`]: the ONNX graph IR (inspect, edit, fold, round-trip, external data).
 //! - [`data`]: data set loaders (Fashion-MNIST, MNIST, VADER movie reviews, SOTU) with fixed
 //!   splits, seeded mini-batches and a WordPiece tokenizer.
+//! - [`train`]: differentiable execution of ONNX graphs in candle (forward and backward, with
+//!   initializers as trainable variables).
 //! - [`cli`], [`demo`]: the `coordinator` command line.
 
 pub mod api;
@@ -31,3 +33,4 @@ pub mod metrics;
 pub mod models;
 pub mod mqtt;
 pub mod server;
+pub mod train;
