@@ -93,8 +93,18 @@ impl Engine {
                     self.metrics.rejected_malformed.fetch_add(1, Relaxed);
                     return Ok(());
                 }
+                let previous = self.db.device(&device).await?;
                 if self.db.apply_status(&status, now).await? {
                     info!(device = %device, online = status.online, session = status.session, "device status");
+                    if status.online {
+                        self.reconcile_device(
+                            &device,
+                            previous.map(|p| p.session),
+                            status.session as i64,
+                            now,
+                        )
+                        .await?;
+                    }
                     self.poke_tick().await;
                 } else {
                     self.metrics.stale_wills.fetch_add(1, Relaxed);
@@ -291,33 +301,91 @@ impl Engine {
         Ok(())
     }
 
-    async fn dispatch(&self, job: &JobRow, spec: &CampaignSpec, now: i64) -> anyhow::Result<()> {
-        let Some(model) = self.db.find_model(&job.model_id).await? else {
-            self.db
-                .fail_queued(&job.id, &format!("model {} no longer exists", job.model_id), now)
-                .await?;
-            return Ok(());
-        };
+    /// A device announced itself online. If its agent process is new (a higher session), the
+    /// attempts it held cannot be running any more: they end and are retried. If it is the same
+    /// process reconnecting (e.g. after a broker or coordinator restart, which can lose an
+    /// in-flight command), jobs sent but not yet accepted are sent again with the same command
+    /// id, which the agent executes at most once.
+    async fn reconcile_device(
+        &self,
+        device: &str,
+        previous_session: Option<i64>,
+        session: i64,
+        now: i64,
+    ) -> anyhow::Result<()> {
+        let jobs: Vec<JobRow> = self
+            .db
+            .jobs_in_states(&["dispatched", "running"])
+            .await?
+            .into_iter()
+            .filter(|j| j.device_id == device)
+            .collect();
+        for job in jobs {
+            if previous_session.is_some_and(|p| session > p) {
+                let reason = format!(
+                    "agent on {device} restarted (session {session}) during attempt {}",
+                    job.attempt
+                );
+                let next = self.db.end_attempt(&job.id, None, &reason, true, now).await?;
+                self.count_end(next);
+                warn!(job = %job.id, %reason, next = ?next, "job attempt ended");
+            } else if job.state == "dispatched" {
+                let Some(spec) = self.spec(&job.campaign_id).await? else { continue };
+                let Some(command_id) = job.command_id.clone() else { continue };
+                if let Some(cmd) =
+                    self.command(&job, &spec, command_id, job.attempt as u32, now).await?
+                {
+                    info!(job = %job.id, device, "re-sending a dispatched job after the agent reconnected");
+                    if let Err(e) =
+                        self.bus.publish(&topic::cmd(device, CmdKind::Job), &cmd, false).await
+                    {
+                        warn!(job = %job.id, error = %e, "re-sending the job failed");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The signed job document for an attempt; `None` if the model no longer exists.
+    async fn command(
+        &self,
+        job: &JobRow,
+        spec: &CampaignSpec,
+        command_id: String,
+        attempt: u32,
+        now: i64,
+    ) -> anyhow::Result<Option<Message>> {
+        let Some(model) = self.db.find_model(&job.model_id).await? else { return Ok(None) };
         let sha: [u8; 32] =
             hex::decode(&model.sha256)?.try_into().map_err(|_| anyhow::anyhow!("bad digest"))?;
-        let command_id = ulid::Ulid::new().to_string();
         let ttl = (spec.job_timeout_ms as i64).max(3_600_000);
         let url = format!("{}/artifacts/{}", self.public_url.trim_end_matches('/'), model.sha256);
         let artifact =
             self.signer.sign(&model.id, sha, model.size_bytes as u64, url, (now + ttl) as u64);
-        let deadline = now + spec.job_timeout_ms as i64;
-        self.db.mark_dispatched(&job.id, &command_id, now, deadline).await?;
-        let attempt = (job.attempt + 1) as u32;
-        let cmd = Message::RunJob(JobCommand {
-            command_id: command_id.clone(),
+        Ok(Some(Message::RunJob(JobCommand {
+            command_id,
             job_id: job.id.clone(),
             attempt,
             artifact,
             spec: spec.bench.clone(),
             timeout_ms: spec.job_timeout_ms,
-        });
+        })))
+    }
+
+    async fn dispatch(&self, job: &JobRow, spec: &CampaignSpec, now: i64) -> anyhow::Result<()> {
+        let command_id = ulid::Ulid::new().to_string();
+        let attempt = (job.attempt + 1) as u32;
+        let Some(cmd) = self.command(job, spec, command_id.clone(), attempt, now).await? else {
+            self.db
+                .fail_queued(&job.id, &format!("model {} no longer exists", job.model_id), now)
+                .await?;
+            return Ok(());
+        };
+        let deadline = now + spec.job_timeout_ms as i64;
+        self.db.mark_dispatched(&job.id, &command_id, now, deadline).await?;
         self.metrics.jobs_dispatched.fetch_add(1, Relaxed);
-        info!(job = %job.id, device = %job.device_id, model = %model.name, attempt, "dispatching job");
+        info!(job = %job.id, device = %job.device_id, model = %job.model_id, attempt, "dispatching job");
         if let Err(e) =
             self.bus.publish(&topic::cmd(&job.device_id, CmdKind::Job), &cmd, false).await
         {
