@@ -30,7 +30,8 @@ rustup target add aarch64-unknown-linux-musl x86_64-unknown-linux-musl >/dev/nul
 
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc
 export CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc
-export CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_LINKER=musl-gcc
+# x86_64 musl links with Rust's own self-contained musl (Debian's musl-gcc wrapper would mix in
+# another libc build and the binary crashes at start-up); musl-gcc only compiles C sources.
 export CC_x86_64_unknown_linux_musl=musl-gcc
 # Static binaries; the Debian cross gcc targets glibc, so link statically and let Rust's
 # self-contained musl CRT objects do the rest.
