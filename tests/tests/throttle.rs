@@ -207,6 +207,33 @@ fn cold_throughput_and_sustained_modes_report_their_own_figures() {
     std::fs::write(&tiny, models::mlp(256)).unwrap();
     let tiny = tiny.to_str().unwrap();
 
+    // On the real board nothing is emulated; readings are whatever the host exposes, never zeros.
+    let (code, native) = agent_json(
+        &[
+            "bench",
+            "--json",
+            "--model",
+            tiny,
+            "--profile",
+            "rpi4",
+            "--native",
+            "--iterations",
+            "3",
+            "--state-dir",
+            state,
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{native}");
+    assert_eq!(native["emulated"], false);
+    assert_eq!(native["emulation_status"], "native");
+    assert_eq!(native["throttle"]["cpu_quota_us"], Value::Null);
+    let readings = &native["runs"][0]["readings"];
+    assert!(
+        readings["cpu_mhz_min"].is_null() || readings["cpu_mhz_min"].as_u64().unwrap() > 0,
+        "{readings}"
+    );
+
     let (_, cold) = agent_json(
         &["bench", "--json", "--model", tiny, "--mode", "cold", "--state-dir", state],
         &[],
