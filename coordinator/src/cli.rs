@@ -43,6 +43,15 @@ enum Command {
         #[command(subcommand)]
         command: DevicesCmd,
     },
+    /// Build and train a baseline model (writes model.onnx and summary.json).
+    Baseline {
+        #[command(subcommand)]
+        command: crate::train::baseline::cli::BaselineCmd,
+    },
+    /// Accuracy of a model on a labelled data set, run by tract.
+    Eval(crate::train::baseline::cli::EvalArgs),
+    /// Train an ONNX model on a data set with a loss (cross-entropy, mse or cosine).
+    Train(crate::train::baseline::cli::TrainArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -205,6 +214,9 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Campaign { command } => campaign(command).await,
         Command::Models { command } => models(command).await,
+        Command::Baseline { command } => crate::train::baseline::cli::baseline(command).await,
+        Command::Eval(args) => crate::train::baseline::cli::eval(args).await,
+        Command::Train(args) => crate::train::baseline::cli::train(args).await,
         Command::Devices { command: DevicesCmd::List { api } } => {
             let devices: serde_json::Value = Client::new(&api.api).get("/api/v1/devices").await?;
             if api.json {

@@ -16,7 +16,8 @@
 //! - [`data`]: data set loaders (Fashion-MNIST, MNIST, VADER movie reviews, SOTU) with fixed
 //!   splits, seeded mini-batches and a WordPiece tokenizer.
 //! - [`train`]: differentiable execution of ONNX graphs in candle (forward and backward, with
-//!   initializers as trainable variables).
+//!   initializers as trainable variables), losses, optimizers, the training loop, a model
+//!   builder, and the baselines trained here (`coordinator baseline`, `eval`, `train`).
 //! - [`cli`], [`demo`]: the `coordinator` command line.
 
 pub mod api;
