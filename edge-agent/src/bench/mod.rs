@@ -194,18 +194,15 @@ pub async fn run_in_child(
         && plan.quota_us.is_some())
     .then(|| {
         let plan = plan.clone();
-        let cpu_dir = group.as_ref().and_then(|g| g.cpu_dir.clone());
+        let group = group.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let start = std::time::Instant::now();
             let mut applied = Vec::new();
             loop {
                 if let Some(point) = plan.thermal_at(start.elapsed().as_secs_f64()) {
-                    if let Some(dir) = &cpu_dir {
-                        let _ = std::fs::write(
-                            dir.join("cpu.cfs_quota_us"),
-                            point.quota_us.to_string(),
-                        );
+                    if let Some(g) = &group {
+                        let _ = g.set_quota(point.quota_us);
                     }
                     applied.push(Applied { unix_ns: unix_ns(), point });
                 }

@@ -99,8 +99,7 @@ fn run_once(runnable: &Runnable, inputs: &TVec<TValue>) -> Result<(), BenchFailu
 pub fn run_benchmark(path: &Path, spec: &BenchSpec) -> Result<ChildResult, BenchFailure> {
     let bytes = std::fs::read(path).map_err(|e| read_failure(path, e))?;
     let load_start = Instant::now();
-    let proto = pb::ModelProto::decode(bytes.as_slice())
-        .map_err(|e| BenchFailure::invalid(format!("not an ONNX protobuf: {e}")))?;
+    let proto = decode_proto(&bytes)?;
     drop(bytes);
     let batch_one = match &spec.mode {
         BenchMode::Throughput { batch_sizes } => batch_sizes.first().map(|b| u64::from(*b)),
@@ -240,9 +239,7 @@ pub struct ModelCost {
 
 /// Counts the multiply-accumulates of one inference with tract's cost model.
 pub fn cost(path: &Path, spec: &BenchSpec) -> Result<ModelCost, BenchFailure> {
-    let bytes = std::fs::read(path).map_err(|e| read_failure(path, e))?;
-    let proto = pb::ModelProto::decode(bytes.as_slice())
-        .map_err(|e| BenchFailure::invalid(format!("not an ONNX protobuf: {e}")))?;
+    let proto = read_proto(path)?;
     let params = proto
         .graph
         .as_ref()
@@ -281,6 +278,15 @@ pub fn cost(path: &Path, spec: &BenchSpec) -> Result<ModelCost, BenchFailure> {
     Ok(ModelCost { macs, params, inputs: plans.iter().map(describe).collect() })
 }
 
+fn decode_proto(bytes: &[u8]) -> Result<pb::ModelProto, BenchFailure> {
+    pb::ModelProto::decode(bytes)
+        .map_err(|e| BenchFailure::invalid(format!("not an ONNX protobuf: {e}")))
+}
+
+fn read_proto(path: &Path) -> Result<pb::ModelProto, BenchFailure> {
+    decode_proto(&std::fs::read(path).map_err(|e| read_failure(path, e))?)
+}
+
 fn read_failure(path: &Path, e: std::io::Error) -> BenchFailure {
     let kind = if e.kind() == std::io::ErrorKind::OutOfMemory {
         FailureKind::Oom
@@ -304,9 +310,7 @@ pub struct OutputValues {
 /// Runs one inference on the same deterministic synthetic inputs as the benchmarks and returns
 /// every output (used to compare architectures: the aarch64 agent against the x86_64 one).
 pub fn infer(path: &Path, spec: &BenchSpec) -> Result<Vec<OutputValues>, BenchFailure> {
-    let bytes = std::fs::read(path).map_err(|e| read_failure(path, e))?;
-    let proto = pb::ModelProto::decode(bytes.as_slice())
-        .map_err(|e| BenchFailure::invalid(format!("not an ONNX protobuf: {e}")))?;
+    let proto = read_proto(path)?;
     let plans = plan_inputs(&proto, spec, None)?;
     let runnable = load(&proto, &plans)?;
     let outputs = runnable

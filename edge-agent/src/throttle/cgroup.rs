@@ -7,7 +7,7 @@
 //! without cgroup rights).
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// A controller hierarchy we can create groups in.
 #[derive(Debug, Clone)]
@@ -30,7 +30,7 @@ pub struct Cgroups {
 }
 
 /// Groups created for one benchmark process.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Group {
     /// Directories created, per controller.
     pub dirs: Vec<PathBuf>,
@@ -172,7 +172,10 @@ impl Group {
     /// Rewrites the CPU quota (the thermal model's clock changes).
     pub fn set_quota(&self, quota_us: u64) -> std::io::Result<()> {
         match &self.cpu_dir {
-            Some(dir) => fs::write(dir.join("cpu.cfs_quota_us"), quota_us.max(1000).to_string()),
+            Some(dir) => fs::write(
+                dir.join("cpu.cfs_quota_us"),
+                quota_us.max(super::MIN_QUOTA_US).to_string(),
+            ),
             None => Ok(()),
         }
     }
@@ -204,9 +207,4 @@ impl Group {
             }
         }
     }
-}
-
-/// Whether a directory looks like a cgroup v1 hierarchy root.
-pub fn is_hierarchy(path: &Path) -> bool {
-    path.join("cgroup.procs").exists()
 }
