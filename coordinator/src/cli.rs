@@ -48,8 +48,10 @@ enum Command {
         #[command(subcommand)]
         command: crate::train::baseline::cli::BaselineCmd,
     },
-    /// Accuracy of a model on a labelled data set, run by tract.
+    /// Accuracy of a model on a data set, or its fidelity against a reference, run by tract.
     Eval(crate::train::baseline::cli::EvalArgs),
+    /// Forward-only speed of the candle executor against tract on one model and real inputs.
+    ExecBench(crate::eval::bench::ExecBenchArgs),
     /// Train an ONNX model on a data set with a loss (cross-entropy, mse or cosine).
     Train(crate::train::baseline::cli::TrainArgs),
 }
@@ -216,6 +218,7 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Models { command } => models(command).await,
         Command::Baseline { command } => crate::train::baseline::cli::baseline(command).await,
         Command::Eval(args) => crate::train::baseline::cli::eval(args).await,
+        Command::ExecBench(args) => crate::eval::bench::run(args).await,
         Command::Train(args) => crate::train::baseline::cli::train(args).await,
         Command::Devices { command: DevicesCmd::List { api } } => {
             let devices: serde_json::Value = Client::new(&api.api).get("/api/v1/devices").await?;

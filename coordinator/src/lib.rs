@@ -18,6 +18,8 @@
 //! - [`train`]: differentiable execution of ONNX graphs in candle (forward and backward, with
 //!   initializers as trainable variables), losses, optimizers, the training loop, a model
 //!   builder, and the baselines trained here (`coordinator baseline`, `eval`, `train`).
+//! - [`eval`]: accuracy and fidelity (top-1 agreement, cosine) of models run by tract on named
+//!   data sets (images, VADER text, crops of two photographs), and `coordinator exec-bench`.
 //! - [`cli`], [`demo`]: the `coordinator` command line.
 
 pub mod api;
@@ -29,6 +31,7 @@ pub mod cli;
 pub mod data;
 pub mod db;
 pub mod demo;
+pub mod eval;
 pub mod graph;
 pub mod metrics;
 pub mod models;

@@ -1,5 +1,5 @@
-//! The model-core commands: `coordinator baseline …`, `coordinator eval` and
-//! `coordinator train`. Training and evaluation run on a blocking thread; progress goes to
+//! The model-core commands: `coordinator baseline …`, `coordinator eval` (on [`crate::eval`])
+//! and `coordinator train`. Training and evaluation run on a blocking thread; progress goes to
 //! stderr and results to stdout (a table, or JSON with `--json`).
 
 use std::path::PathBuf;
@@ -9,11 +9,12 @@ use anyhow::{Context as _, bail};
 use candle_core::{DType, Device, Tensor};
 
 use crate::data::{ImageDataset, Part, fashion_mnist, mnist};
+use crate::eval::{self, EvalData};
 use crate::graph::Graph;
 use crate::train::TrainError;
 use crate::train::exec::Executor;
 use crate::train::fit::{StepOutput, TrainConfig, fit, fit_classifier, peak_rss_bytes};
-use crate::train::loss::{LossKind, correct, cosine, mse};
+use crate::train::loss::{LossKind, correct, cosine, cross_entropy, mse};
 use crate::train::optim::OptimizerConfig;
 use crate::train::tract_run::{TractPlan, check_parity, tract_accuracy, true_inputs};
 
@@ -75,17 +76,30 @@ pub struct FashionCnnArgs {
 /// Arguments of `coordinator eval`.
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
-    /// ONNX model; its first input is the image batch [N,1,28,28], its first output the scores.
+    /// ONNX model. Its true inputs must fit the data: one image input for images and photos,
+    /// `input_ids` and `attention_mask` (int64) for vader.
     #[arg(long)]
     model: PathBuf,
-    /// Data set: fashion-mnist or mnist.
+    /// Data set: fashion-mnist, mnist, vader (labelled) or photos (no labels: needs --reference).
     #[arg(long)]
     data: String,
+    /// Reference model: report the fidelity of --model against it (top-1 agreement and cosine
+    /// similarity of the output rows) on the same examples.
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// Output to read (default: the first output for accuracy; with --reference, the first
+    /// float output of rank 2, e.g. `461`, the sentence embedding of MiniLM). Any value of the
+    /// graph may be named.
+    #[arg(long)]
+    output: Option<String>,
     /// Which part: test, validation or train.
     #[arg(long, default_value = "test")]
     part: String,
-    /// Images per tract run.
-    #[arg(long, default_value_t = 500)]
+    /// Evaluate a fixed subset of this many examples of the part.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Examples per tract run.
+    #[arg(long, default_value_t = 64)]
     batch_size: usize,
     /// Print JSON.
     #[arg(long)]
@@ -95,16 +109,18 @@ pub struct EvalArgs {
 /// Arguments of `coordinator train`.
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
-    /// ONNX model to train (first input: the image batch; first output: logits or features).
+    /// ONNX model to train. Images: its first input takes the image batch; vader: its inputs
+    /// are `input_ids` and `attention_mask` (int64). Its first output (for vader, its first
+    /// float output) is the logits, or the features for mse and cosine.
     #[arg(long)]
     model: PathBuf,
-    /// Data set: fashion-mnist or mnist.
+    /// Data set: fashion-mnist, mnist or vader.
     #[arg(long)]
     data: String,
     /// Loss: cross-entropy (against the labels), mse or cosine (against --reference outputs).
     #[arg(long, default_value = "cross-entropy")]
     loss: LossKind,
-    /// Reference (teacher) model for mse and cosine: its first output is the target.
+    /// Reference (teacher) model for mse and cosine: its first (float) output is the target.
     #[arg(long)]
     reference: Option<PathBuf>,
     /// Output folder (model.onnx, summary.json).
@@ -140,7 +156,10 @@ fn labelled(name: &str) -> anyhow::Result<ImageDataset> {
     Ok(match name {
         "fashion-mnist" => fashion_mnist()?,
         "mnist" => mnist()?,
-        other => bail!("unknown data set `{other}`: fashion-mnist or mnist"),
+        "photos" => {
+            bail!("data set `photos` has no labels: train on fashion-mnist, mnist or vader")
+        }
+        other => bail!("unknown data set `{other}`: fashion-mnist, mnist or vader"),
     })
 }
 
@@ -223,33 +242,84 @@ pub async fn baseline(cmd: BaselineCmd) -> anyhow::Result<i32> {
     }
 }
 
-/// Runs `coordinator eval`.
+/// Runs `coordinator eval`: accuracy on labelled data, or fidelity against `--reference`.
 pub async fn eval(a: EvalArgs) -> anyhow::Result<i32> {
     let json = a.json;
-    let (acc, secs, name, which) = blocking(move || {
-        let data = labelled(&a.data)?;
-        let which = part(&a.part)?;
-        let graph = Graph::load(&a.model)?;
-        let start = Instant::now();
-        let acc = tract_accuracy(graph.proto(), &data, data.split.part(which), a.batch_size)?;
-        Ok((acc, start.elapsed().as_secs_f64(), a.data, a.part))
-    })
-    .await?;
+    let (v, text) = blocking(move || eval_blocking(a)).await?;
     if json {
-        let v = serde_json::json!({
-            "data": name, "part": which, "accuracy": acc.value(),
-            "correct": acc.correct, "total": acc.total, "seconds": secs,
-        });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!(
-            "accuracy {:.4} ({}/{} {name} {which} images, {secs:.1} s)",
-            acc.value(),
-            acc.correct,
-            acc.total
-        );
+        println!("{text}");
     }
     Ok(0)
+}
+
+/// The JSON result and the human summary of `coordinator eval`.
+fn eval_blocking(a: EvalArgs) -> anyhow::Result<(serde_json::Value, String)> {
+    let which = part(&a.part)?;
+    let data = EvalData::load(&a.data)?;
+    let graph = eval::load_model(&a.model)?;
+    data.check(&graph).with_context(|| format!("model {}", a.model.display()))?;
+    let start = Instant::now();
+    let output = a.output.as_deref();
+    let Some(reference) = &a.reference else {
+        if !data.labelled() {
+            bail!(
+                "data set `{}` has no labels: give --reference R to measure the model's fidelity \
+                 (top-1 agreement and cosine similarity) against R",
+                data.name()
+            );
+        }
+        let acc = eval::accuracy_of(&graph, &data, which, a.batch_size, a.limit, output)
+            .with_context(|| format!("evaluating {}", a.model.display()))?;
+        let secs = start.elapsed().as_secs_f64();
+        let v = serde_json::json!({
+            "model": a.model, "data": a.data, "part": a.part, "accuracy": acc.value(),
+            "correct": acc.correct, "total": acc.total, "seconds": secs,
+        });
+        let text = format!(
+            "accuracy {:.4} ({}/{} {} {} examples, {secs:.1} s)",
+            acc.value(),
+            acc.correct,
+            acc.total,
+            a.data,
+            a.part
+        );
+        return Ok((v, text));
+    };
+    let reference_graph = eval::load_model(reference)?;
+    data.check(&reference_graph).with_context(|| format!("reference {}", reference.display()))?;
+    let f = eval::fidelity(&graph, &reference_graph, &data, which, a.batch_size, a.limit, output)
+        .with_context(|| {
+        format!("comparing {} with {}", a.model.display(), reference.display())
+    })?;
+    let secs = start.elapsed().as_secs_f64();
+    let v = serde_json::json!({
+        "model": a.model, "reference": reference, "data": a.data, "part": a.part,
+        "examples": f.examples,
+        "accuracy": f.model_accuracy.map(|x| x.value()),
+        "reference_accuracy": f.reference_accuracy.map(|x| x.value()),
+        "fidelity": f, "seconds": secs,
+    });
+    let mut text = format!(
+        "fidelity against {} on {} {} ({} examples, output `{}` vs `{}`, {secs:.1} s)\n  \
+         top-1 agreement {:.4} ({}/{})\n  cosine similarity mean {:.6}, min {:.6}",
+        reference.display(),
+        a.data,
+        a.part,
+        f.examples,
+        f.output,
+        f.reference_output,
+        f.top1_agreement,
+        f.agreements,
+        f.examples,
+        f.mean_cosine,
+        f.min_cosine
+    );
+    if let (Some(m), Some(r)) = (f.model_accuracy, f.reference_accuracy) {
+        text += &format!("\n  accuracy {:.4} (reference {:.4})", m.value(), r.value());
+    }
+    Ok((v, text))
 }
 
 /// Runs `coordinator train`.
@@ -274,21 +344,130 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn train_blocking(a: TrainArgs) -> anyhow::Result<serde_json::Value> {
-    let data = labelled(&a.data)?;
-    let mut graph = Graph::load(&a.model)?;
-    let input = true_inputs(&graph).into_iter().next().context("the model has no input")?;
-    let output =
-        graph.outputs().first().map(|v| v.name.clone()).context("the model has no output")?;
-    let exec = Executor::new(&graph)?;
-    let optimizer = match a.optimizer.as_str() {
+fn optimizer(a: &TrainArgs) -> anyhow::Result<OptimizerConfig> {
+    Ok(match a.optimizer.as_str() {
         "adamw" => OptimizerConfig::adamw(a.weight_decay),
         "sgd" => OptimizerConfig::sgd(a.weight_decay),
         other => bail!("unknown optimizer `{other}`: adamw or sgd"),
-    };
+    })
+}
+
+/// A data error inside a training step (whose closure returns [`TrainError`]).
+fn step_error(e: anyhow::Error) -> TrainError {
+    TrainError::config(format!("{e:#}"))
+}
+
+/// The first graph output declared float (or untyped): the logits or the features, past the
+/// int64 pass-through outputs some exports have (MiniLM's first output is its `input_ids`).
+fn first_float_output(graph: &Graph) -> Option<String> {
+    use crate::graph::DataType;
+    graph
+        .outputs()
+        .into_iter()
+        .find(|v| matches!(v.data_type, None | Some(DataType::F32 | DataType::F64 | DataType::F16)))
+        .map(|v| v.name)
+}
+
+/// `coordinator train --data vader`: token inputs from [`EvalData`], padded per batch, the
+/// reference (for mse and cosine) run by a frozen executor, which takes any sequence length.
+fn train_text(a: TrainArgs) -> anyhow::Result<serde_json::Value> {
+    let data = EvalData::load(&a.data)?;
+    let mut graph = eval::load_model(&a.model)?;
+    let feeder = data.feeder(&graph).with_context(|| format!("model {}", a.model.display()))?;
+    let output = first_float_output(&graph).context("the model has no float output")?;
+    let exec = Executor::new(&graph)?;
     let cfg = TrainConfig {
         seed: a.seed,
-        optimizer,
+        optimizer: optimizer(&a)?,
+        max_steps: a.max_steps,
+        progress: true,
+        ..TrainConfig::new(a.epochs, a.batch_size, a.lr)
+    };
+    let train_idx = data.examples(Part::Train, None, None);
+    let summary = match a.loss {
+        LossKind::CrossEntropy => {
+            if a.reference.is_some() {
+                bail!("--reference is for the mse and cosine losses");
+            }
+            fit(&exec, &train_idx, &cfg, |batch| {
+                let b = feeder.batch(batch, None).map_err(step_error)?;
+                let labels = b.labels.unwrap_or_default();
+                let mut out = exec.run(b.inputs, &[output.as_str()])?;
+                let logits = out.remove(&output).ok_or_else(|| TrainError::config("no output"))?;
+                Ok(StepOutput {
+                    loss: cross_entropy(&logits, &labels)?,
+                    correct: Some(correct(&logits, &labels)?),
+                })
+            })?
+        }
+        kind => {
+            let reference = a.reference.as_ref().context("mse and cosine need --reference")?;
+            let teacher = eval::load_model(reference)?;
+            let teach = data.feeder(&teacher).context("the reference model")?;
+            let teacher_out =
+                first_float_output(&teacher).context("the reference has no float output")?;
+            let frozen = Executor::with_trainable(&teacher, |_| false)?;
+            fit(&exec, &train_idx, &cfg, |batch| {
+                let b = feeder.batch(batch, None).map_err(step_error)?;
+                let tb = teach.batch(batch, None).map_err(step_error)?;
+                let target = frozen
+                    .run(tb.inputs, &[teacher_out.as_str()])?
+                    .remove(&teacher_out)
+                    .ok_or_else(|| TrainError::config("the reference has no output"))?
+                    .detach();
+                let mut out = exec.run(b.inputs, &[output.as_str()])?;
+                let y = out.remove(&output).ok_or_else(|| TrainError::config("no output"))?;
+                let loss =
+                    if kind == LossKind::Mse { mse(&y, &target)? } else { cosine(&y, &target)? };
+                Ok(StepOutput { loss, correct: None })
+            })?
+        }
+    };
+    exec.write_back(&mut graph)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let model = a.out.join("model.onnx");
+    graph.save(&model)?;
+    let saved = Graph::load(&model)?;
+    let probe = data.examples(Part::Test, Some(32), None);
+    let b = feeder.batch(&probe, None)?;
+    let named: Vec<(&str, Tensor)> =
+        b.inputs.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    let parity = check_parity(&saved, &exec, &named, 1e-4)?;
+    // Accuracy only when the output is the two class scores.
+    let test_accuracy = match eval::accuracy(&saved, &data, Part::Test, 64, None) {
+        Ok(acc) => Some(acc.value()),
+        Err(e) if a.loss != LossKind::CrossEntropy => {
+            tracing::debug!("no test accuracy: {e:#}");
+            None
+        }
+        Err(e) => return Err(e.context("test accuracy of the trained model")),
+    };
+    let v = serde_json::json!({
+        "model": model,
+        "data": a.data,
+        "loss": a.loss,
+        "test_accuracy": test_accuracy,
+        "parity": parity,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "train": summary,
+        "config": cfg,
+    });
+    super::write_json(&a.out.join("summary.json"), &v)?;
+    Ok(v)
+}
+
+fn train_blocking(a: TrainArgs) -> anyhow::Result<serde_json::Value> {
+    if a.data == "vader" {
+        return train_text(a);
+    }
+    let data = labelled(&a.data)?;
+    let mut graph = Graph::load(&a.model)?;
+    let input = true_inputs(&graph).into_iter().next().context("the model has no input")?;
+    let output = first_float_output(&graph).context("the model has no float output")?;
+    let exec = Executor::new(&graph)?;
+    let cfg = TrainConfig {
+        seed: a.seed,
+        optimizer: optimizer(&a)?,
         max_steps: a.max_steps,
         progress: true,
         ..TrainConfig::new(a.epochs, a.batch_size, a.lr)
@@ -357,4 +536,71 @@ fn train_blocking(a: TrainArgs) -> anyhow::Result<serde_json::Value> {
     });
     super::write_json(&a.out.join("summary.json"), &v)?;
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(model: PathBuf, out: PathBuf) -> TrainArgs {
+        TrainArgs {
+            model,
+            data: "vader".into(),
+            loss: LossKind::CrossEntropy,
+            reference: None,
+            out,
+            epochs: 1,
+            batch_size: 32,
+            lr: 3e-2,
+            optimizer: "adamw".into(),
+            weight_decay: 0.0,
+            seed: 1,
+            max_steps: Some(40),
+            json: true,
+        }
+    }
+
+    #[test]
+    fn train_on_vader_lowers_the_loss_and_writes_a_model_tract_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("text.onnx");
+        crate::eval::tests::tiny_text_model().save(&model).unwrap();
+        let v = train_blocking(args(model, dir.path().join("out"))).unwrap();
+        let (first, last) = (
+            v["train"]["first_loss"].as_f64().unwrap(),
+            v["train"]["final_loss"].as_f64().unwrap(),
+        );
+        assert!(last < first, "loss {first} → {last}");
+        assert_eq!(v["train"]["steps"], 40);
+        assert!(v["test_accuracy"].as_f64().is_some_and(|a| a > 0.5), "{v}");
+        assert!(dir.path().join("out/model.onnx").exists());
+        assert!(dir.path().join("out/summary.json").exists());
+    }
+
+    #[test]
+    fn train_refuses_photos_and_models_that_do_not_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("text.onnx");
+        crate::eval::tests::tiny_text_model().save(&model).unwrap();
+        let mut a = args(model.clone(), dir.path().join("out"));
+        a.data = "photos".into();
+        let err = train_blocking(a).unwrap_err().to_string();
+        assert!(err.contains("no labels"), "{err}");
+        let cnn = crate::train::builder::ModelSpec {
+            name: "c".into(),
+            input: [1, 28, 28],
+            layers: vec![
+                crate::train::builder::Layer::Flatten,
+                crate::train::builder::Layer::Dense { out: 2 },
+            ],
+            seed: 0,
+        }
+        .build()
+        .unwrap();
+        let image_model = dir.path().join("cnn.onnx");
+        cnn.graph.save(&image_model).unwrap();
+        let err =
+            format!("{:#}", train_blocking(args(image_model, dir.path().join("o"))).unwrap_err());
+        assert!(err.contains("`image` f32") && err.contains("`vader` gives"), "{err}");
+    }
 }
