@@ -54,6 +54,8 @@ enum Command {
     ExecBench(crate::eval::bench::ExecBenchArgs),
     /// Train an ONNX model on a data set with a loss (cross-entropy, mse or cosine).
     Train(crate::train::baseline::cli::TrainArgs),
+    /// Structured pruning: remove whole neurons, channels and heads; measure the speedup in tract.
+    Prune(crate::prune::cli::PruneArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -217,6 +219,7 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Campaign { command } => campaign(command).await,
         Command::Models { command } => models(command).await,
         Command::Baseline { command } => crate::train::baseline::cli::baseline(command).await,
+        Command::Prune(args) => crate::prune::cli::run(args).await,
         Command::Eval(args) => crate::train::baseline::cli::eval(args).await,
         Command::ExecBench(args) => crate::eval::bench::run(args).await,
         Command::Train(args) => crate::train::baseline::cli::train(args).await,

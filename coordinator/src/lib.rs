@@ -36,5 +36,6 @@ pub mod graph;
 pub mod metrics;
 pub mod models;
 pub mod mqtt;
+pub mod prune;
 pub mod server;
 pub mod train;

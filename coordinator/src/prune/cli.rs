@@ -1,0 +1,730 @@
+//! `coordinator prune`: analyse, score, allocate, cut, fine-tune, measure and write.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::data::Part;
+use crate::eval::{EvalBatch, EvalData};
+use crate::graph::Graph;
+
+use super::alloc::{self, Allocation};
+use super::apply::{Selection, apply};
+use super::finetune::{FinetuneConfig, FinetuneSummary, finetune};
+use super::importance::{self, ActivationMetric, Criterion, Scores};
+use super::latency::{Timing, side_by_side, timing_inputs};
+use super::{Prepared, analysis_dims, macs, param_count, params_no_embeddings, prepare};
+
+/// Arguments of `coordinator prune`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PruneArgs {
+    /// The ONNX model to prune.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Data for calibration, fine-tuning and validation: fashion-mnist, mnist, vader or photos.
+    #[arg(long)]
+    pub data: String,
+    /// Importance family.
+    #[arg(long, value_enum, default_value_t = Criterion::Auto)]
+    pub criterion: Criterion,
+    /// Fraction of each prunable group's units to remove (0 ≤ S < 1).
+    #[arg(long, conflicts_with = "target_speedup")]
+    pub sparsity: Option<f64>,
+    /// Search the smallest sparsity whose child is at least X times faster in tract.
+    #[arg(long)]
+    pub target_speedup: Option<f64>,
+    /// Kept widths are multiples of this many channels (default: the device profile's f32 SIMD
+    /// width, else 8 for AVX2).
+    #[arg(long)]
+    pub round_to: Option<usize>,
+    /// Device profile to take the SIMD width from (e.g. rpi4: NEON, 4 lanes).
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Per-layer allocation.
+    #[arg(long, value_enum, default_value_t = Allocation::Uniform)]
+    pub allocation: Allocation,
+    /// Statistic of the activation family.
+    #[arg(long, value_enum, default_value_t = ActivationMetric::Wanda)]
+    pub activation_metric: ActivationMetric,
+    /// Weights of magnitude, gradient and activation in `combined`.
+    #[arg(long, default_value = "1,1,1")]
+    pub weights: String,
+    /// Recovery fine-tuning steps after pruning (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub finetune_steps: usize,
+    /// Peak learning rate of the fine-tune.
+    #[arg(long, default_value_t = 1e-3)]
+    pub finetune_lr: f64,
+    /// Batch size of the fine-tune.
+    #[arg(long, default_value_t = 64)]
+    pub finetune_batch: usize,
+    /// Weight of distillation from the parent's outputs during the fine-tune (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    pub distill: f64,
+    /// Calibration examples (gradient and activation statistics), from the training part.
+    #[arg(long, default_value_t = 256)]
+    pub calibration: usize,
+    /// Validation examples used to choose the criterion and to measure sensitivity.
+    #[arg(long, default_value_t = 1000)]
+    pub validation: usize,
+    /// Test examples for the reported accuracy (default: the whole test part).
+    #[arg(long)]
+    pub test_limit: Option<usize>,
+    /// Sequence length for text models (latency and analysis).
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    /// Seconds of side-by-side latency measurement for the final result.
+    #[arg(long, default_value_t = 6.0)]
+    pub latency_seconds: f64,
+    /// Seed of the calibration and fine-tuning draws.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Also time the unpruned model in ONNX Runtime (CPU, one thread) in the same run, with this
+    /// Python (which must have `onnxruntime` and `numpy`).
+    #[arg(long)]
+    pub compare_ort: Option<PathBuf>,
+    /// Print the dependency groups and exit.
+    #[arg(long)]
+    pub explain: bool,
+    /// Where to write the pruned model.
+    #[arg(long, required_unless_present = "explain")]
+    pub out: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One row of the criterion comparison.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CriterionRow {
+    /// The criterion.
+    pub criterion: Criterion,
+    /// Validation accuracy (or fidelity) of the child before fine-tuning.
+    pub validation_score: f64,
+    /// Parameters of the child.
+    pub params: usize,
+}
+
+/// The result (`--json`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PruneReport {
+    /// Input model.
+    pub model: PathBuf,
+    /// Written model.
+    pub out: Option<PathBuf>,
+    /// Data set.
+    pub data: String,
+    /// Criterion used (the one `auto` chose, when auto).
+    pub criterion: Criterion,
+    /// Whether the criterion was chosen automatically.
+    pub auto: bool,
+    /// The table auto chose from.
+    pub criteria: Vec<CriterionRow>,
+    /// Allocation.
+    pub allocation: Allocation,
+    /// Fraction of units removed per group (the found one under `--target-speedup`).
+    pub sparsity: f64,
+    /// Rounding of kept widths.
+    pub round_to: usize,
+    /// Float parameters before.
+    pub params_before: usize,
+    /// Float parameters after.
+    pub params_after: usize,
+    /// MACs of one inference (batch 1) before.
+    pub macs_before: u64,
+    /// MACs after.
+    pub macs_after: u64,
+    /// Test accuracy of the parent (labelled data).
+    pub accuracy_before: Option<f64>,
+    /// Test accuracy of the child, after any fine-tune.
+    pub accuracy_after: Option<f64>,
+    /// Test accuracy of the child before fine-tuning.
+    pub accuracy_after_prune: Option<f64>,
+    /// Top-1 agreement of child and parent on the test part.
+    pub fidelity: Option<f64>,
+    /// Mean cosine similarity of child and parent outputs on the test part (unlabelled data).
+    pub fidelity_cosine: Option<f64>,
+    /// Test examples.
+    pub test_examples: usize,
+    /// tract latency of the parent, median (side by side with the child).
+    pub latency_ms_before: f64,
+    /// tract latency of the child, median.
+    pub latency_ms_after: f64,
+    /// Parent median / child median.
+    pub speedup: f64,
+    /// The child is not faster than the parent.
+    pub not_faster: bool,
+    /// MACs before / MACs after.
+    pub mac_reduction: f64,
+    /// speedup / mac_reduction (how much of the arithmetic saved shows up as time).
+    pub speedup_per_mac_reduction: f64,
+    /// Timing details.
+    pub timing: (Timing, Timing),
+    /// The unpruned model in ONNX Runtime (one thread), median ms, when `--compare-ort`.
+    pub ort_ms_before: Option<f64>,
+    /// ONNX Runtime on the parent / tract on the child (> 1: the pruned model in tract is faster
+    /// than the original in ONNX Runtime).
+    pub speedup_vs_ort: Option<f64>,
+    /// onnxruntime's version.
+    pub ort_version: Option<String>,
+    /// Float parameters outside embedding tables (initializers read by `Gather`), before.
+    pub params_no_embeddings_before: usize,
+    /// The same, after.
+    pub params_no_embeddings_after: usize,
+    /// Fraction of the prunable groups' channels removed.
+    pub channels_removed: f64,
+    /// Groups: prunable, blocked.
+    pub groups_prunable: usize,
+    /// Blocked groups with their reasons.
+    pub groups_blocked: Vec<String>,
+    /// Units kept per group (`id kind kept/units`).
+    pub widths: Vec<String>,
+    /// The fine-tune, when there was one.
+    pub finetune: Option<FinetuneSummary>,
+    /// Seconds spent pruning (analysis, scoring, search, cutting), fine-tune and evaluation apart.
+    pub prune_seconds: f64,
+    /// Seconds in all.
+    pub total_seconds: f64,
+}
+
+struct Ctx {
+    args: PruneArgs,
+    parent: Graph,
+    prep: Prepared,
+    data: EvalData,
+    round_to: usize,
+    calib: Vec<EvalBatch>,
+    scores: BTreeMap<Criterion, Scores>,
+    timing: Vec<(tract_onnx::prelude::DatumType, Vec<usize>)>,
+    weights: [f64; 3],
+}
+
+/// Progress goes to stderr, so that stdout stays the result (a table, or JSON).
+fn log(msg: impl std::fmt::Display) {
+    eprintln!("{msg}");
+}
+
+/// Runs `coordinator prune`.
+pub async fn run(args: PruneArgs) -> anyhow::Result<i32> {
+    let json = args.json;
+    let explain = args.explain;
+    let report = tokio::task::spawn_blocking(move || prune(args))
+        .await
+        .context("the pruning thread panicked")??;
+    let Some(report) = report else { return Ok(0) };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if !explain {
+        print_report(&report);
+    }
+    Ok(0)
+}
+
+fn print_report(r: &PruneReport) {
+    if !r.criteria.is_empty() {
+        println!("criterion      validation   params");
+        for row in &r.criteria {
+            let mark = if row.criterion == r.criterion { " ← chosen" } else { "" };
+            println!(
+                "{:<14} {:>9.2} %  {:>9}{mark}",
+                row.criterion.to_string(),
+                row.validation_score * 100.0,
+                row.params
+            );
+        }
+        println!();
+    }
+    println!(
+        "{} → {}",
+        r.model.display(),
+        r.out.as_ref().map_or("-".into(), |p| p.display().to_string())
+    );
+    println!(
+        "  criterion {} ({} allocation), sparsity {:.3}, widths rounded to {}",
+        r.criterion,
+        serde_json::to_value(r.allocation).unwrap_or_default().as_str().unwrap_or(""),
+        r.sparsity,
+        r.round_to
+    );
+    println!("  params  {:>12} → {:>12}", r.params_before, r.params_after);
+    println!(
+        "  MACs    {:>12} → {:>12}  ({:.2}x fewer)",
+        r.macs_before, r.macs_after, r.mac_reduction
+    );
+    if let (Some(b), Some(a)) = (r.accuracy_before, r.accuracy_after) {
+        print!("  accuracy {:.2} % → {:.2} %", b * 100.0, a * 100.0);
+        if let Some(p) = r.accuracy_after_prune.filter(|_| r.finetune.is_some()) {
+            print!(" (before fine-tune {:.2} %)", p * 100.0);
+        }
+        println!(" on {} test examples", r.test_examples);
+    }
+    if let Some(f) = r.fidelity {
+        println!(
+            "  top-1 agreement with the parent {:.2} % on {} examples (output cosine {:.5})",
+            f * 100.0,
+            r.test_examples,
+            r.fidelity_cosine.unwrap_or(f64::NAN)
+        );
+    }
+    println!(
+        "  tract latency {:.2} ms → {:.2} ms: {:.2}x{}  ({:.2} of the MAC reduction)",
+        r.latency_ms_before,
+        r.latency_ms_after,
+        r.speedup,
+        if r.not_faster { "  NOT FASTER" } else { "" },
+        r.speedup_per_mac_reduction
+    );
+    if let (Some(o), Some(x)) = (r.ort_ms_before, r.speedup_vs_ort) {
+        println!(
+            "  ONNX Runtime {} (1 thread) on the parent {o:.2} ms: pruned-in-tract is {x:.2}x its speed",
+            r.ort_version.as_deref().unwrap_or("?")
+        );
+    }
+    println!(
+        "  {:.1} % of prunable channels removed; params without embeddings {} → {}",
+        r.channels_removed * 100.0,
+        r.params_no_embeddings_before,
+        r.params_no_embeddings_after
+    );
+    println!("  groups: {} prunable, {} left alone", r.groups_prunable, r.groups_blocked.len());
+    println!("  pruning {:.1} s, all {:.1} s", r.prune_seconds, r.total_seconds);
+}
+
+/// The whole command without printing: the report, or `None` after `--explain`.
+pub fn prune(args: PruneArgs) -> anyhow::Result<Option<PruneReport>> {
+    let started = Instant::now();
+    if let Some(s) = args.sparsity
+        && !(0.0..1.0).contains(&s)
+    {
+        bail!("--sparsity must be in [0, 1), got {s}");
+    }
+    if let Some(x) = args.target_speedup
+        && x <= 1.0
+    {
+        bail!("--target-speedup must be above 1, got {x}");
+    }
+    if args.sparsity.is_none() && args.target_speedup.is_none() && !args.explain {
+        bail!("give --sparsity S or --target-speedup X");
+    }
+    let round_to = match (args.round_to, &args.profile) {
+        (Some(n), _) if n > 0 => n,
+        (Some(_), _) => bail!("--round-to must be at least 1"),
+        (None, Some(p)) => hone_firmware_profiles::find(p)
+            .with_context(|| format!("no device profile `{p}` (see `edge-agent profiles`)"))?
+            .simd_width_f32
+            .max(1) as usize,
+        (None, None) => 8,
+    };
+    let weights: Vec<f64> = args
+        .weights
+        .split(',')
+        .map(|w| w.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .ok()
+        .filter(|w: &Vec<f64>| w.len() == 3 && w.iter().all(|x| *x >= 0.0))
+        .context("--weights takes three non-negative numbers: magnitude,gradient,activation")?;
+
+    let parent = Graph::load(&args.model)?;
+    let data = EvalData::load(&args.data)?;
+    log(format_args!("analysing {}", args.model.display()));
+    let prep = prepare(&parent, &analysis_dims(&parent, 16))
+        .with_context(|| format!("analysing {}", args.model.display()))?;
+    if args.explain {
+        explain(&prep, args.json)?;
+        return Ok(None);
+    }
+    let prunable = prep.analysis.prunable().count();
+    if prunable == 0 {
+        let reasons: Vec<String> =
+            prep.analysis.groups.iter().filter_map(|g| g.blocked.clone()).collect();
+        bail!(
+            "nothing in {} can be pruned safely: {}",
+            args.model.display(),
+            if reasons.is_empty() { "no weight-bearing layer".into() } else { reasons.join("; ") }
+        );
+    }
+    let timing = timing_inputs(&parent, args.seq_len);
+    let mut ctx = Ctx {
+        calib: Vec::new(),
+        scores: BTreeMap::new(),
+        timing,
+        weights: [weights[0], weights[1], weights[2]],
+        round_to,
+        data,
+        prep,
+        parent,
+        args,
+    };
+    let needs_calib = matches!(
+        ctx.args.criterion,
+        Criterion::Gradient | Criterion::Activation | Criterion::Combined | Criterion::Auto
+    ) || ctx.args.allocation == Allocation::Sensitivity;
+    if needs_calib {
+        let bs = if ctx.data.name() == "photos" { 4 } else { 32 };
+        ctx.calib = ctx.data.batches(
+            &ctx.prep.graph,
+            Part::Train,
+            bs,
+            Some(ctx.args.calibration),
+            Some(ctx.args.seed),
+        )?;
+    }
+
+    // The sparsity: given, or searched for the target speedup (with a cheap criterion first).
+    let search_criterion = match ctx.args.criterion {
+        Criterion::Auto | Criterion::Combined => Criterion::Magnitude,
+        c => c,
+    };
+    let sparsity = match (ctx.args.sparsity, ctx.args.target_speedup) {
+        (Some(s), _) => s,
+        (None, Some(x)) => search_sparsity(&mut ctx, search_criterion, x)?,
+        (None, None) => unreachable!("checked above"),
+    };
+
+    // The criterion: given, or the best on validation data at this sparsity.
+    let mut rows = Vec::new();
+    let criterion = if ctx.args.criterion == Criterion::Auto {
+        let mut best: Option<(f64, Criterion)> = None;
+        for c in
+            [Criterion::Magnitude, Criterion::Gradient, Criterion::Activation, Criterion::Combined]
+        {
+            let sel = selection(&mut ctx, c, sparsity)?;
+            let child = apply(&ctx.prep.graph, &ctx.prep.analysis, &sel)?;
+            let score = quality(&ctx, &child, Part::Validation, Some(ctx.args.validation))?.score();
+            log(format_args!("  {c:<10} validation {:.2} %", score * 100.0));
+            rows.push(CriterionRow {
+                criterion: c,
+                validation_score: score,
+                params: param_count(&child),
+            });
+            if best.is_none_or(|(b, _)| score > b) {
+                best = Some((score, c));
+            }
+        }
+        best.map(|(_, c)| c).unwrap_or(Criterion::Magnitude)
+    } else {
+        ctx.args.criterion
+    };
+    let sel = selection(&mut ctx, criterion, sparsity)?;
+    let mut child = apply(&ctx.prep.graph, &ctx.prep.analysis, &sel)?;
+    let prune_seconds = started.elapsed().as_secs_f64();
+    let widths = widths(&ctx.prep, &sel);
+
+    // Validation.
+    let part = Part::Test;
+    let limit = ctx.args.test_limit;
+    let before = quality(&ctx, &ctx.parent, part, limit)?;
+    let after_prune = quality(&ctx, &child, part, limit)?;
+    let mut ft = None;
+    if ctx.args.finetune_steps > 0 {
+        log(format_args!("fine-tuning {} steps", ctx.args.finetune_steps));
+        let batches = ctx.data.batches(
+            &child,
+            Part::Train,
+            ctx.args.finetune_batch,
+            Some(ctx.args.finetune_steps * ctx.args.finetune_batch),
+            Some(ctx.args.seed.wrapping_add(1)),
+        )?;
+        let cfg = FinetuneConfig {
+            steps: ctx.args.finetune_steps,
+            lr: ctx.args.finetune_lr,
+            distill: ctx.args.distill,
+        };
+        ft = Some(finetune(&mut child, &ctx.prep.graph, &batches, &cfg, true)?);
+    }
+    let after =
+        if ft.is_some() { quality(&ctx, &child, part, limit)? } else { after_prune.clone() };
+
+    if let Some(out) = &ctx.args.out {
+        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        child.save(out)?;
+        // The foundation's gate: the written file loads and optimises in tract.
+        let bytes = std::fs::read(out)?;
+        crate::models::check_with_tract(&bytes)
+            .map_err(|e| anyhow::anyhow!("the pruned model fails tract's check: {e}"))?;
+    }
+    log("measuring tract latency, parent and child side by side");
+    let (tp, tc) = side_by_side(
+        &ctx.parent,
+        &child,
+        &ctx.timing,
+        3,
+        Duration::from_secs_f64(ctx.args.latency_seconds),
+    )?;
+    let dims1: Vec<(String, Vec<usize>)> = crate::train::tract_run::true_inputs(&ctx.parent)
+        .into_iter()
+        .zip(ctx.timing.iter().map(|(_, d)| d.clone()))
+        .collect();
+    let macs_before = macs(&ctx.parent, &dims1)?;
+    let macs_after = macs(&child, &dims1)?;
+    let speedup = tp.p50_ms / tc.p50_ms;
+    let ort = match &ctx.args.compare_ort {
+        Some(py) => {
+            log("timing the parent in ONNX Runtime");
+            Some(ort_time(py, &ctx.args.model, &ctx.parent, &ctx.timing, ctx.args.latency_seconds)?)
+        }
+        None => None,
+    };
+    let (mut removed, mut total) = (0usize, 0usize);
+    for g in ctx.prep.analysis.prunable() {
+        total += g.channels;
+        removed += (g.units() - sel.get(&g.id).map_or(g.units(), Vec::len)) * g.unit;
+    }
+    let mac_reduction = macs_before as f64 / macs_after.max(1) as f64;
+    Ok(Some(PruneReport {
+        model: ctx.args.model.clone(),
+        out: ctx.args.out.clone(),
+        data: ctx.data.name().to_owned(),
+        criterion,
+        auto: ctx.args.criterion == Criterion::Auto,
+        criteria: rows,
+        allocation: ctx.args.allocation,
+        sparsity,
+        round_to: ctx.round_to,
+        params_before: param_count(&ctx.parent),
+        params_after: param_count(&child),
+        macs_before,
+        macs_after,
+        accuracy_before: before.accuracy,
+        accuracy_after: after.accuracy,
+        accuracy_after_prune: after_prune.accuracy,
+        fidelity: if ctx.data.labelled() { None } else { after.agreement },
+        fidelity_cosine: after.cosine,
+        test_examples: after.examples,
+        latency_ms_before: tp.p50_ms,
+        latency_ms_after: tc.p50_ms,
+        speedup,
+        not_faster: speedup <= 1.0,
+        mac_reduction,
+        speedup_per_mac_reduction: speedup / mac_reduction,
+        ort_ms_before: ort.as_ref().map(|o| o.0),
+        speedup_vs_ort: ort.as_ref().map(|o| o.0 / tc.p50_ms),
+        ort_version: ort.map(|o| o.1),
+        params_no_embeddings_before: params_no_embeddings(&ctx.parent),
+        params_no_embeddings_after: params_no_embeddings(&child),
+        channels_removed: removed as f64 / total.max(1) as f64,
+        timing: (tp, tc),
+        groups_prunable: ctx.prep.analysis.prunable().count(),
+        groups_blocked: ctx
+            .prep
+            .analysis
+            .groups
+            .iter()
+            .filter_map(|g| {
+                g.blocked.as_ref().map(|b| format!("{} ({}): {b}", g.producers.join(", "), g.kind))
+            })
+            .collect(),
+        widths,
+        finetune: ft,
+        prune_seconds,
+        total_seconds: started.elapsed().as_secs_f64(),
+    }))
+}
+
+fn widths(prep: &Prepared, sel: &Selection) -> Vec<String> {
+    prep.analysis
+        .prunable()
+        .map(|g| {
+            let kept = sel.get(&g.id).map_or(g.units(), Vec::len);
+            format!("{} {} {kept}/{}", g.producers.join("+"), g.kind, g.units())
+        })
+        .collect()
+}
+
+fn explain(prep: &Prepared, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&prep.analysis)?);
+        return Ok(());
+    }
+    for g in &prep.analysis.groups {
+        let state = match &g.blocked {
+            Some(b) => format!("left alone: {b}"),
+            None if g.units() <= 1 => "left alone: one unit".into(),
+            None => "prunable".into(),
+        };
+        println!(
+            "group {:>3} {:<8} {:>5} units of {:>3}  {:<40} {state}",
+            g.id,
+            g.kind,
+            g.units(),
+            g.unit,
+            g.producers.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Scores of `c`, computed once.
+fn scores(ctx: &mut Ctx, c: Criterion) -> anyhow::Result<Scores> {
+    if let Some(s) = ctx.scores.get(&c) {
+        return Ok(s.clone());
+    }
+    let t = Instant::now();
+    let s = match c {
+        Criterion::Magnitude => importance::magnitude(&ctx.prep)?,
+        Criterion::Gradient => importance::gradient(&ctx.prep, &ctx.calib)?,
+        Criterion::Activation => {
+            importance::activation(&ctx.prep, &ctx.calib, ctx.args.activation_metric)?
+        }
+        Criterion::Combined | Criterion::Auto => {
+            let m = scores(ctx, Criterion::Magnitude)?;
+            let g = scores(ctx, Criterion::Gradient)?;
+            let a = scores(ctx, Criterion::Activation)?;
+            let w = ctx.weights;
+            importance::combine(&[(w[0], &m), (w[1], &g), (w[2], &a)])
+        }
+    };
+    log(format_args!("  scored units by {c} in {:.1} s", t.elapsed().as_secs_f64()));
+    ctx.scores.insert(c, s.clone());
+    Ok(s)
+}
+
+fn selection(ctx: &mut Ctx, c: Criterion, sparsity: f64) -> anyhow::Result<Selection> {
+    let s = scores(ctx, c)?;
+    let keep = match ctx.args.allocation {
+        Allocation::Uniform => alloc::uniform(&ctx.prep.analysis, sparsity, ctx.round_to),
+        Allocation::Global => alloc::global(&ctx.prep.analysis, &s, sparsity, ctx.round_to),
+        Allocation::Sensitivity => {
+            let delta = sensitivities(ctx, &s, sparsity)?;
+            alloc::sensitivity(&ctx.prep.analysis, &delta, sparsity, ctx.round_to)
+        }
+    };
+    Ok(alloc::select(&s, &keep))
+}
+
+/// Validation score lost when each group alone is pruned at `sparsity`.
+fn sensitivities(ctx: &mut Ctx, s: &Scores, sparsity: f64) -> anyhow::Result<BTreeMap<usize, f64>> {
+    let limit = Some(ctx.args.validation.min(256));
+    let base = quality(ctx, &ctx.prep.graph, Part::Validation, limit)?.score();
+    let all = alloc::uniform(&ctx.prep.analysis, sparsity, ctx.round_to);
+    let mut out = BTreeMap::new();
+    for (gid, keep) in all {
+        let one = BTreeMap::from([(gid, keep)]);
+        let sel = alloc::select(s, &one);
+        let child = apply(&ctx.prep.graph, &ctx.prep.analysis, &sel)?;
+        let q = quality(ctx, &child, Part::Validation, limit)?.score();
+        out.insert(gid, (base - q).max(0.0));
+    }
+    log(format_args!("  measured the sensitivity of {} groups", out.len()));
+    Ok(out)
+}
+
+/// Bisection on the sparsity for `target` speedup (tract, side by side, short budgets).
+fn search_sparsity(ctx: &mut Ctx, c: Criterion, target: f64) -> anyhow::Result<f64> {
+    let (mut lo, mut hi) = (0.0f64, 0.9f64);
+    let mut best: Option<f64> = None;
+    for _ in 0..7 {
+        let mid = (lo + hi) / 2.0;
+        let sel = selection(ctx, c, mid)?;
+        let child = apply(&ctx.prep.graph, &ctx.prep.analysis, &sel)?;
+        let (p, ch) =
+            side_by_side(&ctx.parent, &child, &ctx.timing, 2, Duration::from_millis(1500))?;
+        let x = p.p50_ms / ch.p50_ms;
+        log(format_args!("  sparsity {mid:.3}: {x:.2}x"));
+        if x >= target {
+            best = Some(mid);
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    match best {
+        Some(s) => Ok(s),
+        None => bail!(
+            "no sparsity up to {hi:.2} reaches a {target}x speedup in tract; try a lower target"
+        ),
+    }
+}
+
+/// Accuracy (labelled data) and agreement with the parent, on a part.
+#[derive(Debug, Clone)]
+struct Quality {
+    accuracy: Option<f64>,
+    agreement: Option<f64>,
+    cosine: Option<f64>,
+    examples: usize,
+}
+
+impl Quality {
+    /// Accuracy, or agreement with ties broken by the output cosine.
+    fn score(&self) -> f64 {
+        self.accuracy
+            .or(self.agreement.map(|a| a + 1e-3 * self.cosine.unwrap_or(0.0)))
+            .unwrap_or(0.0)
+    }
+}
+
+fn quality(ctx: &Ctx, model: &Graph, part: Part, limit: Option<usize>) -> anyhow::Result<Quality> {
+    let bs = if ctx.data.name() == "photos" { 8 } else { 100 };
+    if ctx.data.labelled() {
+        let acc = crate::eval::accuracy(model, &ctx.data, part, bs, limit)?;
+        Ok(Quality {
+            accuracy: Some(acc.value()),
+            agreement: None,
+            cosine: None,
+            examples: acc.total,
+        })
+    } else {
+        let f = crate::eval::fidelity(model, &ctx.parent, &ctx.data, part, bs, limit, None)?;
+        Ok(Quality {
+            accuracy: None,
+            agreement: Some(f.top1_agreement),
+            cosine: Some(f.mean_cosine),
+            examples: f.examples,
+        })
+    }
+}
+
+/// The timing script, carried in the binary so that an installed coordinator needs no checkout.
+const ORT_SCRIPT: &str = include_str!("../../../scripts/ort_time.py");
+
+/// Median ms of `model` in ONNX Runtime (CPU, one thread) and onnxruntime's version.
+fn ort_time(
+    python: &std::path::Path,
+    model: &std::path::Path,
+    graph: &Graph,
+    timing: &[(tract_onnx::prelude::DatumType, Vec<usize>)],
+    seconds: f64,
+) -> anyhow::Result<(f64, String)> {
+    let names = crate::train::tract_run::true_inputs(graph);
+    let specs: Vec<serde_json::Value> = names
+        .iter()
+        .zip(timing)
+        .map(|(n, (dt, dims))| {
+            let dt = if *dt == tract_onnx::prelude::DatumType::I64 { "i64" } else { "f32" };
+            serde_json::json!({"name": n, "dtype": dt, "dims": dims})
+        })
+        .collect();
+    let dir = tempfile_dir()?;
+    let script = dir.join("ort_time.py");
+    std::fs::write(&script, ORT_SCRIPT)?;
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .arg(model)
+        .arg(serde_json::to_string(&specs)?)
+        .arg(seconds.to_string())
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    if !out.status.success() {
+        bail!(
+            "ONNX Runtime timing failed ({}): {}",
+            python.display(),
+            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("no output")
+        );
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("ONNX Runtime timing printed no JSON")?;
+    let p50 = v["p50_ms"].as_f64().context("no p50_ms from the ONNX Runtime timing")?;
+    Ok((p50, v["onnxruntime"].as_str().unwrap_or("?").to_owned()))
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("hone-ort-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
