@@ -47,13 +47,15 @@ run minilm-auto --model "$base/minilm-sentiment/model.onnx" --data vader --crite
   --sparsity 0.45 --validation 1057 --finetune-steps "$minilm_steps" --finetune-batch 32 \
   --finetune-lr 5e-5 --distill 0.5
 run nsfw-auto --model "$assets/open-nsfw.onnx" --data photos --criterion auto --sparsity 0.3
+# Where pruned-in-tract overtakes the original in ONNX Runtime.
+run nsfw-auto-50 --model "$assets/open-nsfw.onnx" --data photos --criterion auto --sparsity 0.5
 
 python3 - "$out" <<'PY' | tee "$CARGO_TARGET_DIR/prune-figures.json"
 import json, os, sys
 d = sys.argv[1]
 rows = []
 for name in ["cnn-auto", "cnn-magnitude", "cnn-gradient", "cnn-activation", "cnn-combined",
-             "minilm-auto", "nsfw-auto"]:
+             "minilm-auto", "nsfw-auto", "nsfw-auto-50"]:
     r = json.load(open(os.path.join(d, name + ".json")))
     rows.append({
         "run": name, "criterion": r["criterion"], "sparsity": r["sparsity"],

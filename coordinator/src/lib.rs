@@ -20,6 +20,8 @@
 //!   builder, and the baselines trained here (`coordinator baseline`, `eval`, `train`).
 //! - [`eval`]: accuracy and fidelity (top-1 agreement, cosine) of models run by tract on named
 //!   data sets (images, VADER text, crops of two photographs), and `coordinator exec-bench`.
+//! - [`prune`]: structured pruning of ONNX graphs (dependency groups, importance, allocation,
+//!   cutting, side-by-side tract latency, recovery fine-tune): `coordinator prune`.
 //! - [`cli`], [`demo`]: the `coordinator` command line.
 
 pub mod api;
