@@ -5,3 +5,4 @@ mod campaign;
 mod demo;
 mod faults;
 mod hostile;
+mod prune;
