@@ -43,11 +43,23 @@ fn profile_at(
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../firmware-profiles/profiles/x86-vm-2core.toml");
     let text = std::fs::read_to_string(src).unwrap();
+    // The profile must stay physically plausible for this host: one faster than an AVX2 core can
+    // be (hosts with AVX-512, where tract's kernels use it) declares AVX-512 and a clock that
+    // covers its speed (16 lanes x 2 FLOP per FMA x 2 FMA pipes per cycle).
+    let per_core = fraction * host;
+    let avx512 = per_core > 3.0 * 8.0 * 2.0 * 2.0;
+    let mhz = ((per_core / 64.0 * 1000.0 * 1.05 / 100.0).ceil() * 100.0).max(3000.0);
     let text: String = text
         .lines()
         .map(|l| {
             if l.starts_with("fp32_peak_gflops") {
-                format!("fp32_peak_gflops = {:.3}", fraction * host * 2.0)
+                format!("fp32_peak_gflops = {:.3}", per_core * 2.0)
+            } else if avx512 && l.starts_with("isa_features") {
+                r#"isa_features = ["sse4.2", "avx2", "fma", "avx512f"]"#.to_string()
+            } else if avx512 && l.starts_with("simd_width_f32") {
+                "simd_width_f32 = 16".to_string()
+            } else if avx512 && l.starts_with("nominal_mhz") {
+                format!("nominal_mhz = {mhz}")
             } else if l.starts_with("memory_available_mib") {
                 format!("memory_available_mib = {memory_mib}")
             } else {
