@@ -311,6 +311,37 @@ pub fn analyse(
             st.block(t.group, format!("its channels reach the graph output `{}`", out.name));
         }
     }
+    // A sliced initializer must have no reader that did not record its slice (a weight tied to
+    // an embedding, a constant reused elsewhere): that reader would see the wrong shape.
+    let mut readers: HashMap<&str, Vec<String>> = HashMap::new();
+    for (ix, n) in graph.node_protos().iter().enumerate() {
+        let label = if n.name.is_empty() { format!("#{ix}") } else { n.name.clone() };
+        for i in &n.input {
+            readers.entry(i.as_str()).or_default().push(label.clone());
+        }
+    }
+    let outputs: Vec<String> = graph.outputs().into_iter().map(|o| o.name).collect();
+    for p in st.params.clone() {
+        let recorded: Vec<&str> = st
+            .params
+            .iter()
+            .filter(|q| q.init == p.init && q.axis == p.axis)
+            .map(|q| q.node.as_str())
+            .collect();
+        let stray = readers
+            .get(p.init.as_str())
+            .into_iter()
+            .flatten()
+            .find(|r| !recorded.contains(&r.as_str()))
+            .cloned()
+            .or_else(|| outputs.contains(&p.init).then(|| "the graph outputs".to_owned()));
+        if let Some(r) = stray {
+            st.block(
+                p.track.group,
+                format!("`{}` is also read by `{r}`, which would not follow the cut", p.init),
+            );
+        }
+    }
     let groups = st.finish();
     Ok(Analysis { groups, shapes })
 }

@@ -196,6 +196,21 @@ fn unknown_ops_and_grouped_convolutions_are_left_alone() {
 }
 
 #[test]
+fn a_weight_read_elsewhere_is_left_alone() {
+    let mut g = cnn();
+    // conv2's weight is also read raw by another node: slicing it would change that node's input.
+    let stray = crate::graph::Node::new("stray", "ReduceSum", &["conv2.weight"], &["stray_out"]);
+    g.graph_proto_mut().node.push(stray.to_proto());
+    g.add_output("stray_out").unwrap();
+    let prep = prepare(&g, &analysis_dims(&g, 16)).unwrap();
+    for gid in [0, 1] {
+        let why = prep.analysis.groups[gid].blocked.clone().unwrap_or_default();
+        assert!(why.contains("`conv2.weight` is also read by `stray`"), "group {gid}: {why}");
+    }
+    assert!(prep.analysis.groups[2].prunable() && prep.analysis.groups[3].prunable());
+}
+
+#[test]
 fn widths_round_to_simd_multiples() {
     let g = cnn();
     let prep = prepare(&g, &analysis_dims(&g, 16)).unwrap();
