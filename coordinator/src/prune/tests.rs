@@ -211,6 +211,32 @@ fn a_weight_read_elsewhere_is_left_alone() {
 }
 
 #[test]
+fn a_channel_count_read_at_run_time_is_left_alone_and_a_cycle_is_an_error() {
+    let mut g = cnn();
+    // conv1's output is reshaped to its own run-time shape: the target follows no rewrite.
+    let relu = g.node_protos().iter().position(|n| n.op_type == "Relu").unwrap();
+    let act = g.node_protos()[relu].output[0].clone();
+    let nodes = [
+        crate::graph::Node::new("probe", "Shape", &[act.as_str()], &["probe_shape"]),
+        crate::graph::Node::new("same", "Reshape", &[act.as_str(), "probe_shape"], &["same_out"]),
+    ];
+    g.insert_nodes(nodes).unwrap();
+    g.replace_uses(&act, "same_out").unwrap();
+    let prep = prepare(&g, &analysis_dims(&g, 16)).unwrap();
+    let why = prep.analysis.groups[0].blocked.clone().unwrap_or_default();
+    assert!(why.contains("reads the channel count at run time"), "{why}");
+    assert!(prep.analysis.groups[1].prunable());
+
+    // The first convolution reads the last ReLU's output: a cycle, refused before any analysis.
+    let mut cyclic = cnn();
+    let n = cyclic.node_protos().len();
+    let late = cyclic.node_protos()[n - 2].output[0].clone();
+    cyclic.graph_proto_mut().node[0].input[0] = late;
+    let err = prepare(&cyclic, &[]).unwrap_err().to_string();
+    assert!(err.contains("cycle"), "{err}");
+}
+
+#[test]
 fn widths_round_to_simd_multiples() {
     let g = cnn();
     let prep = prepare(&g, &analysis_dims(&g, 16)).unwrap();
