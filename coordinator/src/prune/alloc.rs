@@ -86,19 +86,34 @@ pub fn global(
         .collect()
 }
 
-/// Units kept per group from measured sensitivities (`delta[g]`: loss increase when group `g`
-/// alone loses `fraction` of its units).
+/// What pruning one group alone at the target fraction costs and saves.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Sensitivity {
+    /// Validation accuracy (or agreement) lost, 0 to 1.
+    pub loss: f64,
+    /// Fraction of the model's MACs saved.
+    pub macs_saved: f64,
+}
+
+/// Units kept per group from measured sensitivities: a group's fraction grows with the MACs it
+/// saves per accuracy it costs (`√(saved / lost)`), scaled so that the unit-weighted mean
+/// fraction is the target. Cheap-to-prune, compute-heavy layers give up more.
 pub fn sensitivity(
     analysis: &Analysis,
-    delta: &BTreeMap<usize, f64>,
+    measured: &BTreeMap<usize, Sensitivity>,
     fraction: f64,
     round_to: usize,
 ) -> BTreeMap<usize, usize> {
     let groups: Vec<&Group> = analysis.prunable().collect();
-    let eps = 1e-6;
+    // One validation example in a thousand: losses below it are noise.
+    let eps = 1e-3;
     let inv: Vec<f64> = groups
         .iter()
-        .map(|g| 1.0 / (delta.get(&g.id).copied().unwrap_or(0.0).max(0.0) + eps).sqrt())
+        .map(|g| {
+            let m =
+                measured.get(&g.id).copied().unwrap_or(Sensitivity { loss: 0.0, macs_saved: 0.0 });
+            ((m.macs_saved.max(0.0) + 1e-4) / (m.loss.max(0.0) + eps)).sqrt()
+        })
         .collect();
     let units: Vec<f64> = groups.iter().map(|g| g.units() as f64).collect();
     let total: f64 = units.iter().sum();

@@ -471,10 +471,7 @@ pub fn prune(args: PruneArgs) -> anyhow::Result<Option<PruneReport>> {
         3,
         Duration::from_secs_f64(ctx.args.latency_seconds),
     )?;
-    let dims1: Vec<(String, Vec<usize>)> = crate::train::tract_run::true_inputs(&ctx.parent)
-        .into_iter()
-        .zip(ctx.timing.iter().map(|(_, d)| d.clone()))
-        .collect();
+    let dims1 = batch1_dims(&ctx);
     let macs_before = macs(&ctx.parent, &dims1)?;
     let macs_after = macs(&child, &dims1)?;
     let speedup = tp.p50_ms / tc.p50_ms;
@@ -614,10 +611,16 @@ fn selection(ctx: &mut Ctx, c: Criterion, sparsity: f64) -> anyhow::Result<Selec
     Ok(alloc::select(&s, &keep))
 }
 
-/// Validation score lost when each group alone is pruned at `sparsity`.
-fn sensitivities(ctx: &mut Ctx, s: &Scores, sparsity: f64) -> anyhow::Result<BTreeMap<usize, f64>> {
+/// Validation score lost, and MACs saved, when each group alone is pruned at `sparsity`.
+fn sensitivities(
+    ctx: &mut Ctx,
+    s: &Scores,
+    sparsity: f64,
+) -> anyhow::Result<BTreeMap<usize, alloc::Sensitivity>> {
     let limit = Some(ctx.args.validation.min(256));
     let base = quality(ctx, &ctx.prep.graph, Part::Validation, limit)?.score();
+    let dims = batch1_dims(ctx);
+    let macs0 = macs(&ctx.prep.graph, &dims)?.max(1) as f64;
     let all = alloc::uniform(&ctx.prep.analysis, sparsity, ctx.round_to);
     let mut out = BTreeMap::new();
     for (gid, keep) in all {
@@ -625,10 +628,19 @@ fn sensitivities(ctx: &mut Ctx, s: &Scores, sparsity: f64) -> anyhow::Result<BTr
         let sel = alloc::select(s, &one);
         let child = apply(&ctx.prep.graph, &ctx.prep.analysis, &sel)?;
         let q = quality(ctx, &child, Part::Validation, limit)?.score();
-        out.insert(gid, (base - q).max(0.0));
+        let saved = 1.0 - macs(&child, &dims)? as f64 / macs0;
+        out.insert(gid, alloc::Sensitivity { loss: (base - q).max(0.0), macs_saved: saved });
     }
     log(format_args!("  measured the sensitivity of {} groups", out.len()));
     Ok(out)
+}
+
+/// The true inputs with their batch-1 timing dims.
+fn batch1_dims(ctx: &Ctx) -> Vec<(String, Vec<usize>)> {
+    crate::train::tract_run::true_inputs(&ctx.parent)
+        .into_iter()
+        .zip(ctx.timing.iter().map(|(_, d)| d.clone()))
+        .collect()
 }
 
 /// Bisection on the sparsity for `target` speedup (tract, side by side, short budgets).

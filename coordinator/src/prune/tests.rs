@@ -455,11 +455,29 @@ fn global_allocation_takes_more_from_uneven_groups() {
     let total: usize = prep.analysis.prunable().map(|g| g.units()).sum();
     let kept: usize = keep.values().sum();
     assert_eq!(total - kept, (0.3 * total as f64).round() as usize);
-    let delta = BTreeMap::from([(0, 0.5), (1, 0.001), (2, 0.001), (3, 0.2)]);
-    let sens = alloc::sensitivity(&prep.analysis, &delta, 0.3, 1);
+    let m = |loss, macs_saved| alloc::Sensitivity { loss, macs_saved };
+    let measured = BTreeMap::from([
+        (0, m(0.5, 0.02)),
+        (1, m(0.001, 0.3)),
+        (2, m(0.001, 0.3)),
+        (3, m(0.2, 0.02)),
+    ]);
+    let sens = alloc::sensitivity(&prep.analysis, &measured, 0.3, 1);
     assert!(
         sens[&0] as f64 / 32.0 > sens[&1] as f64 / 64.0,
         "sensitive groups keep more: {sens:?}"
+    );
+    // Equal losses: the group that saves more compute gives up more.
+    let measured = BTreeMap::from([
+        (0, m(0.01, 0.01)),
+        (1, m(0.01, 0.01)),
+        (2, m(0.01, 0.4)),
+        (3, m(0.01, 0.01)),
+    ]);
+    let sens = alloc::sensitivity(&prep.analysis, &measured, 0.3, 1);
+    assert!(
+        (sens[&2] as f64 / 256.0) < sens[&1] as f64 / 64.0,
+        "compute-heavy groups give more: {sens:?}"
     );
 }
 
