@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The structured-pruning figures, measured in one run on this machine, on the real baselines:
 #   - Fashion-MNIST CNN (coordinator baseline fashion-cnn): --target-speedup 2 with auto, then
-#     each criterion at the sparsity found, all with the same recovery fine-tune;
+#     each criterion, and the global and sensitivity allocations, at the sparsity found, all
+#     with the same recovery fine-tune;
 #   - MiniLM-L3 sentiment (coordinator baseline minilm-sentiment): heads and FFN neurons;
 #   - open_nsfw ResNet-50-thin (asset): 30 % of channels, top-1 agreement on the photo crops.
 # Each result times the parent and the child side by side in tract, and the unpruned model in
@@ -43,6 +44,9 @@ sparsity="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["spa
 for c in magnitude gradient activation combined; do
   run "cnn-$c" "${cnn[@]}" --criterion "$c" --sparsity "$sparsity"
 done
+for a in global sensitivity; do
+  run "cnn-$a" "${cnn[@]}" --criterion activation --allocation "$a" --sparsity "$sparsity"
+done
 run minilm-auto --model "$base/minilm-sentiment/model.onnx" --data vader --criterion auto \
   --sparsity 0.45 --validation 1057 --finetune-steps "$minilm_steps" --finetune-batch 32 \
   --finetune-lr 5e-5 --distill 0.5
@@ -55,10 +59,11 @@ import json, os, sys
 d = sys.argv[1]
 rows = []
 for name in ["cnn-auto", "cnn-magnitude", "cnn-gradient", "cnn-activation", "cnn-combined",
-             "minilm-auto", "nsfw-auto", "nsfw-auto-50"]:
+             "cnn-global", "cnn-sensitivity", "minilm-auto", "nsfw-auto", "nsfw-auto-50"]:
     r = json.load(open(os.path.join(d, name + ".json")))
     rows.append({
-        "run": name, "criterion": r["criterion"], "sparsity": r["sparsity"],
+        "run": name, "criterion": r["criterion"], "allocation": r["allocation"],
+        "sparsity": r["sparsity"], "widths": r["widths"],
         "params": [r["params_before"], r["params_after"]],
         "params_no_embeddings_ratio": r["params_no_embeddings_after"] / r["params_no_embeddings_before"],
         "macs": [r["macs_before"], r["macs_after"]],
