@@ -6,17 +6,17 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 
-use crate::data::{ImageDataset, Part, fashion_mnist, mnist};
+use crate::data::Part;
 use crate::eval::{self, EvalData};
 use crate::graph::Graph;
 use crate::train::TrainError;
 use crate::train::exec::Executor;
-use crate::train::fit::{StepOutput, TrainConfig, fit, fit_classifier, peak_rss_bytes};
+use crate::train::fit::{StepOutput, TrainConfig, fit, peak_rss_bytes};
 use crate::train::loss::{LossKind, correct, cosine, cross_entropy, mse};
 use crate::train::optim::OptimizerConfig;
-use crate::train::tract_run::{TractPlan, check_parity, tract_accuracy, true_inputs};
+use crate::train::tract_run::check_parity;
 
 /// `coordinator baseline …`.
 #[derive(Debug, clap::Subcommand)]
@@ -150,17 +150,6 @@ pub struct TrainArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
-}
-
-fn labelled(name: &str) -> anyhow::Result<ImageDataset> {
-    Ok(match name {
-        "fashion-mnist" => fashion_mnist()?,
-        "mnist" => mnist()?,
-        "photos" => {
-            bail!("data set `photos` has no labels: train on fashion-mnist, mnist or vader")
-        }
-        other => bail!("unknown data set `{other}`: fashion-mnist, mnist or vader"),
-    })
 }
 
 fn part(name: &str) -> anyhow::Result<Part> {
@@ -368,10 +357,13 @@ fn first_float_output(graph: &Graph) -> Option<String> {
         .map(|v| v.name)
 }
 
-/// `coordinator train --data vader`: token inputs from [`EvalData`], padded per batch, the
-/// reference (for mse and cosine) run by a frozen executor, which takes any sequence length.
-fn train_text(a: TrainArgs) -> anyhow::Result<serde_json::Value> {
+/// `coordinator train`: batches from [`EvalData`] (images, or tokens padded per batch), the
+/// reference (for mse and cosine) run by a frozen executor, which takes any input shape.
+fn train_blocking(a: TrainArgs) -> anyhow::Result<serde_json::Value> {
     let data = EvalData::load(&a.data)?;
+    if !data.labelled() {
+        bail!("data set `{}` has no labels: train on fashion-mnist, mnist or vader", data.name());
+    }
     let mut graph = eval::load_model(&a.model)?;
     let feeder = data.feeder(&graph).with_context(|| format!("model {}", a.model.display()))?;
     let output = first_float_output(&graph).context("the model has no float output")?;
@@ -419,7 +411,11 @@ fn train_text(a: TrainArgs) -> anyhow::Result<serde_json::Value> {
                 let y = out.remove(&output).ok_or_else(|| TrainError::config("no output"))?;
                 let loss =
                     if kind == LossKind::Mse { mse(&y, &target)? } else { cosine(&y, &target)? };
-                Ok(StepOutput { loss, correct: None })
+                let hits = match (&b.labels, data.num_classes()) {
+                    (Some(l), Some(k)) if y.rank() == 2 && y.dim(1)? == k => Some(correct(&y, l)?),
+                    _ => None,
+                };
+                Ok(StepOutput { loss, correct: hits })
             })?
         }
     };
@@ -456,91 +452,16 @@ fn train_text(a: TrainArgs) -> anyhow::Result<serde_json::Value> {
     Ok(v)
 }
 
-fn train_blocking(a: TrainArgs) -> anyhow::Result<serde_json::Value> {
-    if a.data == "vader" {
-        return train_text(a);
-    }
-    let data = labelled(&a.data)?;
-    let mut graph = Graph::load(&a.model)?;
-    let input = true_inputs(&graph).into_iter().next().context("the model has no input")?;
-    let output = first_float_output(&graph).context("the model has no float output")?;
-    let exec = Executor::new(&graph)?;
-    let cfg = TrainConfig {
-        seed: a.seed,
-        optimizer: optimizer(&a)?,
-        max_steps: a.max_steps,
-        progress: true,
-        ..TrainConfig::new(a.epochs, a.batch_size, a.lr)
-    };
-    let train_idx = data.split.part(Part::Train);
-    let summary = match a.loss {
-        LossKind::CrossEntropy => {
-            if a.reference.is_some() {
-                bail!("--reference is for the mse and cosine losses");
-            }
-            fit_classifier(&exec, &input, &output, &data, train_idx, &cfg)?
-        }
-        kind => {
-            let reference = a.reference.as_ref().context("mse and cosine need --reference")?;
-            let teacher = Graph::load(reference)?;
-            let [c, h, w] = data.shape;
-            let plan =
-                TractPlan::new(teacher.proto(), &[(DType::F32, vec![a.batch_size, c, h, w])])?;
-            fit(&exec, train_idx, &cfg, |batch| {
-                let b = data.batch(batch);
-                let x = Tensor::from_vec(b.pixels, b.shape.to_vec(), &Device::Cpu)?;
-                let (shape, target) = plan
-                    .run(std::slice::from_ref(&x))?
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| TrainError::config("the reference has no output"))?;
-                let target = Tensor::from_vec(target, shape, &Device::Cpu)?;
-                let mut out = exec.run([(input.as_str(), x)], &[output.as_str()])?;
-                let y = out.remove(&output).ok_or_else(|| TrainError::config("no output"))?;
-                let loss =
-                    if kind == LossKind::Mse { mse(&y, &target)? } else { cosine(&y, &target)? };
-                let hits = if y.rank() == 2 && y.dim(1)? == data.num_classes() {
-                    Some(correct(&y, &b.labels)?)
-                } else {
-                    None
-                };
-                Ok(StepOutput { loss, correct: hits })
-            })?
-        }
-    };
-    exec.write_back(&mut graph)?;
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let model = a.out.join("model.onnx");
-    graph.save(&model)?;
-    let saved = Graph::load(&model)?;
-    let probe = &data.split.test[..64.min(data.split.test.len())];
-    let b = data.batch(probe);
-    let x = Tensor::from_vec(b.pixels, b.shape.to_vec(), &Device::Cpu)?;
-    let parity = check_parity(&saved, &exec, &[(input.as_str(), x)], 1e-4)?;
-    let out_dims = graph.outputs()[0].dims.clone().unwrap_or_default();
-    let test_accuracy = if out_dims.len() == 2 {
-        Some(tract_accuracy(saved.proto(), &data, data.split.part(Part::Test), 500)?.value())
-    } else {
-        None
-    };
-
-    let v = serde_json::json!({
-        "model": model,
-        "data": a.data,
-        "loss": a.loss,
-        "test_accuracy": test_accuracy,
-        "parity": parity,
-        "peak_rss_bytes": peak_rss_bytes(),
-        "train": summary,
-        "config": cfg,
-    });
-    super::write_json(&a.out.join("summary.json"), &v)?;
-    Ok(v)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A linear classifier of 28×28 images (builder model, seeded).
+    fn linear_image_model(classes: usize, seed: u64) -> Graph {
+        use crate::train::builder::{Layer, ModelSpec};
+        let layers = vec![Layer::Flatten, Layer::Dense { out: classes }];
+        ModelSpec { name: "linear".into(), input: [1, 28, 28], layers, seed }.build().unwrap().graph
+    }
 
     fn args(model: PathBuf, out: PathBuf) -> TrainArgs {
         TrainArgs {
@@ -578,6 +499,32 @@ mod tests {
     }
 
     #[test]
+    fn train_on_images_lowers_the_loss_and_distills_from_a_reference() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("cnn.onnx");
+        linear_image_model(10, 3).save(&model).unwrap();
+        let mut a = args(model.clone(), dir.path().join("ce"));
+        a.data = "fashion-mnist".into();
+        a.lr = 1e-2;
+        let v = train_blocking(a).unwrap();
+        let (first, last) = (
+            v["train"]["first_loss"].as_f64().unwrap(),
+            v["train"]["final_loss"].as_f64().unwrap(),
+        );
+        assert!(last < first, "loss {first} → {last}");
+        assert!(v["test_accuracy"].as_f64().is_some_and(|acc| acc > 0.3), "{v}");
+        // Distill a fresh model towards the trained one: the MSE falls.
+        let mut a = args(model, dir.path().join("mse"));
+        a.data = "fashion-mnist".into();
+        a.loss = LossKind::Mse;
+        a.reference = Some(dir.path().join("ce/model.onnx"));
+        a.lr = 1e-2;
+        let v = train_blocking(a).unwrap();
+        assert!(v["train"]["final_loss"].as_f64() < v["train"]["first_loss"].as_f64(), "{v}");
+        assert!(v["test_accuracy"].as_f64().is_some(), "the output is the class scores: {v}");
+    }
+
+    #[test]
     fn train_refuses_photos_and_models_that_do_not_fit() {
         let dir = tempfile::tempdir().unwrap();
         let model = dir.path().join("text.onnx");
@@ -586,19 +533,8 @@ mod tests {
         a.data = "photos".into();
         let err = train_blocking(a).unwrap_err().to_string();
         assert!(err.contains("no labels"), "{err}");
-        let cnn = crate::train::builder::ModelSpec {
-            name: "c".into(),
-            input: [1, 28, 28],
-            layers: vec![
-                crate::train::builder::Layer::Flatten,
-                crate::train::builder::Layer::Dense { out: 2 },
-            ],
-            seed: 0,
-        }
-        .build()
-        .unwrap();
         let image_model = dir.path().join("cnn.onnx");
-        cnn.graph.save(&image_model).unwrap();
+        linear_image_model(2, 0).save(&image_model).unwrap();
         let err =
             format!("{:#}", train_blocking(args(image_model, dir.path().join("o"))).unwrap_err());
         assert!(err.contains("`image` f32") && err.contains("`vader` gives"), "{err}");
