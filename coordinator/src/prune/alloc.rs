@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use super::Analysis;
 use super::apply::Selection;
-use super::groups::Group;
+use super::groups::{Group, gcd, lcm};
 use super::importance::Scores;
 
 /// Per-layer allocation.
@@ -35,17 +35,14 @@ pub enum Allocation {
 pub fn rounded(group: &Group, keep: usize, round_to: usize) -> usize {
     let units = group.units();
     let round_to = round_to.max(1);
-    let step = round_to / gcd(group.unit, round_to);
+    // Every producer's kept channels (units × its unit) must be a multiple of `round_to`.
+    let step = group.members.iter().fold(1, |acc, m| lcm(acc, round_to / gcd(m.unit, round_to)));
     if units <= step {
         return units;
     }
     let k = keep.clamp(1, units);
     let near = (k + step / 2) / step * step;
     near.clamp(step, units)
-}
-
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// Units kept per group at `fraction` removed, uniformly.

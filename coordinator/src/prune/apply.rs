@@ -51,16 +51,18 @@ pub fn apply(
                 reason: format!("group {gid}: keep 1..={} of its units", group.units()),
             });
         }
-        let gone = |member: usize| removed_channels(group, member, keep);
+        let by_member: HashMap<usize, Vec<usize>> =
+            group.members.iter().map(|m| (m.id, removed_channels(group, m.id, keep))).collect();
+        let gone = |member: usize| by_member.get(&member).map_or(&[][..], Vec::as_slice);
         for p in &group.params {
             removed
                 .entry((p.init.clone(), p.axis))
                 .or_default()
-                .extend(p.track.removed_positions(&gone(p.track.member)));
+                .extend(p.track.removed_positions(gone(p.track.member)));
         }
         for e in &group.shape_edits {
             *shape_delta.entry((e.node, e.slot, e.element)).or_default() +=
-                e.track.removed_positions(&gone(e.track.member)).len();
+                e.track.removed_positions(gone(e.track.member)).len();
         }
         for &(member, n) in &group.depthwise {
             *depthwise.entry(n).or_default() += gone(member).len();

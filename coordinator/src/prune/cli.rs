@@ -203,7 +203,9 @@ struct Ctx {
     round_to: usize,
     calib: Vec<EvalBatch>,
     scores: BTreeMap<Criterion, Scores>,
-    timing: Vec<(tract_onnx::prelude::DatumType, Vec<usize>)>,
+    /// Measured sensitivities by criterion and sparsity (bits), each measured once.
+    sensitivity: BTreeMap<(Criterion, u64), BTreeMap<usize, alloc::Sensitivity>>,
+    timing: Vec<(candle_core::DType, Vec<usize>)>,
     weights: [f64; 3],
 }
 
@@ -362,6 +364,7 @@ pub fn prune(args: PruneArgs) -> anyhow::Result<Option<PruneReport>> {
     let mut ctx = Ctx {
         calib: Vec::new(),
         scores: BTreeMap::new(),
+        sensitivity: BTreeMap::new(),
         timing,
         weights: [weights[0], weights[1], weights[2]],
         round_to,
@@ -398,8 +401,8 @@ pub fn prune(args: PruneArgs) -> anyhow::Result<Option<PruneReport>> {
 
     // The criterion: given, or the best on validation data at this sparsity.
     let mut rows = Vec::new();
-    let criterion = if ctx.args.criterion == Criterion::Auto {
-        let mut best: Option<(f64, Criterion)> = None;
+    let (criterion, sel, mut child) = if ctx.args.criterion == Criterion::Auto {
+        let mut best: Option<(f64, Criterion, Selection, Graph)> = None;
         for c in
             [Criterion::Magnitude, Criterion::Gradient, Criterion::Activation, Criterion::Combined]
         {
@@ -415,16 +418,18 @@ pub fn prune(args: PruneArgs) -> anyhow::Result<Option<PruneReport>> {
                 validation_cosine: q.cosine,
                 params: param_count(&child),
             });
-            if best.is_none_or(|(b, _)| score > b) {
-                best = Some((score, c));
+            if best.as_ref().is_none_or(|b| score > b.0) {
+                best = Some((score, c, sel, child));
             }
         }
-        best.map(|(_, c)| c).unwrap_or(Criterion::Magnitude)
+        let (_, c, sel, child) = best.context("no criterion was tried")?;
+        (c, sel, child)
     } else {
-        ctx.args.criterion
+        let c = ctx.args.criterion;
+        let sel = selection(&mut ctx, c, sparsity)?;
+        let child = apply(&ctx.prep.graph, &ctx.prep.analysis, &sel)?;
+        (c, sel, child)
     };
-    let sel = selection(&mut ctx, criterion, sparsity)?;
-    let mut child = apply(&ctx.prep.graph, &ctx.prep.analysis, &sel)?;
     let prune_seconds = started.elapsed().as_secs_f64();
     let widths = widths(&ctx.prep, &sel);
 
@@ -484,8 +489,8 @@ pub fn prune(args: PruneArgs) -> anyhow::Result<Option<PruneReport>> {
     };
     let (mut removed, mut total) = (0usize, 0usize);
     for g in ctx.prep.analysis.prunable() {
-        total += g.channels;
-        removed += (g.units() - sel.get(&g.id).map_or(g.units(), Vec::len)) * g.unit;
+        total += g.channels();
+        removed += (g.units() - sel.get(&g.id).map_or(g.units(), Vec::len)) * g.unit();
     }
     let mac_reduction = macs_before as f64 / macs_after.max(1) as f64;
     Ok(Some(PruneReport {
@@ -530,7 +535,9 @@ pub fn prune(args: PruneArgs) -> anyhow::Result<Option<PruneReport>> {
             .groups
             .iter()
             .filter_map(|g| {
-                g.blocked.as_ref().map(|b| format!("{} ({}): {b}", g.producers.join(", "), g.kind))
+                g.blocked
+                    .as_ref()
+                    .map(|b| format!("{} ({}): {b}", g.producers().join(", "), g.kind))
             })
             .collect(),
         widths,
@@ -545,7 +552,7 @@ fn widths(prep: &Prepared, sel: &Selection) -> Vec<String> {
         .prunable()
         .map(|g| {
             let kept = sel.get(&g.id).map_or(g.units(), Vec::len);
-            format!("{} {} {kept}/{}", g.producers.join("+"), g.kind, g.units())
+            format!("{} {} {kept}/{}", g.producers().join("+"), g.kind, g.units())
         })
         .collect()
 }
@@ -566,8 +573,8 @@ fn explain(prep: &Prepared, json: bool) -> anyhow::Result<()> {
             g.id,
             g.kind,
             g.units(),
-            g.unit,
-            g.producers.join(", ")
+            g.unit(),
+            g.producers().join(", ")
         );
     }
     Ok(())
@@ -604,8 +611,12 @@ fn selection(ctx: &mut Ctx, c: Criterion, sparsity: f64) -> anyhow::Result<Selec
         Allocation::Uniform => alloc::uniform(&ctx.prep.analysis, sparsity, ctx.round_to),
         Allocation::Global => alloc::global(&ctx.prep.analysis, &s, sparsity, ctx.round_to),
         Allocation::Sensitivity => {
-            let delta = sensitivities(ctx, &s, sparsity)?;
-            alloc::sensitivity(&ctx.prep.analysis, &delta, sparsity, ctx.round_to)
+            let key = (c, sparsity.to_bits());
+            if !ctx.sensitivity.contains_key(&key) {
+                let measured = sensitivities(ctx, &s, sparsity)?;
+                ctx.sensitivity.insert(key, measured);
+            }
+            alloc::sensitivity(&ctx.prep.analysis, &ctx.sensitivity[&key], sparsity, ctx.round_to)
         }
     };
     Ok(alloc::select(&s, &keep))
@@ -733,7 +744,7 @@ fn ort_time(
     python: &std::path::Path,
     model: &std::path::Path,
     graph: &Graph,
-    timing: &[(tract_onnx::prelude::DatumType, Vec<usize>)],
+    timing: &[(candle_core::DType, Vec<usize>)],
     seconds: f64,
 ) -> anyhow::Result<(f64, String)> {
     let names = crate::train::tract_run::true_inputs(graph);
@@ -741,7 +752,7 @@ fn ort_time(
         .iter()
         .zip(timing)
         .map(|(n, (dt, dims))| {
-            let dt = if *dt == tract_onnx::prelude::DatumType::I64 { "i64" } else { "f32" };
+            let dt = if *dt == candle_core::DType::I64 { "i64" } else { "f32" };
             serde_json::json!({"name": n, "dtype": dt, "dims": dims})
         })
         .collect();

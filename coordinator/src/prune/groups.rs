@@ -142,14 +142,8 @@ pub struct Group {
     pub id: usize,
     /// `heads`, `channels` (convolutions) or `neurons` (dense layers).
     pub kind: &'static str,
-    /// Channels of the first producer.
-    pub channels: usize,
-    /// Channels per unit of the first producer (1; the head width for attention).
-    pub unit: usize,
-    /// Every producer, with its own channels and unit.
+    /// Every producer, with its own channels and unit (never empty; by creation order).
     pub members: Vec<Member>,
-    /// The producers (node names).
-    pub producers: Vec<String>,
     /// Initializer slices.
     pub params: Vec<ParamSlice>,
     /// Consumers contracting the channels.
@@ -166,9 +160,24 @@ pub struct Group {
 }
 
 impl Group {
-    /// Number of units.
+    /// Channels of the first producer.
+    pub fn channels(&self) -> usize {
+        self.members.first().map_or(0, |m| m.channels)
+    }
+
+    /// Channels per unit of the first producer (1; the head width for attention).
+    pub fn unit(&self) -> usize {
+        self.members.first().map_or(1, |m| m.unit.max(1))
+    }
+
+    /// The producers' node names.
+    pub fn producers(&self) -> Vec<&str> {
+        self.members.iter().map(|m| m.producer.as_str()).collect()
+    }
+
+    /// Number of units (the same for every producer).
     pub fn units(&self) -> usize {
-        self.channels / self.unit.max(1)
+        self.channels() / self.unit()
     }
 
     /// Whether pruning may touch it.
@@ -176,14 +185,9 @@ impl Group {
         self.blocked.is_none() && self.units() > 1
     }
 
-    /// Channels of unit `u` of the first producer.
-    pub fn unit_channels(&self, u: usize) -> std::ops::Range<usize> {
-        u * self.unit..(u + 1) * self.unit
-    }
-
     /// Channels per unit of producer `member`.
     pub fn member_unit(&self, member: usize) -> usize {
-        self.members.iter().find(|m| m.id == member).map_or(self.unit, |m| m.unit)
+        self.members.iter().find(|m| m.id == member).map_or(self.unit(), |m| m.unit)
     }
 
     /// Channels of unit `u` of producer `member`.
@@ -261,7 +265,6 @@ struct State<'a> {
     channels: Vec<usize>,
     granularity: Vec<usize>,
     blocked: Vec<Option<String>>,
-    producers: Vec<Vec<String>>,
     params: Vec<ParamSlice>,
     /// (initializer, axis, first position) → the group that slices it there.
     param_owner: HashMap<(String, usize, usize), usize>,
@@ -293,7 +296,6 @@ pub fn analyse(
         channels: Vec::new(),
         granularity: Vec::new(),
         blocked: Vec::new(),
-        producers: Vec::new(),
         params: Vec::new(),
         param_owner: HashMap::new(),
         sinks: Vec::new(),
@@ -346,11 +348,11 @@ pub fn analyse(
     Ok(Analysis { groups, shapes })
 }
 
-fn gcd(a: usize, b: usize) -> usize {
+pub(super) fn gcd(a: usize, b: usize) -> usize {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
-fn lcm(a: usize, b: usize) -> usize {
+pub(super) fn lcm(a: usize, b: usize) -> usize {
     if a == 0 || b == 0 { a.max(b) } else { a / gcd(a, b) * b }
 }
 
@@ -427,7 +429,6 @@ impl State<'_> {
         self.channels.push(channels);
         self.granularity.push(1);
         self.blocked.push(None);
-        self.producers.push(vec![producer.to_owned()]);
         self.names.push(producer.to_owned());
         self.kinds.push(kind);
         g
@@ -456,8 +457,6 @@ impl State<'_> {
         if let Some(why) = self.blocked[rb].take() {
             self.blocked[ra].get_or_insert(why);
         }
-        let p = std::mem::take(&mut self.producers[rb]);
-        self.producers[ra].extend(p);
         if self.kinds[rb] == "heads" {
             self.kinds[ra] = "heads";
         }
@@ -1273,10 +1272,7 @@ impl State<'_> {
             groups.push(Group {
                 id: groups.len(),
                 kind: self.kinds[r],
-                channels: members[0].channels,
-                unit: members[0].unit,
                 members,
-                producers: self.producers[r].clone(),
                 params: Vec::new(),
                 sinks: Vec::new(),
                 shape_edits: Vec::new(),

@@ -4,10 +4,12 @@
 
 use std::time::{Duration, Instant};
 
+use candle_core::DType;
 use tract_onnx::prelude::*;
 
 use crate::graph::Graph;
 use crate::train::TrainError;
+use crate::train::tract_run::TractPlan;
 
 /// One model's timings.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -20,25 +22,12 @@ pub struct Timing {
     pub runs: usize,
 }
 
-type Plan = std::sync::Arc<TypedSimplePlan>;
-
-/// Builds an optimised tract plan for `graph` with the given input facts.
-pub fn plan(graph: &Graph, inputs: &[(DatumType, Vec<usize>)]) -> Result<Plan, TrainError> {
-    let bytes = graph.to_bytes();
-    let fail = |e: TractError| TrainError::config(format!("tract: {e:#}"));
-    let mut model = tract_onnx::onnx().model_for_read(&mut &bytes[..]).map_err(fail)?;
-    for (ix, (dt, dims)) in inputs.iter().enumerate() {
-        model.set_input_fact(ix, InferenceFact::dt_shape(*dt, dims.clone())).map_err(fail)?;
-    }
-    model.into_optimized().map_err(fail)?.into_runnable().map_err(fail)
-}
-
-fn inputs_for(inputs: &[(DatumType, Vec<usize>)]) -> TVec<TValue> {
+fn inputs_for(inputs: &[(DType, Vec<usize>)]) -> TVec<TValue> {
     inputs
         .iter()
         .map(|(dt, dims)| {
             let n: usize = dims.iter().product();
-            let t = if *dt == DatumType::I64 {
+            let t = if *dt == DType::I64 {
                 // Token ids: a real-looking, in-vocabulary sequence (101 = [CLS] … 102 = [SEP]).
                 let mut v: Vec<i64> = (0..n).map(|i| 1000 + (i as i64 * 37) % 20000).collect();
                 if let Some(f) = v.first_mut() {
@@ -80,11 +69,12 @@ fn fix_masks(graph: &Graph, values: &mut TVec<TValue>) {
 pub fn side_by_side(
     parent: &Graph,
     child: &Graph,
-    inputs: &[(DatumType, Vec<usize>)],
+    inputs: &[(DType, Vec<usize>)],
     warmup: usize,
     budget: Duration,
 ) -> Result<(Timing, Timing), TrainError> {
-    let plans = [plan(parent, inputs)?, plan(child, inputs)?];
+    let plans = [TractPlan::new(parent.proto(), inputs)?, TractPlan::new(child.proto(), inputs)?];
+    let plans = plans.each_ref().map(TractPlan::runnable);
     let mut values = inputs_for(inputs);
     fix_masks(parent, &mut values);
     let fail = |e: TractError| TrainError::config(format!("tract: {e:#}"));
@@ -112,7 +102,7 @@ pub fn side_by_side(
 
 /// Input facts for timing: declared dims with symbolic ones set (batch 1, others `seq`), and the
 /// declared element types.
-pub fn timing_inputs(graph: &Graph, seq: usize) -> Vec<(DatumType, Vec<usize>)> {
+pub fn timing_inputs(graph: &Graph, seq: usize) -> Vec<(DType, Vec<usize>)> {
     let names = crate::train::tract_run::true_inputs(graph);
     let mut out = Vec::new();
     for info in graph.inputs().into_iter().filter(|i| names.contains(&i.name)) {
@@ -128,9 +118,8 @@ pub fn timing_inputs(graph: &Graph, seq: usize) -> Vec<(DatumType, Vec<usize>)> 
             })
             .collect();
         let dt = match info.data_type {
-            Some(crate::graph::DataType::I64) => DatumType::I64,
-            Some(crate::graph::DataType::I32) => DatumType::I32,
-            _ => DatumType::F32,
+            Some(crate::graph::DataType::I64) => DType::I64,
+            _ => DType::F32,
         };
         out.push((dt, dims));
     }

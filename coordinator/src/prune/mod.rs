@@ -117,22 +117,21 @@ pub fn embedding_tables(graph: &Graph) -> std::collections::HashSet<&str> {
 /// Float parameters outside embedding tables.
 pub fn params_no_embeddings(graph: &Graph) -> usize {
     let tables = embedding_tables(graph);
-    graph
-        .graph_proto()
-        .initializer
-        .iter()
-        .filter(|t| t.data_type == 1 && !tables.contains(t.name.as_str()))
-        .map(|t| t.dims.iter().product::<i64>().max(0) as usize)
-        .sum()
+    float_params(graph, |name| !tables.contains(name))
 }
 
 /// Number of float parameters (initializer elements) of a graph.
 pub fn param_count(graph: &Graph) -> usize {
+    float_params(graph, |_| true)
+}
+
+/// Elements of the f32 initializers whose name `keep` accepts.
+fn float_params(graph: &Graph, keep: impl Fn(&str) -> bool) -> usize {
     graph
         .graph_proto()
         .initializer
         .iter()
-        .filter(|t| t.data_type == 1)
+        .filter(|t| t.data_type == 1 && keep(&t.name))
         .map(|t| t.dims.iter().product::<i64>().max(0) as usize)
         .sum()
 }

@@ -107,7 +107,7 @@ fn cnn_groups_follow_flatten_into_the_dense_layer() {
     let g = cnn();
     let prep = prepare(&g, &analysis_dims(&g, 16)).unwrap();
     let groups: Vec<_> =
-        prep.analysis.groups.iter().map(|g| (g.kind, g.channels, g.prunable())).collect();
+        prep.analysis.groups.iter().map(|g| (g.kind, g.channels(), g.prunable())).collect();
     assert_eq!(
         groups,
         [
@@ -135,14 +135,14 @@ fn zeroed_heads_and_neurons_prune_to_the_same_outputs_minilm() {
     let g = Graph::load(models_dir().join("paraphrase-MiniLM-L3-v2.onnx")).unwrap();
     let prep = prepare(&g, &analysis_dims(&g, 16)).unwrap();
     let kinds: Vec<(&str, usize, usize)> =
-        prep.analysis.prunable().map(|g| (g.kind, g.units(), g.unit)).collect();
+        prep.analysis.prunable().map(|g| (g.kind, g.units(), g.unit())).collect();
     assert_eq!(
         kinds,
         [("heads", 12, 32), ("neurons", 1536, 1)].repeat(3),
         "three layers of heads (Q, K, V coupled) and FFN neurons; the hidden stream stays"
     );
     let heads = prep.analysis.prunable().next().unwrap();
-    assert_eq!(heads.producers.len(), 3);
+    assert_eq!(heads.producers().len(), 3);
     assert!(heads.shape_edits.len() >= 4, "three splits and one merge rewritten");
     check_zero_equivalence(&g, "vader", 3, 2);
 }
@@ -151,12 +151,8 @@ fn zeroed_heads_and_neurons_prune_to_the_same_outputs_minilm() {
 fn zeroed_channels_prune_to_the_same_outputs_resnet_with_residuals() {
     let g = Graph::load(models_dir().join("open-nsfw.onnx")).unwrap();
     let prep = prepare(&g, &analysis_dims(&g, 16)).unwrap();
-    let residual: Vec<usize> = prep
-        .analysis
-        .prunable()
-        .filter(|g| g.producers.len() > 1)
-        .map(|g| g.producers.len())
-        .collect();
+    let residual: Vec<usize> =
+        prep.analysis.prunable().filter(|g| g.members.len() > 1).map(|g| g.members.len()).collect();
     assert_eq!(residual, [4, 5, 7, 4], "each stage's residual stream couples its blocks");
     check_zero_equivalence(&g, "photos", 7, 3);
 }
@@ -247,13 +243,19 @@ fn widths_round_to_simd_multiples() {
     for (_, keep) in alloc::uniform(&prep.analysis, 0.37, 4) {
         assert_eq!(keep % 4, 0);
     }
-    let heads = crate::prune::groups::Group {
+    let group = |units: &[(usize, usize)]| crate::prune::groups::Group {
         id: 0,
         kind: "heads",
-        channels: 384,
-        unit: 32,
-        members: vec![],
-        producers: vec![],
+        members: units
+            .iter()
+            .enumerate()
+            .map(|(id, &(channels, unit))| crate::prune::groups::Member {
+                id,
+                producer: format!("p{id}"),
+                channels,
+                unit,
+            })
+            .collect(),
         params: vec![],
         sinks: vec![],
         shape_edits: vec![],
@@ -261,7 +263,13 @@ fn widths_round_to_simd_multiples() {
         values: vec![],
         blocked: None,
     };
+    let heads = group(&[(384, 32)]);
     assert_eq!(alloc::rounded(&heads, 7, 8), 7, "a head is 32 channels, already a multiple of 8");
+    // Grouped-query attention: a unit is 32 channels of Q but 16 of K and V; at 32 lanes K and V
+    // need an even number of units.
+    let gqa = group(&[(256, 32), (128, 16), (128, 16)]);
+    assert_eq!(alloc::rounded(&gqa, 3, 32), 4);
+    assert_eq!(alloc::rounded(&gqa, 6, 32), 6);
 }
 
 #[test]
@@ -580,7 +588,9 @@ fn batch_norm_depthwise_squeeze_excitation_and_concat_are_coupled() {
         .analysis
         .groups
         .iter()
-        .map(|g| (g.producers.clone(), g.channels, g.prunable()))
+        .map(|g| {
+            (g.producers().iter().map(|p| p.to_string()).collect(), g.channels(), g.prunable())
+        })
         .collect();
     assert_eq!(
         summary,

@@ -87,6 +87,11 @@ impl TractPlan {
             .collect()
     }
 
+    /// The optimised tract plan, for callers that feed tract values directly (timing loops).
+    pub fn runnable(&self) -> &Arc<TypedSimplePlan> {
+        &self.plan
+    }
+
     /// The input shapes the plan was made for.
     pub fn shapes(&self) -> &[Vec<usize>] {
         &self.shapes
