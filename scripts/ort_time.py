@@ -3,7 +3,7 @@
 
 Usage: ort_time.py MODEL INPUTS_JSON SECONDS
 INPUTS_JSON: [{"name": ..., "dtype": "f32"|"i64", "dims": [...]}, ...]; the values follow the
-same formulas as Hone's tract timing (coordinator/src/prune/latency.rs), so both runtimes see the
+same formulas as Hone's tract timing (coordinator/compress/src/prune/latency.rs), so both runtimes see the
 same tensors. Prints one JSON object: p50_ms, min_ms, runs, onnxruntime version.
 """
 import json

@@ -1,6 +1,10 @@
 //! The `coordinator` command line: `serve`, `demo`, and API clients for models, devices and
 //! campaigns. Every listing takes `--json` for scripts; errors go to stderr with a non-zero exit.
 
+pub mod graph;
+pub mod learn;
+pub mod prune;
+
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,16 +50,18 @@ enum Command {
     /// Build and train a baseline model (writes model.onnx and summary.json).
     Baseline {
         #[command(subcommand)]
-        command: crate::train::baseline::cli::BaselineCmd,
+        command: crate::cli::learn::BaselineCmd,
     },
     /// Accuracy of a model on a data set, or its fidelity against a reference, run by tract.
-    Eval(crate::train::baseline::cli::EvalArgs),
+    Eval(crate::cli::learn::EvalArgs),
     /// Forward-only speed of the candle executor against tract on one model and real inputs.
-    ExecBench(crate::eval::bench::ExecBenchArgs),
+    ExecBench(crate::cli::learn::ExecBenchArgs),
     /// Train an ONNX model on a data set with a loss (cross-entropy, mse or cosine).
-    Train(crate::train::baseline::cli::TrainArgs),
+    Train(crate::cli::learn::TrainArgs),
     /// Structured pruning: remove whole neurons, channels and heads; measure the speedup in tract.
-    Prune(crate::prune::cli::PruneArgs),
+    Prune(crate::cli::prune::PruneArgs),
+    /// Fold constant and static-shape subgraphs into initializers (no data, no retraining).
+    Fold(crate::cli::graph::FoldArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -218,11 +224,12 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Campaign { command } => campaign(command).await,
         Command::Models { command } => models(command).await,
-        Command::Baseline { command } => crate::train::baseline::cli::baseline(command).await,
-        Command::Prune(args) => crate::prune::cli::run(args).await,
-        Command::Eval(args) => crate::train::baseline::cli::eval(args).await,
-        Command::ExecBench(args) => crate::eval::bench::run(args).await,
-        Command::Train(args) => crate::train::baseline::cli::train(args).await,
+        Command::Baseline { command } => crate::cli::learn::baseline(command).await,
+        Command::Prune(args) => crate::cli::prune::run(args).await,
+        Command::Eval(args) => crate::cli::learn::eval(args).await,
+        Command::ExecBench(args) => crate::cli::learn::run_exec_bench(args).await,
+        Command::Train(args) => crate::cli::learn::train(args).await,
+        Command::Fold(args) => crate::cli::graph::run(args).await,
         Command::Devices { command: DevicesCmd::List { api } } => {
             let devices: serde_json::Value = Client::new(&api.api).get("/api/v1/devices").await?;
             if api.json {

@@ -120,7 +120,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
     ];
     let mut model_paths = Vec::new();
     for (name, asset) in models {
-        model_paths.push((name, crate::assets::path(asset)?));
+        model_paths.push((name, hone_assets::path(asset)?));
     }
     let agent = agent_bin(args.agent_bin.clone())?;
     let temp;

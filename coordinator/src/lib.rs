@@ -11,33 +11,22 @@
 //! - [`db`]: the only module that knows sqlx; SQLite by default, PostgreSQL by URL.
 //! - [`mqtt`]: the only module that knows rumqttc; [`broker`]: the embedded rumqttd.
 //! - [`artifacts`]: content-addressed files and the ed25519 signing key.
-//! - [`models`]: the tract gate for registration; [`assets`]: the real models of the manifest.
-//! - [`graph`]: the ONNX graph IR (inspect, edit, fold, round-trip, external data).
-//! - [`data`]: data set loaders (Fashion-MNIST, MNIST, VADER movie reviews, SOTU) with fixed
-//!   splits, seeded mini-batches and a WordPiece tokenizer.
-//! - [`train`]: differentiable execution of ONNX graphs in candle (forward and backward, with
-//!   initializers as trainable variables), losses, optimizers, the training loop, a model
-//!   builder, and the baselines trained here (`coordinator baseline`, `eval`, `train`).
-//! - [`eval`]: accuracy and fidelity (top-1 agreement, cosine) of models run by tract on named
-//!   data sets (images, VADER text, crops of two photographs), and `coordinator exec-bench`.
-//! - [`prune`]: structured pruning of ONNX graphs (dependency groups, importance, allocation,
-//!   cutting, side-by-side tract latency, recovery fine-tune): `coordinator prune`.
-//! - [`cli`], [`demo`]: the `coordinator` command line.
+//! - [`models`]: the tract gate for registration, on a blocking thread.
+//! - [`cli`], [`demo`]: the `coordinator` command line, including the compression engine's
+//!   commands (`prune`, `baseline`, `eval`, `train`, `exec-bench`).
+//!
+//! The compression engine lives in library crates beside this one: `hone-graph` (the ONNX IR
+//! and the tract gate), `hone-learn` (data, training, evaluation), `hone-compress` (methods) and
+//! `hone-assets` (the asset manifest). This crate is the fleet service and the CLI.
 
 pub mod api;
 pub mod artifacts;
-pub mod assets;
 pub mod broker;
 pub mod campaign;
 pub mod cli;
-pub mod data;
 pub mod db;
 pub mod demo;
-pub mod eval;
-pub mod graph;
 pub mod metrics;
 pub mod models;
 pub mod mqtt;
-pub mod prune;
 pub mod server;
-pub mod train;

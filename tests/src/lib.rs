@@ -455,7 +455,7 @@ impl Api {
 
 /// Path of a real model from the asset cache (fetched by `scripts/fetch-assets.sh`).
 pub fn asset(name: &str) -> PathBuf {
-    coordinator::assets::path(name).unwrap_or_else(|e| panic!("{e}"))
+    hone_assets::path(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Clears a device's retained status on an external broker (test hygiene).

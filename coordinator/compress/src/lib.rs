@@ -1,0 +1,46 @@
+//! Hone's compression methods.
+//!
+//! - [`method`]: the one trait, [`CompressionMethod`], through which a pipeline drives every
+//!   method: a parent graph and its data in, candidates (graph + method, settings, target
+//!   runtime and precision) out.
+//! - [`prune`]: dependency-aware structured pruning (groups, importance, allocation, cutting,
+//!   side-by-side latency, recovery fine-tune, the `--target-speedup` search).
+
+/// `Display`, `FromStr` and the list of names of a settings enum, spelled as in its serde form
+/// and on the command line.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! named_enum {
+    ($ty:ident, $what:literal { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// Every value's name.
+            pub const NAMES: &'static [&'static str] = &[$($name),+];
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(match self { $($ty::$variant => $name),+ })
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($name => Ok($ty::$variant),)+
+                    other => Err(format!(
+                        "unknown {} `{other}`: {}",
+                        $what,
+                        $ty::NAMES.join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+
+pub mod method;
+pub mod prune;
+
+pub use method::{Candidate, CompressionMethod, MethodContext, Precision, PruneMethod, Runtime};
