@@ -82,7 +82,8 @@ impl Graph {
                     return Err(bad(format!("declared rank {}, given dims {dims:?}", decl.len())));
                 }
                 for (d, &v) in decl.iter().zip(&dims) {
-                    if matches!(d, super::Dim::Value(x) if *x != v as i64) {
+                    // A negative declared size (exporters write -1 for "dynamic") fixes nothing.
+                    if matches!(d, super::Dim::Value(x) if *x >= 0 && *x != v as i64) {
                         return Err(bad(format!("declared dims {decl:?}, given {dims:?}")));
                     }
                 }
@@ -93,9 +94,67 @@ impl Graph {
             facts.push(InferenceFact::dt_shape(dt, dims));
         }
         let names: HashSet<&str> = self.value_names();
-        let proto = self.proto();
-        guarded(|| infer(proto, facts, &names)).and_then(|r| r)
+        let proto = relaxed(self.proto());
+        guarded(|| infer(&proto, facts, &names)).and_then(|r| r)
     }
+}
+
+/// Whether a declared dimension is one the graph's inputs decide: a named symbol, a negative
+/// size (`-1`, what some exporters write for "dynamic"), or an empty `dim_param`.
+fn is_dynamic(d: &pb::tensor_shape_proto::Dimension) -> bool {
+    use pb::tensor_shape_proto::dimension::Value as D;
+    match &d.value {
+        Some(D::DimValue(v)) => *v < 0,
+        Some(D::DimParam(_)) => true,
+        None => false,
+    }
+}
+
+fn hints(g: &mut pb::GraphProto) -> impl Iterator<Item = &mut pb::tensor_shape_proto::Dimension> {
+    g.value_info.iter_mut().chain(g.output.iter_mut()).flat_map(|v| {
+        let shape = match v.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+            Some(pb::type_proto::Value::TensorType(t)) => t.shape.as_mut(),
+            _ => None,
+        };
+        shape.into_iter().flat_map(|s| s.dim.iter_mut())
+    })
+}
+
+/// Forgets the dynamic dimensions of intermediate values and outputs (`value_info` and
+/// `output` declarations): they are hints an exporter wrote for symbolic inputs, and once the
+/// inputs are concrete tract would try to unify them with the real sizes ("Impossible to unify
+/// Sym(batch) with Val(1)"). Fixed sizes stay, and so do the inputs' own declarations. Returns
+/// how many dimensions were relaxed.
+pub fn relax_shape_hints(proto: &mut pb::ModelProto) -> usize {
+    let Some(g) = proto.graph.as_mut() else { return 0 };
+    let mut n = 0;
+    for d in hints(g) {
+        if is_dynamic(d) {
+            d.value = None;
+            n += 1;
+        }
+    }
+    n
+}
+
+/// `proto` with [`relax_shape_hints`] applied, copied only when there is something to relax.
+pub(crate) fn relaxed(proto: &pb::ModelProto) -> std::borrow::Cow<'_, pb::ModelProto> {
+    let dynamic = proto.graph.as_ref().is_some_and(|g| {
+        g.value_info.iter().chain(&g.output).any(|v| {
+            match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+                Some(pb::type_proto::Value::TensorType(t)) => {
+                    t.shape.as_ref().is_some_and(|s| s.dim.iter().any(is_dynamic))
+                }
+                _ => false,
+            }
+        })
+    });
+    if !dynamic {
+        return std::borrow::Cow::Borrowed(proto);
+    }
+    let mut owned = proto.clone();
+    relax_shape_hints(&mut owned);
+    std::borrow::Cow::Owned(owned)
 }
 
 fn infer(
@@ -262,6 +321,50 @@ mod tests {
     use super::super::testing::{f32_value, mat, mlp, model};
     use super::super::{Dim, Node, ValueInfo};
     use super::*;
+    use crate::{Tensor, TensorData};
+
+    /// `y = relu(x) + 1` declared the way other exporters write it: `dynamic` names every
+    /// dynamic input axis (`Ok(symbol)`), or writes `-1` (`Err(())`); the intermediate `h` and the
+    /// output carry the same hints in `value_info`.
+    fn exported(dynamic: impl Fn(&str) -> Dim) -> Graph {
+        let dims = |d: &[&str]| {
+            d.iter()
+                .map(|s| s.parse::<i64>().map_or_else(|_| dynamic(s), Dim::Value))
+                .collect::<Vec<_>>()
+        };
+        let v = |n: &str, d: &[&str]| ValueInfo::tensor(n, DataType::F32, dims(d)).to_proto();
+        let mut g = model(
+            vec![
+                Node::new("relu", "Relu", &["x"], &["h"]),
+                Node::new("add", "Add", &["h", "one"], &["y"]),
+            ],
+            vec![("one", Tensor::new(vec![], TensorData::F32(vec![1.0])).unwrap())],
+            vec![v("x", &["batch", "3", "height", "width"])],
+            vec![v("y", &["batch", "3", "height", "width"])],
+        );
+        g.graph_proto_mut().value_info.push(v("h", &["batch", "3", "height", "width"]));
+        g
+    }
+
+    #[test]
+    fn minus_one_and_symbolic_hints_follow_the_given_dims() {
+        for g in [exported(|s| Dim::Symbol(s.into())), exported(|_| Dim::Value(-1))] {
+            let s = g.infer_shapes([("x", [1, 3, 48, 320])]).unwrap();
+            assert_eq!(s["h"].dims, [1, 3, 48, 320]);
+            assert_eq!(s["y"].dims, [1, 3, 48, 320]);
+            // A fixed size still binds.
+            assert!(matches!(
+                g.infer_shapes([("x", [1, 4, 48, 320])]),
+                Err(GraphError::Input { .. })
+            ));
+            // The model's own file is untouched; only tract's copy is relaxed.
+            let mut p = g.proto().clone();
+            assert_eq!(relax_shape_hints(&mut p), 6, "h and y: batch, height, width");
+            assert_eq!(relax_shape_hints(&mut p), 0);
+        }
+        let bytes = exported(|_| Dim::Value(-1)).to_bytes();
+        crate::gate::check_with_tract(&bytes).unwrap();
+    }
 
     #[test]
     fn shapes_of_every_value_follow_the_given_input_dims() {

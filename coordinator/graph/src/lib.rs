@@ -56,7 +56,7 @@ pub use tract_onnx::pb;
 
 pub use edit::PruneReport;
 pub use fold::{FOLDABLE_OPS, FoldReport};
-pub use infer::ValueShape;
+pub use infer::{ValueShape, relax_shape_hints};
 pub use node::{Attribute, Dim, Node, ValueInfo};
 pub use tensor::{DataType, Tensor, TensorData};
 
