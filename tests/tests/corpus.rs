@@ -196,3 +196,38 @@ fn tf2onnx_open_nsfw() {
         outputs: &[("outputs", &[1, 2])],
     });
 }
+
+/// A campaign's `bench.inputs` reaches the agent over the wire: the model's `?` axes fail
+/// without it and run with it.
+#[test]
+fn a_campaign_carries_input_shapes_to_the_agent() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let coord =
+        CoordinatorProc::start(&dir.path().join("coord"), Broker::Embedded(free_port()), None)
+            .unwrap();
+    let api = coord.api();
+    let id = unique("e2e-shapes");
+    let _agent = AgentProc::start_with(&coord, &dir.path().join("agents"), &id, &[], 5).unwrap();
+    api.wait_device(&id, true, Duration::from_secs(20)).unwrap();
+    let path = dir.path().join("dynamic.onnx");
+    std::fs::write(&path, models::dynamic_image()).unwrap();
+    let m = api.register(&path, "dynamic-image").unwrap();
+    let bench = |inputs: Value| {
+        let c = api
+            .start_campaign(serde_json::json!({
+                "models": [m],
+                "devices": id,
+                "max_attempts": 1,
+                "bench": {"warmup": 1, "max_iterations": 3, "max_time_ms": 500, "symbols": [],
+                          "inputs": inputs},
+            }))
+            .unwrap();
+        api.wait_campaign(&c, Duration::from_secs(60)).unwrap()["lines"][0].clone()
+    };
+    let line = bench(serde_json::json!({}));
+    assert_eq!(line["state"], "failed", "{line}");
+    assert!(line["error"].as_str().unwrap().contains("--input x=1x3x?x?"), "{line}");
+    let line = bench(serde_json::json!({"x": [1, 3, 8, 16]}));
+    assert_eq!(line["state"], "done", "{line}");
+}
