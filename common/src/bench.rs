@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::shapes::{DeclaredInput, InputShapes, ResolveError, ResolvedShapes};
+
 /// How one benchmark is run: warm-up iterations are excluded from the statistics, then the model
 /// runs until `max_iterations` or `max_time_ms` is reached, whichever comes first (at least one
 /// measured iteration always runs).
@@ -13,12 +15,16 @@ pub struct BenchSpec {
     pub max_iterations: u32,
     /// Upper bound on the measured phase, in milliseconds.
     pub max_time_ms: u64,
-    /// Values for symbolic input dimensions, by symbol name (e.g. `("sequence_length", 128)`).
-    /// Unnamed symbols default to 1 on the first axis and [`BenchSpec::DEFAULT_DIM`] elsewhere.
+    /// Values for named symbolic input dimensions, by symbol name (e.g.
+    /// `("sequence_length", 128)`). See [`crate::shapes::resolve`] for the defaults.
     pub symbols: Vec<(String, u64)>,
     /// What kind of measurement to take.
     #[serde(default)]
     pub mode: BenchMode,
+    /// Concrete shapes for named inputs (`--input NAME=1x3x48x320`), which take precedence over
+    /// `symbols` and the defaults.
+    #[serde(default)]
+    pub inputs: InputShapes,
 }
 
 /// Benchmark modes.
@@ -55,16 +61,17 @@ impl BenchMode {
 }
 
 impl BenchSpec {
-    /// Size of a symbolic non-batch dimension when the spec does not name it.
-    pub const DEFAULT_DIM: u64 = 128;
+    /// Size of a named symbolic non-batch dimension when nothing gives its value.
+    pub const DEFAULT_DIM: u64 = crate::shapes::DEFAULT_DIM;
 
-    /// Value for a symbolic dimension at `axis`.
-    pub fn symbol_value(&self, symbol: &str, axis: usize) -> u64 {
-        self.symbols
-            .iter()
-            .find(|(name, _)| name == symbol)
-            .map(|(_, v)| *v)
-            .unwrap_or(if axis == 0 { 1 } else { Self::DEFAULT_DIM })
+    /// Concrete shapes for a model's declared inputs under this spec (its `inputs` and
+    /// `symbols`); `batch` overrides the first axis (throughput runs).
+    pub fn resolve_inputs(
+        &self,
+        declared: &[DeclaredInput],
+        batch: Option<u64>,
+    ) -> Result<ResolvedShapes, ResolveError> {
+        crate::shapes::resolve(declared, &self.inputs, &self.symbols, batch)
     }
 }
 
@@ -76,6 +83,7 @@ impl Default for BenchSpec {
             max_time_ms: 10_000,
             symbols: Vec::new(),
             mode: BenchMode::Single,
+            inputs: InputShapes::default(),
         }
     }
 }
@@ -381,10 +389,33 @@ mod tests {
     }
 
     #[test]
-    fn unnamed_symbols_default_by_axis() {
-        let spec = BenchSpec { symbols: vec![("seq".into(), 16)], ..BenchSpec::default() };
-        assert_eq!(spec.symbol_value("seq", 1), 16);
-        assert_eq!(spec.symbol_value("batch", 0), 1);
-        assert_eq!(spec.symbol_value("other", 2), BenchSpec::DEFAULT_DIM);
+    fn specs_resolve_with_their_inputs_and_symbols() {
+        use crate::shapes::{DeclaredDim, InputShapes};
+        let spec = BenchSpec {
+            symbols: vec![("seq".into(), 16)],
+            inputs: InputShapes::parse("image=1x3x48x320").unwrap(),
+            ..BenchSpec::default()
+        };
+        let declared = [
+            DeclaredInput {
+                name: "ids".into(),
+                dims: Some(vec![
+                    DeclaredDim::Named("batch".into()),
+                    DeclaredDim::Named("seq".into()),
+                ]),
+            },
+            DeclaredInput {
+                name: "image".into(),
+                dims: Some(vec![
+                    DeclaredDim::Unnamed,
+                    DeclaredDim::Fixed(3),
+                    DeclaredDim::Unnamed,
+                    DeclaredDim::Unnamed,
+                ]),
+            },
+        ];
+        let r = spec.resolve_inputs(&declared, None).unwrap();
+        assert_eq!(r.inputs[0].1, vec![1, 16]);
+        assert_eq!(r.inputs[1].1, vec![1, 3, 48, 320]);
     }
 }

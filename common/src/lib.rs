@@ -4,12 +4,14 @@
 //! - [`topic`]: the only place MQTT topic strings are built or parsed.
 //! - [`bench`]: benchmark specifications and latency statistics.
 //! - [`artifact`]: the bytes an artifact signature covers.
+//! - [`shapes`]: input shapes (`NAME=1x3x48x320`) and how declared shapes become concrete.
 //!
 //! Invariant: this crate does no IO and depends on no async runtime, MQTT or database crate.
 #![forbid(unsafe_code)]
 
 pub mod artifact;
 pub mod bench;
+pub mod shapes;
 pub mod topic;
 pub mod wire;
 

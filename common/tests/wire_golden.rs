@@ -17,6 +17,7 @@ use hone_common::bench::{
     BenchMode, BenchReport, BenchSpec, DeviceReadings, Emulation, EmulationStatus, HostCalibration,
     LatencyStats, ThroughputPoint, TimelinePoint,
 };
+use hone_common::shapes::InputShapes;
 use hone_common::wire::{
     ArtifactRef, CoordinatorStatus, DecodeError, DeviceStatus, FailureKind, JobAccepted,
     JobCommand, JobResult, Message, Outcome, ResultAck, WIRE_VERSION, decode, encode,
@@ -57,6 +58,7 @@ fn job_command(mode: BenchMode) -> Message {
             max_time_ms: 10_000,
             symbols: vec![("batch".into(), 1), ("seq".into(), 128)],
             mode,
+            inputs: InputShapes::parse("x=1x3x48x320").unwrap(),
         },
         timeout_ms: 600_000,
     })
@@ -335,9 +337,10 @@ fn golden_run_job() {
         run_job(),
         concat!(
             run_job_head!(),
-            "03",            // spec.mode: BenchMode::Throughput
-            "03 01 08 ac02", //   batch_sizes [1, 8, 300]
-            "c0cf24",        // timeout_ms
+            "03",                        // spec.mode: BenchMode::Throughput
+            "03 01 08 ac02",             //   batch_sizes [1, 8, 300]
+            "01 01 78 04 01 03 30 c002", // spec.inputs {"x": [1, 3, 48, 320]}
+            "c0cf24",                    // timeout_ms
         ),
     );
 }
@@ -348,8 +351,9 @@ fn golden_run_job_single() {
         run_job_single(),
         concat!(
             run_job_head!(),
-            "00",     // spec.mode: BenchMode::Single
-            "c0cf24", // timeout_ms
+            "00",                        // spec.mode: BenchMode::Single
+            "01 01 78 04 01 03 30 c002", // spec.inputs {"x": [1, 3, 48, 320]}
+            "c0cf24",                    // timeout_ms
         ),
     );
 }
@@ -360,9 +364,10 @@ fn golden_run_job_sustained() {
         run_job_sustained(),
         concat!(
             run_job_head!(),
-            "01",     // spec.mode: BenchMode::Sustained
-            "d804",   //   seconds 600
-            "c0cf24", // timeout_ms
+            "01",                        // spec.mode: BenchMode::Sustained
+            "d804",                      //   seconds 600
+            "01 01 78 04 01 03 30 c002", // spec.inputs {"x": [1, 3, 48, 320]}
+            "c0cf24",                    // timeout_ms
         ),
     );
 }
@@ -373,8 +378,9 @@ fn golden_run_job_cold() {
         run_job_cold(),
         concat!(
             run_job_head!(),
-            "02",     // spec.mode: BenchMode::Cold
-            "c0cf24", // timeout_ms
+            "02",                        // spec.mode: BenchMode::Cold
+            "01 01 78 04 01 03 30 c002", // spec.inputs {"x": [1, 3, 48, 320]}
+            "c0cf24",                    // timeout_ms
         ),
     );
 }

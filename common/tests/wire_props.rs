@@ -5,6 +5,7 @@ use hone_common::bench::{
     BenchMode, BenchReport, BenchSpec, DeviceReadings, Emulation, EmulationStatus, HostCalibration,
     LatencyStats, ThroughputPoint, TimelinePoint,
 };
+use hone_common::shapes::InputShapes;
 use hone_common::wire::{
     ArtifactRef, CoordinatorStatus, DecodeError, DeviceStatus, EncodeError, FailureKind,
     JobAccepted, JobCommand, JobResult, MAX_MESSAGE_BYTES, Message, Outcome, ResultAck,
@@ -108,8 +109,11 @@ prop_compose! {
         max_time_ms in any::<u64>(),
         symbols in prop::collection::vec((text(), any::<u64>()), 0..4),
         mode in bench_mode(),
+        inputs in prop::collection::btree_map(text(), prop::collection::vec(1u64..1_000, 1..5), 0..3),
     ) -> BenchSpec {
-        BenchSpec { warmup, max_iterations, max_time_ms, symbols, mode }
+        let inputs = InputShapes::new(inputs.into_iter().filter(|(n, _)| !n.trim().is_empty()))
+            .expect("valid shapes");
+        BenchSpec { warmup, max_iterations, max_time_ms, symbols, mode, inputs }
     }
 }
 

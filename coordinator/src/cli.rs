@@ -511,6 +511,7 @@ async fn campaign(cmd: CampaignCmd) -> anyhow::Result<i32> {
                     max_time_ms,
                     symbols: vec![],
                     mode,
+                    inputs: Default::default(),
                 },
                 job_timeout_ms,
                 max_attempts,

@@ -268,6 +268,7 @@ async fn drive(
             max_time_ms: args.max_time_ms,
             symbols: vec![],
             mode: Default::default(),
+            inputs: Default::default(),
         },
         job_timeout_ms: 300_000,
         max_attempts: 3,

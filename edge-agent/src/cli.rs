@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use hone_common::bench::{
     BenchMode, BenchReport, BenchSpec, EmulationStatus, coefficient_of_variation,
 };
+use hone_common::shapes::InputShapes;
 
 use crate::throttle::cgroup::Cgroups;
 
@@ -42,6 +43,9 @@ enum Command {
         /// Value of a symbolic input dimension, NAME=VALUE (repeatable).
         #[arg(long = "symbol", value_parser = parse_symbol)]
         symbols: Vec<(String, u64)>,
+        /// Shape of an input, NAME=1x3x224x224 (repeatable, or comma-separated).
+        #[arg(long = "input", value_parser = parse_input)]
+        inputs: Vec<String>,
     },
     /// Multiply-accumulates and parameters of a model (tract's cost model), as JSON.
     Inspect {
@@ -51,6 +55,9 @@ enum Command {
         /// Value of a symbolic input dimension, NAME=VALUE (repeatable).
         #[arg(long = "symbol", value_parser = parse_symbol)]
         symbols: Vec<(String, u64)>,
+        /// Shape of an input, NAME=1x3x224x224 (repeatable, or comma-separated).
+        #[arg(long = "input", value_parser = parse_input)]
+        inputs: Vec<String>,
     },
     /// Measure this host's speed (tract matmul GFLOP/s, memory bandwidth) for profile emulation.
     Calibrate {
@@ -145,9 +152,13 @@ struct BenchArgs {
     /// Maximum measured time in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     max_time_ms: u64,
-    /// Value of a symbolic input dimension, NAME=VALUE (repeatable).
+    /// Value of a named symbolic input dimension, NAME=VALUE (repeatable).
     #[arg(long = "symbol", value_parser = parse_symbol)]
     symbols: Vec<(String, u64)>,
+    /// Shape of an input, NAME=1x3x224x224 (repeatable, or comma-separated); needed for inputs
+    /// with unnamed dynamic axes (`-1`, `?`) other than a leading batch.
+    #[arg(long = "input", value_parser = parse_input)]
+    inputs: Vec<String>,
     /// Run the benchmark N times, each in a fresh process, and report the spread of p50.
     #[arg(long, default_value_t = 1)]
     repeat: u32,
@@ -188,11 +199,27 @@ struct BenchArgs {
 
 fn parse_symbol(s: &str) -> Result<(String, u64), String> {
     let (name, value) = s.split_once('=').ok_or("expected NAME=VALUE")?;
+    if hone_common::shapes::is_unnamed(name) {
+        return Err(format!(
+            "`{name}` is not a symbol name: unnamed dimensions (`?`, `-1`) are separate per \
+             axis; give the input's whole shape with --input NAME=1x3x224x224"
+        ));
+    }
     let value = value.parse::<u64>().map_err(|_| format!("`{value}` is not a positive integer"))?;
     if value == 0 {
         return Err("a dimension must be at least 1".into());
     }
     Ok((name.to_string(), value))
+}
+
+/// Checks one `--input` value (the values are merged by [`input_shapes`]).
+fn parse_input(s: &str) -> Result<String, String> {
+    InputShapes::parse(s).map(|_| s.to_string()).map_err(|e| e.to_string())
+}
+
+/// Every `--input` value as one set; an input given twice is an error.
+fn input_shapes(values: &[String]) -> anyhow::Result<InputShapes> {
+    InputShapes::parse_all(values).map_err(|e| anyhow::anyhow!("--input: {e}"))
 }
 
 /// Runs the command line; returns the process exit code.
@@ -243,8 +270,9 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
             profiles(json);
             Ok(0)
         }
-        Command::Infer { model, symbols } => {
-            let spec = BenchSpec { symbols, ..BenchSpec::default() };
+        Command::Infer { model, symbols, inputs } => {
+            let spec =
+                BenchSpec { symbols, inputs: input_shapes(&inputs)?, ..BenchSpec::default() };
             let outputs =
                 tokio::task::spawn_blocking(move || crate::bench::tract::infer(&model, &spec))
                     .await?
@@ -255,8 +283,9 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Inspect { model, symbols } => {
-            let spec = BenchSpec { symbols, ..BenchSpec::default() };
+        Command::Inspect { model, symbols, inputs } => {
+            let spec =
+                BenchSpec { symbols, inputs: input_shapes(&inputs)?, ..BenchSpec::default() };
             let c = tokio::task::spawn_blocking(move || crate::bench::tract::cost(&model, &spec))
                 .await?
                 .map_err(|f| anyhow::anyhow!("{}: {}", f.kind.as_str(), f.reason))?;
@@ -384,6 +413,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<i32> {
         max_time_ms: args.max_time_ms,
         symbols: args.symbols.clone(),
         mode: mode.clone(),
+        inputs: input_shapes(&args.inputs)?,
     };
     let exe = std::env::current_exe().context("locating the agent executable")?;
     let profile =

@@ -98,3 +98,21 @@ pub fn unknown_op() -> Vec<u8> {
     }];
     model(nodes, vec![], value_info("x", &[Ok(1), Ok(4)]), value_info("y", &[Ok(1), Ok(4)]))
 }
+
+/// `y = relu(x)`, x: f32[-1, 3, ?, ?] as Paddle2ONNX writes it: two unnamed dynamic axes that only
+/// an explicit input shape can fill.
+pub fn dynamic_image() -> Vec<u8> {
+    let nodes = vec![pb::NodeProto {
+        name: "act".into(),
+        op_type: "Relu".into(),
+        input: vec!["x".into()],
+        output: vec!["y".into()],
+        ..Default::default()
+    }];
+    model(
+        nodes,
+        vec![],
+        value_info("x", &[Ok(-1), Ok(3), Err("?"), Err("?")]),
+        value_info("y", &[Ok(-1), Ok(3), Err("?"), Err("?")]),
+    )
+}

@@ -9,6 +9,7 @@ use std::time::Instant;
 use hone_common::bench::{
     BenchMode, BenchReport, BenchSpec, LatencyStats, ThroughputPoint, TimelinePoint,
 };
+use hone_common::shapes::{DeclaredDim, DeclaredInput};
 use hone_common::wire::FailureKind;
 use prost::Message as _;
 use tract_onnx::pb;
@@ -278,9 +279,15 @@ pub fn cost(path: &Path, spec: &BenchSpec) -> Result<ModelCost, BenchFailure> {
     Ok(ModelCost { macs, params, inputs: plans.iter().map(describe).collect() })
 }
 
+/// Decodes a model and forgets the dynamic sizes of its intermediate and output shapes (see
+/// [`forget_dynamic_dims`]); the inputs keep theirs for [`plan_inputs`].
 fn decode_proto(bytes: &[u8]) -> Result<pb::ModelProto, BenchFailure> {
-    pb::ModelProto::decode(bytes)
-        .map_err(|e| BenchFailure::invalid(format!("not an ONNX protobuf: {e}")))
+    let mut proto = pb::ModelProto::decode(bytes)
+        .map_err(|e| BenchFailure::invalid(format!("not an ONNX protobuf: {e}")))?;
+    if let Some(graph) = proto.graph.as_mut() {
+        forget_dynamic_dims(graph, false);
+    }
+    Ok(proto)
 }
 
 fn read_proto(path: &Path) -> Result<pb::ModelProto, BenchFailure> {
@@ -348,7 +355,9 @@ fn describe(plan: &InputPlan) -> String {
     format!("{}: {:?}[{}]", plan.name, plan.datum, dims.join(","))
 }
 
-/// Chooses a concrete datum type and shape for every true graph input (initializers excluded).
+/// Chooses a concrete datum type and shape for every true graph input (initializers excluded):
+/// the spec's `inputs` and `symbols` first, then the defaults of [`hone_common::shapes::resolve`]
+/// (a named symbol has one value everywhere; an unnamed `-1`/`?` axis defaults only as a batch).
 fn plan_inputs(
     proto: &pb::ModelProto,
     spec: &BenchSpec,
@@ -357,7 +366,8 @@ fn plan_inputs(
     let graph = proto.graph.as_ref().ok_or_else(|| BenchFailure::invalid("model has no graph"))?;
     let initializers: std::collections::HashSet<&str> =
         graph.initializer.iter().map(|t| t.name.as_str()).collect();
-    let mut plans = Vec::new();
+    let mut declared = Vec::new();
+    let mut datums = Vec::new();
     for input in graph.input.iter().filter(|i| !initializers.contains(i.name.as_str())) {
         let tensor = match input.r#type.as_ref().and_then(|t| t.value.as_ref()) {
             Some(pb::type_proto::Value::TensorType(t)) => t,
@@ -368,42 +378,83 @@ fn plan_inputs(
                 )));
             }
         };
-        let datum = onnx_datum(tensor.elem_type).ok_or_else(|| {
+        datums.push(onnx_datum(tensor.elem_type).ok_or_else(|| {
             BenchFailure::invalid(format!(
                 "input `{}` has unsupported element type {}",
                 input.name, tensor.elem_type
             ))
-        })?;
-        let dims = tensor.shape.as_ref().map(|s| s.dim.as_slice()).unwrap_or(&[]);
-        let mut shape = Vec::with_capacity(dims.len());
-        for (axis, dim) in dims.iter().enumerate() {
-            use pb::tensor_shape_proto::dimension::Value;
-            let value = match &dim.value {
-                Some(Value::DimValue(v)) if *v > 0 => {
-                    if axis == 0 && batch.is_some_and(|b| b != *v as u64) {
-                        return Err(BenchFailure::invalid(format!(
-                            "input `{}` has a fixed batch of {v}: throughput at other batch sizes needs a symbolic first axis",
-                            input.name
-                        )));
-                    }
-                    *v as u64
-                }
-                _ if axis == 0 && batch.is_some() => batch.unwrap_or(1),
-                Some(Value::DimParam(p)) => spec.symbol_value(p, axis),
-                _ => spec.symbol_value("", axis),
-            };
-            shape.push(value as usize);
-        }
-        let elements: usize = shape.iter().product();
-        if elements > 512 * 1024 * 1024 {
+        })?);
+        declared.push(DeclaredInput {
+            name: input.name.clone(),
+            dims: tensor.shape.as_ref().map(|s| s.dim.iter().map(declared_dim).collect()),
+        });
+    }
+    let resolved =
+        spec.resolve_inputs(&declared, batch).map_err(|e| BenchFailure::invalid(e.to_string()))?;
+    let mut plans = Vec::with_capacity(resolved.inputs.len());
+    for ((name, dims), datum) in resolved.inputs.into_iter().zip(datums) {
+        let elements = dims.iter().try_fold(1u64, |acc, d| acc.checked_mul(*d));
+        if elements.is_none_or(|n| n > MAX_INPUT_ELEMENTS) {
             return Err(BenchFailure::invalid(format!(
-                "input `{}` would need {elements} elements; set its symbols smaller",
-                input.name
+                "input `{name}` would need {} elements (at most {MAX_INPUT_ELEMENTS}); give it a \
+                 smaller shape with --input",
+                elements.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string())
             )));
         }
-        plans.push(InputPlan { name: input.name.clone(), datum, shape });
+        let shape = dims.iter().map(|d| *d as usize).collect();
+        plans.push(InputPlan { name, datum, shape });
     }
     Ok(plans)
+}
+
+/// Largest synthetic input, in elements.
+const MAX_INPUT_ELEMENTS: u64 = 512 * 1024 * 1024;
+
+fn declared_dim(dim: &pb::tensor_shape_proto::Dimension) -> DeclaredDim {
+    use pb::tensor_shape_proto::dimension::Value;
+    match &dim.value {
+        Some(Value::DimValue(v)) => DeclaredDim::from_onnx(Some(*v), None),
+        Some(Value::DimParam(p)) => DeclaredDim::from_onnx(None, Some(p)),
+        None => DeclaredDim::Unnamed,
+    }
+}
+
+/// Forgets every size in output and `value_info` shapes that is not a fixed positive number, in
+/// the graph and in every subgraph (where the inputs' sizes are forgotten too). Exporters keep the
+/// input's symbols there (`batch`, `2*batch`, `unk__12`); once the inputs are concrete, tract
+/// would hold such a symbol against the size it infers and refuse the model ("Impossible to
+/// unify Sym(batch) with Val(1)"). Fixed sizes stay; tract infers the rest from the inputs.
+fn forget_dynamic_dims(graph: &mut pb::GraphProto, subgraph: bool) {
+    fn forget(infos: &mut [pb::ValueInfoProto]) {
+        use pb::tensor_shape_proto::dimension::Value;
+        for info in infos {
+            if let Some(pb::type_proto::Value::TensorType(t)) =
+                info.r#type.as_mut().and_then(|t| t.value.as_mut())
+                && let Some(shape) = t.shape.as_mut()
+            {
+                for dim in &mut shape.dim {
+                    if !matches!(dim.value, Some(Value::DimValue(v)) if v > 0) {
+                        dim.value = None;
+                    }
+                }
+            }
+        }
+    }
+    forget(&mut graph.output);
+    forget(&mut graph.value_info);
+    if subgraph {
+        forget(&mut graph.input);
+    }
+    for node in &mut graph.node {
+        for attr in &mut node.attribute {
+            if let Some(g) = attr.g.as_mut() {
+                forget_dynamic_dims(g, true);
+            }
+            for g in &mut attr.graphs {
+                forget_dynamic_dims(g, true);
+            }
+        }
+    }
 }
 
 fn onnx_datum(elem_type: i32) -> Option<DatumType> {
@@ -443,4 +494,199 @@ fn synthetic_tensor(plan: &InputPlan) -> Result<Tensor, BenchFailure> {
         other => return Err(BenchFailure::invalid(format!("cannot synthesise {other:?} input"))),
     };
     t.map_err(|e| BenchFailure::invalid(format!("input `{}`: {e:#}", plan.name)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hone_common::shapes::InputShapes;
+
+    /// A shape as exporters write it: a number (`-1` included) or a `dim_param` (`?` included).
+    fn info(name: &str, dims: &[&str]) -> pb::ValueInfoProto {
+        use pb::tensor_shape_proto::dimension::Value;
+        pb::ValueInfoProto {
+            name: name.into(),
+            r#type: Some(pb::TypeProto {
+                denotation: String::new(),
+                value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                    elem_type: 1,
+                    shape: Some(pb::TensorShapeProto {
+                        dim: dims
+                            .iter()
+                            .map(|d| pb::tensor_shape_proto::Dimension {
+                                denotation: String::new(),
+                                value: Some(match d.parse::<i64>() {
+                                    Ok(v) => Value::DimValue(v),
+                                    Err(_) => Value::DimParam(d.to_string()),
+                                }),
+                            })
+                            .collect(),
+                    }),
+                })),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn node(op: &str, inputs: &[&str], output: &str) -> pb::NodeProto {
+        pb::NodeProto {
+            name: output.into(),
+            op_type: op.into(),
+            input: inputs.iter().map(|i| i.to_string()).collect(),
+            output: vec![output.into()],
+            ..Default::default()
+        }
+    }
+
+    fn write(
+        dir: &tempfile::TempDir,
+        nodes: Vec<pb::NodeProto>,
+        inputs: Vec<pb::ValueInfoProto>,
+        value_info: Vec<pb::ValueInfoProto>,
+        outputs: Vec<pb::ValueInfoProto>,
+    ) -> std::path::PathBuf {
+        let bytes = pb::ModelProto {
+            ir_version: 8,
+            producer_name: "hone-tests".into(),
+            opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 17 }],
+            graph: Some(pb::GraphProto {
+                name: "g".into(),
+                node: nodes,
+                input: inputs,
+                value_info,
+                output: outputs,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let path = dir.path().join("m.onnx");
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    fn quick(inputs: &str) -> BenchSpec {
+        BenchSpec {
+            warmup: 1,
+            max_iterations: 2,
+            max_time_ms: 1_000,
+            inputs: if inputs.is_empty() {
+                InputShapes::default()
+            } else {
+                InputShapes::parse(inputs).unwrap()
+            },
+            ..BenchSpec::default()
+        }
+    }
+
+    fn reason(r: Result<ChildResult, BenchFailure>) -> String {
+        match r {
+            Ok(r) => panic!("expected a failure, got inputs {:?}", r.report.inputs),
+            Err(f) => {
+                assert!(matches!(f.kind, FailureKind::ModelInvalid), "{:?}", f.kind);
+                f.reason
+            }
+        }
+    }
+
+    /// What PyTorch writes with `dynamic_axes`: the input's symbol in every `value_info` and
+    /// output, and derived sizes as expressions (`2*batch`).
+    #[test]
+    fn value_info_symbols_follow_the_concrete_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            &dir,
+            vec![
+                node("Relu", &["x"], "h"),
+                node("Concat", &["h", "h"], "c").with_axis(0),
+                node("Sigmoid", &["c"], "y"),
+            ],
+            vec![info("x", &["batch", "4"])],
+            vec![info("h", &["batch", "4"]), info("c", &["2*batch", "4"])],
+            vec![info("y", &["2*batch", "4"])],
+        );
+        let r = run_benchmark(&path, &quick("")).unwrap();
+        assert_eq!(r.report.inputs, vec!["x: F32[1,4]"]);
+        let r = run_benchmark(&path, &quick("x=3x4")).unwrap();
+        assert_eq!(r.report.inputs, vec!["x: F32[3,4]"]);
+        let out = infer(&path, &quick("x=3x4")).unwrap();
+        assert_eq!(out[0].shape, vec![6, 4]);
+        // Throughput re-plans each batch size against the same facts.
+        let spec =
+            BenchSpec { mode: BenchMode::Throughput { batch_sizes: vec![1, 5] }, ..quick("") };
+        let r = run_benchmark(&path, &spec).unwrap();
+        assert_eq!(r.report.throughput.len(), 2);
+    }
+
+    /// What tf2onnx and Paddle2ONNX write: `unk__N` names, `?` and `-1` in `value_info` and
+    /// outputs, and a symbol of the intermediate shapes that no input has.
+    #[test]
+    fn unknown_markers_in_value_info_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            &dir,
+            vec![node("Relu", &["x"], "h"), node("GlobalAveragePool", &["h"], "y")],
+            vec![info("x", &["-1", "3", "?", "p2o.DynamicDimension.1"])],
+            vec![info("h", &["unk__7", "3", "height", "-1"])],
+            vec![info("y", &["p2o.DynamicDimension.2", "3", "1", "1"])],
+        );
+        let out = infer(&path, &quick("x=1x3x48x320")).unwrap();
+        assert_eq!(out[0].shape, vec![1, 3, 1, 1]);
+    }
+
+    #[test]
+    fn unnamed_axes_need_a_shape_and_each_takes_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            &dir,
+            vec![node("Relu", &["x"], "y")],
+            vec![info("x", &["-1", "3", "?", "?"])],
+            vec![],
+            vec![info("y", &["-1", "3", "?", "?"])],
+        );
+        let why = reason(run_benchmark(&path, &quick("")));
+        assert!(why.contains("axis 2 has neither a size nor a name"), "{why}");
+        assert!(why.contains("--input x=1x3x?x?"), "{why}");
+        // Two unnamed axes, two sizes: a 48x320 image, not 48x48 or 320x320.
+        let r = run_benchmark(&path, &quick("x=1x3x48x320")).unwrap();
+        assert_eq!(r.report.inputs, vec!["x: F32[1,3,48,320]"]);
+        assert_eq!(infer(&path, &quick("x=2x3x48x320")).unwrap()[0].shape, vec![2, 3, 48, 320]);
+        // A shape the model cannot take is refused before tract sees it.
+        let why = reason(run_benchmark(&path, &quick("x=1x4x48x320")));
+        assert!(why.contains("axis 1 is fixed at 3, but 4 was given"), "{why}");
+        let why = reason(run_benchmark(&path, &quick("image=1x3x8x8")));
+        assert!(why.contains("no input `image`") && why.contains("`x` [?,3,?,?]"), "{why}");
+    }
+
+    #[test]
+    fn a_named_symbol_has_one_value_across_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            &dir,
+            vec![node("Add", &["a", "b"], "y")],
+            vec![info("a", &["batch", "seq"]), info("b", &["batch", "seq"])],
+            vec![info("s", &["batch", "seq"])],
+            vec![info("y", &["batch", "seq"])],
+        );
+        let r = run_benchmark(&path, &quick("a=2x7")).unwrap();
+        assert_eq!(r.report.inputs, vec!["a: F32[2,7]", "b: F32[2,7]"]);
+        let why = reason(run_benchmark(&path, &quick("a=2x7,b=2x8")));
+        assert!(why.contains("symbol `seq` would be 7"), "{why}");
+    }
+
+    trait WithAxis {
+        fn with_axis(self, axis: i64) -> Self;
+    }
+
+    impl WithAxis for pb::NodeProto {
+        fn with_axis(mut self, axis: i64) -> Self {
+            self.attribute.push(pb::AttributeProto {
+                name: "axis".into(),
+                r#type: pb::attribute_proto::AttributeType::Int as i32,
+                i: axis,
+                ..Default::default()
+            });
+            self
+        }
+    }
 }
