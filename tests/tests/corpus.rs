@@ -99,12 +99,42 @@ fn check(case: &Case) {
     let expected: Vec<(String, Vec<u64>)> =
         case.outputs.iter().map(|(n, s)| (n.to_string(), s.to_vec())).collect();
     assert_eq!(shapes, expected, "{}", case.asset);
+    explain(case, &model);
     if !case.runs_without_input {
         // An unnamed dynamic axis that is not a batch: a clear error that asks for --input.
         let r = bench(&model, &[]);
         assert_eq!(r["outcome"], "model_invalid", "{}: {r}", case.asset);
         let reason = r["reason"].as_str().unwrap();
         assert!(reason.contains("--input x=1x3x?x"), "{reason}");
+    }
+}
+
+/// `coordinator prune --explain` on the model's own shapes (with the case's `--input`): every
+/// group is prunable or left alone with a reason, and the reasons are printed for the docs.
+fn explain(case: &Case, model: &std::path::Path) {
+    let mut cmd = Command::new(bin("coordinator"));
+    cmd.args(["prune", "--explain", "--json", "--model"]).arg(model);
+    for i in case.input {
+        cmd.args(["--input", i]);
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: prune --explain failed: {stderr}", case.asset);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let groups = v["groups"].as_array().unwrap_or_else(|| panic!("{}: {v}", case.asset));
+    assert!(!groups.is_empty(), "{}: no weight-bearing group", case.asset);
+    let mut reasons = std::collections::BTreeMap::<String, usize>::new();
+    for g in groups {
+        match &g["blocked"] {
+            Value::Null => {}
+            Value::String(r) if !r.is_empty() => *reasons.entry(r.clone()).or_default() += 1,
+            other => panic!("{}: a group left alone without a reason: {other}", case.asset),
+        }
+    }
+    let blocked: usize = reasons.values().sum();
+    eprintln!("{}: {} groups, {} left alone", case.asset, groups.len(), blocked);
+    for (r, n) in &reasons {
+        eprintln!("  {n} x {r}");
     }
 }
 

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use hone_common::shapes::InputShapes;
 use prost::Message as _;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
@@ -20,6 +21,9 @@ pub enum ModelError {
     /// tract refused it.
     #[error("tract cannot load this model: {0}")]
     Unloadable(String),
+    /// Its inputs cannot be made concrete without shapes (`--input NAME=DIMS`).
+    #[error("the model's input shapes are not fixed: {0}")]
+    Shapes(String),
     /// tract panicked on it.
     #[error("tract crashed while loading this model: {0}")]
     Panicked(String),
@@ -99,23 +103,33 @@ pub fn summarize(proto: &pb::ModelProto) -> Result<serde_json::Value, ModelError
     }))
 }
 
-/// Parses and optimises the model with tract; returns its summary.
-pub fn check_with_tract(bytes: &[u8]) -> Result<serde_json::Value, ModelError> {
+/// Parses and optimises the model with tract, with its inputs made concrete the way agents make
+/// them (`given` shapes, then [`crate::shapes::concrete_inputs`]' rules); returns its summary.
+/// A model whose inputs cannot be made concrete without `given` shapes is refused with the
+/// reason, which names the input and asks for a shape.
+pub fn check_with_tract(
+    bytes: &[u8],
+    given: &InputShapes,
+) -> Result<serde_json::Value, ModelError> {
     let proto = pb::ModelProto::decode(bytes).map_err(|e| ModelError::NotOnnx(e.to_string()))?;
-    if proto.graph.is_none() {
+    let Some(graph) = proto.graph.as_ref() else {
         return Err(ModelError::NotOnnx("the protobuf has no graph".into()));
-    }
+    };
     let summary = summarize(&proto)?;
+    let inputs = crate::shapes::concrete_inputs(graph, given, None)
+        .map_err(|e| ModelError::Shapes(e.to_string()))?;
+    let datums: Vec<Option<DatumType>> = crate::shapes::declared_inputs(graph)
+        .into_iter()
+        .map(|(_, elem)| elem.and_then(datum_type))
+        .collect();
     // The check runs the graph agents will run: concrete inputs, and the exporter's symbolic
     // hints on intermediate values relaxed (see `relax_shape_hints`).
-    let checked = crate::infer::relaxed(&proto);
+    let checked = crate::shapes::relaxed(&proto);
     let outcome = std::panic::catch_unwind(|| -> TractResult<()> {
         let mut model = tract_onnx::onnx().model_for_proto_model(&checked)?;
-        // Symbolic dimensions are fixed the way agents fix them for a default benchmark (first
-        // axis 1, others 128), so the gate checks the same graph agents will run.
-        for (ix, (datum, shape)) in concrete_inputs(&proto).into_iter().enumerate() {
+        for (ix, ((_, shape), datum)) in inputs.iter().zip(&datums).enumerate() {
             if let Some(datum) = datum {
-                model.set_input_fact(ix, InferenceFact::dt_shape(datum, shape))?;
+                model.set_input_fact(ix, InferenceFact::dt_shape(*datum, shape.clone()))?;
             }
         }
         model.into_optimized()?;
@@ -134,45 +148,19 @@ pub fn check_with_tract(bytes: &[u8]) -> Result<serde_json::Value, ModelError> {
     }
 }
 
-/// Datum type (when tract knows it) and concrete shape of every true graph input.
-fn concrete_inputs(proto: &pb::ModelProto) -> Vec<(Option<DatumType>, Vec<usize>)> {
-    let Some(graph) = proto.graph.as_ref() else { return vec![] };
-    let initializers: std::collections::HashSet<&str> =
-        graph.initializer.iter().map(|t| t.name.as_str()).collect();
-    graph
-        .input
-        .iter()
-        .filter(|i| !initializers.contains(i.name.as_str()))
-        .map(|input| match input.r#type.as_ref().and_then(|t| t.value.as_ref()) {
-            Some(pb::type_proto::Value::TensorType(t)) => {
-                use pb::tensor_proto::DataType as D;
-                let datum = match D::try_from(t.elem_type).ok() {
-                    Some(D::Float) => Some(DatumType::F32),
-                    Some(D::Double) => Some(DatumType::F64),
-                    Some(D::Int64) => Some(DatumType::I64),
-                    Some(D::Int32) => Some(DatumType::I32),
-                    Some(D::Int8) => Some(DatumType::I8),
-                    Some(D::Uint8) => Some(DatumType::U8),
-                    Some(D::Bool) => Some(DatumType::Bool),
-                    _ => None,
-                };
-                let dims = t.shape.as_ref().map(|s| s.dim.as_slice()).unwrap_or(&[]);
-                let shape = dims
-                    .iter()
-                    .enumerate()
-                    .map(|(axis, d)| match d.value {
-                        Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) if v > 0 => {
-                            v as usize
-                        }
-                        _ if axis == 0 => 1,
-                        _ => 128,
-                    })
-                    .collect();
-                (datum, shape)
-            }
-            _ => (None, vec![]),
-        })
-        .collect()
+/// tract's datum type for an ONNX element type it takes as an input.
+fn datum_type(elem_type: i32) -> Option<DatumType> {
+    use pb::tensor_proto::DataType as D;
+    Some(match D::try_from(elem_type).ok()? {
+        D::Float => DatumType::F32,
+        D::Double => DatumType::F64,
+        D::Int64 => DatumType::I64,
+        D::Int32 => DatumType::I32,
+        D::Int8 => DatumType::I8,
+        D::Uint8 => DatumType::U8,
+        D::Bool => DatumType::Bool,
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -194,7 +182,11 @@ mod tests {
         for dims in [vec![i64::MAX, 2], vec![1 << 32, 1 << 32], vec![-3, 4]] {
             let e = summarize(&model(vec![tensor("w", dims.clone())])).unwrap_err().to_string();
             assert!(e.contains("initializer `w`"), "{dims:?}: {e}");
-            let e = check_with_tract(&model(vec![tensor("w", dims)]).encode_to_vec()).unwrap_err();
+            let e = check_with_tract(
+                &model(vec![tensor("w", dims)]).encode_to_vec(),
+                &InputShapes::default(),
+            )
+            .unwrap_err();
             assert!(matches!(e, ModelError::NotOnnx(_)), "{e}");
         }
         // Each fits, the sum does not.
@@ -208,7 +200,10 @@ mod tests {
 
     #[test]
     fn garbage_bytes_are_not_onnx() {
-        assert!(matches!(check_with_tract(b"\xff\xfe garbage"), Err(ModelError::NotOnnx(_))));
+        assert!(matches!(
+            check_with_tract(b"\xff\xfe garbage", &InputShapes::default()),
+            Err(ModelError::NotOnnx(_))
+        ));
     }
 
     #[test]
@@ -231,7 +226,9 @@ mod tests {
             }),
             ..Default::default()
         };
-        let err = check_with_tract(&proto.encode_to_vec()).unwrap_err().to_string();
+        let err = check_with_tract(&proto.encode_to_vec(), &InputShapes::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("FrobnicateTensor") || err.contains("weird_node"), "{err}");
 
         // Gate before write: the rejected model never reaches the disk, and nothing that was
@@ -239,7 +236,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/rejected.onnx");
         let g = crate::Graph::from_proto(proto).unwrap();
-        let e = g.save_gated(&path).unwrap_err();
+        let e = g.save_gated(&path, &InputShapes::default()).unwrap_err();
         assert!(matches!(e, crate::GraphError::Rejected { .. }), "{e}");
         assert!(e.to_string().contains("was not written"), "{e}");
         assert!(!path.exists());
@@ -251,9 +248,9 @@ mod tests {
         );
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, b"previous").unwrap();
-        assert!(g.save_gated(&path).is_err());
+        assert!(g.save_gated(&path, &InputShapes::default()).is_err());
         assert_eq!(std::fs::read(&path).unwrap(), b"previous");
-        good.save_gated(&path).unwrap();
-        check_with_tract(&std::fs::read(&path).unwrap()).unwrap();
+        good.save_gated(&path, &InputShapes::default()).unwrap();
+        check_with_tract(&std::fs::read(&path).unwrap(), &InputShapes::default()).unwrap();
     }
 }

@@ -94,67 +94,9 @@ impl Graph {
             facts.push(InferenceFact::dt_shape(dt, dims));
         }
         let names: HashSet<&str> = self.value_names();
-        let proto = relaxed(self.proto());
+        let proto = crate::shapes::relaxed(self.proto());
         guarded(|| infer(&proto, facts, &names)).and_then(|r| r)
     }
-}
-
-/// Whether a declared dimension is one the graph's inputs decide: a named symbol, a negative
-/// size (`-1`, what some exporters write for "dynamic"), or an empty `dim_param`.
-fn is_dynamic(d: &pb::tensor_shape_proto::Dimension) -> bool {
-    use pb::tensor_shape_proto::dimension::Value as D;
-    match &d.value {
-        Some(D::DimValue(v)) => *v < 0,
-        Some(D::DimParam(_)) => true,
-        None => false,
-    }
-}
-
-fn hints(g: &mut pb::GraphProto) -> impl Iterator<Item = &mut pb::tensor_shape_proto::Dimension> {
-    g.value_info.iter_mut().chain(g.output.iter_mut()).flat_map(|v| {
-        let shape = match v.r#type.as_mut().and_then(|t| t.value.as_mut()) {
-            Some(pb::type_proto::Value::TensorType(t)) => t.shape.as_mut(),
-            _ => None,
-        };
-        shape.into_iter().flat_map(|s| s.dim.iter_mut())
-    })
-}
-
-/// Forgets the dynamic dimensions of intermediate values and outputs (`value_info` and
-/// `output` declarations): they are hints an exporter wrote for symbolic inputs, and once the
-/// inputs are concrete tract would try to unify them with the real sizes ("Impossible to unify
-/// Sym(batch) with Val(1)"). Fixed sizes stay, and so do the inputs' own declarations. Returns
-/// how many dimensions were relaxed.
-pub fn relax_shape_hints(proto: &mut pb::ModelProto) -> usize {
-    let Some(g) = proto.graph.as_mut() else { return 0 };
-    let mut n = 0;
-    for d in hints(g) {
-        if is_dynamic(d) {
-            d.value = None;
-            n += 1;
-        }
-    }
-    n
-}
-
-/// `proto` with [`relax_shape_hints`] applied, copied only when there is something to relax.
-pub(crate) fn relaxed(proto: &pb::ModelProto) -> std::borrow::Cow<'_, pb::ModelProto> {
-    let dynamic = proto.graph.as_ref().is_some_and(|g| {
-        g.value_info.iter().chain(&g.output).any(|v| {
-            match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
-                Some(pb::type_proto::Value::TensorType(t)) => {
-                    t.shape.as_ref().is_some_and(|s| s.dim.iter().any(is_dynamic))
-                }
-                _ => false,
-            }
-        })
-    });
-    if !dynamic {
-        return std::borrow::Cow::Borrowed(proto);
-    }
-    let mut owned = proto.clone();
-    relax_shape_hints(&mut owned);
-    std::borrow::Cow::Owned(owned)
 }
 
 fn infer(
@@ -359,11 +301,11 @@ mod tests {
             ));
             // The model's own file is untouched; only tract's copy is relaxed.
             let mut p = g.proto().clone();
-            assert_eq!(relax_shape_hints(&mut p), 6, "h and y: batch, height, width");
-            assert_eq!(relax_shape_hints(&mut p), 0);
+            assert_eq!(crate::relax_shape_hints(&mut p), 6, "h and y: batch, height, width");
+            assert_eq!(crate::relax_shape_hints(&mut p), 0);
         }
         let bytes = exported(|_| Dim::Value(-1)).to_bytes();
-        crate::gate::check_with_tract(&bytes).unwrap();
+        crate::gate::check_with_tract(&bytes, &Default::default()).unwrap();
     }
 
     #[test]

@@ -40,6 +40,7 @@ mod fold;
 pub mod gate;
 mod infer;
 mod node;
+pub mod shapes;
 mod tensor;
 
 #[cfg(test)]
@@ -56,8 +57,9 @@ pub use tract_onnx::pb;
 
 pub use edit::PruneReport;
 pub use fold::{FOLDABLE_OPS, FoldReport};
-pub use infer::{ValueShape, relax_shape_hints};
+pub use infer::ValueShape;
 pub use node::{Attribute, Dim, Node, ValueInfo};
+pub use shapes::relax_shape_hints;
 pub use tensor::{DataType, Tensor, TensorData};
 
 /// Why a graph cannot be loaded, saved, read or edited.
@@ -258,14 +260,19 @@ impl Graph {
         external::write_atomically(path.as_ref(), &self.to_bytes())
     }
 
-    /// Writes the model only if tract accepts it ([`gate::check_with_tract`]): the check runs on
+    /// Writes the model only if tract accepts it with `inputs` ([`gate::check_with_tract`]): the
+    /// check runs on
     /// the encoded bytes before anything touches the disk, and the file appears through a
     /// temporary file and a rename, so a rejected model never exists at `path`. Every command
     /// that writes a model for agents to run writes it this way.
-    pub fn save_gated(&self, path: impl AsRef<Path>) -> Result<serde_json::Value, GraphError> {
+    pub fn save_gated(
+        &self,
+        path: impl AsRef<Path>,
+        inputs: &hone_common::shapes::InputShapes,
+    ) -> Result<serde_json::Value, GraphError> {
         let path = path.as_ref();
         let bytes = self.to_bytes();
-        let summary = gate::check_with_tract(&bytes).map_err(|e| GraphError::Rejected {
+        let summary = gate::check_with_tract(&bytes, inputs).map_err(|e| GraphError::Rejected {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;

@@ -234,7 +234,7 @@ pub fn train(a: TrainTask) -> anyhow::Result<serde_json::Value> {
     exec.write_back(&mut graph)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let model = a.out.join("model.onnx");
-    graph.save_gated(&model)?;
+    graph.save_gated(&model, &Default::default())?;
     let saved = Graph::load(&model)?;
     let probe = data.examples(Part::Test, Some(32), None);
     let b = feeder.batch(&probe, None)?;

@@ -106,7 +106,7 @@ async fn register(
         received.discard().await;
         return Ok((StatusCode::OK, Json(existing)));
     }
-    let summary = match crate::models::check_file(&received.tmp).await {
+    let summary = match crate::models::check_file(&received.tmp, &Default::default()).await {
         Ok(summary) => summary,
         Err(e) => {
             received.discard().await;

@@ -26,7 +26,7 @@ pub fn fold(model: &Path, out: &Path) -> anyhow::Result<serde_json::Value> {
     let nodes_before = g.node_protos().len();
     let report = g.constant_fold_shapes()?;
     let pruned = g.prune_unused();
-    g.save_gated(out)?;
+    g.save_gated(out, &Default::default())?;
     Ok(serde_json::json!({
         "model": model,
         "out": out,
@@ -95,7 +95,8 @@ mod tests {
         assert_eq!((v["nodes_before"].as_u64(), v["nodes_after"].as_u64()), (Some(2), Some(1)));
         let folded = Graph::load(&out).unwrap();
         assert!(folded.initializer("s").is_ok());
-        hone_graph::gate::check_with_tract(&std::fs::read(&out).unwrap()).unwrap();
+        hone_graph::gate::check_with_tract(&std::fs::read(&out).unwrap(), &Default::default())
+            .unwrap();
         let err = super::fold(&dir.path().join("missing.onnx"), &out).unwrap_err();
         assert!(format!("{err:#}").contains("missing.onnx"), "{err:#}");
     }

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
+use hone_common::shapes::InputShapes;
 use hone_compress::prune::Analysis;
 use hone_compress::prune::alloc::Allocation;
 use hone_compress::prune::importance::{ActivationMetric, Criterion};
@@ -79,6 +80,10 @@ pub struct PruneArgs {
     /// Python (which must have `onnxruntime` and `numpy`).
     #[arg(long)]
     pub compare_ort: Option<PathBuf>,
+    /// Shape of an input whose declared shape is not fixed, NAME=1x3x224x224 (repeatable, or
+    /// comma-separated): used by the analysis, the latency measurement and the gate.
+    #[arg(long = "input", value_name = "NAME=DIMS")]
+    pub inputs: Vec<String>,
     /// Print the dependency groups and exit.
     #[arg(long)]
     pub explain: bool,
@@ -93,7 +98,8 @@ pub struct PruneArgs {
 /// Runs `coordinator prune`.
 pub async fn run(args: PruneArgs) -> anyhow::Result<i32> {
     if args.explain {
-        let analysis = blocking(move || explain(&args.model)).await?;
+        let inputs = InputShapes::parse_all(&args.inputs)?;
+        let analysis = blocking(move || explain(&args.model, &inputs)).await?;
         print_explain(&analysis, args.json)?;
         return Ok(0);
     }
@@ -141,6 +147,7 @@ impl PruneArgs {
             latency_seconds: self.latency_seconds,
             seed: self.seed,
             compare_ort: self.compare_ort,
+            inputs: InputShapes::parse_all(&self.inputs)?,
             out: self.out,
         })
     }

@@ -102,10 +102,22 @@ pub fn side_by_side(
 
 /// Input facts for timing: declared dims with symbolic ones set (batch 1, others `seq`), and the
 /// declared element types.
-pub fn timing_inputs(graph: &Graph, seq: usize) -> Vec<(DType, Vec<usize>)> {
+pub fn timing_inputs(
+    graph: &Graph,
+    seq: usize,
+    given: &hone_common::shapes::InputShapes,
+) -> Vec<(DType, Vec<usize>)> {
     let names = hone_learn::eval::tract::true_inputs(graph);
     let mut out = Vec::new();
     for info in graph.inputs().into_iter().filter(|i| names.contains(&i.name)) {
+        let dt = match info.data_type {
+            Some(hone_graph::DataType::I64) => DType::I64,
+            _ => DType::F32,
+        };
+        if let Some(dims) = given.get(&info.name) {
+            out.push((dt, dims.iter().map(|&d| d as usize).collect()));
+            continue;
+        }
         let dims: Vec<usize> = info
             .dims
             .unwrap_or_default()
@@ -117,10 +129,6 @@ pub fn timing_inputs(graph: &Graph, seq: usize) -> Vec<(DType, Vec<usize>)> {
                 _ => seq,
             })
             .collect();
-        let dt = match info.data_type {
-            Some(hone_graph::DataType::I64) => DType::I64,
-            _ => DType::F32,
-        };
         out.push((dt, dims));
     }
     out

@@ -22,6 +22,7 @@ pub mod search;
 
 use std::collections::BTreeMap;
 
+use hone_common::shapes::InputShapes;
 use hone_graph::{Attribute, Dim, Graph, GraphError, Tensor, ValueShape};
 
 pub use apply::{Selection, apply};
@@ -67,12 +68,16 @@ pub fn normalize(graph: &Graph) -> Result<Graph, GraphError> {
     Ok(g)
 }
 
-/// Concrete input dims for the analysis: declared dims, with a symbolic batch set to 2 and other
-/// symbolic dims to `seq` (distinct values, so that reshapes are unambiguous).
-pub fn analysis_dims(graph: &Graph, seq: usize) -> Vec<(String, Vec<usize>)> {
+/// Concrete input dims for the analysis: `given` shapes (`--input`) for the inputs they name;
+/// for the others, declared dims, with a dynamic batch (symbolic, `-1` or `?`) set to 2 and other
+/// dynamic dims to `seq` (distinct values, so that reshapes are unambiguous).
+pub fn analysis_dims(graph: &Graph, seq: usize, given: &InputShapes) -> Vec<(String, Vec<usize>)> {
     hone_learn::eval::tract::true_inputs(graph)
         .into_iter()
         .filter_map(|name| {
+            if let Some(dims) = given.get(&name) {
+                return Some((name, dims.iter().map(|&d| d as usize).collect()));
+            }
             let info = graph.inputs().into_iter().find(|i| i.name == name)?;
             let dims = info.dims?;
             Some((

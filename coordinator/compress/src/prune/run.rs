@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use hone_common::shapes::InputShapes;
 use hone_graph::Graph;
 use hone_learn::data::Part;
 use hone_learn::eval::{EvalBatch, EvalData};
@@ -66,6 +67,9 @@ pub struct PruneConfig {
     /// Also time the unpruned model in ONNX Runtime (CPU, one thread) in the same run, with this
     /// Python (which must have `onnxruntime` and `numpy`; see [`super::ort`]).
     pub compare_ort: Option<PathBuf>,
+    /// Shapes for inputs whose declared shapes are not fixed (`--input NAME=1x3x48x320`): the
+    /// analysis, the latency measurement and the gate use them.
+    pub inputs: InputShapes,
     /// Where to write the pruned model (`None`: measure only).
     pub out: Option<PathBuf>,
 }
@@ -216,10 +220,11 @@ pub fn round_to(args: &PruneConfig) -> anyhow::Result<usize> {
     })
 }
 
-/// The dependency groups of a model, as `coordinator prune --explain` shows them.
-pub fn explain(model: &std::path::Path) -> anyhow::Result<Analysis> {
+/// The dependency groups of a model, as `coordinator prune --explain` shows them, analysed on
+/// its own declared shapes, or `inputs` where given.
+pub fn explain(model: &std::path::Path, inputs: &InputShapes) -> anyhow::Result<Analysis> {
     let parent = Graph::load(model)?;
-    let prep = prepare(&parent, &analysis_dims(&parent, 16))
+    let prep = prepare(&parent, &analysis_dims(&parent, 16, inputs))
         .with_context(|| format!("analysing {}", model.display()))?;
     Ok(prep.analysis)
 }
@@ -235,7 +240,7 @@ pub fn prune(args: PruneConfig) -> anyhow::Result<PruneReport> {
     let parent = Graph::load(&args.model)?;
     let data = EvalData::load(&args.data)?;
     log(format_args!("analysing {}", args.model.display()));
-    let prep = prepare(&parent, &analysis_dims(&parent, 16))
+    let prep = prepare(&parent, &analysis_dims(&parent, 16, &args.inputs))
         .with_context(|| format!("analysing {}", args.model.display()))?;
     let prunable = prep.analysis.prunable().count();
     if prunable == 0 {
@@ -247,7 +252,7 @@ pub fn prune(args: PruneConfig) -> anyhow::Result<PruneReport> {
             if reasons.is_empty() { "no weight-bearing layer".into() } else { reasons.join("; ") }
         );
     }
-    let timing = timing_inputs(&parent, args.seq_len);
+    let timing = timing_inputs(&parent, args.seq_len, &args.inputs);
     let mut ctx = Ctx {
         calib: Vec::new(),
         scores: BTreeMap::new(),
@@ -361,7 +366,7 @@ pub fn prune(args: PruneConfig) -> anyhow::Result<PruneReport> {
     if let Some(out) = &ctx.args.out {
         // Written to a temporary file, gated by tract, then renamed: a rejected child never
         // appears at `out`.
-        child.save_gated(out).context("writing the pruned model")?;
+        child.save_gated(out, &ctx.args.inputs).context("writing the pruned model")?;
     }
     log("measuring tract latency, parent and child side by side");
     let sp = speed(&ctx.parent, &child, &ctx.timing, ctx.args.latency_seconds)?;

@@ -89,7 +89,8 @@ fn assert_same(a: &[Vec<f32>], b: &[Vec<f32>], what: &str) {
 }
 
 fn check_zero_equivalence(g: &Graph, data: &str, count: usize, seed: u64) {
-    let prep = prepare(g, &analysis_dims(g, 16)).unwrap_or_else(|e| panic!("{e}"));
+    let prep =
+        prepare(g, &analysis_dims(g, 16, &Default::default())).unwrap_or_else(|e| panic!("{e}"));
     let data = EvalData::load(data).unwrap_or_else(|e| panic!("{e}"));
     let batch = data
         .batches(&prep.graph, Part::Test, 2, Some(2), None)
@@ -105,7 +106,7 @@ fn check_zero_equivalence(g: &Graph, data: &str, count: usize, seed: u64) {
 #[test]
 fn cnn_groups_follow_flatten_into_the_dense_layer() {
     let g = cnn();
-    let prep = prepare(&g, &analysis_dims(&g, 16)).unwrap();
+    let prep = prepare(&g, &analysis_dims(&g, 16, &Default::default())).unwrap();
     let groups: Vec<_> =
         prep.analysis.groups.iter().map(|g| (g.kind, g.channels(), g.prunable())).collect();
     assert_eq!(
@@ -133,7 +134,7 @@ fn zeroed_units_prune_to_the_same_outputs_cnn() {
 #[test]
 fn zeroed_heads_and_neurons_prune_to_the_same_outputs_minilm() {
     let g = Graph::load(models_dir().join("paraphrase-MiniLM-L3-v2.onnx")).unwrap();
-    let prep = prepare(&g, &analysis_dims(&g, 16)).unwrap();
+    let prep = prepare(&g, &analysis_dims(&g, 16, &Default::default())).unwrap();
     let kinds: Vec<(&str, usize, usize)> =
         prep.analysis.prunable().map(|g| (g.kind, g.units(), g.unit())).collect();
     assert_eq!(
@@ -150,7 +151,7 @@ fn zeroed_heads_and_neurons_prune_to_the_same_outputs_minilm() {
 #[test]
 fn zeroed_channels_prune_to_the_same_outputs_resnet_with_residuals() {
     let g = Graph::load(models_dir().join("open-nsfw.onnx")).unwrap();
-    let prep = prepare(&g, &analysis_dims(&g, 16)).unwrap();
+    let prep = prepare(&g, &analysis_dims(&g, 16, &Default::default())).unwrap();
     let residual: Vec<usize> =
         prep.analysis.prunable().filter(|g| g.members.len() > 1).map(|g| g.members.len()).collect();
     assert_eq!(residual, [4, 5, 7, 4], "each stage's residual stream couples its blocks");
@@ -163,7 +164,7 @@ fn ratio_zero_gives_identical_outputs() {
         (cnn(), "fashion-mnist"),
         (Graph::load(models_dir().join("open-nsfw.onnx")).unwrap(), "photos"),
     ] {
-        let prep = prepare(&g, &analysis_dims(&g, 16)).unwrap();
+        let prep = prepare(&g, &analysis_dims(&g, 16, &Default::default())).unwrap();
         let data = EvalData::load(data).unwrap();
         let b = data.batches(&g, Part::Test, 2, Some(2), None).unwrap().remove(0);
         let keep = alloc::uniform(&prep.analysis, 0.0, 8);
@@ -184,7 +185,7 @@ fn unknown_ops_and_grouped_convolutions_are_left_alone() {
         .position(|n| n.op_type == "Relu" && n.input[0].contains("conv2"))
         .unwrap();
     g.graph_proto_mut().node[relu].op_type = "Softsign".into();
-    let prep = prepare(&g, &analysis_dims(&g, 16)).unwrap();
+    let prep = prepare(&g, &analysis_dims(&g, 16, &Default::default())).unwrap();
     let conv2 = &prep.analysis.groups[1];
     assert!(!conv2.prunable());
     assert!(conv2.blocked.as_deref().unwrap().contains("Softsign"), "{:?}", conv2.blocked);
@@ -198,7 +199,7 @@ fn a_weight_read_elsewhere_is_left_alone() {
     let stray = hone_graph::Node::new("stray", "ReduceSum", &["conv2.weight"], &["stray_out"]);
     g.graph_proto_mut().node.push(stray.to_proto());
     g.add_output("stray_out").unwrap();
-    let prep = prepare(&g, &analysis_dims(&g, 16)).unwrap();
+    let prep = prepare(&g, &analysis_dims(&g, 16, &Default::default())).unwrap();
     for gid in [0, 1] {
         let why = prep.analysis.groups[gid].blocked.clone().unwrap_or_default();
         assert!(why.contains("`conv2.weight` is also read by `stray`"), "group {gid}: {why}");
@@ -218,7 +219,7 @@ fn a_channel_count_read_at_run_time_is_left_alone_and_a_cycle_is_an_error() {
     ];
     g.insert_nodes(nodes).unwrap();
     g.replace_uses(&act, "same_out").unwrap();
-    let prep = prepare(&g, &analysis_dims(&g, 16)).unwrap();
+    let prep = prepare(&g, &analysis_dims(&g, 16, &Default::default())).unwrap();
     let why = prep.analysis.groups[0].blocked.clone().unwrap_or_default();
     assert!(why.contains("reads the channel count at run time"), "{why}");
     assert!(prep.analysis.groups[1].prunable());
@@ -235,7 +236,7 @@ fn a_channel_count_read_at_run_time_is_left_alone_and_a_cycle_is_an_error() {
 #[test]
 fn widths_round_to_simd_multiples() {
     let g = cnn();
-    let prep = prepare(&g, &analysis_dims(&g, 16)).unwrap();
+    let prep = prepare(&g, &analysis_dims(&g, 16, &Default::default())).unwrap();
     for (gid, keep) in alloc::uniform(&prep.analysis, 0.37, 8) {
         assert_eq!(keep % 8, 0, "group {gid} keeps {keep}");
         assert!(keep < prep.analysis.groups[gid].units());
@@ -275,7 +276,7 @@ fn widths_round_to_simd_multiples() {
 #[test]
 fn selections_that_break_a_group_are_refused() {
     let g = cnn();
-    let prep = prepare(&g, &analysis_dims(&g, 16)).unwrap();
+    let prep = prepare(&g, &analysis_dims(&g, 16, &Default::default())).unwrap();
     let empty: Selection = BTreeMap::from([(0, vec![])]);
     assert!(apply(&prep.graph, &prep.analysis, &empty).is_err());
     let blocked: Selection = BTreeMap::from([(4, vec![0, 1])]);
@@ -316,6 +317,7 @@ fn config(model: &std::path::Path, out: &std::path::Path) -> super::run::PruneCo
         latency_seconds: 0.2,
         seed: 0,
         compare_ort: None,
+        inputs: Default::default(),
         out: Some(out.to_path_buf()),
     }
 }
@@ -344,7 +346,7 @@ fn the_command_prunes_finetunes_measures_and_writes_a_tract_model() {
     assert!(r.ort_version.is_none() && r.speedup_vs_ort.is_none(), "no --compare-ort");
     let written = Graph::load(&out).unwrap();
     assert_eq!(super::param_count(&written), r.params_after);
-    hone_graph::gate::check_with_tract(&std::fs::read(&out).unwrap()).unwrap();
+    hone_graph::gate::check_with_tract(&std::fs::read(&out).unwrap(), &Default::default()).unwrap();
 }
 
 #[test]
@@ -389,7 +391,7 @@ fn the_command_refuses_bad_input_clearly() {
 #[test]
 fn silenced_units_score_zero_by_gradient_and_activation() {
     let g = cnn();
-    let prep = prepare(&g, &analysis_dims(&g, 16)).unwrap();
+    let prep = prepare(&g, &analysis_dims(&g, 16, &Default::default())).unwrap();
     // Silence units 3 and 5 of conv2 (group 1): their outputs are zero on every input.
     let sel: Selection = BTreeMap::from([(1, (0..64).filter(|u| *u != 3 && *u != 5).collect())]);
     let silenced = Prepared { graph: zeroed(&prep, &sel), analysis: prep.analysis.clone() };
@@ -435,7 +437,7 @@ fn silenced_units_score_zero_by_gradient_and_activation() {
 #[test]
 fn global_allocation_takes_more_from_uneven_groups() {
     let g = cnn();
-    let prep = prepare(&g, &analysis_dims(&g, 16)).unwrap();
+    let prep = prepare(&g, &analysis_dims(&g, 16, &Default::default())).unwrap();
     let mut scores = super::importance::Scores::new();
     for grp in prep.analysis.prunable() {
         // Group 2 has a few dominant units; the others are flat.
@@ -716,7 +718,7 @@ fn a_child_that_does_more_work_is_reported_not_faster() {
         seed: 1,
     };
     let (small, big) = (small.build().unwrap().graph, big.build().unwrap().graph);
-    let timing = super::latency::timing_inputs(&small, 16);
+    let timing = super::latency::timing_inputs(&small, 16, &Default::default());
     let slower = super::run::speed(&small, &big, &timing, 0.3).unwrap();
     assert!(slower.not_faster, "{slower:?}");
     assert!(slower.speedup < 1.0);

@@ -137,7 +137,7 @@ pub fn fashion_cnn(opts: &FashionCnnOptions) -> Result<FashionCnnSummary, TrainE
     std::fs::create_dir_all(&opts.out)
         .map_err(|source| TrainError::Io { path: opts.out.display().to_string(), source })?;
     let model = opts.out.join("model.onnx");
-    graph.save_gated(&model)?;
+    graph.save_gated(&model, &Default::default())?;
     // What the agents will run: the saved file, read back.
     let saved = hone_graph::Graph::load(&model)?;
     let probe = &data.split.test[..256];

@@ -353,7 +353,7 @@ pub fn minilm_sentiment(opts: &MinilmOptions) -> Result<MinilmSummary, TrainErro
     std::fs::create_dir_all(&opts.out)
         .map_err(|source| TrainError::Io { path: opts.out.display().to_string(), source })?;
     let model = opts.out.join("model.onnx");
-    graph.save_gated(&model)?;
+    graph.save_gated(&model, &Default::default())?;
     let saved = Graph::load(&model)?;
     // Parity of the whole saved model against the executor, on 32 test sentences.
     let full = Executor::with_trainable(&saved, |_| false)?;
