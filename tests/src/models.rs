@@ -1,33 +1,15 @@
 //! Tiny ONNX models built in code (no Python), for fast and hostile test cases.
 
+use hone_graph::{DataType, Dim, ValueInfo, pb};
 use prost::Message as _;
-use tract_onnx::pb;
 
+/// A declared f32 tensor: `Ok(size)` or `Err(symbol)` per axis (hone-graph's builder).
 fn value_info(name: &str, dims: &[Result<i64, &str>]) -> pb::ValueInfoProto {
-    pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            denotation: String::new(),
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: 1,
-                shape: Some(pb::TensorShapeProto {
-                    dim: dims
-                        .iter()
-                        .map(|d| pb::tensor_shape_proto::Dimension {
-                            denotation: String::new(),
-                            value: Some(match d {
-                                Ok(v) => pb::tensor_shape_proto::dimension::Value::DimValue(*v),
-                                Err(p) => pb::tensor_shape_proto::dimension::Value::DimParam(
-                                    p.to_string(),
-                                ),
-                            }),
-                        })
-                        .collect(),
-                }),
-            })),
-        }),
-        ..Default::default()
-    }
+    let dims = dims.iter().map(|d| match d {
+        Ok(v) => Dim::Value(*v),
+        Err(p) => Dim::Symbol(p.to_string()),
+    });
+    ValueInfo::tensor(name, DataType::F32, dims.collect()).to_proto()
 }
 
 fn model(
