@@ -15,6 +15,7 @@ use std::path::Path;
 use hone_common::artifact::signing_bytes;
 use hone_common::bench::{
     BenchMode, BenchReport, BenchSpec, DeviceReadings, Emulation, EmulationStatus, HostCalibration,
+    QuotaCorrection, ReadingSource,
     LatencyStats, ThroughputPoint, TimelinePoint,
 };
 use hone_common::wire::{
@@ -34,6 +35,7 @@ fn status() -> Message {
         memory_bytes: 8 << 30,
         profile: Some("rpi4".into()),
         sent_at_ms: 1_700_000_000_000,
+        fault: Some("disk".into()),
     })
 }
 
@@ -137,6 +139,17 @@ fn calibration() -> HostCalibration {
         gflops_per_core: 48.5,
         memory_bandwidth_gbs: 12.25,
         measured_at_ms: 1_699_999_000_000,
+        spread: 0.03125,
+        load_per_core: 0.5,
+        steal_fraction: Some(0.0),
+        attempts: 2,
+        contended: true,
+        quota_corrections: vec![QuotaCorrection {
+            ratio: 0.25,
+            factor: 1.25,
+            residual: -0.015625,
+            iterations: 3,
+        }],
     }
 }
 
@@ -155,6 +168,13 @@ fn job_result_ok() -> Message {
             memory_limit_bytes: Some(4 << 30),
             memory_method: Some("cgroup-v1".into()),
             thermal_time_scale: Some(10.0),
+            not_enforced: vec!["cores: x".into()],
+            calibration_age_s: Some(60),
+            calibration_spread: Some(0.03125),
+            calibration_load_per_core: Some(0.5),
+            quota_correction: Some(1.25),
+            slowdown_residual: Some(-0.015625),
+            throttled_periods: Some(100),
         },
         calibration: Some(calibration()),
         timeline: vec![
@@ -165,6 +185,7 @@ fn job_result_ok() -> Message {
                 quota: Some(0.25),
                 clock_mhz: Some(1500),
                 temperature_c: Some(62.5),
+                source: Some(ReadingSource::Modelled),
             },
             TimelinePoint {
                 t_s: 10.0,
@@ -173,6 +194,7 @@ fn job_result_ok() -> Message {
                 quota: None,
                 clock_mhz: None,
                 temperature_c: None,
+                source: None,
             },
         ],
         throughput: vec![ThroughputPoint { batch: 8, items_per_s: 640.0, p50_ms: 12.5 }],
@@ -300,6 +322,7 @@ fn golden_status() {
             "8080808020",        // memory_bytes 8 GiB
             "01 04 72706934",    // profile Some("rpi4")
             "80d095ffbc31",      // sent_at_ms
+            "01 04 6469736b",    // fault Some("disk")
         ),
     );
 }
