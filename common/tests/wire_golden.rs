@@ -450,6 +450,16 @@ macro_rules! calibration_bytes {
             "0000000000404840",                  // calibration.gflops_per_core 48.5
             "0000000000802840",                  // calibration.memory_bandwidth_gbs 12.25
             "c0cbd8febc31",                      // calibration.measured_at_ms
+            "000000000000a03f",                  // calibration.spread 0.03125
+            "000000000000e03f",                  // calibration.load_per_core 0.5
+            "01 0000000000000000",               // calibration.steal_fraction Some(0.0)
+            "02",                                // calibration.attempts
+            "01",                                // calibration.contended
+            "01",                                // calibration.quota_corrections: 1 entry
+            "000000000000d03f",                  //   ratio 0.25
+            "000000000000f43f",                  //   factor 1.25
+            "00000000000090bf",                  //   residual -0.015625
+            "03",                                //   iterations
         )
     };
 }
@@ -470,6 +480,13 @@ fn golden_job_result_ok() {
             "01 8080808010",            // emulation.memory_limit_bytes Some(4 GiB)
             "01 09 6367726f75702d7631", // emulation.memory_method Some("cgroup-v1")
             "01 0000000000002440",      // emulation.thermal_time_scale Some(10.0)
+            "01 08 636f7265733a2078",   // emulation.not_enforced ["cores: x"]
+            "01 3c",                    // emulation.calibration_age_s Some(60)
+            "01 000000000000a03f",      // emulation.calibration_spread Some(0.03125)
+            "01 000000000000e03f",      // emulation.calibration_load_per_core Some(0.5)
+            "01 000000000000f43f",      // emulation.quota_correction Some(1.25)
+            "01 00000000000090bf",      // emulation.slowdown_residual Some(-0.015625)
+            "01 64",                    // emulation.throttled_periods Some(100)
             "01",                       // calibration Some
             calibration_bytes!(),
             "05 302e322e30",       // agent_version "0.2.0"
@@ -480,10 +497,11 @@ fn golden_job_result_ok() {
             "01 000000000000d03f", //   quota Some(0.25)
             "01 dc0b",             //   clock_mhz Some(1500)
             "01 0000000000404f40", //   temperature_c Some(62.5)
+            "01 00",               //   source Some(Modelled)
             "0000000000002440",    //   t_s 10.0
             "0000000000000040",    //   p50_ms 2.0
             "c413",                //   iterations 2500
-            "00 00 00",            //   quota, clock_mhz, temperature_c: None
+            "00 00 00 00",         //   quota, clock_mhz, temperature_c, source: None
             "01",                  // throughput: 1 point
             "08",                  //   batch 8
             "0000000000008440",    //   items_per_s 640.0
@@ -508,6 +526,8 @@ fn golden_job_result_single_none() {
             "00",                   // emulation.profile None
             "00",                   // emulation.status: EmulationStatus::None
             "00 00 00 00 00 00 00", // emulation's other fields: None
+            "00",                   // emulation.not_enforced: empty
+            "00 00 00 00 00 00",    // calibration age, spread, load, correction, residual, throttled
             "00",                   // calibration None
             "05 302e322e30",        // agent_version "0.2.0"
             "00",                   // timeline: empty
@@ -532,6 +552,8 @@ fn golden_job_result_cold_unthrottled() {
             "01 8080808010",                            // emulation.memory_limit_bytes Some(4 GiB)
             "01 09 726c696d69742d6173",                 // emulation.memory_method Some("rlimit-as")
             "00",                                       // emulation.thermal_time_scale None
+            "00",                                       // emulation.not_enforced: empty
+            "00 00 00 00 00 00", // calibration age, spread, load, correction, residual, throttled
             "01",                                       // calibration Some
             calibration_bytes!(),
             "05 302e322e30",       // agent_version "0.2.0"
@@ -555,6 +577,8 @@ fn golden_job_result_throughput_native() {
             "01 04 72706934", // emulation.profile Some("rpi4")
             "03",             // emulation.status: EmulationStatus::Native
             "00 00 00 00 00 00 00", // emulation's other fields: None
+            "00",                   // emulation.not_enforced: empty
+            "00 00 00 00 00 00",    // calibration age, spread, load, correction, residual, throttled
             "00",             // calibration None
             "05 302e322e30",  // agent_version "0.2.0"
             "00",             // timeline: empty
