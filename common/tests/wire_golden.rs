@@ -15,8 +15,7 @@ use std::path::Path;
 use hone_common::artifact::signing_bytes;
 use hone_common::bench::{
     BenchMode, BenchReport, BenchSpec, DeviceReadings, Emulation, EmulationStatus, HostCalibration,
-    QuotaCorrection, ReadingSource,
-    LatencyStats, ThroughputPoint, TimelinePoint,
+    LatencyStats, QuotaCorrection, ReadingSource, ThroughputPoint, TimelinePoint,
 };
 use hone_common::wire::{
     ArtifactRef, CoordinatorStatus, DecodeError, DeviceStatus, FailureKind, JobAccepted,
@@ -527,14 +526,14 @@ fn golden_job_result_single_none() {
             "00",                   // emulation.status: EmulationStatus::None
             "00 00 00 00 00 00 00", // emulation's other fields: None
             "00",                   // emulation.not_enforced: empty
-            "00 00 00 00 00 00",    // calibration age, spread, load, correction, residual, throttled
-            "00",                   // calibration None
-            "05 302e322e30",        // agent_version "0.2.0"
-            "00",                   // timeline: empty
-            "00",                   // throughput: empty
-            "00",                   // cold_start_ms None
-            "00 00 00 00",          // readings' options: None
-            "00",                   // readings.throttle_events
+            "00 00 00 00 00 00", // calibration age, spread, load, correction, residual, throttled
+            "00",                // calibration None
+            "05 302e322e30",     // agent_version "0.2.0"
+            "00",                // timeline: empty
+            "00",                // throughput: empty
+            "00",                // cold_start_ms None
+            "00 00 00 00",       // readings' options: None
+            "00",                // readings.throttle_events
         ),
     );
 }
@@ -554,7 +553,7 @@ fn golden_job_result_cold_unthrottled() {
             "00",                                       // emulation.thermal_time_scale None
             "00",                                       // emulation.not_enforced: empty
             "00 00 00 00 00 00", // calibration age, spread, load, correction, residual, throttled
-            "01",                                       // calibration Some
+            "01",                // calibration Some
             calibration_bytes!(),
             "05 302e322e30",       // agent_version "0.2.0"
             "00",                  // timeline: empty
@@ -577,8 +576,8 @@ fn golden_job_result_throughput_native() {
             "01 04 72706934", // emulation.profile Some("rpi4")
             "03",             // emulation.status: EmulationStatus::Native
             "00 00 00 00 00 00 00", // emulation's other fields: None
-            "00",                   // emulation.not_enforced: empty
-            "00 00 00 00 00 00",    // calibration age, spread, load, correction, residual, throttled
+            "00",             // emulation.not_enforced: empty
+            "00 00 00 00 00 00", // calibration age, spread, load, correction, residual, throttled
             "00",             // calibration None
             "05 302e322e30",  // agent_version "0.2.0"
             "00",             // timeline: empty

@@ -3,8 +3,7 @@
 
 use hone_common::bench::{
     BenchMode, BenchReport, BenchSpec, DeviceReadings, Emulation, EmulationStatus, HostCalibration,
-    QuotaCorrection, ReadingSource,
-    LatencyStats, ThroughputPoint, TimelinePoint,
+    LatencyStats, QuotaCorrection, ReadingSource, ThroughputPoint, TimelinePoint,
 };
 use hone_common::wire::{
     ArtifactRef, CoordinatorStatus, DecodeError, DeviceStatus, EncodeError, FailureKind,

@@ -277,7 +277,10 @@ fn handle_message(
                 Ok(fresh) => fresh,
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
                     warn!(job = %job.job_id, error = %e, "command refused");
-                    return refuse(FailureKind::Internal, format!("agent refused the command: {e}"));
+                    return refuse(
+                        FailureKind::Internal,
+                        format!("agent refused the command: {e}"),
+                    );
                 }
                 Err(e) => {
                     // Without a durable record a redelivery could not be recognised: refuse
@@ -285,7 +288,9 @@ fn handle_message(
                     faults.record("recording a command id", &e);
                     return refuse(
                         FailureKind::Busy,
-                        format!("agent cannot record the command (state disk fault: {e}); retry later"),
+                        format!(
+                            "agent cannot record the command (state disk fault: {e}); retry later"
+                        ),
                     );
                 }
             };

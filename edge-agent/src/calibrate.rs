@@ -38,9 +38,9 @@ use anyhow::Context;
 use hone_common::bench::{HostCalibration, QuotaCorrection};
 use prost::Message as _;
 use tokio::io::AsyncWriteExt;
+use tracing::{info, warn};
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
-use tracing::{info, warn};
 
 use crate::throttle::cgroup::Cgroups;
 
@@ -103,7 +103,11 @@ impl Policy {
             ));
         }
         if let Some(steal) = cal.steal_fraction.filter(|s| *s > self.max_steal) {
-            why.push(format!("steal time {:.1} % > {:.1} %", steal * 100.0, self.max_steal * 100.0));
+            why.push(format!(
+                "steal time {:.1} % > {:.1} %",
+                steal * 100.0,
+                self.max_steal * 100.0
+            ));
         }
         (!why.is_empty()).then(|| why.join(", "))
     }
@@ -416,7 +420,8 @@ pub fn correct_quota(
         );
         let residual = slowdown / target - 1.0;
         if best.as_ref().is_none_or(|b| residual.abs() < b.residual.abs()) {
-            best = Some(QuotaCorrection { ratio: ratio_key(ratio), factor, residual, iterations: i });
+            best =
+                Some(QuotaCorrection { ratio: ratio_key(ratio), factor, residual, iterations: i });
         }
         if let Some(b) = best.as_mut() {
             b.iterations = i;
@@ -555,7 +560,13 @@ pub async fn correction_for(
         });
         match (outcome, next) {
             (Ok(c), _) => {
-                info!(ratio = key, factor = c.factor, residual = c.residual, iterations = c.iterations, "quota correction measured");
+                info!(
+                    ratio = key,
+                    factor = c.factor,
+                    residual = c.residual,
+                    iterations = c.iterations,
+                    "quota correction measured"
+                );
                 cal.quota_corrections.retain(|x| (x.ratio - key).abs() >= 1e-9);
                 cal.quota_corrections.push(c.clone());
                 write_cache(dir, &cal)?;
@@ -692,12 +703,10 @@ mod tests {
         let exe = fake_exe(dir.path(), 0.01);
         let cache = dir.path().join("cache");
         let p = quiet();
-        let all = futures_join(
-            (0..3).map(|_| {
-                let (cache, exe, p) = (cache.clone(), exe.clone(), p.clone());
-                tokio::spawn(async move { load_or_measure(&cache, &exe, &p).await.unwrap() })
-            }),
-        )
+        let all = futures_join((0..3).map(|_| {
+            let (cache, exe, p) = (cache.clone(), exe.clone(), p.clone());
+            tokio::spawn(async move { load_or_measure(&cache, &exe, &p).await.unwrap() })
+        }))
         .await;
         assert_eq!(runs(dir.path()), 1, "one measurement for three agents");
         assert!(all.windows(2).all(|w| w[0] == w[1]), "all three use the same figure");

@@ -290,7 +290,9 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
             };
             if let Some(ratio) = ratio {
                 if !(ratio > 0.0 && ratio < 1.0) {
-                    anyhow::bail!("--ratio must be between 0 and 1 (a profile slower than this host)");
+                    anyhow::bail!(
+                        "--ratio must be between 0 and 1 (a profile slower than this host)"
+                    );
                 }
                 let exe = std::env::current_exe().context("locating the agent executable")?;
                 let period = crate::throttle::PERIOD_US
@@ -316,7 +318,9 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
                     cal.gflops_per_core,
                     cal.spread * 100.0,
                     cal.load_per_core,
-                    cal.steal_fraction.map(|s| format!(", steal {:.1} %", s * 100.0)).unwrap_or_default(),
+                    cal.steal_fraction
+                        .map(|s| format!(", steal {:.1} %", s * 100.0))
+                        .unwrap_or_default(),
                     if cal.contended { ", CONTENDED" } else { "" }
                 );
                 println!("memory copy (1 thread): {:.1} GB/s", cal.memory_bandwidth_gbs);

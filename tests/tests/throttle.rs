@@ -167,7 +167,10 @@ fn on_a_cgroup_v2_tree_the_limit_files_hold_the_planned_values() {
     assert_eq!(code, Some(0), "{v}");
     let t = &v["throttle"];
     assert_eq!(t["memory_method"], "cgroup-v2", "{t}");
-    assert_eq!(std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap(), "+cpu +cpuset +memory");
+    assert_eq!(
+        std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap(),
+        "+cpu +cpuset +memory"
+    );
     let group = std::fs::read_dir(&root)
         .unwrap()
         .map(|e| e.unwrap().path())

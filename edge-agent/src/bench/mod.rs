@@ -22,8 +22,8 @@ use hone_common::wire::FailureKind;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
-use crate::throttle::{Limit, Plan};
 use crate::throttle::cgroup::{Cgroups, Group};
+use crate::throttle::{Limit, Plan};
 
 /// What the child prints on stdout: exactly one JSON line.
 #[derive(Debug, Serialize, Deserialize)]
@@ -262,7 +262,11 @@ pub async fn run_in_child(
         None => (Vec::new(), Vec::new()),
     };
     if let Some(first) = thermal_failures.first() {
-        let why = format!("{} of {} quota rewrites failed, first: {first}", thermal_failures.len(), thermal_failures.len() + applied.len());
+        let why = format!(
+            "{} of {} quota rewrites failed, first: {first}",
+            thermal_failures.len(),
+            thermal_failures.len() + applied.len()
+        );
         plan.not_applied(Limit::Thermal, why);
     }
     let oom = group.as_ref().is_some_and(Group::oom_killed);

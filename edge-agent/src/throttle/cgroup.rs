@@ -424,7 +424,8 @@ impl Group {
         let Some(dir) = &self.memory_dir else { return false };
         match self.version {
             Version::V1 => {
-                let control = fs::read_to_string(dir.join("memory.oom_control")).unwrap_or_default();
+                let control =
+                    fs::read_to_string(dir.join("memory.oom_control")).unwrap_or_default();
                 let kills = stat_value(&control, "oom_kill ").unwrap_or(0);
                 let failcnt = fs::read_to_string(dir.join("memory.failcnt"))
                     .ok()
@@ -496,8 +497,7 @@ mod tests {
         assert!(!g.oom_killed());
         fs::write(dir.join("memory.events"), "low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\n").unwrap();
         assert!(g.oom_killed());
-        fs::write(dir.join("cpu.stat"), "usage_usec 10\nnr_periods 40\nnr_throttled 17\n")
-            .unwrap();
+        fs::write(dir.join("cpu.stat"), "usage_usec 10\nnr_periods 40\nnr_throttled 17\n").unwrap();
         assert_eq!(g.throttled_periods(), Some(17));
     }
 

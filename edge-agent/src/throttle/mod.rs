@@ -366,7 +366,10 @@ mod tests {
         let record = plan.record(false);
         match &record.status {
             EmulationStatus::Unthrottled { reason } => {
-                assert!(reason.contains("not enforced") && reason.contains("x this host"), "{reason}")
+                assert!(
+                    reason.contains("not enforced") && reason.contains("x this host"),
+                    "{reason}"
+                )
             }
             other => panic!("a profile faster than the host is not emulated, got {other:?}"),
         }
