@@ -203,7 +203,7 @@ fn matmul_model() -> Vec<u8> {
 
 fn runnable() -> anyhow::Result<std::sync::Arc<TypedRunnableModel>> {
     let proto = pb::ModelProto::decode(matmul_model().as_slice())?;
-    Ok(tract_onnx::onnx().model_for_proto_model(&proto)?.into_optimized()?.into_runnable()?)
+    tract_onnx::onnx().model_for_proto_model(&proto)?.into_optimized()?.into_runnable()
 }
 
 /// `(steal, total)` jiffies of all CPUs from `/proc/stat`, where readable.

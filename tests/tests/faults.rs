@@ -6,7 +6,7 @@ use hone_e2e::*;
 use serde_json::json;
 
 #[test]
-fn a_killed_agent_shows_offline_within_one_and_a_half_keepalives_and_returns() {
+fn a_killed_agent_is_marked_offline_by_its_last_will_and_returns() {
     let dir = tempfile::tempdir().unwrap();
     let coord =
         CoordinatorProc::start(&dir.path().join("coord"), Broker::Embedded(free_port()), None)
