@@ -197,10 +197,35 @@ pub struct Emulation {
     pub cpus: Option<u32>,
     /// Memory cap, bytes.
     pub memory_limit_bytes: Option<u64>,
-    /// How the memory cap was applied: `cgroup-v1` or `rlimit-as`.
+    /// How the memory cap was applied: `cgroup-v1`, `cgroup-v2` or `rlimit-as`.
     pub memory_method: Option<String>,
     /// Thermal model speed-up (1 = real time) when the quota followed the thermal model.
     pub thermal_time_scale: Option<f64>,
+    /// Limits the profile asks for that were not applied, each with the reason (the fields
+    /// above then say `None` for them). Empty when everything asked for was applied.
+    #[serde(default)]
+    pub not_enforced: Vec<String>,
+    /// Age of the host calibration when the benchmark ran, seconds.
+    #[serde(default)]
+    pub calibration_age_s: Option<u64>,
+    /// Relative spread, (max − min) / median, of the calibration's repeated measurements.
+    #[serde(default)]
+    pub calibration_spread: Option<f64>,
+    /// 1-minute load average per core that the calibration saw.
+    #[serde(default)]
+    pub calibration_load_per_core: Option<f64>,
+    /// Factor applied to the open-loop quota (`ratio × period`) so that the slowdown measured on
+    /// this host at calibration meets the target `1 / ratio`.
+    #[serde(default)]
+    pub quota_correction: Option<f64>,
+    /// Slowdown measured with that correction over the target, minus 1 (0.03 = 3 % slower than
+    /// the profile asks for), on the calibration workload.
+    #[serde(default)]
+    pub slowdown_residual: Option<f64>,
+    /// CFS periods in which the kernel throttled the benchmark (`nr_throttled` of the group's
+    /// `cpu.stat`): evidence that the quota acted.
+    #[serde(default)]
+    pub throttled_periods: Option<u64>,
 }
 
 /// What the agent did about a profile.
@@ -232,6 +257,38 @@ pub struct HostCalibration {
     pub memory_bandwidth_gbs: f64,
     /// When it was measured, Unix ms.
     pub measured_at_ms: u64,
+    /// Relative spread, (max − min) / median, of the repeated GFLOP/s measurements.
+    #[serde(default)]
+    pub spread: f64,
+    /// 1-minute load average per core when measured.
+    #[serde(default)]
+    pub load_per_core: f64,
+    /// Share of CPU time the hypervisor stole during the measurement (`/proc/stat`), where known.
+    #[serde(default)]
+    pub steal_fraction: Option<f64>,
+    /// Measurements taken before one was quiet enough (or the attempts ran out).
+    #[serde(default)]
+    pub attempts: u32,
+    /// The host stayed busy through every attempt: the figure is the quietest seen, not a quiet
+    /// one, and it is re-measured at the next use.
+    #[serde(default)]
+    pub contended: bool,
+    /// CPU-quota corrections measured on this host, one per performance ratio.
+    #[serde(default)]
+    pub quota_corrections: Vec<QuotaCorrection>,
+}
+
+/// How the CFS quota must be scaled on this host to slow a single-thread workload by a ratio.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuotaCorrection {
+    /// Target performance ratio (profile per-core speed over host's), rounded to 0.01.
+    pub ratio: f64,
+    /// Factor on the open-loop quota `ratio × period`.
+    pub factor: f64,
+    /// Measured slowdown at that factor over the target `1 / ratio`, minus 1.
+    pub residual: f64,
+    /// Measurements taken.
+    pub iterations: u32,
 }
 
 /// One window of a sustained run.
@@ -245,10 +302,23 @@ pub struct TimelinePoint {
     pub iterations: u32,
     /// CPU quota in force (fraction of one core), if emulated.
     pub quota: Option<f64>,
-    /// Emulated clock (thermal model) or measured clock, MHz.
+    /// Emulated clock (thermal model) or measured clock, MHz; see `source`.
     pub clock_mhz: Option<u32>,
-    /// Emulated or measured temperature, °C.
+    /// Emulated or measured temperature, °C; see `source`.
     pub temperature_c: Option<f64>,
+    /// Where this point's clock and temperature come from; `None` when it has neither.
+    #[serde(default)]
+    pub source: Option<ReadingSource>,
+}
+
+/// Origin of a timeline point's clock and temperature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadingSource {
+    /// The agent's thermal model (emulation): nothing was read from a sensor.
+    Modelled,
+    /// Read from the host's sysfs (thermal zones, cpufreq).
+    Sensor,
 }
 
 /// Throughput at one batch size.

@@ -81,6 +81,9 @@ pub struct DeviceStatus {
     pub profile: Option<String>,
     /// Unix milliseconds when the agent wrote this status.
     pub sent_at_ms: u64,
+    /// A fault the agent is working around (e.g. its state disk refuses writes): it keeps
+    /// serving and retries; `None` when healthy.
+    pub fault: Option<String>,
 }
 
 /// Where a model's bytes are and what they must be.
@@ -331,6 +334,7 @@ mod tests {
             memory_bytes: 1 << 30,
             profile: Some("rpi4".into()),
             sent_at_ms: 1,
+            fault: None,
         })
     }
 

@@ -15,7 +15,7 @@ use std::path::Path;
 use hone_common::artifact::signing_bytes;
 use hone_common::bench::{
     BenchMode, BenchReport, BenchSpec, DeviceReadings, Emulation, EmulationStatus, HostCalibration,
-    LatencyStats, ThroughputPoint, TimelinePoint,
+    LatencyStats, QuotaCorrection, ReadingSource, ThroughputPoint, TimelinePoint,
 };
 use hone_common::shapes::InputShapes;
 use hone_common::wire::{
@@ -35,6 +35,7 @@ fn status() -> Message {
         memory_bytes: 8 << 30,
         profile: Some("rpi4".into()),
         sent_at_ms: 1_700_000_000_000,
+        fault: Some("disk".into()),
     })
 }
 
@@ -139,6 +140,17 @@ fn calibration() -> HostCalibration {
         gflops_per_core: 48.5,
         memory_bandwidth_gbs: 12.25,
         measured_at_ms: 1_699_999_000_000,
+        spread: 0.03125,
+        load_per_core: 0.5,
+        steal_fraction: Some(0.0),
+        attempts: 2,
+        contended: true,
+        quota_corrections: vec![QuotaCorrection {
+            ratio: 0.25,
+            factor: 1.25,
+            residual: -0.015625,
+            iterations: 3,
+        }],
     }
 }
 
@@ -157,6 +169,13 @@ fn job_result_ok() -> Message {
             memory_limit_bytes: Some(4 << 30),
             memory_method: Some("cgroup-v1".into()),
             thermal_time_scale: Some(10.0),
+            not_enforced: vec!["cores: x".into()],
+            calibration_age_s: Some(60),
+            calibration_spread: Some(0.03125),
+            calibration_load_per_core: Some(0.5),
+            quota_correction: Some(1.25),
+            slowdown_residual: Some(-0.015625),
+            throttled_periods: Some(100),
         },
         calibration: Some(calibration()),
         timeline: vec![
@@ -167,6 +186,7 @@ fn job_result_ok() -> Message {
                 quota: Some(0.25),
                 clock_mhz: Some(1500),
                 temperature_c: Some(62.5),
+                source: Some(ReadingSource::Modelled),
             },
             TimelinePoint {
                 t_s: 10.0,
@@ -175,6 +195,7 @@ fn job_result_ok() -> Message {
                 quota: None,
                 clock_mhz: None,
                 temperature_c: None,
+                source: None,
             },
         ],
         throughput: vec![ThroughputPoint { batch: 8, items_per_s: 640.0, p50_ms: 12.5 }],
@@ -302,6 +323,7 @@ fn golden_status() {
             "8080808020",        // memory_bytes 8 GiB
             "01 04 72706934",    // profile Some("rpi4")
             "80d095ffbc31",      // sent_at_ms
+            "01 04 6469736b",    // fault Some("disk")
         ),
     );
 }
@@ -433,6 +455,16 @@ macro_rules! calibration_bytes {
             "0000000000404840",                  // calibration.gflops_per_core 48.5
             "0000000000802840",                  // calibration.memory_bandwidth_gbs 12.25
             "c0cbd8febc31",                      // calibration.measured_at_ms
+            "000000000000a03f",                  // calibration.spread 0.03125
+            "000000000000e03f",                  // calibration.load_per_core 0.5
+            "01 0000000000000000",               // calibration.steal_fraction Some(0.0)
+            "02",                                // calibration.attempts
+            "01",                                // calibration.contended
+            "01",                                // calibration.quota_corrections: 1 entry
+            "000000000000d03f",                  //   ratio 0.25
+            "000000000000f43f",                  //   factor 1.25
+            "00000000000090bf",                  //   residual -0.015625
+            "03",                                //   iterations
         )
     };
 }
@@ -453,6 +485,13 @@ fn golden_job_result_ok() {
             "01 8080808010",            // emulation.memory_limit_bytes Some(4 GiB)
             "01 09 6367726f75702d7631", // emulation.memory_method Some("cgroup-v1")
             "01 0000000000002440",      // emulation.thermal_time_scale Some(10.0)
+            "01 08 636f7265733a2078",   // emulation.not_enforced ["cores: x"]
+            "01 3c",                    // emulation.calibration_age_s Some(60)
+            "01 000000000000a03f",      // emulation.calibration_spread Some(0.03125)
+            "01 000000000000e03f",      // emulation.calibration_load_per_core Some(0.5)
+            "01 000000000000f43f",      // emulation.quota_correction Some(1.25)
+            "01 00000000000090bf",      // emulation.slowdown_residual Some(-0.015625)
+            "01 64",                    // emulation.throttled_periods Some(100)
             "01",                       // calibration Some
             calibration_bytes!(),
             "05 302e322e30",       // agent_version "0.2.0"
@@ -463,10 +502,11 @@ fn golden_job_result_ok() {
             "01 000000000000d03f", //   quota Some(0.25)
             "01 dc0b",             //   clock_mhz Some(1500)
             "01 0000000000404f40", //   temperature_c Some(62.5)
+            "01 00",               //   source Some(Modelled)
             "0000000000002440",    //   t_s 10.0
             "0000000000000040",    //   p50_ms 2.0
             "c413",                //   iterations 2500
-            "00 00 00",            //   quota, clock_mhz, temperature_c: None
+            "00 00 00 00",         //   quota, clock_mhz, temperature_c, source: None
             "01",                  // throughput: 1 point
             "08",                  //   batch 8
             "0000000000008440",    //   items_per_s 640.0
@@ -491,13 +531,15 @@ fn golden_job_result_single_none() {
             "00",                   // emulation.profile None
             "00",                   // emulation.status: EmulationStatus::None
             "00 00 00 00 00 00 00", // emulation's other fields: None
-            "00",                   // calibration None
-            "05 302e322e30",        // agent_version "0.2.0"
-            "00",                   // timeline: empty
-            "00",                   // throughput: empty
-            "00",                   // cold_start_ms None
-            "00 00 00 00",          // readings' options: None
-            "00",                   // readings.throttle_events
+            "00",                   // emulation.not_enforced: empty
+            "00 00 00 00 00 00", // calibration age, spread, load, correction, residual, throttled
+            "00",                // calibration None
+            "05 302e322e30",     // agent_version "0.2.0"
+            "00",                // timeline: empty
+            "00",                // throughput: empty
+            "00",                // cold_start_ms None
+            "00 00 00 00",       // readings' options: None
+            "00",                // readings.throttle_events
         ),
     );
 }
@@ -515,7 +557,9 @@ fn golden_job_result_cold_unthrottled() {
             "01 8080808010",                            // emulation.memory_limit_bytes Some(4 GiB)
             "01 09 726c696d69742d6173",                 // emulation.memory_method Some("rlimit-as")
             "00",                                       // emulation.thermal_time_scale None
-            "01",                                       // calibration Some
+            "00",                                       // emulation.not_enforced: empty
+            "00 00 00 00 00 00", // calibration age, spread, load, correction, residual, throttled
+            "01",                // calibration Some
             calibration_bytes!(),
             "05 302e322e30",       // agent_version "0.2.0"
             "00",                  // timeline: empty
@@ -538,6 +582,8 @@ fn golden_job_result_throughput_native() {
             "01 04 72706934", // emulation.profile Some("rpi4")
             "03",             // emulation.status: EmulationStatus::Native
             "00 00 00 00 00 00 00", // emulation's other fields: None
+            "00",             // emulation.not_enforced: empty
+            "00 00 00 00 00 00", // calibration age, spread, load, correction, residual, throttled
             "00",             // calibration None
             "05 302e322e30",  // agent_version "0.2.0"
             "00",             // timeline: empty

@@ -3,7 +3,7 @@
 
 use hone_common::bench::{
     BenchMode, BenchReport, BenchSpec, DeviceReadings, Emulation, EmulationStatus, HostCalibration,
-    LatencyStats, ThroughputPoint, TimelinePoint,
+    LatencyStats, QuotaCorrection, ReadingSource, ThroughputPoint, TimelinePoint,
 };
 use hone_common::shapes::InputShapes;
 use hone_common::wire::{
@@ -81,10 +81,11 @@ prop_compose! {
         memory_bytes in any::<u64>(),
         profile in maybe(text()),
         sent_at_ms in any::<u64>(),
+        fault in maybe(text()),
     ) -> DeviceStatus {
         DeviceStatus {
             device_id, online, session, agent_version, arch, os, cores, memory_bytes, profile,
-            sent_at_ms,
+            sent_at_ms, fault,
         }
     }
 }
@@ -155,8 +156,34 @@ prop_compose! {
     ) -> Emulation {
         Emulation {
             profile, status, performance_ratio, cpu_quota_us, cpu_period_us, cpus,
-            memory_limit_bytes, memory_method, thermal_time_scale,
+            memory_limit_bytes, memory_method, thermal_time_scale, ..Emulation::default()
         }
+    }
+}
+
+prop_compose! {
+    fn emulation_full()(
+        base in emulation(),
+        not_enforced in prop::collection::vec(text(), 0..3),
+        calibration_age_s in maybe(any::<u64>()),
+        calibration_spread in maybe(float()),
+        calibration_load_per_core in maybe(float()),
+        quota_correction in maybe(float()),
+        slowdown_residual in maybe(float()),
+        throttled_periods in maybe(any::<u64>()),
+    ) -> Emulation {
+        Emulation {
+            not_enforced, calibration_age_s, calibration_spread, calibration_load_per_core,
+            quota_correction, slowdown_residual, throttled_periods, ..base
+        }
+    }
+}
+
+prop_compose! {
+    fn quota_correction()(
+        ratio in float(), factor in float(), residual in float(), iterations in any::<u32>(),
+    ) -> QuotaCorrection {
+        QuotaCorrection { ratio, factor, residual, iterations }
     }
 }
 
@@ -166,8 +193,17 @@ prop_compose! {
         gflops_per_core in float(),
         memory_bandwidth_gbs in float(),
         measured_at_ms in any::<u64>(),
+        spread in float(),
+        load_per_core in float(),
+        steal_fraction in maybe(float()),
+        attempts in any::<u32>(),
+        contended in any::<bool>(),
+        quota_corrections in prop::collection::vec(quota_correction(), 0..3),
     ) -> HostCalibration {
-        HostCalibration { host_id, gflops_per_core, memory_bandwidth_gbs, measured_at_ms }
+        HostCalibration {
+            host_id, gflops_per_core, memory_bandwidth_gbs, measured_at_ms, spread,
+            load_per_core, steal_fraction, attempts, contended, quota_corrections,
+        }
     }
 }
 
@@ -179,8 +215,9 @@ prop_compose! {
         quota in maybe(float()),
         clock_mhz in maybe(any::<u32>()),
         temperature_c in maybe(float()),
+        source in maybe(prop_oneof![Just(ReadingSource::Modelled), Just(ReadingSource::Sensor)]),
     ) -> TimelinePoint {
-        TimelinePoint { t_s, p50_ms, iterations, quota, clock_mhz, temperature_c }
+        TimelinePoint { t_s, p50_ms, iterations, quota, clock_mhz, temperature_c, source }
     }
 }
 
@@ -223,7 +260,7 @@ prop_compose! {
             text(),
         ),
         mode in bench_mode(),
-        emulation in emulation().boxed(),
+        emulation in emulation_full().boxed(),
         calibration in maybe(host_calibration()),
         agent_version in text(),
         timeline in prop::collection::vec(timeline_point(), 0..4),

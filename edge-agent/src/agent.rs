@@ -30,6 +30,70 @@ pub struct Rejections {
     pub undecodable: u64,
 }
 
+/// A disk fault the agent works around: results it could not write to the outbox are kept in
+/// memory (and published anyway), the fault is announced in the status message, and every
+/// [`RETRY_EVERY`] the agent tries again.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Results not yet in the outbox: (result id, payload).
+    unsaved: Vec<(String, Vec<u8>)>,
+    /// The outbox could not be read when the agent (re)connected.
+    pending_unread: bool,
+    /// The last error, as announced.
+    last: Option<String>,
+}
+
+/// How often a faulty agent retries its disk writes.
+pub const RETRY_EVERY: Duration = Duration::from_secs(5);
+
+impl Faults {
+    fn record(&mut self, what: &str, e: &dyn std::fmt::Display) {
+        let text = format!("{what}: {e}");
+        warn!(fault = %text, retry_in_s = RETRY_EVERY.as_secs(), "agent state fault: serving on and retrying");
+        self.last = Some(text);
+    }
+
+    fn is_faulty(&self) -> bool {
+        self.last.is_some()
+    }
+
+    /// Retries what failed; returns `true` when the fault cleared.
+    fn retry(&mut self, durable: &Durable, publish_pending: impl Fn(Vec<u8>)) -> bool {
+        let mut still = Vec::new();
+        let mut error = durable.probe().err().map(|e| format!("state folder: {e}"));
+        for (id, payload) in std::mem::take(&mut self.unsaved) {
+            if let Err(e) = durable.put(&id, &payload) {
+                error = Some(format!("writing result {id} to the outbox: {e}"));
+                still.push((id, payload));
+            }
+        }
+        self.unsaved = still;
+        if self.pending_unread {
+            match durable.pending() {
+                Ok(list) => {
+                    self.pending_unread = false;
+                    list.into_iter().for_each(&publish_pending);
+                }
+                Err(e) => error = Some(format!("reading the outbox: {e}")),
+            }
+        }
+        match error {
+            Some(text) => {
+                self.last = Some(text);
+                false
+            }
+            None => {
+                let was = self.last.take();
+                if let Some(w) = was {
+                    info!(cleared = %w, "agent state fault cleared");
+                    return true;
+                }
+                false
+            }
+        }
+    }
+}
+
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(
     config: AgentConfig,
@@ -46,8 +110,13 @@ pub async fn run(
     let profile = config.profile.as_ref().map(|p| p.name.as_str());
     let emulation = std::sync::Arc::new(prepare_emulation(&config, &host).await);
 
-    let will =
-        wire::encode(&Message::Status(host.status(&config.device_id, false, session, profile)))?;
+    let will = wire::encode(&Message::Status(host.status(
+        &config.device_id,
+        false,
+        session,
+        profile,
+        None,
+    )))?;
     let (bus, mut bus_loop) = mqtt::connect(&mqtt::BusConfig {
         host: config.broker_host.clone(),
         port: config.broker_port,
@@ -61,7 +130,20 @@ pub async fn run(
     let mut busy: Option<String> = None;
     let mut backoff = Duration::from_millis(200);
     let mut rejections = Rejections::default();
+    let mut faults = Faults::default();
+    let mut retry = tokio::time::interval(RETRY_EVERY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
+    let status = |online: bool, faults: &Faults| -> anyhow::Result<Vec<u8>> {
+        Ok(wire::encode(&Message::Status(host.status(
+            &config.device_id,
+            online,
+            session,
+            profile,
+            faults.last.as_deref(),
+        )))?)
+    };
+    let result_topic = topic::evt(&config.device_id, EvtKind::Result);
 
     loop {
         tokio::select! {
@@ -69,17 +151,31 @@ pub async fn run(
                 BusEvent::Connected { session_present } => {
                     backoff = Duration::from_millis(200);
                     info!(session_present, "connected to broker");
-                    let birth = wire::encode(&Message::Status(host.status(&config.device_id, true, session, profile)))?;
-                    publish(&bus, &topic::status(&config.device_id), birth, true);
+                    match durable.pending() {
+                        Ok(list) => {
+                            for payload in list {
+                                publish(&bus, &result_topic, payload, false);
+                            }
+                        }
+                        Err(e) => {
+                            faults.pending_unread = true;
+                            faults.record("reading the outbox", &e);
+                        }
+                    }
+                    for (_, payload) in &faults.unsaved {
+                        publish(&bus, &result_topic, payload.clone(), false);
+                    }
+                    publish(&bus, &topic::status(&config.device_id), status(true, &faults)?, true);
                     if let Err(e) = bus.subscribe(&topic::agent_subscription(&config.device_id)) {
                         warn!(error = %e, "subscribe failed");
                     }
-                    for payload in durable.pending().context("reading outbox")? {
-                        publish(&bus, &topic::evt(&config.device_id, EvtKind::Result), payload, false);
-                    }
                 }
                 BusEvent::Message { topic, payload } => {
-                    handle_message(&config, &mut durable, &bus, &store, &trusted, &emulation, &done_tx, &mut busy, &mut rejections, &topic, &payload)?;
+                    let was_faulty = faults.is_faulty();
+                    handle_message(&config, &mut durable, &mut faults, &bus, &store, &trusted, &emulation, &done_tx, &mut busy, &mut rejections, &topic, &payload)?;
+                    if faults.is_faulty() && !was_faulty {
+                        publish(&bus, &topic::status(&config.device_id), status(true, &faults)?, true);
+                    }
                 }
                 BusEvent::Disconnected(reason) => {
                     warn!(%reason, retry_in_ms = backoff.as_millis() as u64, "broker connection lost");
@@ -90,14 +186,25 @@ pub async fn run(
             Some(result) = done_rx.recv() => {
                 busy = None;
                 let payload = wire::encode(&Message::JobResult(result.clone()))?;
-                durable.put(&result.result_id, &payload).context("writing result to outbox")?;
+                if let Err(e) = durable.put(&result.result_id, &payload) {
+                    faults.unsaved.push((result.result_id.clone(), payload.clone()));
+                    faults.record("writing a result to the outbox", &e);
+                    publish(&bus, &topic::status(&config.device_id), status(true, &faults)?, true);
+                }
                 info!(job = %result.job_id, attempt = result.attempt, ok = matches!(result.outcome, Outcome::Ok(_)), "job finished");
-                publish(&bus, &topic::evt(&config.device_id, EvtKind::Result), payload, false);
+                publish(&bus, &result_topic, payload, false);
+            }
+            _ = retry.tick(), if faults.is_faulty() => {
+                if faults.retry(&durable, |p| publish(&bus, &result_topic, p, false)) {
+                    publish(&bus, &topic::status(&config.device_id), status(true, &faults)?, true);
+                }
             }
             () = &mut shutdown => {
                 info!("shutting down");
-                let offline = wire::encode(&Message::Status(host.status(&config.device_id, false, session, profile)))?;
-                publish(&bus, &topic::status(&config.device_id), offline, true);
+                if !faults.unsaved.is_empty() {
+                    warn!(results = faults.unsaved.len(), "results not in the outbox are lost at shutdown unless the coordinator acknowledged them");
+                }
+                publish(&bus, &topic::status(&config.device_id), status(false, &faults)?, true);
                 let _ = bus.disconnect();
                 bus_loop.drain(Duration::from_secs(2)).await;
                 return Ok(());
@@ -116,6 +223,7 @@ fn publish(bus: &BusHandle, topic: &str, payload: Vec<u8>, retain: bool) {
 fn handle_message(
     config: &AgentConfig,
     durable: &mut Durable,
+    faults: &mut Faults,
     bus: &BusHandle,
     store: &ModelStore,
     trusted: &VerifyingKey,
@@ -143,15 +251,55 @@ fn handle_message(
     };
     match (kind, message) {
         (CmdKind::Ack, Message::ResultAck(ack)) => {
-            if durable.ack(&ack.result_id).context("updating outbox")? {
-                debug!(result = %ack.result_id, "result acknowledged");
+            faults.unsaved.retain(|(id, _)| id != &ack.result_id);
+            match durable.ack(&ack.result_id) {
+                Ok(true) => debug!(result = %ack.result_id, "result acknowledged"),
+                Ok(false) => {}
+                // The result stays pending and is re-sent; the coordinator acknowledges again.
+                Err(e) => faults.record("removing an acknowledged result", &e),
             }
         }
         (CmdKind::Job, Message::RunJob(job)) => {
             let result_id = result_id(&job.job_id, job.attempt);
-            if !durable.mark_seen(&job.command_id).context("recording command id")? {
+            let refuse = |kind: FailureKind, reason: String| -> anyhow::Result<()> {
+                let result = JobResult {
+                    result_id: result_id.clone(),
+                    command_id: job.command_id.clone(),
+                    job_id: job.job_id.clone(),
+                    attempt: job.attempt,
+                    outcome: Outcome::Failed { kind, reason },
+                };
+                let payload = wire::encode(&Message::JobResult(result))?;
+                publish(bus, &topic::evt(&config.device_id, EvtKind::Result), payload, false);
+                Ok(())
+            };
+            let fresh = match durable.mark_seen(&job.command_id) {
+                Ok(fresh) => fresh,
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                    warn!(job = %job.job_id, error = %e, "command refused");
+                    return refuse(
+                        FailureKind::Internal,
+                        format!("agent refused the command: {e}"),
+                    );
+                }
+                Err(e) => {
+                    // Without a durable record a redelivery could not be recognised: refuse
+                    // with a retryable failure until the disk takes writes again.
+                    faults.record("recording a command id", &e);
+                    return refuse(
+                        FailureKind::Busy,
+                        format!(
+                            "agent cannot record the command (state disk fault: {e}); retry later"
+                        ),
+                    );
+                }
+            };
+            if !fresh {
                 // A redelivery: re-send the result if it is still pending, otherwise ignore.
-                if let Some(pending) = durable.get(&result_id) {
+                let unsaved = faults.unsaved.iter().find(|(id, _)| id == &result_id);
+                if let Some(pending) =
+                    durable.get(&result_id).or_else(|| unsaved.map(|(_, p)| p.clone()))
+                {
                     publish(bus, &topic::evt(&config.device_id, EvtKind::Result), pending, false);
                 }
                 debug!(command = %job.command_id, "duplicate command ignored");
@@ -169,7 +317,10 @@ fn handle_message(
                     },
                 };
                 let payload = wire::encode(&Message::JobResult(result))?;
-                durable.put(&result_id_of(&job), &payload)?;
+                if let Err(e) = durable.put(&result_id_of(&job), &payload) {
+                    faults.unsaved.push((result_id_of(&job), payload.clone()));
+                    faults.record("writing a result to the outbox", &e);
+                }
                 publish(bus, &topic::evt(&config.device_id, EvtKind::Result), payload, false);
                 return Ok(());
             }
@@ -206,36 +357,90 @@ fn result_id_of(job: &JobCommand) -> String {
     result_id(&job.job_id, job.attempt)
 }
 
-/// Detects cgroups, calibrates the host (once, cached) and plans the profile's emulation.
-/// Warns once when a profile cannot be enforced.
-pub async fn prepare_emulation(config: &AgentConfig, host: &HostFacts) -> (Plan, Cgroups) {
+/// Detects cgroups, calibrates the host (once per host, shared) and plans the profile's
+/// emulation, with the closed-loop quota correction where the quota can be measured. A failed
+/// calibration is an error; a failed correction leaves the quota open-loop (and the record says
+/// so by carrying no correction).
+pub async fn plan_emulation(
+    profile: Option<&hone_firmware_profiles::DeviceProfile>,
+    native: bool,
+    calibration_dir: &std::path::Path,
+    exe: &std::path::Path,
+    host: &HostFacts,
+    memory_override: Option<u64>,
+    thermal_time_scale: f64,
+) -> anyhow::Result<(Plan, Cgroups)> {
     let cgroups = Cgroups::detect();
-    let calibration = match &config.profile {
-        Some(_) if !config.native => {
-            match crate::calibrate::load_or_measure(
-                &config.state_dir.join("calibration.json"),
-                &config.bench_exe,
-            )
-            .await
-            {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    warn!(error = %format!("{e:#}"), "host calibration failed");
-                    None
-                }
-            }
+    let policy = crate::calibrate::Policy::default();
+    let calibration = match profile {
+        Some(_) if !native => {
+            Some(crate::calibrate::load_or_measure(calibration_dir, exe, &policy).await?)
         }
         _ => None,
     };
-    let plan = crate::throttle::plan(&PlanInput {
-        profile: config.profile.as_ref(),
+    let mut plan = crate::throttle::plan(&PlanInput {
+        profile,
         calibration: calibration.as_ref(),
         cgroups: &cgroups,
-        native: config.native,
+        native,
         host_cores: host.cores,
-        memory_override: None,
-        thermal_time_scale: config.thermal_time_scale,
+        memory_override,
+        thermal_time_scale,
     });
+    if let (Some(ratio), Some(_)) = (plan.ratio, plan.quota_us) {
+        match crate::calibrate::correction_for(
+            calibration_dir,
+            exe,
+            &cgroups,
+            ratio,
+            plan.period_us,
+            &policy,
+        )
+        .await
+        {
+            Ok(c) => plan.apply_correction(c),
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "no closed-loop quota correction: the quota stays open-loop")
+            }
+        }
+    }
+    Ok((plan, cgroups))
+}
+
+/// [`plan_emulation`] for the agent: a failed calibration leaves the profile unthrottled
+/// (with the reason) instead of stopping the agent. Warns once when a profile cannot be
+/// enforced.
+pub async fn prepare_emulation(config: &AgentConfig, host: &HostFacts) -> (Plan, Cgroups) {
+    let planned = plan_emulation(
+        config.profile.as_ref(),
+        config.native,
+        &config.calibration_dir,
+        &config.bench_exe,
+        host,
+        None,
+        config.thermal_time_scale,
+    )
+    .await;
+    let (plan, cgroups) = match planned {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "host calibration failed");
+            let cgroups = Cgroups::detect();
+            let mut plan = crate::throttle::plan(&PlanInput {
+                profile: config.profile.as_ref(),
+                calibration: None,
+                cgroups: &cgroups,
+                native: config.native,
+                host_cores: host.cores,
+                memory_override: None,
+                thermal_time_scale: config.thermal_time_scale,
+            });
+            if let EmulationStatus::Unthrottled { reason } = &mut plan.status {
+                *reason = format!("{reason}: {e:#}");
+            }
+            (plan, cgroups)
+        }
+    };
     match &plan.status {
         EmulationStatus::Unthrottled { reason } => {
             warn!(%reason, "the device profile cannot be enforced on this host: results will be marked unthrottled")
@@ -243,6 +448,9 @@ pub async fn prepare_emulation(config: &AgentConfig, host: &HostFacts) -> (Plan,
         EmulationStatus::Emulated => info!(
             ratio = plan.ratio.unwrap_or(1.0),
             quota_us = plan.quota_us.unwrap_or(0),
+            period_us = plan.period_us,
+            correction = plan.correction.as_ref().map_or(1.0, |c| c.factor),
+            residual = plan.correction.as_ref().map_or(f64::NAN, |c| c.residual),
             cpus = plan.cpus.unwrap_or(0),
             memory_limit = plan.memory_limit.unwrap_or(0),
             "emulating the device profile"
@@ -290,8 +498,10 @@ pub async fn execute(
     }
 }
 
-/// The coordinator key: from the configuration, else pinned in the state directory, else
-/// fetched once from the coordinator and pinned (trust on first use, logged loudly).
+/// The coordinator key: from the configuration, else pinned in the state directory, else, only
+/// with `--trust-on-first-use`, fetched once over plain HTTP and pinned (logged loudly). Without
+/// any of these the agent refuses to start: pinning whatever the network returns would let
+/// anyone on the path sign jobs.
 async fn trusted_key(config: &AgentConfig) -> anyhow::Result<VerifyingKey> {
     let pinned = config.state_dir.join("trusted-coordinator.pub");
     if let Some(key) = config.trust_key {
@@ -300,6 +510,15 @@ async fn trusted_key(config: &AgentConfig) -> anyhow::Result<VerifyingKey> {
     }
     if pinned.exists() {
         return crate::config::parse_trust_key(&format!("@{}", pinned.display()));
+    }
+    if !config.trust_on_first_use {
+        anyhow::bail!(
+            "no coordinator key: pass --trust-key <hex or @file> (the key `coordinator serve` \
+             prints, also at {}/api/v1/trust), or --trust-on-first-use to fetch it once over \
+             plain HTTP and pin it in {} (only on a network you trust)",
+            config.coordinator_url.trim_end_matches('/'),
+            pinned.display()
+        );
     }
     let url = format!("{}/api/v1/trust", config.coordinator_url.trim_end_matches('/'));
     let body: serde_json::Value = reqwest::get(&url)
@@ -312,7 +531,50 @@ async fn trusted_key(config: &AgentConfig) -> anyhow::Result<VerifyingKey> {
     let hex_key =
         body["public_key"].as_str().context("coordinator key response lacks `public_key`")?;
     let key = crate::config::parse_trust_key(hex_key)?;
-    warn!(key = %hex_key, path = %pinned.display(), "no --trust-key given: trusting the coordinator's key on first use and pinning it");
+    warn!(key = %hex_key, url = %url, path = %pinned.display(), "TRUST ON FIRST USE: pinning the coordinator key fetched over plain HTTP; check it against the key `coordinator serve` printed");
     crate::outbox::write_atomic(&pinned, hex_key.as_bytes())?;
     Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &std::path::Path, tofu: bool) -> AgentConfig {
+        AgentConfig {
+            device_id: "d".into(),
+            broker_host: "127.0.0.1".into(),
+            broker_port: 1,
+            // Nothing listens here: a fetch would fail with a connection error.
+            coordinator_url: "http://127.0.0.1:1".into(),
+            profile: None,
+            native: false,
+            thermal_time_scale: 1.0,
+            state_dir: dir.to_path_buf(),
+            keepalive: Duration::from_secs(5),
+            trust_key: None,
+            trust_on_first_use: tofu,
+            bench_exe: "edge-agent".into(),
+            calibration_dir: dir.join("calibration"),
+        }
+    }
+
+    #[tokio::test]
+    async fn without_a_key_or_the_opt_in_the_agent_refuses_to_fetch_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = trusted_key(&config(dir.path(), false)).await.unwrap_err().to_string();
+        assert!(e.contains("--trust-key") && e.contains("--trust-on-first-use"), "{e}");
+        assert!(!e.contains("fetching"), "no request was made: {e}");
+        let e = trusted_key(&config(dir.path(), true)).await.unwrap_err();
+        assert!(format!("{e:#}").contains("fetching the coordinator key"), "{e:#}");
+    }
+
+    #[tokio::test]
+    async fn a_pinned_key_is_used_without_the_opt_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key();
+        std::fs::write(dir.path().join("trusted-coordinator.pub"), hex::encode(key.as_bytes()))
+            .unwrap();
+        assert_eq!(trusted_key(&config(dir.path(), false)).await.unwrap(), key);
+    }
 }

@@ -60,16 +60,27 @@ enum Command {
         inputs: Vec<String>,
     },
     /// Measure this host's speed (tract matmul GFLOP/s, memory bandwidth) for profile emulation.
+    /// Cached once per host; agents on the host share it.
     Calibrate {
         /// Print JSON.
         #[arg(long)]
         json: bool,
-        /// Measure even if a cached calibration for this host exists.
+        /// Measure in this process, ignoring and leaving the host cache alone.
         #[arg(long)]
         no_cache: bool,
-        /// Where the cache lives.
-        #[arg(long, env = "HONE_AGENT_STATE", default_value_os_t = default_bench_state())]
-        state_dir: PathBuf,
+        /// Also measure (or show the cached) CPU-quota correction for this performance ratio,
+        /// e.g. 0.5 for a profile at half this host's per-core speed.
+        #[arg(long, conflicts_with = "no_cache")]
+        ratio: Option<f64>,
+        /// Host-wide calibration cache and lock.
+        #[arg(long, env = "HONE_CALIBRATION_DIR", default_value_os_t = crate::calibrate::default_dir())]
+        calibration_dir: PathBuf,
+    },
+    /// Internal: the fixed matmul workload of the quota correction.
+    #[command(hide = true)]
+    CalibrateProbe {
+        #[arg(long)]
+        iterations: u32,
     },
     /// Internal: run one benchmark and print its outcome as JSON (used by the agent itself).
     #[command(hide = true)]
@@ -85,15 +96,6 @@ enum Command {
         #[arg(long)]
         cpus: Option<u32>,
     },
-}
-
-fn default_bench_state() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join("hone")
-        .join("agent")
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -133,9 +135,18 @@ struct RunArgs {
     /// MQTT keepalive in seconds (at least 1).
     #[arg(long, default_value_t = 30)]
     keepalive_secs: u64,
-    /// Coordinator public key (hex, or @file). Without it the key is fetched once and pinned.
+    /// Coordinator public key (hex, or @file), as `coordinator serve` prints it. Required on
+    /// the first start unless --trust-on-first-use is given; it is pinned in the state folder.
     #[arg(long, env = "HONE_TRUST_KEY")]
     trust_key: Option<String>,
+    /// Without --trust-key and without a pinned key: fetch the coordinator's key once over
+    /// plain HTTP and pin it. Anyone on the path could substitute theirs; use only on a network
+    /// you trust.
+    #[arg(long, env = "HONE_TRUST_ON_FIRST_USE", conflicts_with = "trust_key")]
+    trust_on_first_use: bool,
+    /// Host-wide calibration cache and lock, shared by every agent on this host.
+    #[arg(long, env = "HONE_CALIBRATION_DIR", default_value_os_t = crate::calibrate::default_dir())]
+    calibration_dir: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -189,9 +200,9 @@ struct BenchArgs {
     /// This is the profiled device itself: emulate nothing.
     #[arg(long)]
     native: bool,
-    /// State folder (calibration cache).
-    #[arg(long, env = "HONE_AGENT_STATE", default_value_os_t = default_bench_state())]
-    state_dir: PathBuf,
+    /// Host-wide calibration cache and lock.
+    #[arg(long, env = "HONE_CALIBRATION_DIR", default_value_os_t = crate::calibrate::default_dir())]
+    calibration_dir: PathBuf,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -229,6 +240,9 @@ pub fn main() -> i32 {
         let opts =
             crate::bench::ChildOptions { wait_go: *wait_go, rlimit_as: *rlimit_as, cpus: *cpus };
         return crate::bench::child_main(model, spec, &opts);
+    }
+    if let Command::CalibrateProbe { iterations } = &cli.command {
+        return crate::calibrate::probe_main(*iterations);
     }
     init_tracing();
     let runtime =
@@ -295,24 +309,65 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Calibrate { json, no_cache, state_dir } => {
-            let cal = if no_cache {
+        Command::Calibrate { json, no_cache, ratio, calibration_dir } => {
+            let policy = crate::calibrate::Policy::default();
+            let mut cal = if no_cache {
                 tokio::task::spawn_blocking(crate::calibrate::measure).await??
             } else {
                 let exe = std::env::current_exe().context("locating the agent executable")?;
-                crate::calibrate::load_or_measure(&state_dir.join("calibration.json"), &exe).await?
+                crate::calibrate::load_or_measure(&calibration_dir, &exe, &policy).await?
             };
+            if let Some(ratio) = ratio {
+                if !(ratio > 0.0 && ratio < 1.0) {
+                    anyhow::bail!(
+                        "--ratio must be between 0 and 1 (a profile slower than this host)"
+                    );
+                }
+                let exe = std::env::current_exe().context("locating the agent executable")?;
+                let period = crate::throttle::PERIOD_US
+                    .max((crate::throttle::MIN_QUOTA_US as f64 / ratio).ceil() as u64);
+                crate::calibrate::correction_for(
+                    &calibration_dir,
+                    &exe,
+                    &Cgroups::detect(),
+                    ratio,
+                    period,
+                    &policy,
+                )
+                .await?;
+                cal = crate::calibrate::load_or_measure(&calibration_dir, &exe, &policy).await?;
+            }
             #[allow(clippy::print_stdout)]
             if json {
                 println!("{}", serde_json::to_string_pretty(&cal)?);
             } else {
                 println!("host: {}", cal.host_id);
-                println!("f32 matmul (tract, 1 thread): {:.1} GFLOP/s", cal.gflops_per_core);
+                println!(
+                    "f32 matmul (tract, 1 thread): {:.1} GFLOP/s (spread {:.1} %, load {:.2}/core{}{})",
+                    cal.gflops_per_core,
+                    cal.spread * 100.0,
+                    cal.load_per_core,
+                    cal.steal_fraction
+                        .map(|s| format!(", steal {:.1} %", s * 100.0))
+                        .unwrap_or_default(),
+                    if cal.contended { ", CONTENDED" } else { "" }
+                );
                 println!("memory copy (1 thread): {:.1} GB/s", cal.memory_bandwidth_gbs);
+                for c in &cal.quota_corrections {
+                    println!(
+                        "quota correction at ratio {:.2}: x{:.3} (residual {:+.1} %, {} measurements)",
+                        c.ratio,
+                        c.factor,
+                        c.residual * 100.0,
+                        c.iterations
+                    );
+                }
             }
             Ok(0)
         }
-        Command::BenchChild { .. } => unreachable!("handled before the runtime starts"),
+        Command::BenchChild { .. } | Command::CalibrateProbe { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
     }
 }
 
@@ -330,6 +385,12 @@ fn run_config(args: RunArgs) -> anyhow::Result<AgentConfig> {
         anyhow::bail!("--keepalive-secs must be at least 1");
     }
     let trust_key = args.trust_key.as_deref().map(parse_trust_key).transpose()?;
+    if args.trust_on_first_use {
+        tracing::warn!(
+            "--trust-on-first-use: without a pinned key the agent will trust whatever key the \
+             coordinator URL returns over plain HTTP"
+        );
+    }
     Ok(AgentConfig {
         device_id,
         broker_host,
@@ -341,6 +402,8 @@ fn run_config(args: RunArgs) -> anyhow::Result<AgentConfig> {
         state_dir: args.state_dir,
         keepalive: Duration::from_secs(args.keepalive_secs),
         trust_key,
+        trust_on_first_use: args.trust_on_first_use,
+        calibration_dir: args.calibration_dir,
         bench_exe: std::env::current_exe().context("locating the agent executable")?,
     })
 }
@@ -418,24 +481,17 @@ async fn bench(args: BenchArgs) -> anyhow::Result<i32> {
     let exe = std::env::current_exe().context("locating the agent executable")?;
     let profile =
         crate::config::resolve_profile(args.profile.as_deref(), args.profile_file.as_deref())?;
-    let cgroups = Cgroups::detect();
-    let calibration = match &profile {
-        Some(_) if !args.native => Some(
-            crate::calibrate::load_or_measure(&args.state_dir.join("calibration.json"), &exe)
-                .await?,
-        ),
-        _ => None,
-    };
     let host = crate::host::HostFacts::read();
-    let plan = crate::throttle::plan(&crate::throttle::PlanInput {
-        profile: profile.as_ref(),
-        calibration: calibration.as_ref(),
-        cgroups: &cgroups,
-        native: args.native,
-        host_cores: host.cores,
-        memory_override: args.memory_limit_mib.map(|m| m * 1024 * 1024),
-        thermal_time_scale: args.thermal_time_scale,
-    });
+    let (plan, cgroups) = crate::agent::plan_emulation(
+        profile.as_ref(),
+        args.native,
+        &args.calibration_dir,
+        &exe,
+        &host,
+        args.memory_limit_mib.map(|m| m * 1024 * 1024),
+        args.thermal_time_scale,
+    )
+    .await?;
     if let EmulationStatus::Unthrottled { reason } = &plan.status {
         eprintln!("warning: profile not enforced, results are unthrottled: {reason}");
     }
@@ -477,6 +533,13 @@ async fn bench(args: BenchArgs) -> anyhow::Result<i32> {
             "memory_limit_bytes": record.memory_limit_bytes,
             "memory_method": record.memory_method,
             "thermal_time_scale": record.thermal_time_scale,
+            "not_enforced": record.not_enforced,
+            "quota_correction": record.quota_correction,
+            "slowdown_residual": record.slowdown_residual,
+            "throttled_periods": record.throttled_periods,
+            "calibration_age_s": record.calibration_age_s,
+            "calibration_spread": record.calibration_spread,
+            "calibration_load_per_core": record.calibration_load_per_core,
         }),
         outcome: failure.as_ref().map(|(k, _)| k.as_str()).unwrap_or("ok"),
         reason: failure.as_ref().map(|(_, r)| r.clone()),

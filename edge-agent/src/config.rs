@@ -29,6 +29,10 @@ pub struct AgentConfig {
     pub keepalive: Duration,
     /// Coordinator key that artifacts must be signed with; `None` = pinned file or fetch once.
     pub trust_key: Option<VerifyingKey>,
+    /// Without a key or a pinned one, fetch the coordinator's key over HTTP once and pin it.
+    pub trust_on_first_use: bool,
+    /// Host-wide calibration cache and lock (shared by every agent on this host).
+    pub calibration_dir: PathBuf,
     /// Executable started for each benchmark (`bench-child`); normally the agent itself.
     pub bench_exe: PathBuf,
 }

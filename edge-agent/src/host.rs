@@ -36,6 +36,7 @@ impl HostFacts {
         online: bool,
         session: u64,
         profile: Option<&str>,
+        fault: Option<&str>,
     ) -> DeviceStatus {
         DeviceStatus {
             device_id: device_id.to_string(),
@@ -48,6 +49,7 @@ impl HostFacts {
             memory_bytes: self.memory_bytes,
             profile: profile.map(str::to_string),
             sent_at_ms: now_ms(),
+            fault: fault.map(str::to_string),
         }
     }
 }

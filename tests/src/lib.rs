@@ -267,7 +267,12 @@ impl AgentProc {
 
     fn spawn(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let child = Command::new(bin("edge-agent"))
+        let mut cmd = Command::new(bin("edge-agent"));
+        if std::env::var_os("HONE_CALIBRATION_DIR").is_none() {
+            // One host calibration for every test agent, outside the host's own folder.
+            cmd.env("HONE_CALIBRATION_DIR", std::env::temp_dir().join("hone-e2e-calibration"));
+        }
+        let child = cmd
             .args(&self.args)
             .env("RUST_LOG", "edge_agent=debug,warn")
             .stdin(Stdio::null())

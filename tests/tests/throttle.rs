@@ -1,18 +1,28 @@
-//! Device-profile emulation on this host: the CPU quota really slows a compute-bound model by
-//! the profile's ratio, the memory cap ends a model as `oom` while the agent lives on, and a host
-//! without cgroup rights says `unthrottled` instead of pretending.
+//! Device-profile emulation on this host: the kernel really throttles a model at the planned
+//! (closed-loop corrected) quota, the memory cap ends a model as `oom` while the agent lives on,
+//! a host without cgroup rights or a profile faster than the host says `unthrottled` instead of
+//! pretending, and on a cgroup v2 tree the limit files hold the planned values.
 //!
-//! A separate test binary: cargo runs test binaries one after another, so these timing ratios are
-//! not disturbed by the end-to-end suite; within this binary the tests take a lock.
+//! No test here asserts a latency ratio against a bound: on a shared host that is noise. The
+//! tests assert what the kernel and the agent record (quota files, `nr_throttled`, the
+//! direction of the slowdown); the achieved slowdown is a figure in `scripts/figures.sh`.
+//! A separate test binary (cargo runs test binaries one after another), and within it every
+//! test takes one lock, so no two benchmarks run beside each other.
 
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use hone_e2e::*;
 use serde_json::{Value, json};
 
 static SERIAL: Mutex<()> = Mutex::new(());
+
+/// One calibration folder for the tests of this binary (the host's own is left alone).
+fn calibration_dir() -> &'static str {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path().to_str().unwrap()
+}
 
 fn agent_json(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, Value) {
     let mut cmd = Command::new(bin("edge-agent"));
@@ -38,7 +48,7 @@ fn profile_at(
     dir: &std::path::Path,
     state: &str,
 ) -> std::path::PathBuf {
-    let (_, cal) = agent_json(&["calibrate", "--json", "--state-dir", state], &[]);
+    let (_, cal) = agent_json(&["calibrate", "--json", "--calibration-dir", state], &[]);
     let host = cal["gflops_per_core"].as_f64().unwrap();
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../firmware-profiles/profiles/x86-vm-2core.toml");
@@ -74,11 +84,10 @@ fn profile_at(
 }
 
 #[test]
-fn a_profile_at_half_the_host_speed_runs_a_compute_bound_model_about_twice_as_long() {
+fn a_profile_at_half_the_host_speed_is_throttled_by_the_kernel_at_the_corrected_quota() {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let state = state.to_str().unwrap();
+    let state = calibration_dir();
     let profile = profile_at(0.5, 2048, dir.path(), state);
     let model = asset("open-nsfw-onnx");
     let model = model.to_str().unwrap();
@@ -91,36 +100,100 @@ fn a_profile_at_half_the_host_speed_runs_a_compute_bound_model_about_twice_as_lo
         "2",
         "--iterations",
         "8",
-        "--state-dir",
+        "--calibration-dir",
         state,
     ];
     let mut throttled_args = base.to_vec();
     throttled_args.extend(["--profile-file", profile.to_str().unwrap()]);
-    // Interleaved A/B rounds; the median ratio resists a noisy neighbour on a shared machine.
     let mut ratios = Vec::new();
     for _ in 0..3 {
         let (_, host) = agent_json(&base, &[]);
         let (code, slow) = agent_json(&throttled_args, &[]);
         assert_eq!(code, Some(0), "{slow}");
         assert_eq!(slow["emulated"], true, "{slow}");
-        assert!((slow["throttle"]["performance_ratio"].as_f64().unwrap() - 0.5).abs() < 0.01);
+        let t = &slow["throttle"];
+        assert!((t["performance_ratio"].as_f64().unwrap() - 0.5).abs() < 0.01, "{t}");
+        assert_eq!(t["not_enforced"], json!([]), "{t}");
+        // The quota is the open-loop one times the correction measured on this host.
+        let correction = t["quota_correction"].as_f64().expect("a closed-loop correction");
+        let (quota, period) =
+            (t["cpu_quota_us"].as_f64().unwrap(), t["cpu_period_us"].as_f64().unwrap());
+        assert!((quota - (0.5 * correction * period).round()).abs() <= 1.0, "{t}");
+        assert!(t["slowdown_residual"].as_f64().unwrap().is_finite(), "{t}");
+        assert!(t["calibration_age_s"].as_u64().is_some(), "{t}");
+        // The kernel held the benchmark back: the quota acted, whatever the timing.
+        assert!(t["throttled_periods"].as_u64().unwrap() > 0, "{t}");
         ratios.push(slow["mean_ms"].as_f64().unwrap() / host["mean_ms"].as_f64().unwrap());
     }
     ratios.sort_by(f64::total_cmp);
-    let ratio = ratios[1];
-    assert!(
-        (1.6..=2.4).contains(&ratio),
-        "throttled/unthrottled mean latency: median of {ratios:?}"
+    // Direction only: the achieved slowdown is a figure (scripts/figures.sh), not a gate.
+    assert!(ratios[1] > 1.0, "throttled/unthrottled mean latency: {ratios:?}");
+    eprintln!("figure (not asserted): throttled/unthrottled mean latency {ratios:?}");
+}
+
+#[test]
+fn on_a_cgroup_v2_tree_the_limit_files_hold_the_planned_values() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    // A delegated v2 group as the kernel shows it; plain files enforce nothing, which the
+    // closed loop must notice.
+    let root = dir.path().join("cgroup");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("cgroup.controllers"), "cpuset cpu io memory pids\n").unwrap();
+    std::fs::write(root.join("cgroup.subtree_control"), "").unwrap();
+    std::fs::write(root.join("cpuset.cpus.effective"), "0-1\n").unwrap();
+    let env = [("HONE_CGROUP_ROOT", root.to_str().unwrap())];
+    // Its own calibration folder: this tree's corrections must not reach the other tests.
+    let state = dir.path().join("calibration");
+    let state = state.to_str().unwrap();
+    let profile = profile_at(0.5, 512, dir.path(), state);
+    let tiny = dir.path().join("mlp.onnx");
+    std::fs::write(&tiny, models::mlp(64)).unwrap();
+    let (code, v) = agent_json(
+        &[
+            "bench",
+            "--json",
+            "--model",
+            tiny.to_str().unwrap(),
+            "--profile-file",
+            profile.to_str().unwrap(),
+            "--iterations",
+            "3",
+            "--calibration-dir",
+            state,
+        ],
+        &env,
     );
+    assert_eq!(code, Some(0), "{v}");
+    let t = &v["throttle"];
+    assert_eq!(t["memory_method"], "cgroup-v2", "{t}");
+    assert_eq!(
+        std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap(),
+        "+cpu +cpuset +memory"
+    );
+    let group = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("hone-bench-"))
+        .expect("the benchmark's group");
+    let read = |f: &str| std::fs::read_to_string(group.join(f)).unwrap();
+    assert_eq!(read("cpu.max"), format!("{} {}", t["cpu_quota_us"], t["cpu_period_us"]), "{t}");
+    assert_eq!(read("memory.max"), (512u64 << 20).to_string());
+    assert_eq!(read("cpuset.cpus"), "0,1");
+    assert!(!read("cgroup.procs").is_empty());
+    // Files that no kernel enforces slow nothing: the measured correction says the quota
+    // missed its target by far, instead of pretending.
+    let residual = t["slowdown_residual"].as_f64().unwrap();
+    assert!(residual < -0.3, "{t}");
 }
 
 #[test]
 fn a_model_over_the_memory_cap_ends_as_oom_and_the_agent_serves_the_next_job() {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("calib");
+    let state = calibration_dir();
     // 96 MiB: enough for a tiny model, far too little for MiniLM (about 230 MiB).
-    let profile = profile_at(0.9, 96, dir.path(), state.to_str().unwrap());
+    let profile = profile_at(0.9, 96, dir.path(), state);
     let coord =
         CoordinatorProc::start(&dir.path().join("coord"), Broker::Embedded(free_port()), None)
             .unwrap();
@@ -130,7 +203,7 @@ fn a_model_over_the_memory_cap_ends_as_oom_and_the_agent_serves_the_next_job() {
         &coord,
         &dir.path().join("agents"),
         &id,
-        &["--profile-file", profile.to_str().unwrap()],
+        &["--profile-file", profile.to_str().unwrap(), "--calibration-dir", state],
         5,
     )
     .unwrap();
@@ -158,7 +231,7 @@ fn a_model_over_the_memory_cap_ends_as_oom_and_the_agent_serves_the_next_job() {
 fn without_cgroup_rights_results_say_unthrottled_and_the_memory_cap_falls_back_to_rlimit() {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
+    let state = std::path::Path::new(calibration_dir());
     let no_cgroups = [("HONE_CGROUP_ROOT", "/nonexistent/hone-test")];
     let tiny = dir.path().join("mlp.onnx");
     std::fs::write(&tiny, models::mlp(64)).unwrap();
@@ -172,7 +245,7 @@ fn without_cgroup_rights_results_say_unthrottled_and_the_memory_cap_falls_back_t
             "rpi4",
             "--iterations",
             "5",
-            "--state-dir",
+            "--calibration-dir",
             state.to_str().unwrap(),
         ],
         &no_cgroups,
@@ -199,7 +272,7 @@ fn without_cgroup_rights_results_say_unthrottled_and_the_memory_cap_falls_back_t
             "rpi4",
             "--memory-limit-mib",
             "96",
-            "--state-dir",
+            "--calibration-dir",
             state.to_str().unwrap(),
         ],
         &no_cgroups,
@@ -210,11 +283,41 @@ fn without_cgroup_rights_results_say_unthrottled_and_the_memory_cap_falls_back_t
 }
 
 #[test]
+fn a_profile_faster_than_the_host_is_not_enforced_and_says_by_how_much() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let state = calibration_dir();
+    let profile = profile_at(2.0, 2048, dir.path(), state);
+    let tiny = dir.path().join("mlp.onnx");
+    std::fs::write(&tiny, models::mlp(64)).unwrap();
+    let (code, v) = agent_json(
+        &[
+            "bench",
+            "--json",
+            "--model",
+            tiny.to_str().unwrap(),
+            "--profile-file",
+            profile.to_str().unwrap(),
+            "--iterations",
+            "3",
+            "--calibration-dir",
+            state,
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["emulated"], false, "{v}");
+    let reason = v["emulation_status"]["unthrottled"]["reason"].as_str().unwrap();
+    assert!(reason.contains("not enforced") && reason.contains("2.00x"), "{reason}");
+    assert!((v["throttle"]["performance_ratio"].as_f64().unwrap() - 2.0).abs() < 0.02, "{v}");
+    assert_eq!(v["throttle"]["cpu_quota_us"], Value::Null);
+}
+
+#[test]
 fn cold_throughput_and_sustained_modes_report_their_own_figures() {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let state = state.to_str().unwrap();
+    let state = calibration_dir();
     let tiny = dir.path().join("mlp.onnx");
     std::fs::write(&tiny, models::mlp(256)).unwrap();
     let tiny = tiny.to_str().unwrap();
@@ -231,7 +334,7 @@ fn cold_throughput_and_sustained_modes_report_their_own_figures() {
             "--native",
             "--iterations",
             "3",
-            "--state-dir",
+            "--calibration-dir",
             state,
         ],
         &[],
@@ -247,7 +350,7 @@ fn cold_throughput_and_sustained_modes_report_their_own_figures() {
     );
 
     let (_, cold) = agent_json(
-        &["bench", "--json", "--model", tiny, "--mode", "cold", "--state-dir", state],
+        &["bench", "--json", "--model", tiny, "--mode", "cold", "--calibration-dir", state],
         &[],
     );
     let cold_ms = cold["cold_start_ms"].as_f64().unwrap();
@@ -266,7 +369,7 @@ fn cold_throughput_and_sustained_modes_report_their_own_figures() {
             "1,8",
             "--max-time-ms",
             "600",
-            "--state-dir",
+            "--calibration-dir",
             state,
         ],
         &[],
@@ -294,7 +397,7 @@ fn cold_throughput_and_sustained_modes_report_their_own_figures() {
             "rpi4",
             "--thermal-time-scale",
             "200",
-            "--state-dir",
+            "--calibration-dir",
             state,
         ],
         &[],
@@ -309,11 +412,16 @@ fn cold_throughput_and_sustained_modes_report_their_own_figures() {
         "the quota follows the clock down"
     );
     assert_eq!(last["clock_mhz"], 1000);
+    assert!(
+        timeline.iter().all(|p| p["source"] == "modelled"),
+        "emulated points say they are modelled, not read: {sus}"
+    );
     assert!(sus["throttle_onset_s"].as_f64().is_some());
 }
 
 #[test]
 fn the_agent_lists_every_built_in_profile_with_its_sources() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let out = Command::new(bin("edge-agent")).args(["profiles", "--json"]).output().unwrap();
     assert!(out.status.success());
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();

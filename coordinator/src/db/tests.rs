@@ -22,6 +22,7 @@ fn status(id: &str, online: bool, session: u64) -> DeviceStatus {
         memory_bytes: 1 << 30,
         profile: Some("rpi4".into()),
         sent_at_ms: 0,
+        fault: None,
     }
 }
 

@@ -17,13 +17,13 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use hone_common::bench::{BenchMode, BenchReport, BenchSpec, EmulationStatus};
+use hone_common::bench::{BenchMode, BenchReport, BenchSpec, EmulationStatus, ReadingSource};
 use hone_common::wire::FailureKind;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
-use crate::throttle::Plan;
 use crate::throttle::cgroup::{Cgroups, Group};
+use crate::throttle::{Limit, Plan};
 
 /// What the child prints on stdout: exactly one JSON line.
 #[derive(Debug, Serialize, Deserialize)]
@@ -38,6 +38,12 @@ pub enum ChildOutcome {
         measure_start_unix_ns: u128,
         /// Unix ns when the first inference ended (for `cold`).
         first_inference_end_unix_ns: u128,
+        /// `setrlimit(RLIMIT_AS)` failed: the memory cap was not applied.
+        #[serde(default)]
+        rlimit_error: Option<String>,
+        /// `sched_setaffinity` failed: the cores were not restricted.
+        #[serde(default)]
+        affinity_error: Option<String>,
     },
     /// It failed with a category and reason.
     Failed {
@@ -65,17 +71,26 @@ pub fn child_main(model: &Path, spec_json: &str, opts: &ChildOptions) -> i32 {
         let mut line = String::new();
         let _ = std::io::stdin().read_line(&mut line);
     }
-    if let Some(limit) = opts.rlimit_as {
+    let rlimit_error = opts.rlimit_as.and_then(|limit| {
         let lim = rustix::process::Rlimit { current: Some(limit), maximum: Some(limit) };
-        let _ = rustix::process::setrlimit(rustix::process::Resource::As, lim);
-    }
-    if let Some(n) = opts.cpus {
+        rustix::process::setrlimit(rustix::process::Resource::As, lim)
+            .err()
+            .map(|e| format!("setrlimit(RLIMIT_AS, {limit}): {e}"))
+    });
+    let affinity_error = opts.cpus.and_then(|n| {
+        // The first n CPUs this process may run on, not simply 0..n.
+        let allowed = rustix::thread::sched_getaffinity(None).ok();
         let mut set = rustix::thread::CpuSet::new();
-        for cpu in 0..n as usize {
+        let candidates = (0..rustix::thread::CpuSet::MAX_CPU)
+            .filter(|c| allowed.as_ref().is_none_or(|a| a.is_set(*c)))
+            .take(n as usize);
+        for cpu in candidates {
             set.set(cpu);
         }
-        let _ = rustix::thread::sched_setaffinity(None, &set);
-    }
+        rustix::thread::sched_setaffinity(None, &set)
+            .err()
+            .map(|e| format!("sched_setaffinity({n} cpus): {e}"))
+    });
     let outcome = match serde_json::from_str::<BenchSpec>(spec_json) {
         Err(e) => {
             ChildOutcome::Failed { kind: FailureKind::Internal, reason: format!("bad spec: {e}") }
@@ -85,6 +100,8 @@ pub fn child_main(model: &Path, spec_json: &str, opts: &ChildOptions) -> i32 {
                 report: r.report,
                 measure_start_unix_ns: r.measure_start_unix_ns,
                 first_inference_end_unix_ns: r.first_inference_end_unix_ns,
+                rlimit_error,
+                affinity_error,
             },
             Err(f) => ChildOutcome::Failed { kind: f.kind, reason: f.reason },
         },
@@ -137,9 +154,14 @@ pub async fn run_in_child(
         match cgroups.create(&name, quota, plan.cpus, memory) {
             Ok(g) => group = Some(g),
             Err(e) => {
-                plan.status =
-                    EmulationStatus::Unthrottled { reason: format!("cannot create cgroups: {e}") };
-                plan.quota_us = None;
+                let why = format!("cannot create cgroups: {e}");
+                plan.not_applied(Limit::Cpu, why.clone());
+                if cgroups.cpuset.is_some() && plan.cpus.is_some() {
+                    plan.not_applied(Limit::Cores, why.clone());
+                }
+                if memory.is_some() {
+                    plan.not_applied(Limit::Memory, why);
+                }
             }
         }
     }
@@ -175,12 +197,23 @@ pub async fn run_in_child(
             ));
         }
     };
-    if let (Some(g), Some(pid)) = (&group, child.id())
-        && let Err(e) = g.add(pid)
-    {
-        plan.status = EmulationStatus::Unthrottled {
-            reason: format!("cannot move the benchmark into its cgroups: {e}"),
+    if let Some(g) = &group {
+        let added = match child.id() {
+            Some(pid) => g.add(pid).map_err(|e| e.to_string()),
+            None => Err("the benchmark process ended before it was started".to_string()),
         };
+        if let Err(e) = added {
+            let why = format!("cannot move the benchmark into its cgroups: {e}");
+            if g.cpu_dir.is_some() {
+                plan.not_applied(Limit::Cpu, why.clone());
+            }
+            if cgroups.cpuset.is_some() && plan.cpus.is_some() {
+                plan.not_applied(Limit::Cores, why.clone());
+            }
+            if g.memory_dir.is_some() {
+                plan.not_applied(Limit::Memory, why);
+            }
+        }
     }
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(b"go\n").await;
@@ -199,30 +232,45 @@ pub async fn run_in_child(
         tokio::spawn(async move {
             let start = std::time::Instant::now();
             let mut applied = Vec::new();
+            let mut failures: Vec<String> = Vec::new();
             loop {
                 if let Some(point) = plan.thermal_at(start.elapsed().as_secs_f64()) {
-                    if let Some(g) = &group {
-                        let _ = g.set_quota(point.quota_us);
+                    // Only quotas the kernel took are recorded as in force.
+                    match group.as_ref().map(|g| g.set_quota(point.quota_us)) {
+                        Some(Err(e)) => failures.push(format!(
+                            "rewriting the quota to {} µs at {:.1} s: {e}",
+                            point.quota_us,
+                            start.elapsed().as_secs_f64()
+                        )),
+                        _ => applied.push(Applied { unix_ns: unix_ns(), point }),
                     }
-                    applied.push(Applied { unix_ns: unix_ns(), point });
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                     _ = stop.changed() => break,
                 }
             }
-            applied
+            (applied, failures)
         })
     });
 
     let waited = tokio::time::timeout(timeout, child.wait_with_output()).await;
     let _ = stop_tx.send(true);
     let samples = sampler.await.unwrap_or_default();
-    let applied = match thermal {
+    let (applied, thermal_failures) = match thermal {
         Some(h) => h.await.unwrap_or_default(),
-        None => Vec::new(),
+        None => (Vec::new(), Vec::new()),
     };
+    if let Some(first) = thermal_failures.first() {
+        let why = format!(
+            "{} of {} quota rewrites failed, first: {first}",
+            thermal_failures.len(),
+            thermal_failures.len() + applied.len()
+        );
+        plan.not_applied(Limit::Thermal, why);
+    }
     let oom = group.as_ref().is_some_and(Group::oom_killed);
+    let throttled_periods = group.as_ref().and_then(Group::throttled_periods);
     if let Some(g) = &group {
         g.remove();
     }
@@ -263,8 +311,17 @@ pub async fn run_in_child(
             mut report,
             measure_start_unix_ns,
             first_inference_end_unix_ns,
+            rlimit_error,
+            affinity_error,
         }) => {
+            if let Some(e) = rlimit_error {
+                plan.not_applied(Limit::Memory, e);
+            }
+            if let Some(e) = affinity_error {
+                plan.not_applied(Limit::Cores, e);
+            }
             report.emulation = plan.record(sustained);
+            report.emulation.throttled_periods = throttled_periods;
             report.calibration = plan.calibration.clone();
             report.readings = crate::readings::summarize(&samples);
             if matches!(spec.mode, BenchMode::Cold) {
@@ -278,11 +335,15 @@ pub async fn run_in_child(
                     point.quota = Some(a.point.quota_us as f64 / plan.period_us as f64);
                     point.clock_mhz = Some(a.point.clock_mhz);
                     point.temperature_c = Some(a.point.temperature_c);
+                    point.source = Some(ReadingSource::Modelled);
                 } else if let Some(s) =
                     samples.iter().rev().find(|s| (spawned_at + (s.t_s * 1e9) as u128) <= at)
                 {
+                    point.quota = plan.quota_us.map(|q| q as f64 / plan.period_us as f64);
                     point.clock_mhz = s.cpu_mhz;
                     point.temperature_c = s.temperature_c;
+                    point.source = (s.cpu_mhz.is_some() || s.temperature_c.is_some())
+                        .then_some(ReadingSource::Sensor);
                 }
             }
             Ok(report)

@@ -161,6 +161,7 @@ pub fn run_benchmark(path: &Path, spec: &BenchSpec) -> Result<ChildResult, Bench
                         quota: None,
                         clock_mhz: None,
                         temperature_c: None,
+                        source: None,
                     });
                 }
                 start = end;

@@ -13,13 +13,22 @@
 //!   under full load heats past its throttle band and the governor holds it there); the clock is
 //!   the profile's step for `T`, and the quota scales with `clock / nominal`.
 //!
+//! - **Closed loop**: the open-loop quota does not slow a workload by exactly `1 / ratio` on
+//!   every host (CFS accounting, cache refills after each throttled period). At calibration the
+//!   agent measures the slowdown a quota achieves and corrects it ([`crate::calibrate`]); the
+//!   correction and its residual error travel with every result.
+//!
 //! Without cgroup rights nothing is throttled: the agent warns once and every result says
-//! `unthrottled` with the reason. On the real device (`--native`) nothing is emulated; the
+//! `unthrottled` with the reason. A profile faster than the host cannot be emulated either: it
+//! is `unthrottled` too, with the ratio. A limit that fails to apply (a cgroup write, the
+//! child's `setrlimit` or `sched_setaffinity`, a thermal quota rewrite) is listed in the
+//! record's `not_enforced` and its field is cleared, so a result never claims a limit that was
+//! not applied. On the real device (`--native`) nothing is emulated; the
 //! agent reads temperatures and clocks instead ([`crate::readings`]).
 
 pub mod cgroup;
 
-use hone_common::bench::{Emulation, EmulationStatus, HostCalibration};
+use hone_common::bench::{Emulation, EmulationStatus, HostCalibration, QuotaCorrection};
 use hone_firmware_profiles::DeviceProfile;
 
 /// Preferred CFS period, µs: short, so quotas act within one inference. It grows only when the
@@ -56,6 +65,12 @@ pub struct Plan {
     pub thermal_time_scale: f64,
     /// Calibration used.
     pub calibration: Option<HostCalibration>,
+    /// Hierarchy of the cgroup limits.
+    pub cgroup_version: cgroup::Version,
+    /// Closed-loop correction applied to the quota, if measured.
+    pub correction: Option<QuotaCorrection>,
+    /// Limits asked for but not applied, with why.
+    pub not_enforced: Vec<String>,
 }
 
 /// Inputs of [`plan`].
@@ -90,6 +105,9 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         memory_by_cgroup: false,
         thermal_time_scale: input.thermal_time_scale,
         calibration: input.calibration.cloned(),
+        cgroup_version: input.cgroups.version,
+        correction: None,
+        not_enforced: Vec::new(),
     };
     let Some(profile) = input.profile else {
         plan.memory_limit = input.memory_override;
@@ -119,24 +137,64 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     let per_core = profile.fp32_peak_gflops / f64::from(profile.cores.max(1));
     let ratio = per_core / cal.gflops_per_core.max(1e-9);
     plan.ratio = Some(ratio);
-    if ratio < 1.0 {
-        // The slowest quota the thermal model will ask for must still be >= MIN_QUOTA_US.
-        let throttle =
-            f64::from(profile.clock.throttled_mhz) / f64::from(profile.clock.nominal_mhz.max(1));
-        let slowest = (ratio * throttle).max(1e-3);
-        let period = (PERIOD_US as f64).max((MIN_QUOTA_US as f64 / slowest).ceil()) as u64;
-        plan.period_us = period;
-        plan.quota_us = Some(((ratio * period as f64).round() as u64).clamp(MIN_QUOTA_US, period));
-    }
     plan.cpus = Some(profile.cores.min(input.host_cores).max(1));
+    if ratio >= 1.0 {
+        // Nothing slows the host down to the profile: say so instead of `emulated`.
+        let reason = format!(
+            "not enforced: the profile is {ratio:.2}x this host's per-core speed \
+             ({per_core:.1} against {:.1} GFLOP/s); a faster device cannot be emulated",
+            cal.gflops_per_core
+        );
+        plan.not_enforced.push(format!("cpu speed: {reason}"));
+        plan.status = EmulationStatus::Unthrottled { reason };
+        return plan;
+    }
+    // The slowest quota the thermal model will ask for must still be >= MIN_QUOTA_US.
+    let throttle =
+        f64::from(profile.clock.throttled_mhz) / f64::from(profile.clock.nominal_mhz.max(1));
+    let slowest = (ratio * throttle).max(1e-3);
+    let period = (PERIOD_US as f64).max((MIN_QUOTA_US as f64 / slowest).ceil()) as u64;
+    plan.period_us = period;
+    plan.quota_us = Some(quota_for(ratio, period));
     plan.status = EmulationStatus::Emulated;
     plan
 }
 
+fn quota_for(fraction: f64, period_us: u64) -> u64 {
+    ((fraction * period_us as f64).round() as u64).clamp(MIN_QUOTA_US, period_us)
+}
+
 impl Plan {
+    /// Scales the quota by a measured closed-loop correction (see [`crate::calibrate`]).
+    pub fn apply_correction(&mut self, correction: QuotaCorrection) {
+        if let (Some(ratio), Some(_)) = (self.ratio, self.quota_us) {
+            self.quota_us = Some(quota_for(ratio * correction.factor, self.period_us));
+            self.correction = Some(correction);
+        }
+    }
+
+    /// Records that a limit was not applied and clears what the record would otherwise claim.
+    pub fn not_applied(&mut self, limit: Limit, why: String) {
+        match limit {
+            Limit::Cpu => {
+                self.quota_us = None;
+                self.correction = None;
+                if self.status == EmulationStatus::Emulated {
+                    self.status = EmulationStatus::Unthrottled { reason: why.clone() };
+                }
+            }
+            Limit::Cores => self.cpus = None,
+            Limit::Memory => self.memory_limit = None,
+            Limit::Thermal => self.thermal_time_scale = 0.0,
+        }
+        self.not_enforced.push(format!("{}: {why}", limit.name()));
+    }
+
     /// The record stored with every result.
     pub fn record(&self, sustained: bool) -> Emulation {
         let emulated = self.status == EmulationStatus::Emulated;
+        let cal = self.calibration.as_ref().filter(|_| self.profile.is_some());
+        let correction = self.correction.as_ref().filter(|_| self.quota_us.is_some());
         Emulation {
             profile: self.profile.as_ref().map(|p| p.name.clone()),
             status: self.status.clone(),
@@ -147,18 +205,30 @@ impl Plan {
             memory_limit_bytes: self.memory_limit,
             memory_method: self.memory_limit.map(|_| {
                 if self.memory_by_cgroup {
-                    "cgroup-v1".to_string()
+                    self.cgroup_version.label().to_string()
                 } else {
                     "rlimit-as".to_string()
                 }
             }),
-            thermal_time_scale: (emulated && sustained).then_some(self.thermal_time_scale),
+            thermal_time_scale: (emulated && sustained && self.thermal_time_scale > 0.0)
+                .then_some(self.thermal_time_scale),
+            not_enforced: self.not_enforced.clone(),
+            calibration_age_s: cal
+                .map(|c| crate::host::now_ms().saturating_sub(c.measured_at_ms) / 1000),
+            calibration_spread: cal.map(|c| c.spread),
+            calibration_load_per_core: cal.map(|c| c.load_per_core),
+            quota_correction: correction.map(|c| c.factor),
+            slowdown_residual: correction.map(|c| c.residual),
+            throttled_periods: None,
         }
     }
 
     /// Temperature, clock and quota of the thermal model `elapsed_s` into a sustained run.
     pub fn thermal_at(&self, elapsed_s: f64) -> Option<ThermalPoint> {
         let profile = self.profile.as_ref()?;
+        if self.thermal_time_scale <= 0.0 {
+            return None;
+        }
         let base = self.quota_us? as f64;
         let t = profile.thermal.clone();
         let model_s = elapsed_s * self.thermal_time_scale;
@@ -172,6 +242,31 @@ impl Plan {
             clock_mhz: clock,
             quota_us: (quota.round() as u64).max(MIN_QUOTA_US),
         })
+    }
+}
+
+/// A limit of the emulation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// The CPU quota.
+    Cpu,
+    /// The cores (cpuset or affinity).
+    Cores,
+    /// The memory cap (cgroup or `RLIMIT_AS`).
+    Memory,
+    /// The thermal model's quota rewrites.
+    Thermal,
+}
+
+impl Limit {
+    /// Name used in `not_enforced`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Limit::Cpu => "cpu quota",
+            Limit::Cores => "cores",
+            Limit::Memory => "memory cap",
+            Limit::Thermal => "thermal model",
+        }
     }
 }
 
@@ -196,6 +291,12 @@ mod tests {
             gflops_per_core: gflops,
             memory_bandwidth_gbs: 10.0,
             measured_at_ms: 0,
+            spread: 0.01,
+            load_per_core: 0.2,
+            steal_fraction: None,
+            attempts: 1,
+            contended: false,
+            quota_corrections: vec![],
         }
     }
 
@@ -206,6 +307,7 @@ mod tests {
             cpuset: c(),
             memory: c(),
             problems: if with_cpu { vec![] } else { vec!["no rights".into()] },
+            version: cgroup::Version::V1,
         }
     }
 
@@ -261,6 +363,61 @@ mod tests {
         let plan = plan(&input(p, &c, &g));
         assert!(plan.ratio.unwrap() > 1.0);
         assert_eq!(plan.quota_us, None);
+        let record = plan.record(false);
+        match &record.status {
+            EmulationStatus::Unthrottled { reason } => {
+                assert!(
+                    reason.contains("not enforced") && reason.contains("x this host"),
+                    "{reason}"
+                )
+            }
+            other => panic!("a profile faster than the host is not emulated, got {other:?}"),
+        }
+        assert!(record.performance_ratio.unwrap() > 1.0, "the record keeps the ratio");
+        assert!(record.not_enforced[0].starts_with("cpu speed"), "{:?}", record.not_enforced);
+        assert_eq!(record.cpus, Some(2), "the cores still apply");
+    }
+
+    #[test]
+    fn a_limit_that_failed_is_listed_and_not_claimed() {
+        let p = hone_firmware_profiles::find("rpi4").unwrap();
+        let c = cal(24.0);
+        let g = cgroups(true);
+        let mut plan = plan(&input(p, &c, &g));
+        plan.memory_by_cgroup = false;
+        plan.not_applied(Limit::Memory, "setrlimit(RLIMIT_AS): Operation not permitted".into());
+        plan.not_applied(Limit::Thermal, "writing cpu.cfs_quota_us: No such file".into());
+        let r = plan.record(true);
+        assert_eq!(r.status, EmulationStatus::Emulated, "the CPU quota itself held");
+        assert_eq!((r.memory_limit_bytes, r.memory_method), (None, None));
+        assert_eq!(r.thermal_time_scale, None);
+        assert!(plan.thermal_at(10.0).is_none(), "no modelled points without the thermal model");
+        assert_eq!(r.not_enforced.len(), 2);
+        assert!(r.not_enforced[0].starts_with("memory cap: setrlimit"), "{:?}", r.not_enforced);
+        plan.not_applied(Limit::Cpu, "cannot move the benchmark into its cgroups".into());
+        let r = plan.record(false);
+        assert!(matches!(r.status, EmulationStatus::Unthrottled { .. }), "{:?}", r.status);
+        assert_eq!((r.cpu_quota_us, r.cpu_period_us), (None, None));
+    }
+
+    #[test]
+    fn a_correction_scales_the_quota_and_is_recorded_with_the_calibration() {
+        let p = hone_firmware_profiles::find("rpi4").unwrap();
+        let c = HostCalibration { measured_at_ms: crate::host::now_ms() - 90_000, ..cal(24.0) };
+        let g = cgroups(true);
+        let mut plan = plan(&input(p, &c, &g));
+        plan.apply_correction(QuotaCorrection {
+            ratio: 0.5,
+            factor: 1.2,
+            residual: 0.01,
+            iterations: 3,
+        });
+        assert_eq!(plan.quota_us, Some(3_000));
+        let r = plan.record(false);
+        assert_eq!((r.quota_correction, r.slowdown_residual), (Some(1.2), Some(0.01)));
+        assert_eq!((r.calibration_spread, r.calibration_load_per_core), (Some(0.01), Some(0.2)));
+        assert!((89..=95).contains(&r.calibration_age_s.unwrap()), "{:?}", r.calibration_age_s);
+        assert_eq!(r.memory_method.as_deref(), Some("cgroup-v1"));
     }
 
     #[test]
