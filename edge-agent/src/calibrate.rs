@@ -152,24 +152,10 @@ pub fn host_id() -> String {
 }
 
 fn matmul_model() -> Vec<u8> {
-    let dims = |d: &[i64]| pb::ValueInfoProto {
-        name: String::new(),
-        r#type: Some(pb::TypeProto {
-            denotation: String::new(),
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: 1,
-                shape: Some(pb::TensorShapeProto {
-                    dim: d
-                        .iter()
-                        .map(|v| pb::tensor_shape_proto::Dimension {
-                            denotation: String::new(),
-                            value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(*v)),
-                        })
-                        .collect(),
-                }),
-            })),
-        }),
-        ..Default::default()
+    let square = |name: &str| {
+        let d = hone_graph::Dim::Value(N as i64);
+        hone_graph::ValueInfo::tensor(name, hone_graph::DataType::F32, vec![d.clone(), d])
+            .to_proto()
     };
     let n = N as i64;
     let w: Vec<f32> = (0..N * N).map(|i| ((i % 13) as f32 - 6.0) * 0.01).collect();
@@ -192,8 +178,8 @@ fn matmul_model() -> Vec<u8> {
                 float_data: w,
                 ..Default::default()
             }],
-            input: vec![pb::ValueInfoProto { name: "x".into(), ..dims(&[n, n]) }],
-            output: vec![pb::ValueInfoProto { name: "y".into(), ..dims(&[n, n]) }],
+            input: vec![square("x")],
+            output: vec![square("y")],
             ..Default::default()
         }),
         ..Default::default()

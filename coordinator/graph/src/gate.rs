@@ -120,7 +120,7 @@ pub fn check_with_tract(
         .map_err(|e| ModelError::Shapes(e.to_string()))?;
     let datums: Vec<Option<DatumType>> = crate::shapes::declared_inputs(graph)
         .into_iter()
-        .map(|(_, elem)| elem.and_then(datum_type))
+        .map(|(_, elem)| elem.and_then(crate::shapes::tract_datum))
         .collect();
     // The check runs the graph agents will run: concrete inputs, and the exporter's symbolic
     // hints on intermediate values relaxed (see `relax_shape_hints`).
@@ -146,21 +146,6 @@ pub fn check_with_tract(
                 .unwrap_or_else(|| "unknown panic".into()),
         )),
     }
-}
-
-/// tract's datum type for an ONNX element type it takes as an input.
-fn datum_type(elem_type: i32) -> Option<DatumType> {
-    use pb::tensor_proto::DataType as D;
-    Some(match D::try_from(elem_type).ok()? {
-        D::Float => DatumType::F32,
-        D::Double => DatumType::F64,
-        D::Int64 => DatumType::I64,
-        D::Int32 => DatumType::I32,
-        D::Int8 => DatumType::I8,
-        D::Uint8 => DatumType::U8,
-        D::Bool => DatumType::Bool,
-        _ => return None,
-    })
 }
 
 #[cfg(test)]

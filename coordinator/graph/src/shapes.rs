@@ -9,6 +9,22 @@ use std::borrow::Cow;
 use hone_common::shapes::{DeclaredDim, DeclaredInput, InputShapes, ResolveError, resolve};
 use tract_onnx::pb;
 
+/// tract's datum type for an ONNX element type it takes as a model input.
+pub fn tract_datum(elem_type: i32) -> Option<tract_onnx::prelude::DatumType> {
+    use pb::tensor_proto::DataType as D;
+    use tract_onnx::prelude::DatumType;
+    Some(match D::try_from(elem_type).ok()? {
+        D::Float => DatumType::F32,
+        D::Double => DatumType::F64,
+        D::Int64 => DatumType::I64,
+        D::Int32 => DatumType::I32,
+        D::Int8 => DatumType::I8,
+        D::Uint8 => DatumType::U8,
+        D::Bool => DatumType::Bool,
+        _ => return None,
+    })
+}
+
 /// A declared axis.
 pub fn declared_dim(dim: &pb::tensor_shape_proto::Dimension) -> DeclaredDim {
     use pb::tensor_shape_proto::dimension::Value;

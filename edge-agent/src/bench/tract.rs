@@ -9,7 +9,6 @@ use std::time::Instant;
 use hone_common::bench::{
     BenchMode, BenchReport, BenchSpec, LatencyStats, ThroughputPoint, TimelinePoint,
 };
-use hone_common::shapes::{DeclaredDim, DeclaredInput};
 use hone_common::wire::FailureKind;
 use prost::Message as _;
 use tract_onnx::pb;
@@ -281,13 +280,11 @@ pub fn cost(path: &Path, spec: &BenchSpec) -> Result<ModelCost, BenchFailure> {
 }
 
 /// Decodes a model and forgets the dynamic sizes of its intermediate and output shapes (see
-/// [`forget_dynamic_dims`]); the inputs keep theirs for [`plan_inputs`].
+/// [`hone_graph::relax_shape_hints`]); the inputs keep theirs for [`plan_inputs`].
 fn decode_proto(bytes: &[u8]) -> Result<pb::ModelProto, BenchFailure> {
     let mut proto = pb::ModelProto::decode(bytes)
         .map_err(|e| BenchFailure::invalid(format!("not an ONNX protobuf: {e}")))?;
-    if let Some(graph) = proto.graph.as_mut() {
-        forget_dynamic_dims(graph, false);
-    }
+    hone_graph::relax_shape_hints(&mut proto);
     Ok(proto)
 }
 
@@ -365,30 +362,19 @@ fn plan_inputs(
     batch: Option<u64>,
 ) -> Result<Vec<InputPlan>, BenchFailure> {
     let graph = proto.graph.as_ref().ok_or_else(|| BenchFailure::invalid("model has no graph"))?;
-    let initializers: std::collections::HashSet<&str> =
-        graph.initializer.iter().map(|t| t.name.as_str()).collect();
     let mut declared = Vec::new();
     let mut datums = Vec::new();
-    for input in graph.input.iter().filter(|i| !initializers.contains(i.name.as_str())) {
-        let tensor = match input.r#type.as_ref().and_then(|t| t.value.as_ref()) {
-            Some(pb::type_proto::Value::TensorType(t)) => t,
-            _ => {
-                return Err(BenchFailure::invalid(format!(
-                    "input `{}` is not a tensor",
-                    input.name
-                )));
-            }
-        };
-        datums.push(onnx_datum(tensor.elem_type).ok_or_else(|| {
+    for (input, elem) in hone_graph::shapes::declared_inputs(graph) {
+        let elem = elem.ok_or_else(|| {
+            BenchFailure::invalid(format!("input `{}` is not a tensor", input.name))
+        })?;
+        datums.push(hone_graph::shapes::tract_datum(elem).ok_or_else(|| {
             BenchFailure::invalid(format!(
-                "input `{}` has unsupported element type {}",
-                input.name, tensor.elem_type
+                "input `{}` has unsupported element type {elem}",
+                input.name
             ))
         })?);
-        declared.push(DeclaredInput {
-            name: input.name.clone(),
-            dims: tensor.shape.as_ref().map(|s| s.dim.iter().map(declared_dim).collect()),
-        });
+        declared.push(input);
     }
     let resolved =
         spec.resolve_inputs(&declared, batch).map_err(|e| BenchFailure::invalid(e.to_string()))?;
@@ -410,67 +396,6 @@ fn plan_inputs(
 
 /// Largest synthetic input, in elements.
 const MAX_INPUT_ELEMENTS: u64 = 512 * 1024 * 1024;
-
-fn declared_dim(dim: &pb::tensor_shape_proto::Dimension) -> DeclaredDim {
-    use pb::tensor_shape_proto::dimension::Value;
-    match &dim.value {
-        Some(Value::DimValue(v)) => DeclaredDim::from_onnx(Some(*v), None),
-        Some(Value::DimParam(p)) => DeclaredDim::from_onnx(None, Some(p)),
-        None => DeclaredDim::Unnamed,
-    }
-}
-
-/// Forgets every size in output and `value_info` shapes that is not a fixed positive number, in
-/// the graph and in every subgraph (where the inputs' sizes are forgotten too). Exporters keep the
-/// input's symbols there (`batch`, `2*batch`, `unk__12`); once the inputs are concrete, tract
-/// would hold such a symbol against the size it infers and refuse the model ("Impossible to
-/// unify Sym(batch) with Val(1)"). Fixed sizes stay; tract infers the rest from the inputs.
-fn forget_dynamic_dims(graph: &mut pb::GraphProto, subgraph: bool) {
-    fn forget(infos: &mut [pb::ValueInfoProto]) {
-        use pb::tensor_shape_proto::dimension::Value;
-        for info in infos {
-            if let Some(pb::type_proto::Value::TensorType(t)) =
-                info.r#type.as_mut().and_then(|t| t.value.as_mut())
-                && let Some(shape) = t.shape.as_mut()
-            {
-                for dim in &mut shape.dim {
-                    if !matches!(dim.value, Some(Value::DimValue(v)) if v > 0) {
-                        dim.value = None;
-                    }
-                }
-            }
-        }
-    }
-    forget(&mut graph.output);
-    forget(&mut graph.value_info);
-    if subgraph {
-        forget(&mut graph.input);
-    }
-    for node in &mut graph.node {
-        for attr in &mut node.attribute {
-            if let Some(g) = attr.g.as_mut() {
-                forget_dynamic_dims(g, true);
-            }
-            for g in &mut attr.graphs {
-                forget_dynamic_dims(g, true);
-            }
-        }
-    }
-}
-
-fn onnx_datum(elem_type: i32) -> Option<DatumType> {
-    use pb::tensor_proto::DataType as D;
-    Some(match D::try_from(elem_type).ok()? {
-        D::Float => DatumType::F32,
-        D::Double => DatumType::F64,
-        D::Int64 => DatumType::I64,
-        D::Int32 => DatumType::I32,
-        D::Int8 => DatumType::I8,
-        D::Uint8 => DatumType::U8,
-        D::Bool => DatumType::Bool,
-        _ => return None,
-    })
-}
 
 /// Deterministic synthetic data: floats in [0, 1) from a fixed LCG; integers are 1 (a valid
 /// token id and attention-mask value for every text model Hone ships); booleans are `true`.
@@ -504,29 +429,11 @@ mod tests {
 
     /// A shape as exporters write it: a number (`-1` included) or a `dim_param` (`?` included).
     fn info(name: &str, dims: &[&str]) -> pb::ValueInfoProto {
-        use pb::tensor_shape_proto::dimension::Value;
-        pb::ValueInfoProto {
-            name: name.into(),
-            r#type: Some(pb::TypeProto {
-                denotation: String::new(),
-                value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                    elem_type: 1,
-                    shape: Some(pb::TensorShapeProto {
-                        dim: dims
-                            .iter()
-                            .map(|d| pb::tensor_shape_proto::Dimension {
-                                denotation: String::new(),
-                                value: Some(match d.parse::<i64>() {
-                                    Ok(v) => Value::DimValue(v),
-                                    Err(_) => Value::DimParam(d.to_string()),
-                                }),
-                            })
-                            .collect(),
-                    }),
-                })),
-            }),
-            ..Default::default()
-        }
+        let dims = dims.iter().map(|d| {
+            d.parse::<i64>()
+                .map_or_else(|_| hone_graph::Dim::Symbol(d.to_string()), hone_graph::Dim::Value)
+        });
+        hone_graph::ValueInfo::tensor(name, hone_graph::DataType::F32, dims.collect()).to_proto()
     }
 
     fn node(op: &str, inputs: &[&str], output: &str) -> pb::NodeProto {
