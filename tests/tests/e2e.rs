@@ -6,3 +6,4 @@ mod demo;
 mod faults;
 mod hostile;
 mod prune;
+mod security;
