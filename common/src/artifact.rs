@@ -75,22 +75,25 @@ mod tests {
         }
     }
 
+    /// Changes one field of a job.
+    type Tamper = fn(&mut JobCommand);
+
     #[test]
     fn every_field_but_the_signature_changes_the_signed_bytes() {
         let base = signing_bytes(&job());
-        let tampered: Vec<(&str, Box<dyn Fn(&mut JobCommand)>)> = vec![
-            ("command_id", Box::new(|j| j.command_id.push('x'))),
-            ("job_id", Box::new(|j| j.job_id.push('x'))),
-            ("attempt", Box::new(|j| j.attempt += 1)),
-            ("artifact_id", Box::new(|j| j.artifact.artifact_id.push('x'))),
-            ("sha256", Box::new(|j| j.artifact.sha256[31] ^= 1)),
-            ("size", Box::new(|j| j.artifact.size += 1)),
-            ("url", Box::new(|j| j.artifact.url.push('x'))),
-            ("expires_at_ms", Box::new(|j| j.artifact.expires_at_ms += 1)),
-            ("spec.warmup", Box::new(|j| j.spec.warmup += 1)),
-            ("spec.symbols", Box::new(|j| j.spec.symbols.push(("n".into(), 1)))),
-            ("spec.mode", Box::new(|j| j.spec.mode = BenchMode::Cold)),
-            ("timeout_ms", Box::new(|j| j.timeout_ms += 1)),
+        let tampered: Vec<(&str, Tamper)> = vec![
+            ("command_id", |j| j.command_id.push('x')),
+            ("job_id", |j| j.job_id.push('x')),
+            ("attempt", |j| j.attempt += 1),
+            ("artifact_id", |j| j.artifact.artifact_id.push('x')),
+            ("sha256", |j| j.artifact.sha256[31] ^= 1),
+            ("size", |j| j.artifact.size += 1),
+            ("url", |j| j.artifact.url.push('x')),
+            ("expires_at_ms", |j| j.artifact.expires_at_ms += 1),
+            ("spec.warmup", |j| j.spec.warmup += 1),
+            ("spec.symbols", |j| j.spec.symbols.push(("n".into(), 1))),
+            ("spec.mode", |j| j.spec.mode = BenchMode::Cold),
+            ("timeout_ms", |j| j.timeout_ms += 1),
         ];
         for (field, tamper) in tampered {
             let mut j = job();

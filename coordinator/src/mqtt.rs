@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 
 /// What a device sent, as far as the coordinator could read it.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // decoded once and moved to the engine; boxing gains nothing
 pub enum Payload {
     /// A message of this build's wire version.
     Message(Message),

@@ -152,7 +152,8 @@ fn handle_message(
             // signature holds. A refusal is reported once, and nothing of it is stored.
             let job = match crate::store::verify_job(job, trusted, now_ms()) {
                 Ok(job) => job,
-                Err((job, e)) => {
+                Err(refused) => {
+                    let (job, e) = *refused;
                     warn!(job = %job.job_id, error = %e, "job document refused");
                     let result = JobResult {
                         result_id: result_id_of(&job),

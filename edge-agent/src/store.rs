@@ -241,10 +241,10 @@ pub fn verify_job(
     job: JobCommand,
     trusted: &VerifyingKey,
     now_ms: u64,
-) -> Result<VerifiedJob, (JobCommand, ArtifactError)> {
+) -> Result<VerifiedJob, Box<(JobCommand, ArtifactError)>> {
     match check_job(&job, trusted, now_ms) {
         Ok(()) => Ok(VerifiedJob(job)),
-        Err(e) => Err((job, e)),
+        Err(e) => Err(Box::new((job, e))),
     }
 }
 

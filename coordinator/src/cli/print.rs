@@ -106,7 +106,7 @@ pub(super) fn print_campaigns(list: &[CampaignView]) {
 
 /// Prints API tokens (never their secrets).
 pub(super) fn print_tokens(tokens: &[crate::db::TokenRow]) {
-    println!("{:<14} {:<9} {:<10} {}", "id", "role", "state", "name");
+    println!("{:<14} {:<9} {:<10} name", "id", "role", "state");
     for t in tokens {
         let state = if t.revoked_at_ms.is_some() { "revoked" } else { "active" };
         println!("{:<14} {:<9} {:<10} {}", t.id, t.role, state, t.name);

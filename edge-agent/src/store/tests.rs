@@ -79,7 +79,7 @@ async fn fetch(
     job: &JobCommand,
     now_ms: u64,
 ) -> Result<Fetched, ArtifactError> {
-    let verified = verify_job(job.clone(), &trusted_key(), now_ms).map_err(|(_, e)| e)?;
+    let verified = verify_job(job.clone(), &trusted_key(), now_ms).map_err(|refused| refused.1)?;
     store.fetch_verified(&verified).await
 }
 
@@ -375,13 +375,16 @@ async fn malformed_signature_is_refused_before_any_request() {
     assert!(matches!(err, ArtifactError::BadSignature(_)), "{err:?}");
 }
 
+/// Changes one field of a job.
+type Tamper = fn(&mut JobCommand);
+
 /// Every field the agent acts on is signed: changing any one of them after signing (the
 /// download URL, the benchmark spec, the timeout, the ids) is refused before any request.
 #[tokio::test]
 async fn a_tampered_field_of_the_job_is_refused_before_any_request() {
     let body = model_bytes();
     let server = TestServer::start(body.clone(), Mode::Good).await;
-    let tampers: Vec<(&str, fn(&mut JobCommand))> = vec![
+    let tampers: Vec<(&str, Tamper)> = vec![
         ("url", |j| j.artifact.url = "http://evil.example/model.onnx".into()),
         ("spec.max_iterations", |j| j.spec.max_iterations = 1_000_000),
         ("spec.symbols", |j| j.spec.symbols.push(("batch".into(), 1 << 40))),
