@@ -1,47 +1,118 @@
-//! What an artifact signature covers.
+//! What a job signature covers.
 //!
 //! The coordinator signs, with its ed25519 key, the canonical bytes returned by
-//! [`signing_bytes`]; the agent rebuilds the same bytes from the job document and verifies them
-//! *before* downloading or parsing anything. The encoding is fixed-width and length-prefixed so
-//! that no two different manifests share the same bytes.
+//! [`signing_bytes`]: a domain tag, then the postcard encoding of every field of the
+//! [`JobCommand`] but the signature, length-prefixed. The agent rebuilds the same bytes from the
+//! decoded document and verifies them *before* it acts on any field: no id is recorded, no
+//! request is made and nothing is parsed before the signature holds.
+//!
+//! The bytes are re-encoded from decoded values, so they are canonical even though postcard
+//! accepts over-long varints: a signature covers values, never payload bytes.
 
-/// Domain-separation tag, so a Hone artifact signature can never be replayed as another message.
-pub const SIGNING_DOMAIN: &[u8] = b"hone-artifact-v1\0";
+use serde::Serialize;
 
-/// The bytes signed for an artifact: domain tag, id (u32 length + UTF-8), sha256, size
-/// (u64 big-endian) and expiry (Unix milliseconds, u64 big-endian).
-pub fn signing_bytes(
-    artifact_id: &str,
-    sha256: &[u8; 32],
-    size: u64,
-    expires_at_ms: u64,
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(SIGNING_DOMAIN.len() + 4 + artifact_id.len() + 48);
+use crate::bench::BenchSpec;
+use crate::wire::{ArtifactRef, JobCommand};
+
+/// Domain-separation tag, so a Hone job signature can never be replayed as another message. The
+/// version in the tag is the wire version that introduced this layout.
+pub const SIGNING_DOMAIN: &[u8] = b"hone-job-v3\0";
+
+/// The fields of a [`JobCommand`] that a signature covers, in wire order.
+#[derive(Serialize)]
+struct SignedFields<'a> {
+    command_id: &'a str,
+    job_id: &'a str,
+    attempt: u32,
+    artifact: &'a ArtifactRef,
+    spec: &'a BenchSpec,
+    timeout_ms: u64,
+}
+
+/// The bytes signed for a job: the domain tag, then `u32be(len(body)) || body`, where `body` is
+/// the postcard encoding of every field of `job` except `signature` (the same bytes as the
+/// message on the wire, up to the signature).
+pub fn signing_bytes(job: &JobCommand) -> Vec<u8> {
+    // Destructured without `..`: a new field must be added to the signed fields (or this
+    // function will not compile).
+    let JobCommand { command_id, job_id, attempt, artifact, spec, timeout_ms, signature: _ } = job;
+    let body = postcard::to_stdvec(&SignedFields {
+        command_id,
+        job_id,
+        attempt: *attempt,
+        artifact,
+        spec,
+        timeout_ms: *timeout_ms,
+    })
+    .expect("postcard encodes these types into memory");
+    let mut out = Vec::with_capacity(SIGNING_DOMAIN.len() + 4 + body.len());
     out.extend_from_slice(SIGNING_DOMAIN);
-    out.extend_from_slice(&(artifact_id.len() as u32).to_be_bytes());
-    out.extend_from_slice(artifact_id.as_bytes());
-    out.extend_from_slice(sha256);
-    out.extend_from_slice(&size.to_be_bytes());
-    out.extend_from_slice(&expires_at_ms.to_be_bytes());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
     out
 }
 
 #[cfg(test)]
 mod tests {
-    use super::signing_bytes;
+    use super::*;
+    use crate::bench::BenchMode;
+
+    fn job() -> JobCommand {
+        JobCommand {
+            command_id: "c".into(),
+            job_id: "j".into(),
+            attempt: 1,
+            artifact: ArtifactRef {
+                artifact_id: "m".into(),
+                sha256: [7; 32],
+                size: 10,
+                url: "http://x/artifacts/a?exp=1&cap=2".into(),
+                expires_at_ms: 20,
+            },
+            spec: BenchSpec::default(),
+            timeout_ms: 1000,
+            signature: vec![],
+        }
+    }
+
+    /// Changes one field of a job.
+    type Tamper = fn(&mut JobCommand);
 
     #[test]
-    fn every_field_changes_the_signed_bytes() {
-        let base = signing_bytes("m1", &[7; 32], 10, 20);
-        assert_ne!(base, signing_bytes("m2", &[7; 32], 10, 20));
-        assert_ne!(base, signing_bytes("m1", &[8; 32], 10, 20));
-        assert_ne!(base, signing_bytes("m1", &[7; 32], 11, 20));
-        assert_ne!(base, signing_bytes("m1", &[7; 32], 10, 21));
+    fn every_field_but_the_signature_changes_the_signed_bytes() {
+        let base = signing_bytes(&job());
+        let tampered: Vec<(&str, Tamper)> = vec![
+            ("command_id", |j| j.command_id.push('x')),
+            ("job_id", |j| j.job_id.push('x')),
+            ("attempt", |j| j.attempt += 1),
+            ("artifact_id", |j| j.artifact.artifact_id.push('x')),
+            ("sha256", |j| j.artifact.sha256[31] ^= 1),
+            ("size", |j| j.artifact.size += 1),
+            ("url", |j| j.artifact.url.push('x')),
+            ("expires_at_ms", |j| j.artifact.expires_at_ms += 1),
+            ("spec.warmup", |j| j.spec.warmup += 1),
+            ("spec.symbols", |j| j.spec.symbols.push(("n".into(), 1))),
+            ("spec.mode", |j| j.spec.mode = BenchMode::Cold),
+            ("timeout_ms", |j| j.timeout_ms += 1),
+        ];
+        for (field, tamper) in tampered {
+            let mut j = job();
+            tamper(&mut j);
+            assert_ne!(signing_bytes(&j), base, "{field} is not covered");
+        }
+        let mut j = job();
+        j.signature = vec![1, 2, 3];
+        assert_eq!(signing_bytes(&j), base, "the signature does not sign itself");
     }
 
     #[test]
-    fn id_is_length_prefixed_so_fields_cannot_shift() {
-        // Without the length prefix, "ab" + sha starting with 'c' could equal "abc" + ...
-        assert_ne!(signing_bytes("ab", &[b'c'; 32], 1, 1), signing_bytes("abc", &[b'c'; 32], 1, 1));
+    fn strings_are_length_prefixed_so_fields_cannot_shift() {
+        let mut a = job();
+        a.command_id = "ab".into();
+        a.job_id = "c".into();
+        let mut b = job();
+        b.command_id = "a".into();
+        b.job_id = "bc".into();
+        assert_ne!(signing_bytes(&a), signing_bytes(&b));
     }
 }

@@ -13,15 +13,20 @@
 //!   broker and the MQTT clients are configured with the same limit.
 //! - Golden-bytes tests (`common/tests/wire_golden.rs`) pin the encoding of every message.
 //!
-//! Models never travel over MQTT: a job carries a signed [`ArtifactRef`] and the agent fetches
-//! the bytes over HTTP (see `docs/wire-protocol.md`).
+//! Models never travel over MQTT: a job carries an [`ArtifactRef`] and the agent fetches the
+//! bytes over HTTP (see `docs/wire-protocol.md`). The whole [`JobCommand`] is signed
+//! ([`crate::artifact::signing_bytes`]): every field the agent acts on.
 
 use serde::{Deserialize, Serialize};
 
 use crate::bench::{BenchReport, BenchSpec};
 
 /// Version of the envelope and of every message in it.
-pub const WIRE_VERSION: u16 = 2;
+///
+/// - 2: benchmark modes, emulation, calibration, timelines and readings in reports.
+/// - 3: the signature covers the whole job document; it moved from [`ArtifactRef`] to the end
+///   of [`JobCommand`].
+pub const WIRE_VERSION: u16 = 3;
 
 /// Largest payload Hone writes or accepts, in bytes (64 KiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -95,13 +100,11 @@ pub struct ArtifactRef {
     pub sha256: [u8; 32],
     /// Exact size in bytes; a download that exceeds it is aborted.
     pub size: u64,
-    /// HTTP URL that serves the bytes (with Range support).
+    /// HTTP URL that serves the bytes (with Range support). It carries an expiring capability
+    /// for this one artifact (`?exp=…&cap=…`), so the agent needs no API token.
     pub url: String,
-    /// Unix milliseconds after which the agent must refuse the artifact.
+    /// Unix milliseconds after which the agent must refuse the job.
     pub expires_at_ms: u64,
-    /// Ed25519 signature by the coordinator over [`crate::artifact::signing_bytes`];
-    /// empty means unsigned (always rejected by agents).
-    pub signature: Vec<u8>,
 }
 
 /// A benchmark job for one device.
@@ -119,6 +122,9 @@ pub struct JobCommand {
     pub spec: BenchSpec,
     /// Upper bound on the whole job on the agent (download + benchmark), milliseconds.
     pub timeout_ms: u64,
+    /// Ed25519 signature by the coordinator over [`crate::artifact::signing_bytes`] of every
+    /// field above; empty means unsigned (always rejected by agents). Always the last field.
+    pub signature: Vec<u8>,
 }
 
 /// A result was stored by the coordinator.
@@ -174,9 +180,9 @@ pub enum Outcome {
 pub enum FailureKind {
     /// The agent was running another job.
     Busy,
-    /// The job document or artifact had expired.
+    /// The job document had expired.
     Expired,
-    /// The artifact carried no signature.
+    /// The job document carried no signature.
     Unsigned,
     /// The signature did not verify against the trusted key.
     BadSignature,
@@ -347,10 +353,10 @@ mod tests {
     #[test]
     fn rejects_other_wire_versions_before_decoding_the_body() {
         let mut bytes = encode(&status()).unwrap();
-        bytes[0] = 1;
-        assert_eq!(decode(&bytes), Err(DecodeError::UnsupportedVersion { found: 1 }));
-        bytes[0] = 3;
-        assert_eq!(decode(&bytes), Err(DecodeError::UnsupportedVersion { found: 3 }));
+        bytes[0] = 2;
+        assert_eq!(decode(&bytes), Err(DecodeError::UnsupportedVersion { found: 2 }));
+        bytes[0] = 4;
+        assert_eq!(decode(&bytes), Err(DecodeError::UnsupportedVersion { found: 4 }));
     }
 
     #[test]

@@ -12,7 +12,7 @@
 
 use std::path::Path;
 
-use hone_common::artifact::signing_bytes;
+use hone_common::artifact::{SIGNING_DOMAIN, signing_bytes};
 use hone_common::bench::{
     BenchMode, BenchReport, BenchSpec, DeviceReadings, Emulation, EmulationStatus, HostCalibration,
     LatencyStats, QuotaCorrection, ReadingSource, ThroughputPoint, TimelinePoint,
@@ -51,7 +51,6 @@ fn job_command(mode: BenchMode) -> Message {
             size: 14_000_000,
             url: "http://c:8080/a/mobilenet".into(),
             expires_at_ms: 1_700_000_600_000,
-            signature: vec![0xAA, 0xBB, 0xCC],
         },
         spec: BenchSpec {
             warmup: 5,
@@ -62,6 +61,7 @@ fn job_command(mode: BenchMode) -> Message {
             inputs: InputShapes::parse("x=1x3x48x320").unwrap(),
         },
         timeout_ms: 600_000,
+        signature: vec![0xAA, 0xBB, 0xCC],
     })
 }
 
@@ -311,7 +311,7 @@ fn golden_status() {
     check(
         status(),
         concat!(
-            "02",                // wire version
+            "03",                // wire version
             "00",                // Message::Status
             "07 727069342d3031", // device_id "rpi4-01"
             "01",                // online
@@ -328,12 +328,10 @@ fn golden_status() {
     );
 }
 
-/// The bytes of [`job_command`] up to its `spec.mode`, the same for every mode.
-macro_rules! run_job_head {
+/// The signed fields of [`job_command`] up to its `spec.mode`, the same for every mode.
+macro_rules! run_job_fields {
     () => {
         concat!(
-            "02",                                                                // wire version
-            "01",                                                                // Message::RunJob
             "05 636d642d31",                                                     // command_id
             "05 6a6f622d37",                                                     // job_id
             "02",                                                                // attempt
@@ -342,13 +340,23 @@ macro_rules! run_job_head {
             "80bfd606",              // artifact.size
             "19 687474703a2f2f633a383038302f612f6d6f62696c656e6574", // artifact.url
             "c09fbaffbc31",          // artifact.expires_at_ms
-            "03 aabbcc",             // artifact.signature
             "05",                    // spec.warmup
             "64",                    // spec.max_iterations
             "904e",                  // spec.max_time_ms
             "02",                    // spec.symbols: 2 entries
             "05 6261746368 01",      //   ("batch", 1)
             "03 736571 8001",        //   ("seq", 128)
+        )
+    };
+}
+
+/// The bytes of [`job_command`] up to its `spec.mode`, the same for every mode.
+macro_rules! run_job_head {
+    () => {
+        concat!(
+            "03", // wire version
+            "01", // Message::RunJob
+            run_job_fields!(),
         )
     };
 }
@@ -363,6 +371,7 @@ fn golden_run_job() {
             "03 01 08 ac02",             //   batch_sizes [1, 8, 300]
             "01 01 78 04 01 03 30 c002", // spec.inputs {"x": [1, 3, 48, 320]}
             "c0cf24",                    // timeout_ms
+            "03 aabbcc",                 // signature (last)
         ),
     );
 }
@@ -376,6 +385,7 @@ fn golden_run_job_single() {
             "00",                        // spec.mode: BenchMode::Single
             "01 01 78 04 01 03 30 c002", // spec.inputs {"x": [1, 3, 48, 320]}
             "c0cf24",                    // timeout_ms
+            "03 aabbcc",                 // signature (last)
         ),
     );
 }
@@ -390,6 +400,7 @@ fn golden_run_job_sustained() {
             "d804",                      //   seconds 600
             "01 01 78 04 01 03 30 c002", // spec.inputs {"x": [1, 3, 48, 320]}
             "c0cf24",                    // timeout_ms
+            "03 aabbcc",                 // signature (last)
         ),
     );
 }
@@ -403,18 +414,19 @@ fn golden_run_job_cold() {
             "02",                        // spec.mode: BenchMode::Cold
             "01 01 78 04 01 03 30 c002", // spec.inputs {"x": [1, 3, 48, 320]}
             "c0cf24",                    // timeout_ms
+            "03 aabbcc",                 // signature (last)
         ),
     );
 }
 
 #[test]
 fn golden_result_ack() {
-    check(result_ack(), "0202076a6f622d372f32");
+    check(result_ack(), "0302076a6f622d372f32");
 }
 
 #[test]
 fn golden_job_accepted() {
-    check(job_accepted(), "020305636d642d31056a6f622d3702");
+    check(job_accepted(), "030305636d642d31056a6f622d3702");
 }
 
 /// The bytes of [`job_result`] of [`base_report`] up to the report's `mode`, the same for every
@@ -422,7 +434,7 @@ fn golden_job_accepted() {
 macro_rules! job_result_head {
     () => {
         concat!(
-            "02",                                                   // wire version
+            "03",                                                   // wire version
             "04",                                                   // Message::JobResult
             "07 6a6f622d372f32",                                    // result_id
             "05 636d642d31",                                        // command_id
@@ -608,7 +620,7 @@ fn golden_job_result_failed() {
     check(
         job_result_failed(),
         concat!(
-            "02",                              // wire version
+            "03",                              // wire version
             "04",                              // Message::JobResult
             "07 6a6f622d372f33",               // result_id
             "05 636d642d32",                   // command_id
@@ -623,23 +635,26 @@ fn golden_job_result_failed() {
 
 #[test]
 fn golden_coordinator_status() {
-    check(coordinator_status(), "02050005302e312e30fbd095ffbc31");
+    check(coordinator_status(), "03050005302e312e30fbd095ffbc31");
 }
 
 #[test]
 fn every_encoding_starts_with_the_wire_version() {
-    assert_eq!(WIRE_VERSION, 2, "a new wire version needs new golden tests");
+    assert_eq!(WIRE_VERSION, 3, "a new wire version needs new golden tests");
     for (name, msg) in all_samples() {
         let bytes = encode(&msg).unwrap();
-        assert_eq!(bytes[0], 2, "{name}");
+        assert_eq!(bytes[0], 3, "{name}");
     }
 }
 
 #[test]
-fn version_1_payloads_are_refused() {
-    // The version-1 golden `ResultAck`: its body is still valid, its version is not.
-    let v1 = hex::decode("0102076a6f622d372f32").unwrap();
-    assert_eq!(decode(&v1), Err(DecodeError::UnsupportedVersion { found: 1 }));
+fn older_versions_are_refused_by_number() {
+    // The version-1 and version-2 golden `ResultAck`s: their bodies are still valid, their
+    // versions are not, and the error names the version (the coordinator shows it).
+    for (hex_payload, found) in [("0102076a6f622d372f32", 1), ("0202076a6f622d372f32", 2)] {
+        let old = hex::decode(hex_payload).unwrap();
+        assert_eq!(decode(&old), Err(DecodeError::UnsupportedVersion { found }));
+    }
 }
 
 #[test]
@@ -751,7 +766,7 @@ fn failure_kind_indexes_are_pinned() {
         let bytes = encode(&msg).unwrap();
         // version, Message tag, 3 one-char strings (len + byte), attempt, Outcome tag, kind, reason.
         assert_eq!(bytes.len(), 12);
-        assert_eq!(&bytes[..2], [2, 4]);
+        assert_eq!(&bytes[..2], [3, 4]);
         assert_eq!(bytes[9], 1, "Outcome::Failed tag");
         assert_eq!(bytes[10], index, "{kind:?}");
         assert_eq!(decode(&bytes).unwrap(), msg);
@@ -797,16 +812,32 @@ fn fuzz_seeds_are_the_golden_samples() {
 
 #[test]
 fn golden_signing_bytes() {
-    let sha: [u8; 32] = std::array::from_fn(|i| 0xF0 ^ i as u8);
-    let bytes = signing_bytes("mobilenet", &sha, 14_000_000, 1_700_000_600_000);
+    let Message::RunJob(job) = run_job() else { unreachable!() };
     let expected: String = concat!(
-        "686f6e652d61727469666163742d763100", // domain tag
-        "00000009 6d6f62696c656e6574",        // id: u32 BE len
-        "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff e0e1e2e3e4e5e6e7e8e9eaebecedeeef", // sha256
-        "0000000000d59f80",                   // size, u64 BE
-        "0000018bcfee8fc0",                   // expiry, u64 BE
+        "686f6e652d6a6f622d763300", // domain tag "hone-job-v3\0"
+        "0000007f",                 // body length, u32 BE (127)
+        run_job_fields!(),
+        "03 03 01 08 ac02",          // spec.mode: Throughput [1, 8, 300]
+        "01 01 78 04 01 03 30 c002", // spec.inputs {"x": [1, 3, 48, 320]}
+        "c0cf24",                    // timeout_ms
     )
     .split_whitespace()
     .collect();
-    assert_eq!(hex::encode(bytes), expected);
+    assert_eq!(hex::encode(signing_bytes(&job)), expected);
+}
+
+/// The signed body is exactly the message on the wire between the `Message` tag and the
+/// signature, for every job sample: no field the agent reads travels unsigned.
+#[test]
+fn the_signature_covers_every_byte_of_the_job_but_itself() {
+    for (name, msg) in all_samples() {
+        let Message::RunJob(job) = &msg else { continue };
+        let wire = encode(&msg).unwrap();
+        let signed = signing_bytes(job);
+        let body = &signed[SIGNING_DOMAIN.len() + 4..];
+        let sig_len = 1 + job.signature.len(); // varint length (< 128) + bytes
+        assert_eq!(body, &wire[2..wire.len() - sig_len], "{name}");
+        let declared = u32::from_be_bytes(signed[SIGNING_DOMAIN.len()..][..4].try_into().unwrap());
+        assert_eq!(declared as usize, body.len(), "{name}");
+    }
 }

@@ -97,9 +97,8 @@ prop_compose! {
         size in any::<u64>(),
         url in text(),
         expires_at_ms in any::<u64>(),
-        signature in prop::collection::vec(any::<u8>(), 0..80),
     ) -> ArtifactRef {
-        ArtifactRef { artifact_id, sha256, size, url, expires_at_ms, signature }
+        ArtifactRef { artifact_id, sha256, size, url, expires_at_ms }
     }
 }
 
@@ -126,8 +125,9 @@ prop_compose! {
         artifact in artifact_ref(),
         spec in bench_spec(),
         timeout_ms in any::<u64>(),
+        signature in prop::collection::vec(any::<u8>(), 0..80),
     ) -> JobCommand {
-        JobCommand { command_id, job_id, attempt, artifact, spec, timeout_ms }
+        JobCommand { command_id, job_id, attempt, artifact, spec, timeout_ms, signature }
     }
 }
 
@@ -380,7 +380,7 @@ proptest! {
     fn messages_round_trip(msg in message()) {
         let bytes = encode(&msg).unwrap();
         prop_assert!(bytes.len() <= MAX_MESSAGE_BYTES);
-        prop_assert_eq!(bytes[0], 2);
+        prop_assert_eq!(u16::from(bytes[0]), WIRE_VERSION);
         prop_assert_eq!(decode(&bytes).unwrap(), msg);
     }
 
@@ -463,7 +463,7 @@ fn grow(mut msg: Message, n: usize) -> Message {
     let filler = "x".repeat(n);
     match &mut msg {
         Message::Status(s) => s.device_id.push_str(&filler),
-        Message::RunJob(j) => j.artifact.signature.extend(filler.as_bytes()),
+        Message::RunJob(j) => j.signature.extend(filler.as_bytes()),
         Message::ResultAck(a) => a.result_id.push_str(&filler),
         Message::JobAccepted(a) => a.job_id.push_str(&filler),
         Message::JobResult(r) => match &mut r.outcome {

@@ -3,12 +3,18 @@
 //! Artifacts live at `{data}/artifacts/{sha256}.onnx`, written once through a temporary file
 //! and an atomic rename. The ed25519 key lives at `{data}/keys/coordinator.ed25519` (hex, mode
 //! 0600), created on first start; only its public half ever leaves the coordinator.
+//!
+//! The key signs whole job documents ([`Signer::sign_job`]), and a key derived from it signs
+//! artifact capabilities: `GET /artifacts/{sha}?exp=E&cap=C` serves the bytes only when `C` is
+//! the HMAC-SHA256 of that digest and expiry and `E` is in the future
+//! ([`Signer::artifact_url`], [`Signer::check_capability`]). Agents need no API token.
 
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
+use hmac::{Hmac, Mac};
 use hone_common::artifact::signing_bytes;
-use hone_common::wire::ArtifactRef;
+use hone_common::wire::JobCommand;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -164,39 +170,104 @@ impl Signer {
         hex::encode(self.public().as_bytes())
     }
 
-    /// A signed artifact reference.
-    pub fn sign(
+    /// The job with its signature over every other field.
+    pub fn sign_job(&self, mut job: JobCommand) -> JobCommand {
+        job.signature = self.key.sign(&signing_bytes(&job)).to_bytes().to_vec();
+        job
+    }
+
+    /// The HMAC of an artifact capability, keyed by a key derived from the signing key (so one
+    /// secret file holds both).
+    fn capability_mac(&self, sha256_hex: &str, expires_at_ms: u64) -> Hmac<Sha256> {
+        let mut derive = Sha256::new();
+        derive.update(CAPABILITY_KEY_DOMAIN);
+        derive.update(self.key.to_bytes());
+        let mut mac = Hmac::<Sha256>::new_from_slice(&derive.finalize())
+            .expect("HMAC takes keys of any length");
+        mac.update(CAPABILITY_DOMAIN);
+        mac.update(sha256_hex.as_bytes());
+        mac.update(&expires_at_ms.to_be_bytes());
+        mac
+    }
+
+    /// The URL of an artifact under `base`, with a capability valid until `expires_at_ms`.
+    pub fn artifact_url(&self, base: &str, sha256_hex: &str, expires_at_ms: u64) -> String {
+        let cap =
+            hex::encode(self.capability_mac(sha256_hex, expires_at_ms).finalize().into_bytes());
+        format!(
+            "{}/artifacts/{sha256_hex}?exp={expires_at_ms}&cap={cap}",
+            base.trim_end_matches('/')
+        )
+    }
+
+    /// Whether `cap` grants `sha256_hex` until `expires_at_ms`, and that is not past `now_ms`.
+    /// The comparison is constant-time.
+    pub fn check_capability(
         &self,
-        artifact_id: &str,
-        sha256: [u8; 32],
-        size: u64,
-        url: String,
+        sha256_hex: &str,
         expires_at_ms: u64,
-    ) -> ArtifactRef {
-        let sig = self.key.sign(&signing_bytes(artifact_id, &sha256, size, expires_at_ms));
-        ArtifactRef {
-            artifact_id: artifact_id.to_string(),
-            sha256,
-            size,
-            url,
-            expires_at_ms,
-            signature: sig.to_bytes().to_vec(),
-        }
+        cap_hex: &str,
+        now_ms: u64,
+    ) -> bool {
+        let Ok(cap) = hex::decode(cap_hex) else { return false };
+        now_ms <= expires_at_ms
+            && self.capability_mac(sha256_hex, expires_at_ms).verify_slice(&cap).is_ok()
     }
 }
+
+/// Domain of the key derivation for artifact capabilities.
+const CAPABILITY_KEY_DOMAIN: &[u8] = b"hone-artifact-capability-key-v1\0";
+/// Domain of the capability MAC.
+const CAPABILITY_DOMAIN: &[u8] = b"hone-artifact-capability-v1\0";
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn job() -> JobCommand {
+        JobCommand {
+            command_id: "c".into(),
+            job_id: "j".into(),
+            attempt: 1,
+            artifact: hone_common::wire::ArtifactRef {
+                artifact_id: "m".into(),
+                sha256: [1; 32],
+                size: 10,
+                url: "http://x".into(),
+                expires_at_ms: 99,
+            },
+            spec: Default::default(),
+            timeout_ms: 5,
+            signature: vec![],
+        }
+    }
+
     #[test]
-    fn signatures_verify_against_the_public_key_only_for_the_signed_fields() {
+    fn job_signatures_verify_against_the_public_key_only_for_the_signed_document() {
         let s = Signer::from_seed([3; 32]);
-        let a = s.sign("m", [1; 32], 10, "http://x".into(), 99);
-        let sig = ed25519_dalek::Signature::from_slice(&a.signature).unwrap();
+        let signed = s.sign_job(job());
+        let sig = ed25519_dalek::Signature::from_slice(&signed.signature).unwrap();
         let pk = s.public();
-        assert!(pk.verify_strict(&signing_bytes("m", &[1; 32], 10, 99), &sig).is_ok());
-        assert!(pk.verify_strict(&signing_bytes("m", &[1; 32], 11, 99), &sig).is_err());
+        assert!(pk.verify_strict(&signing_bytes(&signed), &sig).is_ok());
+        let mut other = signed.clone();
+        other.timeout_ms += 1;
+        assert!(pk.verify_strict(&signing_bytes(&other), &sig).is_err());
+    }
+
+    #[test]
+    fn capabilities_grant_one_artifact_until_their_expiry() {
+        let s = Signer::from_seed([3; 32]);
+        let sha = "ab".repeat(32);
+        let url = s.artifact_url("http://c:1/", &sha, 1000);
+        let query = url.split_once('?').unwrap().1;
+        assert!(url.starts_with(&format!("http://c:1/artifacts/{sha}?exp=1000&cap=")), "{url}");
+        let cap = query.split_once("cap=").unwrap().1;
+        assert!(s.check_capability(&sha, 1000, cap, 1000));
+        assert!(!s.check_capability(&sha, 1000, cap, 1001), "expired");
+        assert!(!s.check_capability(&sha, 2000, cap, 1000), "another expiry");
+        assert!(!s.check_capability(&"cd".repeat(32), 1000, cap, 1000), "another artifact");
+        assert!(!s.check_capability(&sha, 1000, "zz", 1000), "not hex");
+        assert!(!Signer::from_seed([4; 32]).check_capability(&sha, 1000, cap, 1000), "another key");
     }
 
     #[test]

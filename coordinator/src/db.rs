@@ -4,6 +4,8 @@
 //! (`coordinator/migrations/`) uses only portable types, queries use `$N` placeholders (which
 //! both backends accept) in order of appearance, and booleans are stored as 0/1.
 
+use hone_common::bench::LatencyStats;
+use hone_common::wire::WIRE_VERSION;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
@@ -87,8 +89,50 @@ pub struct DeviceRow {
     pub first_seen_ms: i64,
     /// Last message, Unix ms.
     pub last_seen_ms: i64,
-    /// Last online/offline change, Unix ms.
+    /// Last change of online state or wire version, Unix ms.
     pub status_changed_ms: i64,
+    /// Wire version of the device's last message.
+    pub wire_version: i64,
+    /// `online`, `offline` or `incompatible` (its agent speaks another wire version).
+    pub status: &'static str,
+    /// Why the device gets no jobs although it may be online, e.g. `needs wire version 3`.
+    pub problem: Option<String>,
+}
+
+impl DeviceRow {
+    /// Whether jobs may be sent to it: online, and speaking this coordinator's wire version.
+    pub fn dispatchable(&self) -> bool {
+        self.online && self.problem.is_none()
+    }
+}
+
+/// What is wrong with a device speaking `found` (`None` if it speaks [`WIRE_VERSION`]).
+pub fn wire_problem(id: &str, found: i64) -> Option<String> {
+    let needed = i64::from(WIRE_VERSION);
+    match found.cmp(&needed) {
+        std::cmp::Ordering::Equal => None,
+        std::cmp::Ordering::Less => Some(format!(
+            "device {id} is incompatible: needs wire version {needed}, its agent speaks version {found} (upgrade the agent)"
+        )),
+        std::cmp::Ordering::Greater => Some(format!(
+            "device {id} is incompatible: its agent speaks wire version {found}, this coordinator speaks {needed} (upgrade the coordinator)"
+        )),
+    }
+}
+
+/// An API token (its secret is never stored, only its SHA-256).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TokenRow {
+    /// Token id (not secret; used to revoke it).
+    pub id: String,
+    /// Human label.
+    pub name: String,
+    /// `viewer` or `operator`.
+    pub role: String,
+    /// Creation, Unix ms.
+    pub created_at_ms: i64,
+    /// Revocation, Unix ms.
+    pub revoked_at_ms: Option<i64>,
 }
 
 /// A campaign.
@@ -156,20 +200,9 @@ pub struct ResultRow {
     pub profile: Option<String>,
     /// Attempt that produced it.
     pub attempt: i64,
-    /// Median latency, ms.
-    pub p50_ms: f64,
-    /// p90 latency, ms.
-    pub p90_ms: f64,
-    /// p99 latency, ms.
-    pub p99_ms: f64,
-    /// Mean latency, ms.
-    pub mean_ms: f64,
-    /// Standard deviation, ms.
-    pub std_ms: f64,
-    /// Fastest, ms.
-    pub min_ms: f64,
-    /// Slowest, ms.
-    pub max_ms: f64,
+    /// Latency statistics (one column per field; flattened in JSON).
+    #[serde(flatten)]
+    pub latency: LatencyStats,
     /// Load + optimise time, ms.
     pub load_ms: f64,
     /// Peak RSS of the benchmark process, bytes.
@@ -187,7 +220,8 @@ pub struct ResultRow {
 const JOB_COLS: &str = "id, campaign_id, seq, model_id, device_id, state, attempt, max_attempts, command_id, \
     dispatched_at_ms, accepted_at_ms, deadline_ms, finished_at_ms, last_error";
 const DEVICE_COLS: &str = "id, online, session, arch, os, cores, memory_bytes, agent_version, profile, \
-    first_seen_ms, last_seen_ms, status_changed_ms";
+    first_seen_ms, last_seen_ms, status_changed_ms, wire_version";
+const TOKEN_COLS: &str = "id, name, role, created_at_ms, revoked_at_ms";
 const RESULT_COLS: &str = "job_id, result_id, campaign_id, model_id, device_id, profile, attempt, p50_ms, p90_ms, \
     p99_ms, mean_ms, std_ms, min_ms, max_ms, load_ms, peak_rss_bytes, iterations, synthetic_inputs, report, received_at_ms";
 
@@ -218,9 +252,21 @@ fn job_from(row: &AnyRow) -> std::result::Result<JobRow, sqlx::Error> {
 }
 
 fn device_from(row: &AnyRow) -> std::result::Result<DeviceRow, sqlx::Error> {
+    let id: String = row.try_get("id")?;
+    let online = row.try_get::<i64, _>("online")? != 0;
+    let wire_version: i64 = row.try_get("wire_version")?;
+    let problem = wire_problem(&id, wire_version);
+    let status = match (&problem, online) {
+        (Some(_), _) => "incompatible",
+        (None, true) => "online",
+        (None, false) => "offline",
+    };
     Ok(DeviceRow {
-        id: row.try_get("id")?,
-        online: row.try_get::<i64, _>("online")? != 0,
+        id,
+        online,
+        wire_version,
+        status,
+        problem,
         session: row.try_get("session")?,
         arch: row.try_get("arch")?,
         os: row.try_get("os")?,
@@ -234,6 +280,16 @@ fn device_from(row: &AnyRow) -> std::result::Result<DeviceRow, sqlx::Error> {
     })
 }
 
+fn token_from(row: &AnyRow) -> std::result::Result<TokenRow, sqlx::Error> {
+    Ok(TokenRow {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        role: row.try_get("role")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        revoked_at_ms: row.try_get("revoked_at_ms")?,
+    })
+}
+
 fn result_from(row: &AnyRow) -> std::result::Result<ResultRow, sqlx::Error> {
     Ok(ResultRow {
         job_id: row.try_get("job_id")?,
@@ -243,13 +299,15 @@ fn result_from(row: &AnyRow) -> std::result::Result<ResultRow, sqlx::Error> {
         device_id: row.try_get("device_id")?,
         profile: row.try_get("profile")?,
         attempt: row.try_get("attempt")?,
-        p50_ms: row.try_get("p50_ms")?,
-        p90_ms: row.try_get("p90_ms")?,
-        p99_ms: row.try_get("p99_ms")?,
-        mean_ms: row.try_get("mean_ms")?,
-        std_ms: row.try_get("std_ms")?,
-        min_ms: row.try_get("min_ms")?,
-        max_ms: row.try_get("max_ms")?,
+        latency: LatencyStats {
+            p50_ms: row.try_get("p50_ms")?,
+            p90_ms: row.try_get("p90_ms")?,
+            p99_ms: row.try_get("p99_ms")?,
+            mean_ms: row.try_get("mean_ms")?,
+            std_ms: row.try_get("std_ms")?,
+            min_ms: row.try_get("min_ms")?,
+            max_ms: row.try_get("max_ms")?,
+        },
         load_ms: row.try_get("load_ms")?,
         peak_rss_bytes: row.try_get("peak_rss_bytes")?,
         iterations: row.try_get("iterations")?,
@@ -392,7 +450,9 @@ impl Db {
         {
             return Ok(false);
         }
-        let changed = current.as_ref().is_none_or(|c| c.online != s.online);
+        let version = i64::from(WIRE_VERSION);
+        let changed =
+            current.as_ref().is_none_or(|c| c.online != s.online || c.wire_version != version);
         let status_changed_ms = if changed {
             now_ms
         } else {
@@ -400,12 +460,13 @@ impl Db {
         };
         sqlx::query(
             "INSERT INTO devices (id, online, session, arch, os, cores, memory_bytes, agent_version, profile, \
-               first_seen_ms, last_seen_ms, status_changed_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+               first_seen_ms, last_seen_ms, status_changed_ms, wire_version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
              ON CONFLICT (id) DO UPDATE SET online = excluded.online, session = excluded.session, \
                arch = excluded.arch, os = excluded.os, cores = excluded.cores, memory_bytes = excluded.memory_bytes, \
                agent_version = excluded.agent_version, profile = excluded.profile, \
-               last_seen_ms = excluded.last_seen_ms, status_changed_ms = excluded.status_changed_ms",
+               last_seen_ms = excluded.last_seen_ms, status_changed_ms = excluded.status_changed_ms, \
+               wire_version = excluded.wire_version",
         )
         .bind(&s.device_id)
         .bind(i64::from(s.online))
@@ -419,10 +480,102 @@ impl Db {
         .bind(now_ms)
         .bind(now_ms)
         .bind(status_changed_ms)
+        .bind(version)
         .execute(&self.pool)
         .await
         .map_err(q("upsert device"))?;
         Ok(true)
+    }
+
+    /// Records that a device sent a payload of wire version `found` (not this build's): it is
+    /// incompatible until it speaks [`WIRE_VERSION`]. A device never seen before is added
+    /// (offline, its facts unknown). Returns whether the device's wire version changed.
+    pub async fn mark_wire_version(&self, id: &str, found: u16, now_ms: i64) -> Result<bool> {
+        let found = i64::from(found);
+        let current = self.device(id).await?;
+        if current.as_ref().is_some_and(|c| c.wire_version == found) {
+            self.touch_device(id, now_ms).await?;
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO devices (id, online, session, arch, os, cores, memory_bytes, agent_version, profile, \
+               first_seen_ms, last_seen_ms, status_changed_ms, wire_version) \
+             VALUES ($1, 0, 0, '', '', 0, 0, '', NULL, $2, $3, $4, $5) \
+             ON CONFLICT (id) DO UPDATE SET last_seen_ms = excluded.last_seen_ms, \
+               status_changed_ms = excluded.status_changed_ms, wire_version = excluded.wire_version",
+        )
+        .bind(id)
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(found)
+        .execute(&self.pool)
+        .await
+        .map_err(q("mark device wire version"))?;
+        Ok(true)
+    }
+
+    // ---- API tokens ----
+
+    /// Stores a new token by the SHA-256 (hex) of its secret.
+    pub async fn insert_token(
+        &self,
+        id: &str,
+        name: &str,
+        role: &str,
+        token_sha256: &str,
+        now_ms: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO api_tokens (id, name, role, token_sha256, created_at_ms) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(role)
+        .bind(token_sha256)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(q("insert token"))?;
+        Ok(())
+    }
+
+    /// The token whose secret hashes to `token_sha256`, revoked or not.
+    pub async fn token_by_hash(&self, token_sha256: &str) -> Result<Option<TokenRow>> {
+        let row =
+            sqlx::query(&format!("SELECT {TOKEN_COLS} FROM api_tokens WHERE token_sha256 = $1"))
+                .bind(token_sha256)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(q("token by hash"))?;
+        row.map(|r| token_from(&r)).transpose().map_err(q("decode token"))
+    }
+
+    /// Every token, oldest first.
+    pub async fn tokens(&self) -> Result<Vec<TokenRow>> {
+        let rows =
+            sqlx::query(&format!("SELECT {TOKEN_COLS} FROM api_tokens ORDER BY created_at_ms, id"))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("list tokens"))?;
+        rows.iter()
+            .map(token_from)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(q("decode token"))
+    }
+
+    /// Revokes a token; returns `false` if no active token has this id.
+    pub async fn revoke_token(&self, id: &str, now_ms: i64) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE api_tokens SET revoked_at_ms = $1 WHERE id = $2 AND revoked_at_ms IS NULL",
+        )
+        .bind(now_ms)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(q("revoke token"))?
+        .rows_affected();
+        Ok(n > 0)
     }
 
     /// Refreshes a device's last-seen time.

@@ -143,9 +143,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
     let mut config =
         ServeConfig::new(data_dir.clone(), MqttMode::Embedded(([127, 0, 0, 1], mqtt_port).into()));
     config.mqtt_client_id = "hone-coordinator-demo".into();
+    // The models are registered by path from the asset cache, the demo's import folder.
+    config.import_dir = Some(hone_assets::cache_dir());
     let running = crate::server::start(config, listener).await?;
     let api = running.api_url();
-    let client = Client::new(&api);
+    let token_file = data_dir.join(crate::api::auth::OPERATOR_TOKEN_FILE);
+    let token = std::fs::read_to_string(&token_file)
+        .with_context(|| format!("reading the operator token {}", token_file.display()))?;
+    let client = Client::new(&api).with_token(Some(token.trim().to_string()));
     say(format!("demo: coordinator at {api}, embedded MQTT broker at {}", running.mqtt_url));
 
     let mut agents = Agents(Vec::new());

@@ -7,26 +7,33 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use hone_common::bus::BusConfig;
+use hone_common::bus::{CLEAN_SESSION, MAX_INCOMING_PACKET_BYTES, MAX_OUTGOING_PACKET_BYTES};
 use hone_common::topic::{self, Topic};
-use hone_common::wire::{self, DecodeError, MAX_PACKET_BYTES, Message};
+use hone_common::wire::{self, DecodeError, Message};
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
 
-/// Largest packet the coordinator reads. Larger than [`MAX_PACKET_BYTES`] on purpose: a
-/// permissive broker (Mosquitto's default has no limit) may deliver an oversized payload; the
-/// decoder then rejects and counts it, where a client-side limit would drop the connection.
-pub const MAX_INCOMING_PACKET_BYTES: usize = 16 * MAX_PACKET_BYTES;
+/// What a device sent, as far as the coordinator could read it.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // decoded once and moved to the engine; boxing gains nothing
+pub enum Payload {
+    /// A message of this build's wire version.
+    Message(Message),
+    /// A payload of another wire version (the agent must be upgraded, or this coordinator).
+    OtherWireVersion(u16),
+}
 
-/// A decoded message from a device.
+/// A message from a device.
 #[derive(Debug)]
 pub struct Inbound {
     /// Device the topic names.
     pub device: String,
-    /// The message.
-    pub message: Message,
+    /// What it sent.
+    pub payload: Payload,
 }
 
 /// Publishing handle (cheap to clone).
@@ -60,38 +67,49 @@ impl Bus {
     }
 }
 
-/// Connection settings.
-#[derive(Debug, Clone)]
-pub struct BusConfig {
-    /// Broker host.
-    pub host: String,
-    /// Broker port.
-    pub port: u16,
-    /// Client id; stable so that the broker keeps the session across restarts.
-    pub client_id: String,
-    /// Keepalive.
-    pub keepalive: Duration,
-    /// Coordinator start time (for the retained status).
-    pub started_at_ms: u64,
+/// The coordinator's retained status, online or as its Last Will.
+fn coordinator_status(online: bool, started_at_ms: u64) -> Vec<u8> {
+    wire::encode(&Message::CoordinatorStatus(wire::CoordinatorStatus {
+        online,
+        version: hone_common::HONE_VERSION.into(),
+        started_at_ms,
+    }))
+    .expect("status encodes")
+}
+
+/// The connection settings of a coordinator started at `started_at_ms`.
+pub fn config(
+    host: String,
+    port: u16,
+    client_id: String,
+    keepalive: Duration,
+    started_at_ms: u64,
+) -> BusConfig {
+    let will = (topic::COORD_STATUS.to_string(), coordinator_status(false, started_at_ms));
+    BusConfig { host, port, client_id, keepalive, will }
 }
 
 /// Connects (persistent session, retained status + Last Will) and spawns the event-loop task.
-pub fn start(config: BusConfig, metrics: Arc<Metrics>, inbound: mpsc::Sender<Inbound>) -> Bus {
-    let offline = wire::encode(&Message::CoordinatorStatus(wire::CoordinatorStatus {
-        online: false,
-        version: hone_common::HONE_VERSION.into(),
-        started_at_ms: config.started_at_ms,
-    }))
-    .expect("status encodes");
+pub fn start(
+    config: BusConfig,
+    started_at_ms: u64,
+    metrics: Arc<Metrics>,
+    inbound: mpsc::Sender<Inbound>,
+) -> Bus {
     let mut opts = MqttOptions::new(&config.client_id, &config.host, config.port);
     opts.set_keep_alive(config.keepalive)
-        .set_clean_session(false)
-        .set_max_packet_size(MAX_INCOMING_PACKET_BYTES, MAX_PACKET_BYTES)
+        .set_clean_session(CLEAN_SESSION)
+        .set_max_packet_size(MAX_INCOMING_PACKET_BYTES, MAX_OUTGOING_PACKET_BYTES)
         .set_inflight(100)
-        .set_last_will(LastWill::new(topic::COORD_STATUS, offline, QoS::AtLeastOnce, true));
+        .set_last_will(LastWill::new(
+            &config.will.0,
+            config.will.1.clone(),
+            QoS::AtLeastOnce,
+            true,
+        ));
     let (client, eventloop) = AsyncClient::new(opts, 1024);
     let bus = Bus { client };
-    tokio::spawn(run_loop(bus.clone(), eventloop, config, metrics, inbound));
+    tokio::spawn(run_loop(bus.clone(), eventloop, config, started_at_ms, metrics, inbound));
     bus
 }
 
@@ -99,6 +117,7 @@ async fn run_loop(
     bus: Bus,
     mut eventloop: rumqttc::EventLoop,
     config: BusConfig,
+    started_at_ms: u64,
     metrics: Arc<Metrics>,
     inbound: mpsc::Sender<Inbound>,
 ) {
@@ -110,26 +129,15 @@ async fn run_loop(
                 info!(broker = %format!("{}:{}", config.host, config.port), session_present = ack.session_present, "connected to MQTT broker");
                 metrics.bus_connected.store(1, std::sync::atomic::Ordering::Relaxed);
                 let client = bus.client.clone();
-                let started = config.started_at_ms;
                 tokio::spawn(async move {
                     for filter in topic::COORDINATOR_SUBSCRIPTIONS {
                         if let Err(e) = client.subscribe(filter, QoS::AtLeastOnce).await {
                             warn!(%filter, error = %e, "subscribe failed");
                         }
                     }
-                    let online = Message::CoordinatorStatus(wire::CoordinatorStatus {
-                        online: true,
-                        version: hone_common::HONE_VERSION.into(),
-                        started_at_ms: started,
-                    });
-                    let _ = client
-                        .publish(
-                            topic::COORD_STATUS,
-                            QoS::AtLeastOnce,
-                            true,
-                            wire::encode(&online).expect("encodes"),
-                        )
-                        .await;
+                    let online = coordinator_status(true, started_at_ms);
+                    let _ =
+                        client.publish(topic::COORD_STATUS, QoS::AtLeastOnce, true, online).await;
                 });
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -167,7 +175,14 @@ async fn handle_publish(
     match wire::decode(payload) {
         Ok(message) => {
             metrics.messages_received.fetch_add(1, Relaxed);
-            let _ = inbound.send(Inbound { device, message }).await;
+            let _ = inbound.send(Inbound { device, payload: Payload::Message(message) }).await;
+        }
+        Err(DecodeError::UnsupportedVersion { found }) => {
+            // The engine marks the device incompatible, so it shows why and gets no jobs.
+            metrics.rejected_version.fetch_add(1, Relaxed);
+            warn!(topic = %topic_name, found, speaks = wire::WIRE_VERSION, "payload of another wire version");
+            let _ =
+                inbound.send(Inbound { device, payload: Payload::OtherWireVersion(found) }).await;
         }
         Err(DecodeError::Empty) => {} // a cleared retained message
         Err(e) => {

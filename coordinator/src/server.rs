@@ -12,7 +12,9 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::api::{self, AppState};
 use crate::artifacts::{ArtifactStore, Signer};
-use crate::campaign::engine::{Engine, now_ms};
+use hone_common::clock::now_ms;
+
+use crate::campaign::engine::Engine;
 use crate::db::Db;
 use crate::metrics::Metrics;
 
@@ -28,7 +30,7 @@ pub enum MqttMode {
 /// Coordinator settings.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// Data folder: SQLite database, artifacts, signing key.
+    /// Data folder: SQLite database, artifacts, signing key, operator token.
     pub data_dir: PathBuf,
     /// Database URL; default `sqlite://{data_dir}/hone.db`.
     pub database_url: Option<String>,
@@ -40,6 +42,9 @@ pub struct ServeConfig {
     pub public_url: Option<String>,
     /// Largest model upload, bytes.
     pub upload_limit: u64,
+    /// The only folder `POST /api/v1/models/register` reads from; `None`: registration by path
+    /// is off.
+    pub import_dir: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -52,6 +57,7 @@ impl ServeConfig {
             mqtt_client_id: "hone-coordinator".into(),
             public_url: None,
             upload_limit: 4 * 1024 * 1024 * 1024,
+            import_dir: None,
         }
     }
 }
@@ -102,6 +108,18 @@ pub async fn start(
         format!("sqlite://{}?mode=rwc", config.data_dir.join("hone.db").display())
     });
     let db = Db::open(&db_url).await?;
+    if let Some(path) =
+        crate::api::auth::ensure_operator_token(&db, &config.data_dir, now_ms() as i64).await?
+    {
+        tracing::info!(path = %path.display(), "created an operator API token (no active one existed)");
+    }
+    let import_dir = match &config.import_dir {
+        Some(dir) => Some(
+            std::fs::canonicalize(dir)
+                .with_context(|| format!("import folder {}", dir.display()))?,
+        ),
+        None => None,
+    };
     let artifacts = ArtifactStore::open(&config.data_dir.join("artifacts"))
         .context("opening artifact store")?;
     let signer = Signer::load_or_create(&config.data_dir.join("keys/coordinator.ed25519"))?;
@@ -116,17 +134,15 @@ pub async fn start(
     let (host, port) = hone_common::parse_mqtt_url(&mqtt_url).map_err(anyhow::Error::msg)?;
     let metrics = Arc::new(Metrics::default());
     let (tx, rx) = mpsc::channel(1024);
-    let bus = crate::mqtt::start(
-        crate::mqtt::BusConfig {
-            host,
-            port,
-            client_id: config.mqtt_client_id.clone(),
-            keepalive: Duration::from_secs(10),
-            started_at_ms: now_ms() as u64,
-        },
-        metrics.clone(),
-        tx,
+    let started_at_ms = now_ms();
+    let bus_config = crate::mqtt::config(
+        host,
+        port,
+        config.mqtt_client_id.clone(),
+        Duration::from_secs(10),
+        started_at_ms,
     );
+    let bus = crate::mqtt::start(bus_config, started_at_ms, metrics.clone(), tx);
     let public_url = config.public_url.clone().unwrap_or_else(|| {
         if http_addr.ip().is_unspecified() {
             tracing::warn!("listening on all interfaces without --public-url: agents will be told to download from 127.0.0.1");
@@ -145,8 +161,15 @@ pub async fn start(
     };
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let engine = tokio::spawn(engine.run(rx, poke.clone(), stop_rx.clone()));
-    let state =
-        AppState { db, artifacts, signer, metrics, poke, upload_limit: config.upload_limit };
+    let state = AppState {
+        db,
+        artifacts,
+        signer,
+        metrics,
+        poke,
+        upload_limit: config.upload_limit,
+        import_dir,
+    };
     let app = api::app(state.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
     let mut stop_http = stop_rx;
     let server = tokio::spawn(async move {

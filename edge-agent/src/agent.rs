@@ -18,7 +18,7 @@ use crate::config::AgentConfig;
 use crate::host::{HostFacts, now_ms};
 use crate::mqtt::{self, BusEvent, BusHandle};
 use crate::outbox::Durable;
-use crate::store::ModelStore;
+use crate::store::{ModelStore, VerifiedJob};
 use crate::throttle::cgroup::Cgroups;
 use crate::throttle::{Plan, PlanInput};
 use hone_common::bench::EmulationStatus;
@@ -260,6 +260,25 @@ fn handle_message(
             }
         }
         (CmdKind::Job, Message::RunJob(job)) => {
+            // Nothing in the document is acted on (not even its command id recorded) before its
+            // signature holds. A refusal is reported once, and nothing of it is stored.
+            let job = match crate::store::verify_job(job, trusted, now_ms()) {
+                Ok(job) => job,
+                Err(refused) => {
+                    let (job, e) = *refused;
+                    warn!(job = %job.job_id, error = %e, "job document refused");
+                    let result = JobResult {
+                        result_id: result_id_of(&job),
+                        command_id: job.command_id,
+                        job_id: job.job_id,
+                        attempt: job.attempt,
+                        outcome: Outcome::Failed { kind: e.kind(), reason: e.to_string() },
+                    };
+                    let payload = wire::encode(&Message::JobResult(result))?;
+                    publish(bus, &topic::evt(&config.device_id, EvtKind::Result), payload, false);
+                    return Ok(());
+                }
+            };
             let result_id = result_id(&job.job_id, job.attempt);
             let refuse = |kind: FailureKind, reason: String| -> anyhow::Result<()> {
                 let result = JobResult {
@@ -332,11 +351,10 @@ fn handle_message(
             }))?;
             publish(bus, &topic::evt(&config.device_id, EvtKind::Accepted), accepted, false);
             info!(job = %job.job_id, attempt = job.attempt, artifact = %job.artifact.artifact_id, "job accepted");
-            let (store, trusted, exe, tx) =
-                (store.clone(), *trusted, config.bench_exe.clone(), done_tx.clone());
+            let (store, exe, tx) = (store.clone(), config.bench_exe.clone(), done_tx.clone());
             let emulation = emulation.clone();
             tokio::spawn(async move {
-                let result = execute(&store, &trusted, &exe, job, &emulation.0, &emulation.1).await;
+                let result = execute(&store, &exe, job, &emulation.0, &emulation.1).await;
                 let _ = tx.send(result).await;
             });
         }
@@ -460,17 +478,16 @@ pub async fn prepare_emulation(config: &AgentConfig, host: &HostFacts) -> (Plan,
     (plan, cgroups)
 }
 
-/// Runs one job: verified fetch, then the benchmark in a child process under `plan`.
+/// Runs one verified job: fetch, then the benchmark in a child process under `plan`.
 pub async fn execute(
     store: &ModelStore,
-    trusted: &VerifyingKey,
     exe: &std::path::Path,
-    job: JobCommand,
+    job: VerifiedJob,
     plan: &Plan,
     cgroups: &Cgroups,
 ) -> JobResult {
     let started = std::time::Instant::now();
-    let outcome = match store.fetch_verified(&job.artifact, trusted, now_ms()).await {
+    let outcome = match store.fetch_verified(&job).await {
         Err(e) => {
             warn!(job = %job.job_id, error = %e, "artifact rejected");
             Outcome::Failed { kind: e.kind(), reason: e.to_string() }
@@ -489,6 +506,7 @@ pub async fn execute(
             }
         }
     };
+    let job = job.into_inner();
     JobResult {
         result_id: result_id_of(&job),
         command_id: job.command_id,

@@ -54,13 +54,7 @@ impl HostFacts {
     }
 }
 
-/// Unix time in milliseconds.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use hone_common::clock::now_ms;
 
 /// Peak resident set size of this process (`VmHWM`), where the OS reports it.
 pub fn peak_rss_bytes() -> Option<u64> {

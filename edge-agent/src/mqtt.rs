@@ -3,28 +3,9 @@
 
 use std::time::Duration;
 
-use hone_common::wire::MAX_PACKET_BYTES;
+pub use hone_common::bus::BusConfig;
+use hone_common::bus::{CLEAN_SESSION, MAX_INCOMING_PACKET_BYTES, MAX_OUTGOING_PACKET_BYTES};
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
-
-/// Largest packet the agent accepts from a broker. Larger than [`MAX_PACKET_BYTES`] on purpose:
-/// a permissive broker may deliver an oversized payload, which the wire decoder then rejects and
-/// counts; refusing it at the MQTT layer would drop the whole connection instead.
-pub const MAX_INCOMING_PACKET_BYTES: usize = 16 * MAX_PACKET_BYTES;
-
-/// Settings of one agent connection.
-#[derive(Debug, Clone)]
-pub struct BusConfig {
-    /// Broker host.
-    pub host: String,
-    /// Broker port.
-    pub port: u16,
-    /// MQTT client id (the device id).
-    pub client_id: String,
-    /// Keepalive; the broker fires the Last Will after 1.5x this without traffic.
-    pub keepalive: Duration,
-    /// Topic and payload of the Last Will (retained, QoS 1).
-    pub will: (String, Vec<u8>),
-}
 
 /// What the rest of the agent sees of MQTT.
 #[derive(Debug)]
@@ -56,12 +37,12 @@ pub struct BusLoop {
     eventloop: EventLoop,
 }
 
-/// Creates a persistent-session connection (clean session off) with the Last Will set.
+/// Creates a persistent-session connection with the Last Will set, on the shared bus settings.
 pub fn connect(config: &BusConfig) -> (BusHandle, BusLoop) {
     let mut opts = MqttOptions::new(&config.client_id, &config.host, config.port);
     opts.set_keep_alive(config.keepalive)
-        .set_clean_session(false)
-        .set_max_packet_size(MAX_INCOMING_PACKET_BYTES, MAX_PACKET_BYTES)
+        .set_clean_session(CLEAN_SESSION)
+        .set_max_packet_size(MAX_INCOMING_PACKET_BYTES, MAX_OUTGOING_PACKET_BYTES)
         .set_last_will(LastWill::new(
             &config.will.0,
             config.will.1.clone(),

@@ -1,8 +1,10 @@
 //! The model store: verified downloads, kept on disk by digest.
 //!
-//! Order of checks for a job's artifact (nothing is parsed before all of them pass):
-//! 1. expiry of the signed manifest;
-//! 2. the ed25519 signature over (id, sha256, size, expiry) against the trusted coordinator key;
+//! Order of checks for a job (nothing is acted on or parsed before all of them pass):
+//! 1. expiry of the job document ([`verify_job`]);
+//! 2. the ed25519 signature over the whole job document (every field but the signature: ids,
+//!    artifact, URL, benchmark spec, timeout) against the trusted coordinator key. Only a
+//!    [`VerifiedJob`] can be fetched;
 //! 3. download to `tmp/{sha}.part`, resuming with HTTP `Range` when a partial file exists, and
 //!    aborting as soon as more than the declared size arrives (endless-data defence);
 //! 4. SHA-256 of the complete file; only then an atomic rename into `models/{sha}.onnx`.
@@ -11,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use hone_common::artifact::signing_bytes;
-use hone_common::wire::{ArtifactRef, FailureKind};
+use hone_common::wire::{FailureKind, JobCommand};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -19,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
     /// Past its expiry.
-    #[error("artifact manifest expired at {expires_at_ms} (now {now_ms})")]
+    #[error("job document expired at {expires_at_ms} (now {now_ms})")]
     Expired {
         /// Expiry, Unix ms.
         expires_at_ms: u64,
@@ -27,10 +29,10 @@ pub enum ArtifactError {
         now_ms: u64,
     },
     /// No signature.
-    #[error("artifact `{0}` is unsigned")]
+    #[error("job `{0}` is unsigned")]
     Unsigned(String),
-    /// Signature does not verify.
-    #[error("artifact `{0}` has an invalid signature")]
+    /// Signature does not verify over the document as received.
+    #[error("job `{0}` has an invalid signature (a field was changed, or another key signed it)")]
     BadSignature(String),
     /// More bytes than declared.
     #[error("server sent more than the declared {declared} bytes")]
@@ -109,15 +111,10 @@ impl ModelStore {
         self.root.join("tmp").join(format!("{}.part", hex::encode(sha256)))
     }
 
-    /// Verifies the manifest, downloads (resuming) and verifies the bytes, and returns the
+    /// Downloads (resuming) and verifies the bytes of a verified job's artifact, and returns the
     /// stored file. Nothing unverified is ever left under `models/`.
-    pub async fn fetch_verified(
-        &self,
-        artifact: &ArtifactRef,
-        trusted: &VerifyingKey,
-        now_ms: u64,
-    ) -> Result<Fetched, ArtifactError> {
-        verify_manifest(artifact, trusted, now_ms)?;
+    pub async fn fetch_verified(&self, job: &VerifiedJob) -> Result<Fetched, ArtifactError> {
+        let artifact = &job.artifact;
         let final_path = self.model_path(&artifact.sha256);
         if final_path.exists() && file_sha256(&final_path).await? == artifact.sha256 {
             return Ok(Fetched { path: final_path, bytes_downloaded: 0, resumed: false });
@@ -138,7 +135,7 @@ impl ModelStore {
 
     async fn download(
         &self,
-        artifact: &ArtifactRef,
+        artifact: &hone_common::wire::ArtifactRef,
         part: &Path,
     ) -> Result<(u64, bool), ArtifactError> {
         let mut have = tokio::fs::metadata(part).await.map(|m| m.len()).unwrap_or(0);
@@ -218,29 +215,52 @@ impl ModelStore {
     }
 }
 
-/// Checks expiry and signature of a job's artifact manifest.
-pub fn verify_manifest(
-    artifact: &ArtifactRef,
+/// A job document whose expiry and signature were checked. The only way to fetch an artifact.
+#[derive(Debug, Clone)]
+pub struct VerifiedJob(JobCommand);
+
+impl std::ops::Deref for VerifiedJob {
+    type Target = JobCommand;
+
+    fn deref(&self) -> &JobCommand {
+        &self.0
+    }
+}
+
+impl VerifiedJob {
+    /// The verified document.
+    pub fn into_inner(self) -> JobCommand {
+        self.0
+    }
+}
+
+/// Checks a job document's expiry, then its signature over every field
+/// ([`hone_common::artifact::signing_bytes`]). On failure the document comes back with the
+/// reason, so the agent can report it without acting on it.
+pub fn verify_job(
+    job: JobCommand,
     trusted: &VerifyingKey,
     now_ms: u64,
-) -> Result<(), ArtifactError> {
-    if now_ms > artifact.expires_at_ms {
-        return Err(ArtifactError::Expired { expires_at_ms: artifact.expires_at_ms, now_ms });
+) -> Result<VerifiedJob, Box<(JobCommand, ArtifactError)>> {
+    match check_job(&job, trusted, now_ms) {
+        Ok(()) => Ok(VerifiedJob(job)),
+        Err(e) => Err(Box::new((job, e))),
     }
-    if artifact.signature.is_empty() {
-        return Err(ArtifactError::Unsigned(artifact.artifact_id.clone()));
+}
+
+fn check_job(job: &JobCommand, trusted: &VerifyingKey, now_ms: u64) -> Result<(), ArtifactError> {
+    let expires_at_ms = job.artifact.expires_at_ms;
+    if now_ms > expires_at_ms {
+        return Err(ArtifactError::Expired { expires_at_ms, now_ms });
     }
-    let sig = Signature::from_slice(&artifact.signature)
-        .map_err(|_| ArtifactError::BadSignature(artifact.artifact_id.clone()))?;
-    let msg = signing_bytes(
-        &artifact.artifact_id,
-        &artifact.sha256,
-        artifact.size,
-        artifact.expires_at_ms,
-    );
+    if job.signature.is_empty() {
+        return Err(ArtifactError::Unsigned(job.job_id.clone()));
+    }
+    let sig = Signature::from_slice(&job.signature)
+        .map_err(|_| ArtifactError::BadSignature(job.job_id.clone()))?;
     trusted
-        .verify_strict(&msg, &sig)
-        .map_err(|_| ArtifactError::BadSignature(artifact.artifact_id.clone()))
+        .verify_strict(&signing_bytes(job), &sig)
+        .map_err(|_| ArtifactError::BadSignature(job.job_id.clone()))
 }
 
 async fn file_sha256(path: &Path) -> std::io::Result<[u8; 32]> {

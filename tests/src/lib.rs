@@ -73,6 +73,55 @@ pub fn fresh_postgres_db() -> anyhow::Result<String> {
     Ok(format!("{server}/{name}"))
 }
 
+/// A child process of the harness, killed (`kill -9`) when dropped.
+#[derive(Default)]
+pub struct Process(Option<Child>);
+
+impl Process {
+    /// `kill -9` and reap; nothing if it is not running.
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Its exit status if it has ended.
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.0.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A process the harness can kill and start again with the same state.
+pub trait Restartable {
+    /// Starts the process (again).
+    fn spawn(&mut self) -> anyhow::Result<()>;
+
+    /// The running process.
+    fn process(&mut self) -> &mut Process;
+
+    /// `kill -9`.
+    fn kill9(&mut self) {
+        self.process().kill9();
+    }
+
+    /// `kill -9`, then starts it again with the same ports, data and database.
+    fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9();
+        self.spawn()
+    }
+}
+
 /// How the coordinator reaches its broker.
 #[derive(Debug, Clone)]
 pub enum Broker {
@@ -94,7 +143,11 @@ pub struct CoordinatorProc {
     pub database_url: Option<String>,
     /// MQTT client id.
     pub client_id: String,
-    child: Option<Child>,
+    /// The coordinator's import folder (`--import-dir`): `register_path` reads only from here.
+    pub import_dir: PathBuf,
+    /// The operator token the coordinator wrote at its first start.
+    pub token: Option<String>,
+    child: Process,
 }
 
 impl CoordinatorProc {
@@ -110,10 +163,18 @@ impl CoordinatorProc {
             broker,
             database_url,
             client_id: unique("hone-coord"),
-            child: None,
+            import_dir: data_dir.join("import"),
+            token: None,
+            child: Process::default(),
         };
         c.spawn()?;
         Ok(c)
+    }
+}
+
+impl Restartable for CoordinatorProc {
+    fn process(&mut self) -> &mut Process {
+        &mut self.child
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
@@ -122,6 +183,8 @@ impl CoordinatorProc {
             .args(["--listen", &format!("127.0.0.1:{}", self.http_port)])
             .arg("--data-dir")
             .arg(&self.data_dir)
+            .arg("--import-dir")
+            .arg(&self.import_dir)
             .args(["--mqtt-client-id", &self.client_id]);
         match &self.broker {
             Broker::Embedded(port) => cmd.args(["--mqtt-listen", &format!("127.0.0.1:{port}")]),
@@ -131,21 +194,26 @@ impl CoordinatorProc {
             cmd.args(["--database-url", db]);
         }
         std::fs::create_dir_all(&self.data_dir)?;
+        std::fs::create_dir_all(&self.import_dir)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.data_dir.join("coordinator.log"))?;
         let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn()?;
-        self.child = Some(child);
+        self.child = Process(Some(child));
         let api = self.api();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(v) = api.get("/api/v1/health")
                 && v["mqtt_connected"] == true
             {
+                let token_file = self.data_dir.join("operator.token");
+                let token = std::fs::read_to_string(&token_file)
+                    .with_context(|| format!("reading {}", token_file.display()))?;
+                self.token = Some(token.trim().to_string());
                 return Ok(());
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self.child.exited() {
                 bail!("coordinator exited with {status}; log:\n{}", self.log());
             }
             if Instant::now() > deadline {
@@ -154,15 +222,29 @@ impl CoordinatorProc {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
 
+impl CoordinatorProc {
     /// Its log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data_dir.join("coordinator.log")).unwrap_or_default()
     }
 
-    /// API client.
+    /// API client with the operator token.
     pub fn api(&self) -> Api {
-        Api::new(&self.api_url())
+        Api::new(&self.api_url()).with_token(self.token.clone())
+    }
+
+    /// The `coordinator` command line, pointed at this coordinator with the operator token
+    /// (`HONE_API`, `HONE_TOKEN`).
+    pub fn cli(&self) -> Command {
+        let mut cmd = Command::new(bin("coordinator"));
+        cmd.env("HONE_API", self.api_url()).env_remove("HONE_TOKEN_FILE");
+        match &self.token {
+            Some(token) => cmd.env("HONE_TOKEN", token),
+            None => cmd.env_remove("HONE_TOKEN"),
+        };
+        cmd
     }
 
     /// API base URL.
@@ -178,29 +260,9 @@ impl CoordinatorProc {
         }
     }
 
-    /// `kill -9`.
-    pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Starts it again with the same ports, data and database.
-    pub fn restart(&mut self) -> anyhow::Result<()> {
-        self.kill9();
-        self.spawn()
-    }
-
     /// The signing key agents trust.
     pub fn trust_key(&self) -> String {
         self.api().get("/api/v1/trust").unwrap()["public_key"].as_str().unwrap().to_string()
-    }
-}
-
-impl Drop for CoordinatorProc {
-    fn drop(&mut self) {
-        self.kill9();
     }
 }
 
@@ -211,7 +273,7 @@ pub struct AgentProc {
     /// State folder.
     pub state_dir: PathBuf,
     args: Vec<String>,
-    child: Option<Child>,
+    child: Process,
     log: PathBuf,
 }
 
@@ -259,47 +321,15 @@ impl AgentProc {
             log: root.join(format!("{device_id}.log")),
             state_dir,
             args,
-            child: None,
+            child: Process::default(),
         };
         a.spawn()?;
         Ok(a)
     }
 
-    fn spawn(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let mut cmd = Command::new(bin("edge-agent"));
-        if std::env::var_os("HONE_CALIBRATION_DIR").is_none() {
-            // One host calibration for every test agent, outside the host's own folder.
-            cmd.env("HONE_CALIBRATION_DIR", std::env::temp_dir().join("hone-e2e-calibration"));
-        }
-        let child = cmd
-            .args(&self.args)
-            .env("RUST_LOG", "edge_agent=debug,warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    /// `kill -9`.
-    pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Starts the agent again with the same state.
-    pub fn restart(&mut self) -> anyhow::Result<()> {
-        self.kill9();
-        self.spawn()
-    }
-
     /// Whether the process is still running.
     pub fn is_alive(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.child.0.is_some() && self.child.exited().is_none()
     }
 
     /// Results still waiting in the outbox.
@@ -314,27 +344,47 @@ impl AgentProc {
 
     /// Resident set size of the agent process, bytes (Linux).
     pub fn rss_bytes(&self) -> Option<u64> {
-        let pid = self.child.as_ref()?.id();
+        let pid = self.child.pid()?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
         line[6..].trim().trim_end_matches("kB").trim().parse::<u64>().ok().map(|k| k * 1024)
     }
 }
 
-impl Drop for AgentProc {
-    fn drop(&mut self) {
-        self.kill9();
+impl Restartable for AgentProc {
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let mut cmd = Command::new(bin("edge-agent"));
+        if std::env::var_os("HONE_CALIBRATION_DIR").is_none() {
+            // One host calibration for every test agent, outside the host's own folder.
+            cmd.env("HONE_CALIBRATION_DIR", std::env::temp_dir().join("hone-e2e-calibration"));
+        }
+        let child = cmd
+            .args(&self.args)
+            .env("RUST_LOG", "edge_agent=debug,warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        self.child = Process(Some(child));
+        Ok(())
+    }
+
+    fn process(&mut self) -> &mut Process {
+        &mut self.child
     }
 }
 
 /// A blocking JSON client of the coordinator API.
+#[derive(Clone)]
 pub struct Api {
     base: String,
     http: reqwest::blocking::Client,
+    token: Option<String>,
 }
 
 impl Api {
-    /// Client for `base`.
+    /// Client for `base`, without a token.
     pub fn new(base: &str) -> Api {
         Api {
             base: base.into(),
@@ -342,15 +392,35 @@ impl Api {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap(),
+            token: None,
         }
+    }
+
+    /// The same client with `token` as its bearer token (none if `None`).
+    pub fn with_token(mut self, token: Option<String>) -> Api {
+        self.token = token;
+        self
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
+        let req = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => req.bearer_auth(token),
+            None => req,
+        }
+    }
+
+    /// GET; returns (status, JSON body or null).
+    pub fn get_status(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+        let r = self.request(reqwest::Method::GET, path).send()?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().unwrap_or(Value::Null)))
     }
 
     /// GET JSON (error on non-2xx).
     pub fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let r = self.http.get(format!("{}{path}", self.base)).send()?;
-        let status = r.status();
-        let v: Value = r.json().unwrap_or(Value::Null);
-        if !status.is_success() {
+        let (status, v) = self.get_status(path)?;
+        if !(200..300).contains(&status) {
             bail!("GET {path}: {status} {v}");
         }
         Ok(v)
@@ -358,26 +428,38 @@ impl Api {
 
     /// POST JSON; returns (status, body).
     pub fn post(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
-        let r = self.http.post(format!("{}{path}", self.base)).json(body).send()?;
+        let r = self.request(reqwest::Method::POST, path).json(body).send()?;
         let status = r.status().as_u16();
         Ok((status, r.json().unwrap_or(Value::Null)))
     }
 
     /// POST raw bytes; returns (status, body).
     pub fn post_bytes(&self, path: &str, bytes: Vec<u8>) -> anyhow::Result<(u16, Value)> {
-        let r = self.http.post(format!("{}{path}", self.base)).body(bytes).send()?;
+        let r = self.request(reqwest::Method::POST, path).body(bytes).send()?;
         let status = r.status().as_u16();
         Ok((status, r.json().unwrap_or(Value::Null)))
     }
 
-    /// Registers a model file by path; returns its id.
+    /// Registers a model file by uploading it; returns its id.
     pub fn register(&self, path: &Path, name: &str) -> anyhow::Result<String> {
-        let (status, body) =
-            self.post("/api/v1/models/register", &serde_json::json!({"path": path, "name": name}))?;
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let r = self
+            .request(reqwest::Method::POST, "/api/v1/models")
+            .query(&[("name", name)])
+            .body(bytes)
+            .send()?;
+        let status = r.status().as_u16();
+        let body: Value = r.json().unwrap_or(Value::Null);
         if !(200..300).contains(&status) {
             bail!("registering {name}: {status} {body}");
         }
         Ok(body["id"].as_str().unwrap().to_string())
+    }
+
+    /// Registers a file on the coordinator's disk by path (`POST /api/v1/models/register`);
+    /// returns (status, body).
+    pub fn register_path(&self, path: &Path, name: &str) -> anyhow::Result<(u16, Value)> {
+        self.post("/api/v1/models/register", &serde_json::json!({"path": path, "name": name}))
     }
 
     /// Waits until a device's online state is `online`; returns the elapsed time.

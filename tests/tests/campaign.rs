@@ -55,10 +55,7 @@ fn run_campaign_scenario(broker: Broker, database_url: Option<String>) {
     );
 
     // The CLI shows the same campaign.
-    let out = std::process::Command::new(bin("coordinator"))
-        .args(["campaign", "show", &campaign, "--json", "--api", &coord.api_url()])
-        .output()
-        .unwrap();
+    let out = coord.cli().args(["campaign", "show", &campaign, "--json"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shown["progress"]["done"], 4);

@@ -7,3 +7,4 @@ mod demo;
 mod faults;
 mod hostile;
 mod prune;
+mod security;

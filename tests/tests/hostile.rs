@@ -122,10 +122,7 @@ fn corrupt_and_unloadable_models_are_refused_at_registration_with_reasons() {
     // The CLI says why and exits non-zero.
     let path = dir.path().join("mystery.onnx");
     std::fs::write(&path, models::unknown_op()).unwrap();
-    let out = std::process::Command::new(bin("coordinator"))
-        .args(["models", "add", path.to_str().unwrap(), "--api", &coord.api_url()])
-        .output()
-        .unwrap();
+    let out = coord.cli().args(["models", "add", path.to_str().unwrap()]).output().unwrap();
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("422"),

@@ -146,10 +146,10 @@ fn line(
         state: j.state.clone(),
         attempts: j.attempt,
         error: if j.state == "done" { None } else { j.last_error.clone() },
-        p50_ms: r.map(|r| r.p50_ms),
-        p90_ms: r.map(|r| r.p90_ms),
-        p99_ms: r.map(|r| r.p99_ms),
-        mean_ms: r.map(|r| r.mean_ms),
+        p50_ms: r.map(|r| r.latency.p50_ms),
+        p90_ms: r.map(|r| r.latency.p90_ms),
+        p99_ms: r.map(|r| r.latency.p99_ms),
+        mean_ms: r.map(|r| r.latency.mean_ms),
         load_ms: r.map(|r| r.load_ms),
         peak_rss_bytes: r.map(|r| r.peak_rss_bytes),
         iterations: r.map(|r| r.iterations),
@@ -223,7 +223,7 @@ pub(super) async fn create(
         .enumerate()
         .map(|(i, (m, d))| (format!("{id}-j{i:03}"), m, d, i64::from(spec.max_attempts)))
         .collect();
-    let now = crate::campaign::engine::now_ms();
+    let now = hone_common::clock::now_ms() as i64;
     let created = s.db.create_campaign(&id, &serde_json::to_value(&spec)?, &jobs, now).await?;
     let row =
         s.db.campaign(&id)

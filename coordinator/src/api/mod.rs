@@ -1,7 +1,9 @@
 //! The HTTP API (axum). `app(state)` builds the router, so tests drive it with `oneshot`
 //! without a socket. Every error is a JSON body `{"error": "..."}`; internal errors are logged
-//! in full and answered generically.
+//! in full and answered generically. Every route but health, trust and artifacts needs a bearer
+//! token ([`auth`]); artifacts need the capability in their URL.
 
+pub mod auth;
 mod campaigns;
 mod devices;
 mod models;
@@ -36,6 +38,9 @@ pub struct AppState {
     pub poke: Arc<Notify>,
     /// Largest accepted model upload, bytes.
     pub upload_limit: u64,
+    /// `POST /api/v1/models/register` accepts only files under this folder (canonical path);
+    /// `None` disables registration by path.
+    pub import_dir: Option<std::path::PathBuf>,
 }
 
 /// An API error.
@@ -43,6 +48,10 @@ pub struct AppState {
 pub enum ApiError {
     /// 400 with a message for the client.
     BadRequest(String),
+    /// 401: no token, or an unknown or revoked one.
+    Unauthorized(String),
+    /// 403: the token's role, or the capability, does not allow this.
+    Forbidden(String),
     /// 404.
     NotFound(String),
     /// 413.
@@ -63,6 +72,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, message) = match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            ApiError::Unauthorized(m) => {
+                let body = Json(serde_json::json!({ "error": m }));
+                let challenge = [(axum::http::header::WWW_AUTHENTICATE, "Bearer")];
+                return (StatusCode::UNAUTHORIZED, challenge, body).into_response();
+            }
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
             ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),
             ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
@@ -84,9 +99,11 @@ pub type ApiResult<T> = Result<T, ApiError>;
 /// The router.
 pub fn app(state: AppState) -> Router {
     let upload_limit = state.upload_limit as usize + 1;
-    Router::new()
+    let open = Router::new()
         .route("/api/v1/health", get(health))
         .route("/api/v1/trust", get(trust))
+        .route("/artifacts/{sha}", get(models::artifact));
+    Router::new()
         .route("/api/v1/metrics", get(metrics_json))
         .route("/metrics", get(metrics_prometheus))
         .route(
@@ -95,11 +112,12 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/api/v1/models/register", post(models::register_path))
         .route("/api/v1/models/{key}", get(models::get))
-        .route("/artifacts/{sha}", get(models::artifact))
         .route("/api/v1/devices", get(devices::list))
         .route("/api/v1/devices/{id}", get(devices::get))
         .route("/api/v1/campaigns", get(campaigns::list).post(campaigns::create))
         .route("/api/v1/campaigns/{id}", get(campaigns::get))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
+        .merge(open)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .with_state(state)
 }

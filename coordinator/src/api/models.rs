@@ -21,6 +21,12 @@ pub(super) struct UploadQuery {
 }
 
 #[derive(Deserialize)]
+pub(super) struct Capability {
+    exp: Option<u64>,
+    cap: Option<String>,
+}
+
+#[derive(Deserialize)]
 pub(super) struct RegisterPath {
     path: String,
     name: Option<String>,
@@ -56,24 +62,41 @@ pub(super) async fn upload(
     register(&s, incoming, name).await
 }
 
-/// `POST /api/v1/models/register` with `{"path": "...", "name": "..."}`: a file on the
-/// coordinator's disk.
+/// `POST /api/v1/models/register` with `{"path": "...", "name": "..."}`: a file under the
+/// coordinator's import folder (`--import-dir`); a relative path is taken from that folder.
+/// Whatever the cause (no such file, outside the folder, a directory, unreadable), the answer
+/// is the same, so the route reveals nothing about the coordinator's disk.
 pub(super) async fn register_path(
     State(s): State<AppState>,
     Json(req): Json<RegisterPath>,
 ) -> ApiResult<(StatusCode, Json<ModelRow>)> {
-    let path = std::path::PathBuf::from(&req.path);
-    let mut file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| ApiError::BadRequest(format!("cannot open {}: {e}", path.display())))?;
+    let Some(import_dir) = s.import_dir.clone() else {
+        return Err(ApiError::Forbidden(
+            "registration by path is off: start the coordinator with --import-dir, or upload the file".into(),
+        ));
+    };
+    let refused = || {
+        ApiError::BadRequest(format!(
+            "cannot register `{}`: not a readable file under the import folder",
+            req.path
+        ))
+    };
+    let path = tokio::fs::canonicalize(import_dir.join(&req.path)).await.map_err(|_| refused())?;
+    if !path.starts_with(&import_dir) {
+        return Err(refused());
+    }
+    let mut file = tokio::fs::File::open(&path).await.map_err(|_| refused())?;
+    if !file.metadata().await.is_ok_and(|m| m.is_file()) {
+        return Err(refused());
+    }
     let mut incoming = s.artifacts.begin(s.upload_limit).await?;
     let mut buf = vec![0u8; 1 << 16];
     loop {
         use tokio::io::AsyncReadExt;
-        let n = file
-            .read(&mut buf)
-            .await
-            .map_err(|e| ApiError::BadRequest(format!("reading {}: {e}", path.display())))?;
+        let Ok(n) = file.read(&mut buf).await else {
+            incoming.finish().await.map_err(incoming_error)?.discard().await;
+            return Err(refused());
+        };
         if n == 0 {
             break;
         }
@@ -124,21 +147,36 @@ async fn register(
         sha256: sha,
         size_bytes: size,
         summary,
-        created_at_ms: crate::campaign::engine::now_ms(),
+        created_at_ms: hone_common::clock::now_ms() as i64,
     };
     let stored = s.db.insert_model(&row).await?;
     tracing::info!(model = %stored.id, name = %stored.name, size, "model registered");
     Ok((StatusCode::CREATED, Json(stored)))
 }
 
-/// `GET /artifacts/{sha}`: the bytes, with Range support (tower-http's `ServeFile`).
+/// `GET /artifacts/{sha}?exp=E&cap=C`: the bytes, with Range support (tower-http's
+/// `ServeFile`), for a URL from a signed job document: 403 without a valid, unexpired
+/// capability for this artifact, before anything about the file is looked at.
 pub(super) async fn artifact(
     State(s): State<AppState>,
     axum::extract::Path(sha): P,
+    Query(q): Query<Capability>,
     request: Request,
 ) -> Result<Response, ApiError> {
     if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()) {
         return Err(ApiError::BadRequest("artifact names are lowercase sha256 hex digests".into()));
+    }
+    let granted = match (q.exp, q.cap.as_deref()) {
+        (Some(exp), Some(cap)) => {
+            s.signer.check_capability(&sha, exp, cap, hone_common::clock::now_ms())
+        }
+        _ => false,
+    };
+    if !granted {
+        return Err(ApiError::Forbidden(
+            "artifact URLs need a valid, unexpired capability (`?exp=…&cap=…` from a job document)"
+                .into(),
+        ));
     }
     let path = s.artifacts.path(&sha);
     if !path.exists() {

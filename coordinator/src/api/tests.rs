@@ -6,11 +6,17 @@ use tower::ServiceExt;
 
 use super::*;
 
+use crate::api::auth::{OPERATOR_TOKEN_FILE, Role, create_token, ensure_operator_token};
+
+/// A fresh API over SQLite in a temporary folder, whose `import/` subfolder is the import
+/// folder, with the operator token of its first start.
 async fn state() -> (tempfile::TempDir, AppState) {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(&format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display()))
         .await
         .unwrap();
+    ensure_operator_token(&db, dir.path(), 0).await.unwrap();
+    std::fs::create_dir_all(dir.path().join("import")).unwrap();
     let state = AppState {
         db,
         artifacts: ArtifactStore::open(&dir.path().join("artifacts")).unwrap(),
@@ -18,21 +24,55 @@ async fn state() -> (tempfile::TempDir, AppState) {
         metrics: Arc::new(Metrics::default()),
         poke: Arc::new(Notify::new()),
         upload_limit: 1 << 20,
+        import_dir: Some(dir.path().join("import").canonicalize().unwrap()),
     };
     (dir, state)
 }
 
-async fn call(state: &AppState, req: Request<Body>) -> (StatusCode, serde_json::Value) {
+/// The operator token written at first start.
+fn operator(dir: &tempfile::TempDir) -> String {
+    std::fs::read_to_string(dir.path().join(OPERATOR_TOKEN_FILE)).unwrap().trim().to_string()
+}
+
+/// Sends `req` with `token` as its bearer token (none if `None`).
+async fn call_with(
+    state: &AppState,
+    token: Option<&str>,
+    mut req: Request<Body>,
+) -> (StatusCode, serde_json::Value) {
+    if let Some(token) = token {
+        req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
     let resp = app(state.clone()).oneshot(req).await.unwrap();
     let status = resp.status();
     let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
     (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
 }
 
+/// Sends `req` as the operator of the state in `dir`.
+async fn call(
+    dir: &tempfile::TempDir,
+    state: &AppState,
+    req: Request<Body>,
+) -> (StatusCode, serde_json::Value) {
+    call_with(state, Some(&operator(dir)), req).await
+}
+
+fn get(path: &str) -> Request<Body> {
+    Request::get(path).body(Body::empty()).unwrap()
+}
+
+fn post_json(path: &str, body: serde_json::Value) -> Request<Body> {
+    Request::post(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
 #[tokio::test]
 async fn trust_endpoint_serves_the_public_key() {
     let (_d, s) = state().await;
-    let (status, body) = call(&s, Request::get("/api/v1/trust").body(Body::empty()).unwrap()).await;
+    let (status, body) = call_with(&s, None, get("/api/v1/trust")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["public_key"], s.signer.public_hex());
 }
@@ -41,6 +81,7 @@ async fn trust_endpoint_serves_the_public_key() {
 async fn garbage_uploads_are_refused_with_a_json_reason_and_nothing_is_kept() {
     let (dir, s) = state().await;
     let (status, body) = call(
+        &dir,
         &s,
         Request::post("/api/v1/models?name=junk").body(Body::from("not a model")).unwrap(),
     )
@@ -56,49 +97,184 @@ async fn garbage_uploads_are_refused_with_a_json_reason_and_nothing_is_kept() {
 
 #[tokio::test]
 async fn uploads_over_the_limit_get_413() {
-    let (_d, s) = state().await;
+    let (d, s) = state().await;
     let big = vec![0u8; (1 << 20) + 10];
     let (status, body) =
-        call(&s, Request::post("/api/v1/models").body(Body::from(big)).unwrap()).await;
+        call(&d, &s, Request::post("/api/v1/models").body(Body::from(big)).unwrap()).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
 }
 
 #[tokio::test]
 async fn campaigns_need_known_models_and_devices() {
-    let (_d, s) = state().await;
-    let req = |body: serde_json::Value| {
-        Request::post("/api/v1/campaigns")
-            .header("content-type", "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap()
-    };
+    let (d, s) = state().await;
+    let req = |body: serde_json::Value| post_json("/api/v1/campaigns", body);
     let (status, body) =
-        call(&s, req(serde_json::json!({"models": ["nope"], "devices": "all"}))).await;
+        call(&d, &s, req(serde_json::json!({"models": ["nope"], "devices": "all"}))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body["error"].as_str().unwrap().contains("no model `nope`"));
     let (status, body) =
-        call(&s, req(serde_json::json!({"models": [], "devices": "all", "max_attempts": 0}))).await;
+        call(&d, &s, req(serde_json::json!({"models": [], "devices": "all", "max_attempts": 0})))
+            .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }
 
 #[tokio::test]
 async fn artifact_names_must_be_digests() {
     let (_d, s) = state().await;
-    let (status, _) =
-        call(&s, Request::get("/artifacts/..%2Fetc%2Fpasswd").body(Body::empty()).unwrap()).await;
+    let (status, _) = call_with(&s, None, get("/artifacts/..%2Fetc%2Fpasswd")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let (status, _) = call(
-        &s,
-        Request::get(format!("/artifacts/{}", "a".repeat(64))).body(Body::empty()).unwrap(),
-    )
-    .await;
+    // With a valid capability, an artifact that is not stored is 404.
+    let sha = "a".repeat(64);
+    let url = s.signer.artifact_url("", &sha, u64::MAX);
+    let (status, _) = call_with(&s, None, get(&url)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
 async fn unknown_routes_answer_json_404() {
-    let (_d, s) = state().await;
-    let (status, body) = call(&s, Request::get("/nope").body(Body::empty()).unwrap()).await;
+    let (d, s) = state().await;
+    let (status, body) = call(&d, &s, get("/nope")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(body["error"].is_string());
+}
+
+#[tokio::test]
+async fn reads_need_a_token_and_writes_need_the_operator_role() {
+    let (d, s) = state().await;
+    let viewer = create_token(&s.db, Role::Viewer, "dashboard", 1).await.unwrap().token;
+    let campaign = || {
+        post_json("/api/v1/campaigns", serde_json::json!({"models": ["nope"], "devices": "all"}))
+    };
+
+    // No token, or a made-up one: 401 with a Bearer challenge.
+    for token in [None, Some("hone_0000")] {
+        let (status, body) = call_with(&s, token, get("/api/v1/models")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}: {body}");
+        let (status, _) = call_with(&s, token, campaign()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let resp = app(s.clone()).oneshot(get("/metrics")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+
+    // A viewer reads, /metrics included, and cannot write.
+    for path in ["/api/v1/models", "/api/v1/devices", "/api/v1/campaigns", "/api/v1/metrics"] {
+        assert_eq!(call_with(&s, Some(&viewer), get(path)).await.0, StatusCode::OK, "{path}");
+    }
+    let resp = app(s.clone())
+        .oneshot(
+            Request::get("/metrics")
+                .header("authorization", format!("Bearer {viewer}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (status, body) = call_with(&s, Some(&viewer), campaign()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("needs operator"), "{body}");
+    let upload = Request::post("/api/v1/models?name=x").body(Body::from("junk")).unwrap();
+    assert_eq!(call_with(&s, Some(&viewer), upload).await.0, StatusCode::FORBIDDEN);
+
+    // The operator gets past authorisation to the handler (here: an unknown model, 400).
+    let (status, body) = call(&d, &s, campaign()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    // Health and trust stay open.
+    assert_eq!(call_with(&s, None, get("/api/v1/health")).await.0, StatusCode::OK);
+    assert_eq!(call_with(&s, None, get("/api/v1/trust")).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_refused_at_once() {
+    let (_d, s) = state().await;
+    let new = create_token(&s.db, Role::Operator, "ci", 1).await.unwrap();
+    assert_eq!(call_with(&s, Some(&new.token), get("/api/v1/models")).await.0, StatusCode::OK);
+    assert!(s.db.revoke_token(&new.id, 2).await.unwrap());
+    let (status, body) = call_with(&s, Some(&new.token), get("/api/v1/models")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(!s.db.revoke_token(&new.id, 3).await.unwrap(), "already revoked");
+}
+
+#[tokio::test]
+async fn tokens_are_stored_hashed_and_the_first_operator_token_is_private() {
+    let (d, s) = state().await;
+    let token = operator(&d);
+    assert!(token.starts_with("hone_") && token.len() == 5 + 64, "{token}");
+    let rows = s.db.tokens().await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].role, "operator");
+    assert!(s.db.token_by_hash(&token).await.unwrap().is_none(), "the secret is not a key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(d.path().join(OPERATOR_TOKEN_FILE)).unwrap().permissions();
+        assert_eq!(mode.mode() & 0o777, 0o600);
+    }
+    // A second start creates nothing while an operator token is active.
+    assert!(ensure_operator_token(&s.db, d.path(), 5).await.unwrap().is_none());
+    assert_eq!(operator(&d), token);
+}
+
+#[tokio::test]
+async fn register_by_path_reads_only_the_import_folder_and_says_nothing_about_other_paths() {
+    let (d, s) = state().await;
+    // A real file outside the import folder, and a path that does not exist: the same answer.
+    let outside = d.path().join("secret.onnx");
+    std::fs::write(&outside, "not a model").unwrap();
+    let register = |path: &std::path::Path| {
+        post_json("/api/v1/models/register", serde_json::json!({ "path": path }))
+    };
+    let (status_out, out) = call(&d, &s, register(&outside)).await;
+    let missing = d.path().join("missing.onnx");
+    let (status_missing, gone) = call(&d, &s, register(&missing)).await;
+    let escape = std::path::Path::new("../secret.onnx");
+    let (status_escape, esc) = call(&d, &s, register(escape)).await;
+    assert_eq!(status_out, StatusCode::BAD_REQUEST);
+    assert_eq!((status_out, status_missing, status_escape), (status_out, status_out, status_out));
+    let generic = |v: &serde_json::Value, path: &std::path::Path| {
+        v["error"].as_str().unwrap().replace(&path.display().to_string(), "PATH")
+    };
+    assert_eq!(generic(&out, &outside), generic(&gone, &missing));
+    assert_eq!(generic(&out, &outside), generic(&esc, escape));
+    assert!(!out["error"].as_str().unwrap().contains("os error"), "{out}");
+
+    // Inside the folder the file reaches the tract gate (and is refused there, with its reason).
+    std::fs::write(d.path().join("import/inside.onnx"), "not a model").unwrap();
+    let (status, body) = call(&d, &s, register(std::path::Path::new("inside.onnx"))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+
+    // Without an import folder, registration by path is off.
+    let off = AppState { import_dir: None, ..s.clone() };
+    let (status, _) = call(&d, &off, register(&missing)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn artifacts_need_a_valid_unexpired_capability_for_that_artifact() {
+    let (d, s) = state().await;
+    let sha = hex::encode([9u8; 32]);
+    std::fs::write(s.artifacts.path(&sha), b"bytes").unwrap();
+    let now = hone_common::clock::now_ms();
+    let good = s.signer.artifact_url("", &sha, now + 60_000);
+    assert_eq!(call_with(&s, None, get(&good)).await.0, StatusCode::OK);
+
+    let other = hex::encode([8u8; 32]);
+    let for_other = s.signer.artifact_url("", &other, now + 60_000);
+    let stolen_cap = for_other.split_once('?').unwrap().1;
+    let expired = s.signer.artifact_url("", &sha, now - 1);
+    let bad = [
+        format!("/artifacts/{sha}"),                             // no capability
+        format!("/artifacts/{sha}?exp={}&cap=00", now + 60_000), // wrong
+        format!("/artifacts/{sha}?{stolen_cap}"),                // another artifact's
+        expired,                                                 // expired
+        good.replace(&format!("exp={}", now + 60_000), &format!("exp={}", now + 120_000)), // extended
+    ];
+    for url in bad {
+        let (status, body) = call_with(&s, None, get(&url)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{url}: {body}");
+        // An API token does not replace the capability.
+        assert_eq!(call(&d, &s, get(&url)).await.0, StatusCode::FORBIDDEN, "{url}");
+    }
 }

@@ -2,8 +2,10 @@
 //!
 //! One task receives every decoded MQTT message ([`crate::mqtt::Inbound`]) and ticks every
 //! 250 ms (or when poked after a campaign is created). On each tick it
-//! 1. ends attempts whose deadline passed or whose device went offline (retry or fail),
-//! 2. fails queued jobs whose device stayed offline longer than the job timeout,
+//! 1. ends attempts whose deadline passed or whose device went offline or incompatible (retry
+//!    or fail),
+//! 2. fails queued jobs whose device stayed offline or incompatible (an agent speaking another
+//!    wire version) longer than the job timeout,
 //! 3. dispatches queued jobs: one job at a time per device, within each campaign's
 //!    `max_parallel`, as a signed job document over MQTT,
 //! 4. marks campaigns done when none of their jobs is left active.
@@ -15,8 +17,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use hone_common::clock::now_ms;
 use hone_common::topic::{self, CmdKind};
-use hone_common::wire::{JobCommand, Message, Outcome, ResultAck};
+use hone_common::wire::{ArtifactRef, JobCommand, Message, Outcome, ResultAck, WIRE_VERSION};
 use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info, warn};
 
@@ -24,7 +27,7 @@ use crate::artifacts::Signer;
 use crate::campaign::CampaignSpec;
 use crate::db::{Db, DeviceRow, JobRow, NewResult};
 use crate::metrics::Metrics;
-use crate::mqtt::{Bus, Inbound};
+use crate::mqtt::{Bus, Inbound, Payload};
 
 /// Everything the engine needs.
 #[derive(Clone)]
@@ -39,14 +42,6 @@ pub struct Engine {
     pub public_url: String,
     /// Counters.
     pub metrics: Arc<Metrics>,
-}
-
-/// Unix time in milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Engine {
@@ -84,9 +79,19 @@ impl Engine {
 
     /// Applies one message from a device.
     pub async fn handle(&self, inbound: Inbound) -> anyhow::Result<()> {
-        let now = now_ms();
+        let now = now_ms() as i64;
         let device = inbound.device;
-        match inbound.message {
+        let message = match inbound.payload {
+            Payload::Message(message) => message,
+            Payload::OtherWireVersion(found) => {
+                if self.db.mark_wire_version(&device, found, now).await? {
+                    warn!(device = %device, found, needs = WIRE_VERSION, "device speaks another wire version: marked incompatible, nothing is dispatched to it");
+                    self.poke_tick().await;
+                }
+                return Ok(());
+            }
+        };
+        match message {
             Message::Status(status) => {
                 if status.device_id != device {
                     warn!(topic_device = %device, claimed = %status.device_id, "status for another device ignored");
@@ -212,15 +217,18 @@ impl Engine {
 
     /// One pass of timeouts, dispatch and completion.
     pub async fn tick(&self) -> anyhow::Result<()> {
-        let now = now_ms();
+        let now = now_ms() as i64;
         let devices: HashMap<String, DeviceRow> =
             self.db.devices().await?.into_iter().map(|d| (d.id.clone(), d)).collect();
 
         // 1. Active attempts that timed out or lost their device.
         for job in self.db.jobs_in_states(&["dispatched", "running"]).await? {
-            let online = devices.get(&job.device_id).is_some_and(|d| d.online);
+            let device = devices.get(&job.device_id);
+            let online = device.is_some_and(|d| d.online);
             let reason = if job.deadline_ms.is_some_and(|d| d < now) {
                 Some(format!("attempt {} timed out", job.attempt))
+            } else if let Some(problem) = device.and_then(|d| d.problem.clone()) {
+                Some(format!("{problem} (during attempt {})", job.attempt))
             } else if !online {
                 Some(format!(
                     "device {} went offline during attempt {}",
@@ -263,14 +271,20 @@ impl Engine {
         for job in ordered {
             let Some(spec) = specs.get(&job.campaign_id) else { continue };
             let device = devices.get(&job.device_id);
-            if !device.is_some_and(|d| d.online) {
+            if !device.is_some_and(DeviceRow::dispatchable) {
                 let since = device.map(|d| d.status_changed_ms).unwrap_or(0);
                 if now - since > spec.job_timeout_ms as i64 {
-                    let reason = format!(
-                        "device {} offline for more than the job timeout ({} s)",
-                        job.device_id,
-                        spec.job_timeout_ms / 1000
-                    );
+                    let reason = match device.and_then(|d| d.problem.as_deref()) {
+                        Some(problem) => format!(
+                            "{problem}, for more than the job timeout ({} s)",
+                            spec.job_timeout_ms / 1000
+                        ),
+                        None => format!(
+                            "device {} offline for more than the job timeout ({} s)",
+                            job.device_id,
+                            spec.job_timeout_ms / 1000
+                        ),
+                    };
                     self.db.fail_queued(&job.id, &reason, now).await?;
                     self.metrics.jobs_failed.fetch_add(1, Relaxed);
                     warn!(job = %job.id, %reason, "job failed");
@@ -357,20 +371,26 @@ impl Engine {
         now: i64,
     ) -> anyhow::Result<Option<Message>> {
         let Some(model) = self.db.find_model(&job.model_id).await? else { return Ok(None) };
-        let sha: [u8; 32] =
+        let sha256: [u8; 32] =
             hex::decode(&model.sha256)?.try_into().map_err(|_| anyhow::anyhow!("bad digest"))?;
         let ttl = (spec.job_timeout_ms as i64).max(3_600_000);
-        let url = format!("{}/artifacts/{}", self.public_url.trim_end_matches('/'), model.sha256);
-        let artifact =
-            self.signer.sign(&model.id, sha, model.size_bytes as u64, url, (now + ttl) as u64);
-        Ok(Some(Message::RunJob(JobCommand {
+        let expires_at_ms = (now + ttl) as u64;
+        let artifact = ArtifactRef {
+            artifact_id: model.id.clone(),
+            sha256,
+            size: model.size_bytes as u64,
+            url: self.signer.artifact_url(&self.public_url, &model.sha256, expires_at_ms),
+            expires_at_ms,
+        };
+        Ok(Some(Message::RunJob(self.signer.sign_job(JobCommand {
             command_id,
             job_id: job.id.clone(),
             attempt,
             artifact,
             spec: spec.bench.clone(),
             timeout_ms: spec.job_timeout_ms,
-        })))
+            signature: Vec::new(),
+        }))))
     }
 
     async fn dispatch(&self, job: &JobRow, spec: &CampaignSpec, now: i64) -> anyhow::Result<()> {
@@ -392,5 +412,136 @@ impl Engine {
             warn!(job = %job.id, error = %e, "publishing the job failed; it will time out and be retried");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hone_common::wire::DeviceStatus;
+
+    /// An engine over SQLite whose bus points at no broker (publishes queue up unsent).
+    async fn engine() -> (tempfile::TempDir, Engine, mpsc::Receiver<Inbound>) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display()))
+            .await
+            .unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let (tx, rx) = mpsc::channel(16);
+        let config =
+            crate::mqtt::config("127.0.0.1".into(), 1, "t".into(), Duration::from_secs(5), 0);
+        let bus = crate::mqtt::start(config, 0, metrics.clone(), tx);
+        let signer = Signer::from_seed([2; 32]);
+        let engine = Engine { db, bus, signer, public_url: "http://c".into(), metrics };
+        (dir, engine, rx)
+    }
+
+    fn birth(id: &str, session: u64) -> Inbound {
+        Inbound {
+            device: id.into(),
+            payload: Payload::Message(Message::Status(DeviceStatus {
+                device_id: id.into(),
+                online: true,
+                session,
+                agent_version: "0.1.0".into(),
+                arch: "x86_64".into(),
+                os: "linux".into(),
+                cores: 2,
+                memory_bytes: 1 << 30,
+                profile: None,
+                sent_at_ms: 0,
+                fault: None,
+            })),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_device_on_an_older_wire_version_is_incompatible_and_gets_no_job_until_it_upgrades() {
+        let (_dir, engine, _rx) = engine().await;
+        let old = WIRE_VERSION - 1;
+        engine
+            .handle(Inbound { device: "d1".into(), payload: Payload::OtherWireVersion(old) })
+            .await
+            .unwrap();
+        let device = engine.db.device("d1").await.unwrap().expect("device listed");
+        assert_eq!(device.status, "incompatible");
+        let problem = device.problem.clone().unwrap();
+        assert!(problem.contains(&format!("needs wire version {WIRE_VERSION}")), "{problem}");
+        assert!(problem.contains(&format!("speaks version {old}")), "{problem}");
+
+        // A campaign naming the device queues its job and sends nothing.
+        engine
+            .db
+            .insert_model(&crate::db::ModelRow {
+                id: "m1".into(),
+                name: "m".into(),
+                sha256: "ab".repeat(32),
+                size_bytes: 1,
+                summary: serde_json::json!({}),
+                created_at_ms: 0,
+            })
+            .await
+            .unwrap();
+        let spec = CampaignSpec {
+            models: vec!["m1".into()],
+            devices: vec!["d1".into()],
+            selector: crate::campaign::DeviceSelector::Ids(vec!["d1".into()]),
+            bench: Default::default(),
+            job_timeout_ms: 600_000,
+            max_attempts: 1,
+            max_parallel: None,
+        };
+        let jobs = [("c1-j0".to_string(), "m1".to_string(), "d1".to_string(), 1)];
+        let now = now_ms() as i64;
+        engine
+            .db
+            .create_campaign("c1", &serde_json::to_value(&spec).unwrap(), &jobs, now)
+            .await
+            .unwrap();
+        engine.tick().await.unwrap();
+        assert_eq!(engine.db.job("c1-j0").await.unwrap().unwrap().state, "queued");
+        assert_eq!(engine.metrics.jobs_dispatched.load(Relaxed), 0);
+
+        // The upgraded agent's birth (current wire version) makes it compatible: the job goes.
+        engine.handle(birth("d1", 1)).await.unwrap();
+        let device = engine.db.device("d1").await.unwrap().unwrap();
+        assert_eq!((device.status, device.problem), ("online", None));
+        assert_eq!(engine.db.job("c1-j0").await.unwrap().unwrap().state, "dispatched");
+        assert_eq!(engine.metrics.jobs_dispatched.load(Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_queued_job_on_an_incompatible_device_fails_after_the_timeout_naming_the_version() {
+        let (_dir, engine, _rx) = engine().await;
+        engine.handle(birth("d2", 1)).await.unwrap();
+        engine
+            .handle(Inbound {
+                device: "d2".into(),
+                payload: Payload::OtherWireVersion(WIRE_VERSION - 1),
+            })
+            .await
+            .unwrap();
+        let spec = CampaignSpec {
+            models: vec!["m1".into()],
+            devices: vec!["d2".into()],
+            selector: crate::campaign::DeviceSelector::Ids(vec!["d2".into()]),
+            bench: Default::default(),
+            job_timeout_ms: 0,
+            max_attempts: 1,
+            max_parallel: None,
+        };
+        let jobs = [("c2-j0".to_string(), "m1".to_string(), "d2".to_string(), 1)];
+        engine
+            .db
+            .create_campaign("c2", &serde_json::to_value(&spec).unwrap(), &jobs, 0)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        engine.tick().await.unwrap();
+        let job = engine.db.job("c2-j0").await.unwrap().unwrap();
+        assert_eq!(job.state, "failed");
+        let reason = job.last_error.unwrap();
+        assert!(reason.contains(&format!("needs wire version {WIRE_VERSION}")), "{reason}");
+        assert_eq!(engine.metrics.jobs_dispatched.load(Relaxed), 0);
     }
 }

@@ -10,11 +10,12 @@ use crate::db::DeviceRow;
 /// Which devices a campaign targets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeviceSelector {
-    /// Every device online when the campaign starts.
+    /// Every device online (and speaking this wire version) when the campaign starts.
     All,
-    /// Every online device with this profile.
+    /// Every online device with this profile (and speaking this wire version).
     Profile(String),
-    /// These devices, online or not (offline ones wait, then fail after the job timeout).
+    /// These devices, online or not (offline or incompatible ones wait, then fail after the job
+    /// timeout with the reason).
     Ids(Vec<String>),
 }
 
@@ -122,10 +123,12 @@ pub fn select_devices(
     devices: &[DeviceRow],
 ) -> Result<Vec<String>, PlanError> {
     let chosen: Vec<String> = match selector {
-        DeviceSelector::All => devices.iter().filter(|d| d.online).map(|d| d.id.clone()).collect(),
+        DeviceSelector::All => {
+            devices.iter().filter(|d| d.dispatchable()).map(|d| d.id.clone()).collect()
+        }
         DeviceSelector::Profile(p) => devices
             .iter()
-            .filter(|d| d.online && d.profile.as_deref() == Some(p))
+            .filter(|d| d.dispatchable() && d.profile.as_deref() == Some(p))
             .map(|d| d.id.clone())
             .collect(),
         DeviceSelector::Ids(ids) => {
@@ -207,6 +210,9 @@ mod tests {
             first_seen_ms: 0,
             last_seen_ms: 0,
             status_changed_ms: 0,
+            wire_version: i64::from(hone_common::wire::WIRE_VERSION),
+            status: if online { "online" } else { "offline" },
+            problem: None,
         }
     }
 
@@ -242,6 +248,19 @@ mod tests {
             select_devices(&DeviceSelector::Profile("n100".into()), &devs),
             Err(PlanError::NoDevices(_))
         ));
+    }
+
+    #[test]
+    fn all_and_profile_skip_devices_on_another_wire_version() {
+        let mut old = dev("old", true, Some("rpi4"));
+        old.wire_version -= 1;
+        old.problem = crate::db::wire_problem("old", old.wire_version);
+        let devs = [old, dev("new", true, Some("rpi4"))];
+        assert_eq!(select_devices(&DeviceSelector::All, &devs).unwrap(), vec!["new"]);
+        assert_eq!(
+            select_devices(&DeviceSelector::Profile("rpi4".into()), &devs).unwrap(),
+            vec!["new"]
+        );
     }
 
     #[test]

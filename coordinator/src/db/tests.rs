@@ -97,7 +97,7 @@ async fn a_result_is_stored_once_per_job_and_completes_it() {
     assert!(!db.store_result(&again).await.unwrap(), "second delivery is not stored");
     let results = db.campaign_results("c1").await.unwrap();
     assert_eq!(results.len(), 1);
-    assert_eq!(results[0].p50_ms, 5.0);
+    assert_eq!(results[0].latency.p50_ms, 5.0);
     assert_eq!(db.job("j1").await.unwrap().unwrap().state, "done");
 }
 

@@ -46,29 +46,41 @@ fn trusted_key() -> VerifyingKey {
     SigningKey::from_bytes(&[TRUSTED_SEED; 32]).verifying_key()
 }
 
-/// A manifest for `body` served at `url`, signed by the key with `seed`.
-fn signed_ref(body: &[u8], url: &str, seed: u8) -> ArtifactRef {
-    let mut artifact = ArtifactRef {
-        artifact_id: "resnet-tiny".to_owned(),
-        sha256: sha256_of(body),
-        size: body.len() as u64,
-        url: url.to_owned(),
-        expires_at_ms: NOW_MS + 60_000,
+/// A job for `body` served at `url`, signed by the key with `seed`.
+fn signed_job(body: &[u8], url: &str, seed: u8) -> JobCommand {
+    let mut job = JobCommand {
+        command_id: "cmd-1".to_owned(),
+        job_id: "job-1".to_owned(),
+        attempt: 1,
+        artifact: hone_common::wire::ArtifactRef {
+            artifact_id: "resnet-tiny".to_owned(),
+            sha256: sha256_of(body),
+            size: body.len() as u64,
+            url: url.to_owned(),
+            expires_at_ms: NOW_MS + 60_000,
+        },
+        spec: hone_common::bench::BenchSpec::default(),
+        timeout_ms: 60_000,
         signature: Vec::new(),
     };
-    sign(&mut artifact, seed);
-    artifact
+    sign(&mut job, seed);
+    job
 }
 
-/// (Re)signs `artifact` as it stands with the key with `seed`.
-fn sign(artifact: &mut ArtifactRef, seed: u8) {
-    let msg = signing_bytes(
-        &artifact.artifact_id,
-        &artifact.sha256,
-        artifact.size,
-        artifact.expires_at_ms,
-    );
-    artifact.signature = SigningKey::from_bytes(&[seed; 32]).sign(&msg).to_bytes().to_vec();
+/// (Re)signs `job` as it stands with the key with `seed`.
+fn sign(job: &mut JobCommand, seed: u8) {
+    let msg = signing_bytes(job);
+    job.signature = SigningKey::from_bytes(&[seed; 32]).sign(&msg).to_bytes().to_vec();
+}
+
+/// Verifies `job` against the trusted key at `now_ms`, then fetches its artifact.
+async fn fetch(
+    store: &ModelStore,
+    job: &JobCommand,
+    now_ms: u64,
+) -> Result<Fetched, ArtifactError> {
+    let verified = verify_job(job.clone(), &trusted_key(), now_ms).map_err(|refused| refused.1)?;
+    store.fetch_verified(&verified).await
 }
 
 /// How the test server answers.
@@ -280,13 +292,13 @@ async fn good_artifact_is_stored_by_digest_and_a_second_fetch_downloads_nothing(
     let body = model_bytes();
     let server = TestServer::start(body.clone(), Mode::Good).await;
     let (dir, store) = open_store();
-    let artifact = signed_ref(&body, &server.url, TRUSTED_SEED);
+    let job = signed_job(&body, &server.url, TRUSTED_SEED);
 
-    let first = store.fetch_verified(&artifact, &trusted_key(), NOW_MS).await.expect("fetch");
+    let first = fetch(&store, &job, NOW_MS).await.expect("fetch");
     let expected_path =
-        dir.path().join("models").join(format!("{}.onnx", hex::encode(artifact.sha256)));
+        dir.path().join("models").join(format!("{}.onnx", hex::encode(job.artifact.sha256)));
     assert_eq!(first.path, expected_path);
-    assert_eq!(store.model_path(&artifact.sha256), expected_path);
+    assert_eq!(store.model_path(&job.artifact.sha256), expected_path);
     assert_eq!(first.bytes_downloaded, SIZE as u64);
     assert!(!first.resumed);
     assert_eq!(std::fs::read(&first.path).expect("read model"), body);
@@ -297,7 +309,7 @@ async fn good_artifact_is_stored_by_digest_and_a_second_fetch_downloads_nothing(
     assert_eq!(seen[0].range, None);
     assert_eq!(seen[0].status, 200);
 
-    let second = store.fetch_verified(&artifact, &trusted_key(), NOW_MS).await.expect("refetch");
+    let second = fetch(&store, &job, NOW_MS).await.expect("refetch");
     assert_eq!(second, Fetched { path: expected_path, bytes_downloaded: 0, resumed: false });
     assert_eq!(server.requests().len(), 1, "a stored model is not downloaded again");
 }
@@ -306,15 +318,12 @@ async fn good_artifact_is_stored_by_digest_and_a_second_fetch_downloads_nothing(
 /// request is made and before anything is written.
 async fn assert_refused_before_download(
     server: &TestServer,
-    artifact: &ArtifactRef,
+    job: &JobCommand,
     now_ms: u64,
     kind: FailureKind,
 ) -> ArtifactError {
     let (dir, store) = open_store();
-    let err = store
-        .fetch_verified(artifact, &trusted_key(), now_ms)
-        .await
-        .expect_err("manifest must be refused");
+    let err = fetch(&store, job, now_ms).await.expect_err("job must be refused");
     assert_eq!(err.kind(), kind, "{err}");
     assert!(server.requests().is_empty(), "server saw {:?}", server.requests());
     assert!(dir_entries(&dir.path().join("models")).is_empty());
@@ -326,33 +335,32 @@ async fn assert_refused_before_download(
 async fn unsigned_manifest_is_refused_before_any_request() {
     let body = model_bytes();
     let server = TestServer::start(body.clone(), Mode::Good).await;
-    let mut artifact = signed_ref(&body, &server.url, TRUSTED_SEED);
-    artifact.signature.clear();
-    let err =
-        assert_refused_before_download(&server, &artifact, NOW_MS, FailureKind::Unsigned).await;
-    assert!(matches!(err, ArtifactError::Unsigned(ref id) if id == "resnet-tiny"), "{err:?}");
+    let mut job = signed_job(&body, &server.url, TRUSTED_SEED);
+    job.signature.clear();
+    let err = assert_refused_before_download(&server, &job, NOW_MS, FailureKind::Unsigned).await;
+    assert!(matches!(err, ArtifactError::Unsigned(ref id) if id == "job-1"), "{err:?}");
 }
 
 #[tokio::test]
 async fn signature_by_an_untrusted_key_is_refused_before_any_request() {
     let body = model_bytes();
     let server = TestServer::start(body.clone(), Mode::Good).await;
-    let artifact = signed_ref(&body, &server.url, TRUSTED_SEED + 1);
+    let job = signed_job(&body, &server.url, TRUSTED_SEED + 1);
     let err =
-        assert_refused_before_download(&server, &artifact, NOW_MS, FailureKind::BadSignature).await;
-    assert!(matches!(err, ArtifactError::BadSignature(ref id) if id == "resnet-tiny"), "{err:?}");
+        assert_refused_before_download(&server, &job, NOW_MS, FailureKind::BadSignature).await;
+    assert!(matches!(err, ArtifactError::BadSignature(ref id) if id == "job-1"), "{err:?}");
 }
 
 #[tokio::test]
 async fn signature_over_a_different_size_is_refused_before_any_request() {
     let body = model_bytes();
     let server = TestServer::start(body.clone(), Mode::Good).await;
-    let mut artifact = signed_ref(&body, &server.url, TRUSTED_SEED);
-    artifact.size += 1;
-    sign(&mut artifact, TRUSTED_SEED);
-    artifact.size -= 1;
+    let mut job = signed_job(&body, &server.url, TRUSTED_SEED);
+    job.artifact.size += 1;
+    sign(&mut job, TRUSTED_SEED);
+    job.artifact.size -= 1;
     let err =
-        assert_refused_before_download(&server, &artifact, NOW_MS, FailureKind::BadSignature).await;
+        assert_refused_before_download(&server, &job, NOW_MS, FailureKind::BadSignature).await;
     assert!(matches!(err, ArtifactError::BadSignature(_)), "{err:?}");
 }
 
@@ -360,29 +368,64 @@ async fn signature_over_a_different_size_is_refused_before_any_request() {
 async fn malformed_signature_is_refused_before_any_request() {
     let body = model_bytes();
     let server = TestServer::start(body.clone(), Mode::Good).await;
-    let mut artifact = signed_ref(&body, &server.url, TRUSTED_SEED);
-    artifact.signature.truncate(63);
+    let mut job = signed_job(&body, &server.url, TRUSTED_SEED);
+    job.signature.truncate(63);
     let err =
-        assert_refused_before_download(&server, &artifact, NOW_MS, FailureKind::BadSignature).await;
+        assert_refused_before_download(&server, &job, NOW_MS, FailureKind::BadSignature).await;
     assert!(matches!(err, ArtifactError::BadSignature(_)), "{err:?}");
+}
+
+/// Changes one field of a job.
+type Tamper = fn(&mut JobCommand);
+
+/// Every field the agent acts on is signed: changing any one of them after signing (the
+/// download URL, the benchmark spec, the timeout, the ids) is refused before any request.
+#[tokio::test]
+async fn a_tampered_field_of_the_job_is_refused_before_any_request() {
+    let body = model_bytes();
+    let server = TestServer::start(body.clone(), Mode::Good).await;
+    let tampers: Vec<(&str, Tamper)> = vec![
+        ("url", |j| j.artifact.url = "http://evil.example/model.onnx".into()),
+        ("spec.max_iterations", |j| j.spec.max_iterations = 1_000_000),
+        ("spec.symbols", |j| j.spec.symbols.push(("batch".into(), 1 << 40))),
+        ("spec.mode", |j| {
+            j.spec.mode = hone_common::bench::BenchMode::Sustained { seconds: 86_400 }
+        }),
+        ("timeout_ms", |j| j.timeout_ms = u64::MAX),
+        ("command_id", |j| j.command_id = "cmd-forged".into()),
+        ("job_id", |j| j.job_id = "job-forged".into()),
+        ("attempt", |j| j.attempt += 1),
+        ("expires_at_ms", |j| j.artifact.expires_at_ms += 1),
+        ("sha256", |j| j.artifact.sha256[0] ^= 1),
+    ];
+    for (field, tamper) in tampers {
+        let mut job = signed_job(&body, &server.url, TRUSTED_SEED);
+        tamper(&mut job);
+        let err =
+            assert_refused_before_download(&server, &job, NOW_MS, FailureKind::BadSignature).await;
+        assert!(matches!(err, ArtifactError::BadSignature(_)), "{field}: {err:?}");
+    }
+    // The untampered document verifies.
+    let job = signed_job(&body, &server.url, TRUSTED_SEED);
+    assert!(verify_job(job, &trusted_key(), NOW_MS).is_ok());
 }
 
 #[tokio::test]
 async fn expired_manifest_is_refused_before_download() {
     let body = model_bytes();
     let server = TestServer::start(body.clone(), Mode::Good).await;
-    let artifact = signed_ref(&body, &server.url, TRUSTED_SEED);
-    let late = artifact.expires_at_ms + 1;
-    let err = assert_refused_before_download(&server, &artifact, late, FailureKind::Expired).await;
+    let job = signed_job(&body, &server.url, TRUSTED_SEED);
+    let late = job.artifact.expires_at_ms + 1;
+    let err = assert_refused_before_download(&server, &job, late, FailureKind::Expired).await;
     match err {
         ArtifactError::Expired { expires_at_ms, now_ms } => {
-            assert_eq!(expires_at_ms, artifact.expires_at_ms);
+            assert_eq!(expires_at_ms, job.artifact.expires_at_ms);
             assert_eq!(now_ms, late);
         }
         other => panic!("expected Expired, got {other:?}"),
     }
     // Expiry is checked before the signature: an expired unsigned manifest is still Expired.
-    let mut unsigned = artifact.clone();
+    let mut unsigned = job.clone();
     unsigned.signature.clear();
     assert_refused_before_download(&server, &unsigned, late, FailureKind::Expired).await;
 }
@@ -392,21 +435,21 @@ async fn tampered_bytes_are_a_hash_mismatch_and_nothing_is_kept() {
     let body = model_bytes();
     let server = TestServer::start(body.clone(), Mode::Tampered).await;
     let (dir, store) = open_store();
-    let artifact = signed_ref(&body, &server.url, TRUSTED_SEED);
+    let job = signed_job(&body, &server.url, TRUSTED_SEED);
 
-    let err = store.fetch_verified(&artifact, &trusted_key(), NOW_MS).await.expect_err("tampered");
+    let err = fetch(&store, &job, NOW_MS).await.expect_err("tampered");
     assert_eq!(err.kind(), FailureKind::HashMismatch);
     let mut tampered = body.clone();
     tampered[SIZE / 2] ^= 0x10;
     match &err {
         ArtifactError::HashMismatch { expected, actual } => {
-            assert_eq!(expected, &hex::encode(artifact.sha256));
+            assert_eq!(expected, &hex::encode(job.artifact.sha256));
             assert_eq!(actual, &hex::encode(sha256_of(&tampered)));
         }
         other => panic!("expected HashMismatch, got {other:?}"),
     }
     assert!(dir_entries(&dir.path().join("models")).is_empty());
-    assert!(!part_file(dir.path(), &artifact.sha256).exists(), ".part removed");
+    assert!(!part_file(dir.path(), &job.artifact.sha256).exists(), ".part removed");
     assert_eq!(server.requests().len(), 1);
 }
 
@@ -416,19 +459,19 @@ async fn truncated_download_is_kept_and_resumed_with_a_range_request() {
     let cut = 120 * 1024 + 17;
     let server = TestServer::start(body.clone(), Mode::Truncate(cut)).await;
     let (dir, store) = open_store();
-    let artifact = signed_ref(&body, &server.url, TRUSTED_SEED);
+    let job = signed_job(&body, &server.url, TRUSTED_SEED);
 
-    let err = store.fetch_verified(&artifact, &trusted_key(), NOW_MS).await.expect_err("truncated");
+    let err = fetch(&store, &job, NOW_MS).await.expect_err("truncated");
     assert_eq!(err.kind(), FailureKind::Download, "{err}");
     assert!(matches!(err, ArtifactError::Download(_)), "{err:?}");
     assert!(dir_entries(&dir.path().join("models")).is_empty());
-    let part = part_file(dir.path(), &artifact.sha256);
+    let part = part_file(dir.path(), &job.artifact.sha256);
     let kept = std::fs::read(&part).expect("partial file kept for resume");
     assert_eq!(kept.len(), cut, "every byte received is kept");
     assert_eq!(kept[..], body[..cut]);
 
     server.set_mode(Mode::Good);
-    let fetched = store.fetch_verified(&artifact, &trusted_key(), NOW_MS).await.expect("resume");
+    let fetched = fetch(&store, &job, NOW_MS).await.expect("resume");
     assert!(fetched.resumed);
     assert_eq!(fetched.bytes_downloaded, (SIZE - cut) as u64);
     assert_eq!(std::fs::read(&fetched.path).expect("read model"), body);
@@ -449,17 +492,17 @@ async fn body_ending_cleanly_before_the_declared_size_is_a_download_error_kept_f
     let cut = 100 * 1024;
     let server = TestServer::start(body.clone(), Mode::EndEarly(cut)).await;
     let (dir, store) = open_store();
-    let artifact = signed_ref(&body, &server.url, TRUSTED_SEED);
+    let job = signed_job(&body, &server.url, TRUSTED_SEED);
 
-    let err = store.fetch_verified(&artifact, &trusted_key(), NOW_MS).await.expect_err("short");
+    let err = fetch(&store, &job, NOW_MS).await.expect_err("short");
     assert!(matches!(err, ArtifactError::Download(_)), "{err:?}");
     assert_eq!(err.kind(), FailureKind::Download);
     assert!(dir_entries(&dir.path().join("models")).is_empty());
-    let kept = std::fs::read(part_file(dir.path(), &artifact.sha256)).expect("part kept");
+    let kept = std::fs::read(part_file(dir.path(), &job.artifact.sha256)).expect("part kept");
     assert_eq!(kept[..], body[..cut]);
 
     server.set_mode(Mode::Good);
-    let fetched = store.fetch_verified(&artifact, &trusted_key(), NOW_MS).await.expect("resume");
+    let fetched = fetch(&store, &job, NOW_MS).await.expect("resume");
     assert!(fetched.resumed);
     assert_eq!(fetched.bytes_downloaded, (SIZE - cut) as u64);
     assert_eq!(std::fs::read(&fetched.path).expect("read model"), body);
@@ -471,20 +514,20 @@ async fn server_ignoring_range_restarts_from_zero_and_still_verifies() {
     let cut = 64 * 1024 + 3;
     let server = TestServer::start(body.clone(), Mode::Truncate(cut)).await;
     let (dir, store) = open_store();
-    let artifact = signed_ref(&body, &server.url, TRUSTED_SEED);
-    store.fetch_verified(&artifact, &trusted_key(), NOW_MS).await.expect_err("truncated");
+    let job = signed_job(&body, &server.url, TRUSTED_SEED);
+    fetch(&store, &job, NOW_MS).await.expect_err("truncated");
     assert_eq!(
-        std::fs::metadata(part_file(dir.path(), &artifact.sha256)).expect("part").len(),
+        std::fs::metadata(part_file(dir.path(), &job.artifact.sha256)).expect("part").len(),
         cut as u64
     );
 
     server.set_mode(Mode::IgnoreRange);
-    let fetched = store.fetch_verified(&artifact, &trusted_key(), NOW_MS).await.expect("restart");
+    let fetched = fetch(&store, &job, NOW_MS).await.expect("restart");
     assert!(!fetched.resumed, "a 200 answer is not a resume");
     assert_eq!(fetched.bytes_downloaded, SIZE as u64);
     let stored = std::fs::read(&fetched.path).expect("read model");
     assert_eq!(stored.len(), SIZE, "the partial prefix was not kept in front of the full body");
-    assert_eq!(sha256_of(&stored), artifact.sha256);
+    assert_eq!(sha256_of(&stored), job.artifact.sha256);
     let seen = server.requests();
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[1].range.as_deref(), Some(format!("bytes={cut}-").as_str()));
@@ -496,16 +539,16 @@ async fn corrupt_partial_file_fails_the_hash_once_and_is_then_replaced() {
     let body = model_bytes();
     let server = TestServer::start(body.clone(), Mode::Good).await;
     let (dir, store) = open_store();
-    let artifact = signed_ref(&body, &server.url, TRUSTED_SEED);
-    let part = part_file(dir.path(), &artifact.sha256);
+    let job = signed_job(&body, &server.url, TRUSTED_SEED);
+    let part = part_file(dir.path(), &job.artifact.sha256);
     std::fs::write(&part, vec![0u8; 1000]).expect("write bogus part");
 
-    let err = store.fetch_verified(&artifact, &trusted_key(), NOW_MS).await.expect_err("bad part");
+    let err = fetch(&store, &job, NOW_MS).await.expect_err("bad part");
     assert_eq!(err.kind(), FailureKind::HashMismatch, "{err}");
     assert!(!part.exists(), "the poisoned partial file is dropped");
     assert!(dir_entries(&dir.path().join("models")).is_empty());
 
-    let fetched = store.fetch_verified(&artifact, &trusted_key(), NOW_MS).await.expect("fresh");
+    let fetched = fetch(&store, &job, NOW_MS).await.expect("fresh");
     assert!(!fetched.resumed);
     assert_eq!(std::fs::read(&fetched.path).expect("read model"), body);
 }
@@ -515,11 +558,11 @@ async fn oversized_partial_file_is_discarded_and_the_download_starts_over() {
     let body = model_bytes();
     let server = TestServer::start(body.clone(), Mode::Good).await;
     let (dir, store) = open_store();
-    let artifact = signed_ref(&body, &server.url, TRUSTED_SEED);
-    let part = part_file(dir.path(), &artifact.sha256);
+    let job = signed_job(&body, &server.url, TRUSTED_SEED);
+    let part = part_file(dir.path(), &job.artifact.sha256);
     std::fs::write(&part, vec![1u8; SIZE + 1]).expect("write oversized part");
 
-    let fetched = store.fetch_verified(&artifact, &trusted_key(), NOW_MS).await.expect("fetch");
+    let fetched = fetch(&store, &job, NOW_MS).await.expect("fetch");
     assert!(!fetched.resumed);
     assert_eq!(fetched.bytes_downloaded, SIZE as u64);
     assert_eq!(std::fs::read(&fetched.path).expect("read model"), body);
@@ -531,13 +574,13 @@ async fn endless_body_is_aborted_as_size_exceeded_and_nothing_is_kept() {
     let body = model_bytes();
     let server = TestServer::start(body.clone(), Mode::Endless).await;
     let (dir, store) = open_store();
-    let artifact = signed_ref(&body, &server.url, TRUSTED_SEED);
+    let job = signed_job(&body, &server.url, TRUSTED_SEED);
 
-    let err = store.fetch_verified(&artifact, &trusted_key(), NOW_MS).await.expect_err("endless");
+    let err = fetch(&store, &job, NOW_MS).await.expect_err("endless");
     assert_eq!(err.kind(), FailureKind::SizeExceeded, "{err}");
     assert!(matches!(err, ArtifactError::SizeExceeded { declared } if declared == SIZE as u64));
     assert!(dir_entries(&dir.path().join("models")).is_empty());
-    assert!(!part_file(dir.path(), &artifact.sha256).exists(), ".part removed");
+    assert!(!part_file(dir.path(), &job.artifact.sha256).exists(), ".part removed");
     // The client hung up long before the server's safety cap.
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     assert!(server.total_body_sent() < SIZE as u64 + ENDLESS_CAP);
@@ -548,15 +591,15 @@ async fn a_single_byte_beyond_the_declared_size_is_size_exceeded() {
     let body = model_bytes();
     let server = TestServer::start(body.clone(), Mode::Extra(1)).await;
     let (dir, store) = open_store();
-    let artifact = signed_ref(&body, &server.url, TRUSTED_SEED);
+    let job = signed_job(&body, &server.url, TRUSTED_SEED);
 
-    let err = store.fetch_verified(&artifact, &trusted_key(), NOW_MS).await.expect_err("extra");
+    let err = fetch(&store, &job, NOW_MS).await.expect_err("extra");
     assert!(
         matches!(err, ArtifactError::SizeExceeded { declared } if declared == SIZE as u64),
         "{err:?}"
     );
     assert!(dir_entries(&dir.path().join("models")).is_empty());
-    assert!(!part_file(dir.path(), &artifact.sha256).exists(), ".part removed");
+    assert!(!part_file(dir.path(), &job.artifact.sha256).exists(), ".part removed");
 }
 
 #[tokio::test]
@@ -564,9 +607,9 @@ async fn http_404_is_a_download_error_naming_the_status() {
     let body = model_bytes();
     let server = TestServer::start(body.clone(), Mode::NotFound).await;
     let (dir, store) = open_store();
-    let artifact = signed_ref(&body, &server.url, TRUSTED_SEED);
+    let job = signed_job(&body, &server.url, TRUSTED_SEED);
 
-    let err = store.fetch_verified(&artifact, &trusted_key(), NOW_MS).await.expect_err("404");
+    let err = fetch(&store, &job, NOW_MS).await.expect_err("404");
     assert_eq!(err.kind(), FailureKind::Download);
     match &err {
         ArtifactError::Download(msg) => assert!(msg.contains("404"), "{msg}"),

@@ -1,0 +1,82 @@
+//! How both sides connect to the MQTT bus: one definition of the connection settings and packet
+//! limits, as plain values. Each side turns a [`BusConfig`] into its MQTT client's options; this
+//! module opens no connection and knows no MQTT crate.
+
+use std::time::Duration;
+
+use crate::wire::MAX_PACKET_BYTES;
+
+/// Largest packet a Hone client reads from a broker. Larger than [`MAX_PACKET_BYTES`] on
+/// purpose: a permissive broker (Mosquitto's default has no limit) may deliver an oversized
+/// payload, which the wire decoder then rejects and counts; refusing it at the MQTT layer would
+/// drop the whole connection instead.
+pub const MAX_INCOMING_PACKET_BYTES: usize = 16 * MAX_PACKET_BYTES;
+
+/// Largest packet a Hone client writes: the wire limit plus MQTT framing.
+pub const MAX_OUTGOING_PACKET_BYTES: usize = MAX_PACKET_BYTES;
+
+const _: () = assert!(MAX_INCOMING_PACKET_BYTES > MAX_OUTGOING_PACKET_BYTES);
+
+/// Both sides keep a persistent session (`clean_session = false`) under a stable client id, so
+/// the broker queues QoS 1 messages while they are away.
+pub const CLEAN_SESSION: bool = false;
+
+/// Settings of one client connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusConfig {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// MQTT client id: the device id for agents, a stable name for the coordinator.
+    pub client_id: String,
+    /// Keepalive; the broker fires the Last Will after 1.5x this without traffic.
+    pub keepalive: Duration,
+    /// Topic and payload of the Last Will (retained, QoS 1).
+    pub will: (String, Vec<u8>),
+}
+
+/// Parses an MQTT broker address: `mqtt://host:port`, `tcp://host:port` or `host:port`
+/// (port defaults to 1883). TLS (`mqtts://`) is not supported yet and is refused by name.
+pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
+    let rest = if let Some(r) = url.strip_prefix("mqtt://").or_else(|| url.strip_prefix("tcp://")) {
+        r
+    } else if url.starts_with("mqtts://") || url.starts_with("ssl://") {
+        return Err(format!("`{url}`: TLS brokers are not supported yet; use mqtt://"));
+    } else if url.contains("://") {
+        return Err(format!("`{url}`: unknown scheme, expected mqtt://host:port"));
+    } else {
+        url
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => {
+            (h, p.parse::<u16>().map_err(|_| format!("`{url}`: port `{p}` is not a number"))?)
+        }
+        None => (rest, 1883),
+    };
+    if host.is_empty() {
+        return Err(format!("`{url}`: missing host"));
+    }
+    Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_broker_urls() {
+        assert_eq!(parse_mqtt_url("mqtt://127.0.0.1:1883").unwrap(), ("127.0.0.1".into(), 1883));
+        assert_eq!(parse_mqtt_url("tcp://broker:1884").unwrap(), ("broker".into(), 1884));
+        assert_eq!(parse_mqtt_url("broker").unwrap(), ("broker".into(), 1883));
+    }
+
+    #[test]
+    fn refuses_bad_broker_urls_with_a_reason() {
+        assert!(parse_mqtt_url("mqtts://b:8883").unwrap_err().contains("TLS"));
+        assert!(parse_mqtt_url("http://b").unwrap_err().contains("scheme"));
+        assert!(parse_mqtt_url("mqtt://b:x").unwrap_err().contains("port"));
+        assert!(parse_mqtt_url("mqtt://:1").unwrap_err().contains("host"));
+    }
+}

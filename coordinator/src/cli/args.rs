@@ -1,0 +1,250 @@
+//! The clap definitions of every `coordinator` command.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use super::Client;
+
+/// Hone coordinator: model registry, device fleet and benchmark campaigns.
+#[derive(Debug, Parser)]
+#[command(name = "coordinator", version, about)]
+pub(super) struct Cli {
+    #[command(subcommand)]
+    pub(super) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum Command {
+    /// Run the coordinator: HTTP API, MQTT (embedded broker by default) and the campaign engine.
+    Serve(ServeArgs),
+    /// The main job: a campaign over two real models on local agents, end to end.
+    Demo(crate::demo::DemoArgs),
+    /// API tokens: create (shown once), list, revoke. Works on the database directly.
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCmd,
+    },
+    /// Benchmark campaigns.
+    Campaign {
+        #[command(subcommand)]
+        command: CampaignCmd,
+    },
+    /// Registered models.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCmd,
+    },
+    /// The device registry.
+    Devices {
+        #[command(subcommand)]
+        command: DevicesCmd,
+    },
+    /// Build and train a baseline model (writes model.onnx and summary.json).
+    Baseline {
+        #[command(subcommand)]
+        command: crate::cli::learn::BaselineCmd,
+    },
+    /// Accuracy of a model on a data set, or its fidelity against a reference, run by tract.
+    Eval(crate::cli::learn::EvalArgs),
+    /// Forward-only speed of the candle executor against tract on one model and real inputs.
+    ExecBench(crate::cli::learn::ExecBenchArgs),
+    /// Train an ONNX model on a data set with a loss (cross-entropy, mse or cosine).
+    Train(crate::cli::learn::TrainArgs),
+    /// Structured pruning: remove whole neurons, channels and heads; measure the speedup in tract.
+    Prune(crate::cli::prune::PruneArgs),
+    /// Fold constant and static-shape subgraphs into initializers (no data, no retraining).
+    Fold(crate::cli::graph::FoldArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(super) struct ServeArgs {
+    /// HTTP API address.
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    pub(super) listen: SocketAddr,
+    /// Data folder (SQLite database, artifacts, signing key, operator token).
+    #[arg(long, env = "HONE_DATA_DIR", default_value = "hone-data")]
+    pub(super) data_dir: PathBuf,
+    /// Database URL (default: SQLite in the data folder), e.g. postgres://user@127.0.0.1/hone.
+    #[arg(long, env = "HONE_DATABASE_URL")]
+    pub(super) database_url: Option<String>,
+    /// Use this MQTT broker instead of the embedded one, e.g. mqtt://127.0.0.1:1883.
+    #[arg(long, env = "HONE_MQTT_URL")]
+    pub(super) mqtt_url: Option<String>,
+    /// Address of the embedded broker.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub(super) mqtt_listen: SocketAddr,
+    /// MQTT client id of the coordinator (stable: the broker keeps its session).
+    #[arg(long, default_value = "hone-coordinator")]
+    pub(super) mqtt_client_id: String,
+    /// Base URL agents download artifacts from (default: the API address).
+    #[arg(long)]
+    pub(super) public_url: Option<String>,
+    /// The only folder `POST /api/v1/models/register` may read models from (default: none,
+    /// registration by path is off; uploads always work).
+    #[arg(long, env = "HONE_IMPORT_DIR")]
+    pub(super) import_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(super) struct ApiArgs {
+    /// Coordinator API base URL.
+    #[arg(long, env = "HONE_API", default_value = "http://127.0.0.1:7878")]
+    pub(super) api: String,
+    /// File holding the API token. Without it the token is `$HONE_TOKEN`, else, for a
+    /// coordinator on this machine, `{data dir}/operator.token`.
+    #[arg(long, env = "HONE_TOKEN_FILE")]
+    pub(super) token_file: Option<PathBuf>,
+    /// Data folder of a coordinator on this machine (where its operator token is).
+    #[arg(long, env = "HONE_DATA_DIR", default_value = "hone-data")]
+    pub(super) data_dir: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
+impl ApiArgs {
+    /// A client of the API with the token these arguments name.
+    pub(super) fn client(&self) -> anyhow::Result<Client> {
+        let token = super::client::resolve_token(
+            &self.api,
+            self.token_file.as_deref(),
+            std::env::var("HONE_TOKEN").ok(),
+            &self.data_dir,
+        )?;
+        Ok(Client::new(&self.api).with_token(token))
+    }
+}
+
+/// Where the database is, for commands that work on it directly.
+#[derive(Debug, clap::Args)]
+pub(super) struct DbArgs {
+    /// Data folder of the coordinator.
+    #[arg(long, env = "HONE_DATA_DIR", default_value = "hone-data")]
+    pub(super) data_dir: PathBuf,
+    /// Database URL (default: SQLite in the data folder).
+    #[arg(long, env = "HONE_DATABASE_URL")]
+    pub(super) database_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum TokensCmd {
+    /// Create a token and print it (once: only its hash is stored).
+    Create {
+        #[command(flatten)]
+        db: DbArgs,
+        /// `viewer` (read) or `operator` (read and write).
+        #[arg(long)]
+        role: String,
+        /// A label, e.g. who uses it.
+        #[arg(long, default_value = "cli")]
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tokens (ids, names, roles; never the secrets).
+    List {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by id; it stops working at once.
+    Revoke {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Token id (`t-…`, from `tokens list`).
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum CampaignCmd {
+    /// Start a campaign over models × devices.
+    Start {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Models: ids, names or digest prefixes, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        models: Vec<String>,
+        /// `all`, `profile:NAME` or comma-separated device ids.
+        #[arg(long, default_value = "all")]
+        devices: String,
+        /// Client-chosen campaign id (makes the call idempotent).
+        #[arg(long)]
+        id: Option<String>,
+        /// Warm-up iterations.
+        #[arg(long, default_value_t = 5)]
+        warmup: u32,
+        /// Maximum measured iterations.
+        #[arg(long, default_value_t = 100)]
+        iterations: u32,
+        /// Maximum measured time per benchmark, ms.
+        #[arg(long, default_value_t = 10_000)]
+        max_time_ms: u64,
+        /// Time allowed for one attempt, ms.
+        #[arg(long, default_value_t = 300_000)]
+        job_timeout_ms: u64,
+        /// Dispatches per job before it fails.
+        #[arg(long, default_value_t = 3)]
+        max_attempts: u32,
+        /// Fleet-wide limit on concurrent jobs (1 = one at a time, for agents sharing a host).
+        #[arg(long)]
+        max_parallel: Option<u32>,
+        /// Measurement mode: single, sustained, cold or throughput.
+        #[arg(long, default_value = "single")]
+        mode: String,
+        /// Length of a sustained run, seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+        /// Batch sizes of a throughput run.
+        #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
+        batch_sizes: Vec<u32>,
+        /// Wait for the campaign to finish, showing progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show a campaign: one line per (model, device).
+    Show {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Campaign id.
+        id: String,
+    },
+    /// List campaigns.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum ModelsCmd {
+    /// Register an ONNX model (uploaded to the coordinator; refused if tract cannot load it).
+    Add {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// ONNX file.
+        path: PathBuf,
+        /// Name (default: the file stem).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List models.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum DevicesCmd {
+    /// List devices.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}

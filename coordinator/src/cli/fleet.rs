@@ -1,0 +1,129 @@
+//! The API commands: `models`, `devices` and `campaign`.
+
+use anyhow::bail;
+use hone_common::bench::BenchSpec;
+
+use super::args::{CampaignCmd, DevicesCmd, ModelsCmd};
+use super::print::{print_campaign, print_campaigns, print_devices, print_json, print_models};
+use crate::api::CampaignView;
+use crate::campaign::CampaignRequest;
+
+pub(super) async fn devices(cmd: DevicesCmd) -> anyhow::Result<i32> {
+    let DevicesCmd::List { api } = cmd;
+    let devices: serde_json::Value = api.client()?.get("/api/v1/devices").await?;
+    if api.json {
+        print_json(&devices);
+    } else {
+        print_devices(&devices);
+    }
+    Ok(0)
+}
+
+pub(super) async fn campaign(cmd: CampaignCmd) -> anyhow::Result<i32> {
+    match cmd {
+        CampaignCmd::Start {
+            api,
+            models,
+            devices,
+            id,
+            warmup,
+            iterations,
+            max_time_ms,
+            job_timeout_ms,
+            max_attempts,
+            max_parallel,
+            mode,
+            seconds,
+            batch_sizes,
+            wait,
+        } => {
+            let mode = match mode.as_str() {
+                "single" => hone_common::bench::BenchMode::Single,
+                "sustained" => hone_common::bench::BenchMode::Sustained { seconds },
+                "cold" => hone_common::bench::BenchMode::Cold,
+                "throughput" => hone_common::bench::BenchMode::Throughput { batch_sizes },
+                other => bail!("unknown mode `{other}`: single, sustained, cold or throughput"),
+            };
+            let client = api.client()?;
+            let req = CampaignRequest {
+                id,
+                models,
+                devices,
+                bench: BenchSpec {
+                    warmup,
+                    max_iterations: iterations,
+                    max_time_ms,
+                    symbols: vec![],
+                    mode,
+                    inputs: Default::default(),
+                },
+                job_timeout_ms,
+                max_attempts,
+                max_parallel,
+            };
+            let view: CampaignView = client.post("/api/v1/campaigns", &req).await?;
+            if !api.json {
+                eprintln!("campaign {} started: {} jobs", view.id, view.progress.total);
+            }
+            let view = if wait { client.wait_campaign(&view.id, !api.json).await? } else { view };
+            if api.json {
+                print_json(&serde_json::to_value(&view)?);
+            } else if wait {
+                print_campaign(&view);
+            } else {
+                println!("{}", view.id);
+            }
+            Ok(if wait && view.progress.failed > 0 { 2 } else { 0 })
+        }
+        CampaignCmd::Show { api, id } => {
+            let view: CampaignView = api.client()?.get(&format!("/api/v1/campaigns/{id}")).await?;
+            if api.json {
+                print_json(&serde_json::to_value(&view)?);
+            } else {
+                print_campaign(&view);
+            }
+            Ok(0)
+        }
+        CampaignCmd::List { api } => {
+            let list: Vec<CampaignView> = api.client()?.get("/api/v1/campaigns").await?;
+            if api.json {
+                print_json(&serde_json::to_value(&list)?);
+            } else {
+                print_campaigns(&list);
+            }
+            Ok(0)
+        }
+    }
+}
+
+pub(super) async fn models(cmd: ModelsCmd) -> anyhow::Result<i32> {
+    match cmd {
+        ModelsCmd::Add { api, path, name } => {
+            let name = name.unwrap_or_else(|| {
+                path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+            });
+            let model = api.client()?.upload_model(&path, &name).await?;
+            if api.json {
+                print_json(&model);
+            } else {
+                println!(
+                    "{} {} ({} bytes, sha256 {})",
+                    model["id"].as_str().unwrap_or(""),
+                    model["name"].as_str().unwrap_or(""),
+                    model["size_bytes"],
+                    model["sha256"].as_str().unwrap_or("")
+                );
+            }
+            Ok(0)
+        }
+        ModelsCmd::List { api } => {
+            let list: serde_json::Value = api.client()?.get("/api/v1/models").await?;
+            if api.json {
+                print_json(&list);
+            } else {
+                print_models(&list);
+            }
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! `coordinator serve`: the service, until Ctrl-C or SIGTERM.
+
+use anyhow::Context;
+
+use super::args::ServeArgs;
+use crate::server::{MqttMode, ServeConfig};
+
+pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
+    let mqtt = match args.mqtt_url {
+        Some(url) => MqttMode::External(url),
+        None => MqttMode::Embedded(args.mqtt_listen),
+    };
+    let mut config = ServeConfig::new(args.data_dir.clone(), mqtt);
+    config.database_url = args.database_url;
+    config.public_url = args.public_url;
+    config.mqtt_client_id = args.mqtt_client_id;
+    config.import_dir = args.import_dir;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let running = crate::server::start(config, listener).await?;
+    eprintln!("coordinator listening on {} (MQTT {})", running.api_url(), running.mqtt_url);
+    eprintln!("trust key for agents: {}", running.state.signer.public_hex());
+    let token_file = args.data_dir.join(crate::api::auth::OPERATOR_TOKEN_FILE);
+    if token_file.is_file() {
+        eprintln!("operator API token: {} (mode 0600)", token_file.display());
+    }
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => { r?; }
+        _ = terminate() => {}
+    }
+    eprintln!("shutting down");
+    running.shutdown().await;
+    Ok(0)
+}
+
+async fn terminate() {
+    #[cfg(unix)]
+    {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+            return;
+        }
+    }
+    std::future::pending::<()>().await
+}
