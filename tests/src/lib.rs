@@ -442,10 +442,20 @@ impl Api {
 
     /// Registers a model file by uploading it; returns its id.
     pub fn register(&self, path: &Path, name: &str) -> anyhow::Result<String> {
+        self.register_with_inputs(path, name, "")
+    }
+
+    /// [`Api::register`] with input shapes (`x=1x3x48x320`), stored with the model.
+    pub fn register_with_inputs(
+        &self,
+        path: &Path,
+        name: &str,
+        inputs: &str,
+    ) -> anyhow::Result<String> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let r = self
             .request(reqwest::Method::POST, "/api/v1/models")
-            .query(&[("name", name)])
+            .query(&[("name", name), ("inputs", inputs)])
             .body(bytes)
             .send()?;
         let status = r.status().as_u16();

@@ -227,8 +227,10 @@ fn tf2onnx_open_nsfw() {
     });
 }
 
-/// A campaign's `bench.inputs` reaches the agent over the wire: the model's `?` axes fail
-/// without it and run with it.
+/// Input shapes at registration and in campaigns: a model whose `?` axes only a shape can fill
+/// is refused without one, naming the input; registered with shapes, its campaigns use them; a
+/// campaign's own `bench.inputs` wins, and reaches the agent over the wire (wrong shapes fail
+/// there, with tract's reason).
 #[test]
 fn a_campaign_carries_input_shapes_to_the_agent() {
     use std::time::Duration;
@@ -242,7 +244,15 @@ fn a_campaign_carries_input_shapes_to_the_agent() {
     api.wait_device(&id, true, Duration::from_secs(20)).unwrap();
     let path = dir.path().join("dynamic.onnx");
     std::fs::write(&path, models::dynamic_image()).unwrap();
-    let m = api.register(&path, "dynamic-image").unwrap();
+    let e = api.register(&path, "dynamic-image").unwrap_err().to_string();
+    assert!(e.contains("422") && e.contains("--input x=1x3x?x?"), "{e}");
+    let e = api.register_with_inputs(&path, "dynamic-image", "x=1x3").unwrap_err().to_string();
+    assert!(e.contains("422") && e.contains("has 4 axes, but 2 were given"), "{e}");
+    let m = api.register_with_inputs(&path, "dynamic-image", "x=1x3x8x16").unwrap();
+    assert_eq!(
+        api.get(&format!("/api/v1/models/{m}")).unwrap()["summary"]["input_shapes"]["x"],
+        serde_json::json!([1, 3, 8, 16])
+    );
     let bench = |inputs: Value| {
         let c = api
             .start_campaign(serde_json::json!({
@@ -256,8 +266,9 @@ fn a_campaign_carries_input_shapes_to_the_agent() {
         api.wait_campaign(&c, Duration::from_secs(60)).unwrap()["lines"][0].clone()
     };
     let line = bench(serde_json::json!({}));
-    assert_eq!(line["state"], "failed", "{line}");
-    assert!(line["error"].as_str().unwrap().contains("--input x=1x3x?x?"), "{line}");
-    let line = bench(serde_json::json!({"x": [1, 3, 8, 16]}));
+    assert_eq!(line["state"], "done", "the stored shapes: {line}");
+    let line = bench(serde_json::json!({"x": [1, 3, 16, 32]}));
     assert_eq!(line["state"], "done", "{line}");
+    let line = bench(serde_json::json!({"x": [1, 4, 8, 16]}));
+    assert_eq!(line["state"], "failed", "the campaign's shapes reach the agent: {line}");
 }

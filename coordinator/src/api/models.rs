@@ -12,12 +12,17 @@ use tower::ServiceExt;
 
 use super::{ApiError, ApiResult, AppState, P};
 use crate::artifacts::IncomingError;
+use hone_common::shapes::InputShapes;
+
 use crate::db::ModelRow;
 use crate::models::ModelError;
 
 #[derive(Deserialize)]
 pub(super) struct UploadQuery {
     name: Option<String>,
+    /// Input shapes in text form, `x=1x3x48x320[,y=...]`, for inputs whose declared shapes are
+    /// not fixed: the gate checks the model with them, and they are stored with the model.
+    inputs: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -30,6 +35,9 @@ pub(super) struct Capability {
 pub(super) struct RegisterPath {
     path: String,
     name: Option<String>,
+    /// Input shapes, `{"x": [1, 3, 48, 320]}` (see [`UploadQuery`]).
+    #[serde(default)]
+    inputs: InputShapes,
 }
 
 pub(super) async fn list(State(s): State<AppState>) -> ApiResult<Json<Vec<ModelRow>>> {
@@ -59,7 +67,13 @@ pub(super) async fn upload(
         incoming.write(&chunk).await.map_err(incoming_error)?;
     }
     let name = q.name.unwrap_or_else(|| "model".to_string());
-    register(&s, incoming, name).await
+    let inputs = match q.inputs.as_deref() {
+        None | Some("") => InputShapes::default(),
+        Some(text) => {
+            InputShapes::parse(text).map_err(|e| ApiError::BadRequest(format!("inputs: {e}")))?
+        }
+    };
+    register(&s, incoming, name, inputs).await
 }
 
 /// `POST /api/v1/models/register` with `{"path": "...", "name": "..."}`: a file under the
@@ -105,7 +119,7 @@ pub(super) async fn register_path(
     let name = req.name.unwrap_or_else(|| {
         path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
     });
-    register(&s, incoming, name).await
+    register(&s, incoming, name, req.inputs).await
 }
 
 fn incoming_error(e: IncomingError) -> ApiError {
@@ -119,6 +133,7 @@ async fn register(
     s: &AppState,
     incoming: crate::artifacts::Incoming,
     name: String,
+    inputs: InputShapes,
 ) -> ApiResult<(StatusCode, Json<ModelRow>)> {
     if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control()) {
         return Err(ApiError::BadRequest("model name must be 1-128 printable characters".into()));
@@ -129,8 +144,13 @@ async fn register(
         received.discard().await;
         return Ok((StatusCode::OK, Json(existing)));
     }
-    let summary = match crate::models::check_file(&received.tmp, &Default::default()).await {
-        Ok(summary) => summary,
+    let summary = match crate::models::check_file(&received.tmp, &inputs).await {
+        Ok(mut summary) => {
+            if !inputs.is_empty() {
+                summary["input_shapes"] = serde_json::to_value(&inputs).unwrap_or_default();
+            }
+            summary
+        }
         Err(e) => {
             received.discard().await;
             return Err(match e {

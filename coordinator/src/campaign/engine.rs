@@ -382,12 +382,20 @@ impl Engine {
             url: self.signer.artifact_url(&self.public_url, &model.sha256, expires_at_ms),
             expires_at_ms,
         };
+        // Shapes the campaign gives win; otherwise the ones stored with the model at
+        // registration (for inputs whose declared shapes are not fixed).
+        let mut bench = spec.bench.clone();
+        if bench.inputs.is_empty()
+            && let Some(stored) = model.summary.get("input_shapes")
+        {
+            bench.inputs = serde_json::from_value(stored.clone()).unwrap_or_default();
+        }
         Ok(Some(Message::RunJob(self.signer.sign_job(JobCommand {
             command_id,
             job_id: job.id.clone(),
             attempt,
             artifact,
-            spec: spec.bench.clone(),
+            spec: bench,
             timeout_ms: spec.job_timeout_ms,
             signature: Vec::new(),
         }))))

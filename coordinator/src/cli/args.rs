@@ -203,6 +203,10 @@ pub(super) enum CampaignCmd {
         /// Batch sizes of a throughput run.
         #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
         batch_sizes: Vec<u32>,
+        /// Shape of an input, NAME=1x3x224x224 (repeatable, or comma-separated); overrides the
+        /// shapes stored with the models.
+        #[arg(long = "input", value_name = "NAME=DIMS")]
+        inputs: Vec<String>,
         /// Wait for the campaign to finish, showing progress.
         #[arg(long)]
         wait: bool,
@@ -232,6 +236,10 @@ pub(super) enum ModelsCmd {
         /// Name (default: the file stem).
         #[arg(long)]
         name: Option<String>,
+        /// Shape of an input whose declared shape is not fixed, NAME=1x3x48x320 (repeatable, or
+        /// comma-separated); checked by the gate and stored with the model for its campaigns.
+        #[arg(long = "input", value_name = "NAME=DIMS")]
+        inputs: Vec<String>,
     },
     /// List models.
     List {

@@ -106,8 +106,13 @@ impl Client {
         Ok(self.check(resp).await?.json().await?)
     }
 
-    /// Uploads a model file.
-    pub async fn upload_model(&self, path: &Path, name: &str) -> anyhow::Result<serde_json::Value> {
+    /// Uploads a model file, with the shapes of inputs whose declared shapes are not fixed.
+    pub async fn upload_model(
+        &self,
+        path: &Path,
+        name: &str,
+        inputs: &hone_common::shapes::InputShapes,
+    ) -> anyhow::Result<serde_json::Value> {
         let file = tokio::fs::File::open(path)
             .await
             .with_context(|| format!("opening {}", path.display()))?;
@@ -115,7 +120,7 @@ impl Client {
         let body = reqwest::Body::wrap_stream(file_stream(file));
         let resp = self
             .request(reqwest::Method::POST, &url)
-            .query(&[("name", name)])
+            .query(&[("name", name), ("inputs", &inputs.to_string())])
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(body)
             .send()

@@ -35,6 +35,7 @@ pub(super) async fn campaign(cmd: CampaignCmd) -> anyhow::Result<i32> {
             mode,
             seconds,
             batch_sizes,
+            inputs,
             wait,
         } => {
             let mode = match mode.as_str() {
@@ -55,7 +56,7 @@ pub(super) async fn campaign(cmd: CampaignCmd) -> anyhow::Result<i32> {
                     max_time_ms,
                     symbols: vec![],
                     mode,
-                    inputs: Default::default(),
+                    inputs: hone_common::shapes::InputShapes::parse_all(&inputs)?,
                 },
                 job_timeout_ms,
                 max_attempts,
@@ -98,11 +99,12 @@ pub(super) async fn campaign(cmd: CampaignCmd) -> anyhow::Result<i32> {
 
 pub(super) async fn models(cmd: ModelsCmd) -> anyhow::Result<i32> {
     match cmd {
-        ModelsCmd::Add { api, path, name } => {
+        ModelsCmd::Add { api, path, name, inputs } => {
+            let inputs = hone_common::shapes::InputShapes::parse_all(&inputs)?;
             let name = name.unwrap_or_else(|| {
                 path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
             });
-            let model = api.client()?.upload_model(&path, &name).await?;
+            let model = api.client()?.upload_model(&path, &name, &inputs).await?;
             if api.json {
                 print_json(&model);
             } else {
