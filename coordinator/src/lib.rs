@@ -12,8 +12,8 @@
 //! - [`mqtt`]: the only module that knows rumqttc; [`broker`]: the embedded rumqttd.
 //! - [`artifacts`]: content-addressed files and the ed25519 signing key.
 //! - [`models`]: the tract gate for registration, on a blocking thread.
-//! - [`cli`], [`demo`]: the `coordinator` command line, including the compression engine's
-//!   commands (`prune`, `baseline`, `eval`, `train`, `exec-bench`).
+//! - [`cli`]: the `coordinator` command line, the main job (`cli::demo`) included, and the
+//!   engine's commands (`prune`, `baseline`, `eval`, `train`, `exec-bench`, `fold`).
 //!
 //! The compression engine lives in library crates beside this one: `hone-graph` (the ONNX IR
 //! and the tract gate), `hone-learn` (data, training, evaluation), `hone-compress` (methods) and
@@ -25,7 +25,6 @@ pub mod broker;
 pub mod campaign;
 pub mod cli;
 pub mod db;
-pub mod demo;
 pub mod metrics;
 pub mod models;
 pub mod mqtt;

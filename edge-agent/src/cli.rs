@@ -244,32 +244,9 @@ pub fn main() -> i32 {
     if let Command::CalibrateProbe { iterations } = &cli.command {
         return crate::calibrate::probe_main(*iterations);
     }
-    init_tracing();
-    let runtime =
-        match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                eprintln!("error: cannot start the async runtime: {e}");
-                return 1;
-            }
-        };
-    match runtime.block_on(dispatch(cli.command)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            1
-        }
-    }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("edge_agent=info,warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
+    let entry =
+        hone_process::Entry { default_filter: "edge_agent=info,warn", worker_threads: Some(2) };
+    hone_process::run(entry, dispatch(cli.command))
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<i32> {

@@ -169,8 +169,9 @@ fn first_float_output(graph: &Graph) -> Option<String> {
         .map(|v| v.name)
 }
 
-/// Trains `a.model` (`coordinator train`): batches from [`EvalData`] (images, or tokens padded per batch), the
-/// reference (for mse and cosine) run by a frozen executor, which takes any input shape.
+/// Trains `a.model` (`coordinator train`): batches from [`EvalData`] (images, or tokens padded
+/// per batch), the reference (for mse and cosine) run by a frozen executor, which takes any
+/// input shape.
 pub fn train(a: TrainTask) -> anyhow::Result<serde_json::Value> {
     let data = EvalData::load(&a.data)?;
     if !data.labelled() {

@@ -20,7 +20,7 @@ pub(super) enum Command {
     /// Run the coordinator: HTTP API, MQTT (embedded broker by default) and the campaign engine.
     Serve(ServeArgs),
     /// The main job: a campaign over two real models on local agents, end to end.
-    Demo(crate::demo::DemoArgs),
+    Demo(super::demo::DemoArgs),
     /// API tokens: create (shown once), list, revoke. Works on the database directly.
     Tokens {
         #[command(subcommand)]

@@ -11,6 +11,7 @@
 
 mod args;
 mod client;
+pub mod demo;
 mod fleet;
 pub mod graph;
 pub mod learn;
@@ -19,8 +20,6 @@ mod progress;
 pub mod prune;
 mod serve;
 mod tokens;
-
-use std::io::IsTerminal;
 
 use clap::Parser;
 
@@ -31,38 +30,17 @@ pub use print::print_campaign;
 /// Runs the command line; returns the exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return 1;
-        }
+    let entry = hone_process::Entry {
+        default_filter: "coordinator=info,rumqttd=off,warn",
+        worker_threads: None,
     };
-    match runtime.block_on(dispatch(cli.command)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            1
-        }
-    }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("coordinator=info,rumqttd=off,warn")
-    });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+    hone_process::run(entry, dispatch(cli.command))
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<i32> {
     match command {
         Command::Serve(args) => serve::serve(args).await,
-        Command::Demo(args) => crate::demo::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
         Command::Tokens { command } => tokens::run(command).await,
         Command::Campaign { command } => fleet::campaign(command).await,
         Command::Models { command } => fleet::models(command).await,

@@ -19,9 +19,9 @@ use anyhow::{Context, bail};
 use hone_common::bench::BenchSpec;
 use serde::Serialize;
 
+use super::Client;
 use crate::api::CampaignView;
 use crate::campaign::CampaignRequest;
-use crate::cli::Client;
 use crate::server::{MqttMode, ServeConfig};
 
 /// Options of `coordinator demo`.
@@ -222,7 +222,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        crate::cli::print_campaign(&view);
+        super::print_campaign(&view);
         eprintln!("demo finished in {wall_s:.1} s");
     }
     Ok(if view.progress.failed > 0 { 2 } else { 0 })
