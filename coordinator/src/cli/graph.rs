@@ -26,6 +26,8 @@ pub fn fold(model: &Path, out: &Path) -> anyhow::Result<serde_json::Value> {
     let nodes_before = g.node_protos().len();
     let report = g.constant_fold_shapes()?;
     let pruned = g.prune_unused();
+    let skipped: Vec<serde_json::Value> =
+        report.skipped.iter().map(|(n, why)| serde_json::json!({"node": n, "why": why})).collect();
     g.save_gated(out, &Default::default())?;
     Ok(serde_json::json!({
         "model": model,
@@ -34,8 +36,9 @@ pub fn fold(model: &Path, out: &Path) -> anyhow::Result<serde_json::Value> {
         "nodes_after": g.node_protos().len(),
         "folded_nodes": report.folded_nodes,
         "new_initializers": report.new_initializers,
-        "skipped": report.skipped.iter().map(|(n, why)| serde_json::json!({"node": n, "why": why})).collect::<Vec<_>>(),
-        "pruned": format!("{pruned:?}"),
+        "skipped": skipped,
+        "removed_nodes": pruned.removed_nodes,
+        "removed_initializers": pruned.removed_initializers,
     }))
 }
 
