@@ -43,49 +43,79 @@ pub fn main() -> i32 {
     hone_process::run(entry, dispatch(cli.command))
 }
 
-/// candle's thread count for the commands that train (`baseline`, `train`, `prune` with its
-/// fine-tune, `exec-bench`), from the machine's cores and the thread variables already set:
-/// `None` leaves candle's default (one thread per core).
+/// How candle should run for the commands that train (`baseline`, `train`, `prune` with its
+/// fine-tune, `exec-bench`), from the machine's cores, the threads running elsewhere on it and
+/// the variables the user already set: the environment to add, or nothing to change.
 ///
-/// candle keeps a spinning barrier pool and a rayon pool of one thread per core beside the
-/// main thread. On a two-core host they only contend: measured on a 2-core AMD EPYC
-/// (Fashion-MNIST CNN, `coordinator baseline fashion-cnn --max-steps 40`), one thread trained at
-/// 287-299 images/s against 281-284 with the default on a quiet machine, using 99 % of a core
-/// instead of 124 %, and at 57-60 against 28-45 images/s while other builds ran. With more cores
-/// the default stays. A variable the user set always wins.
-pub fn learn_thread_count(
+/// candle keeps a barrier pool that spin-waits and rayon pools of one thread per core. Measured
+/// on a 2-core AMD EPYC (`baseline fashion-cnn --max-steps 30` images/s, `baseline
+/// minilm-sentiment --limit 300` fine-tune sentences/s), side by side:
+///
+/// | host | 2 threads, spinning (candle's default) | 2 threads, parking | 1 thread |
+/// |---|---|---|---|
+/// | quiet | CNN 282, MiniLM 31.8 | CNN 286, MiniLM 34.4 | CNN 240, MiniLM 28.9 |
+/// | one core busy elsewhere | CNN 179, MiniLM 19.0 | CNN 223, MiniLM 20.3 | CNN 281, MiniLM 27.7 |
+///
+/// So the pool parks instead of spinning (`CANDLE_BARRIER_POOL_SPIN_LIMIT=0`: never slower),
+/// and uses the cores the load leaves free (`RAYON_NUM_THREADS`, at least one). A variable the
+/// user set always wins.
+pub fn learn_environment(
     cores: usize,
-    rayon: Option<&str>,
-    candle: Option<&str>,
-) -> Option<usize> {
-    if rayon.is_some() || candle.is_some() || cores > 2 {
-        return None;
+    load: Option<f64>,
+    user_set: impl Fn(&str) -> bool,
+) -> Vec<(&'static str, String)> {
+    let mut env = Vec::new();
+    if !user_set("CANDLE_BARRIER_POOL_SPIN_LIMIT") {
+        env.push(("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0".to_string()));
     }
-    Some(1)
+    if !user_set("RAYON_NUM_THREADS") && !user_set("CANDLE_NUM_THREADS") {
+        let busy = load.map_or(0, |l| l.max(0.0).round() as usize);
+        let free = cores.saturating_sub(busy).clamp(1, cores.max(1));
+        if free < cores {
+            env.push(("RAYON_NUM_THREADS", free.to_string()));
+        }
+    }
+    env
 }
 
-/// Applies [`learn_thread_count`]: candle reads its thread count from the environment once, so
-/// the process re-executes itself with `RAYON_NUM_THREADS` set (the safe way to set a
-/// variable in a running process). If that fails, the command runs with candle's default.
+/// Threads running on the host besides this one, right now: the median of five readings of
+/// `procs_running` in `/proc/stat` over 40 ms, less this process. (The load average lags by a
+/// minute and would count the work that just finished.) `None` where `/proc/stat` is absent.
+fn busy_elsewhere() -> Option<f64> {
+    let mut samples = Vec::new();
+    for i in 0..5 {
+        if i > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let running = stat.lines().find_map(|l| l.strip_prefix("procs_running "))?;
+        samples.push(running.trim().parse::<f64>().ok()?);
+    }
+    samples.sort_by(f64::total_cmp);
+    Some((samples[2] - 1.0).max(0.0))
+}
+
+/// Applies [`learn_environment`]: candle reads these variables once, so the process re-executes
+/// itself with them (the safe way to set a variable for a running process); `HONE_LEARN_ENV`
+/// marks the second run. If that fails, the command runs with candle's defaults.
 fn learn_threads() {
     use std::os::unix::process::CommandExt as _;
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let var = |k: &str| std::env::var(k).ok();
-    let Some(n) = learn_thread_count(
-        cores,
-        var("RAYON_NUM_THREADS").as_deref(),
-        var("CANDLE_NUM_THREADS").as_deref(),
-    ) else {
+    if std::env::var_os("HONE_LEARN_ENV").is_some() {
         return;
-    };
+    }
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let load = busy_elsewhere();
+    let env = learn_environment(cores, load, |k| std::env::var_os(k).is_some());
+    if env.is_empty() {
+        return;
+    }
     let Ok(exe) = std::env::current_exe() else { return };
     let err = std::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
-        .env("RAYON_NUM_THREADS", n.to_string())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("HONE_LEARN_ENV", "1")
         .exec();
-    eprintln!(
-        "warning: could not restart with RAYON_NUM_THREADS={n} ({err}); using candle's default"
-    );
+    eprintln!("warning: could not restart with {env:?} ({err}); using candle's defaults");
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<i32> {
@@ -107,14 +137,24 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
 
 #[cfg(test)]
 mod thread_tests {
-    use super::learn_thread_count;
+    use super::learn_environment;
 
     #[test]
-    fn two_cores_train_on_one_thread_unless_the_user_chose() {
-        assert_eq!(learn_thread_count(2, None, None), Some(1));
-        assert_eq!(learn_thread_count(1, None, None), Some(1));
-        assert_eq!(learn_thread_count(8, None, None), None, "more cores: candle's default");
-        assert_eq!(learn_thread_count(2, Some("2"), None), None, "the user's choice wins");
-        assert_eq!(learn_thread_count(2, None, Some("2")), None);
+    fn the_pool_parks_and_uses_the_cores_the_load_leaves_unless_the_user_chose() {
+        let none = |_: &str| false;
+        let env = |cores, load| learn_environment(cores, load, none);
+        assert_eq!(env(2, Some(0.1)), [("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0".to_string())]);
+        assert_eq!(
+            env(2, Some(1.2)),
+            [
+                ("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0".to_string()),
+                ("RAYON_NUM_THREADS", "1".to_string())
+            ]
+        );
+        assert_eq!(env(2, Some(7.0))[1], ("RAYON_NUM_THREADS", "1".to_string()), "at least one");
+        assert_eq!(env(8, Some(2.6))[1], ("RAYON_NUM_THREADS", "5".to_string()));
+        assert_eq!(env(4, None).len(), 1, "no load reading: every core");
+        let user = |k: &str| k == "RAYON_NUM_THREADS" || k == "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+        assert!(learn_environment(2, Some(1.5), user).is_empty(), "the user's choice wins");
     }
 }
