@@ -114,21 +114,7 @@ pub fn timing_inputs(
             Some(hone_graph::DataType::I64) => DType::I64,
             _ => DType::F32,
         };
-        if let Some(dims) = given.get(&info.name) {
-            out.push((dt, dims.iter().map(|&d| d as usize).collect()));
-            continue;
-        }
-        let dims: Vec<usize> = info
-            .dims
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-            .map(|(i, d)| match d {
-                hone_graph::Dim::Value(v) if *v > 0 => *v as usize,
-                _ if i == 0 => 1,
-                _ => seq,
-            })
-            .collect();
+        let dims = super::input_dims(&info, 1, seq, given).unwrap_or_default();
         out.push((dt, dims));
     }
     out

@@ -23,7 +23,7 @@ pub mod search;
 use std::collections::BTreeMap;
 
 use hone_common::shapes::InputShapes;
-use hone_graph::{Attribute, Dim, Graph, GraphError, Tensor, ValueShape};
+use hone_graph::{Attribute, Dim, Graph, GraphError, Tensor, ValueInfo, ValueShape};
 
 pub use apply::{Selection, apply};
 pub use groups::{Analysis, Group, analyse};
@@ -72,27 +72,40 @@ pub fn normalize(graph: &Graph) -> Result<Graph, GraphError> {
 /// for the others, declared dims, with a dynamic batch (symbolic, `-1` or `?`) set to 2 and other
 /// dynamic dims to `seq` (distinct values, so that reshapes are unambiguous).
 pub fn analysis_dims(graph: &Graph, seq: usize, given: &InputShapes) -> Vec<(String, Vec<usize>)> {
+    let inputs = graph.inputs();
     hone_learn::eval::tract::true_inputs(graph)
         .into_iter()
         .filter_map(|name| {
-            if let Some(dims) = given.get(&name) {
-                return Some((name, dims.iter().map(|&d| d as usize).collect()));
-            }
-            let info = graph.inputs().into_iter().find(|i| i.name == name)?;
-            let dims = info.dims?;
-            Some((
-                name,
-                dims.iter()
-                    .enumerate()
-                    .map(|(i, d)| match d {
-                        Dim::Value(v) if *v > 0 => *v as usize,
-                        _ if i == 0 => 2,
-                        _ => seq,
-                    })
-                    .collect(),
-            ))
+            let info = inputs.iter().find(|i| i.name == name)?;
+            let dims = input_dims(info, 2, seq, given)?;
+            Some((name, dims))
         })
         .collect()
+}
+
+/// Concrete dims of one declared input: its `given` shape; else its declared dims with a
+/// dynamic first axis (symbolic, `-1` or `?`) set to `batch` and other dynamic axes to `seq`.
+/// `None` when neither gives a rank.
+pub fn input_dims(
+    info: &ValueInfo,
+    batch: usize,
+    seq: usize,
+    given: &InputShapes,
+) -> Option<Vec<usize>> {
+    if let Some(dims) = given.get(&info.name) {
+        return Some(dims.iter().map(|&d| d as usize).collect());
+    }
+    let dims = info.dims.as_ref()?;
+    Some(
+        dims.iter()
+            .enumerate()
+            .map(|(i, d)| match d {
+                Dim::Value(v) if *v > 0 => *v as usize,
+                _ if i == 0 => batch,
+                _ => seq,
+            })
+            .collect(),
+    )
 }
 
 /// A normalised graph and its dependency groups.
