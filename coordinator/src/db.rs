@@ -62,6 +62,10 @@ pub struct ModelRow {
     pub summary: serde_json::Value,
     /// Registration time, Unix ms.
     pub created_at_ms: i64,
+    /// Where it came from (parent, method, settings, validation), for models a pipeline made;
+    /// `None` for models registered by hand.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<serde_json::Value>,
 }
 
 /// A device in the registry.
@@ -325,6 +329,9 @@ fn model_from(row: &AnyRow) -> std::result::Result<ModelRow, sqlx::Error> {
         size_bytes: row.try_get("size_bytes")?,
         summary: json_col(row, "summary"),
         created_at_ms: row.try_get("created_at_ms")?,
+        lineage: row
+            .try_get::<Option<String>, _>("lineage")?
+            .and_then(|s| serde_json::from_str(&s).ok()),
     })
 }
 
@@ -376,8 +383,8 @@ impl Db {
     /// Inserts a model unless one with the same digest exists; returns the stored row.
     pub async fn insert_model(&self, m: &ModelRow) -> Result<ModelRow> {
         sqlx::query(
-            "INSERT INTO models (id, name, sha256, size_bytes, summary, created_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sha256) DO NOTHING",
+            "INSERT INTO models (id, name, sha256, size_bytes, summary, created_at_ms, lineage) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (sha256) DO NOTHING",
         )
         .bind(&m.id)
         .bind(&m.name)
@@ -385,6 +392,7 @@ impl Db {
         .bind(m.size_bytes)
         .bind(m.summary.to_string())
         .bind(m.created_at_ms)
+        .bind(m.lineage.as_ref().map(|l| l.to_string()))
         .execute(&self.pool)
         .await
         .map_err(q("insert model"))?;
@@ -918,5 +926,8 @@ fn campaign_from(row: &AnyRow) -> std::result::Result<CampaignRow, sqlx::Error> 
     })
 }
 
+mod pipelines;
 #[cfg(test)]
 mod tests;
+
+pub use pipelines::{CandidateRecord, PipelineRow};

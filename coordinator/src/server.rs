@@ -72,6 +72,7 @@ pub struct Running {
     pub state: AppState,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     engine: tokio::task::JoinHandle<()>,
+    runner: tokio::task::JoinHandle<()>,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -86,6 +87,9 @@ impl Running {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.engine).await;
+        // A compression step in progress finishes on its blocking thread; the runner stops
+        // after it, and a later start resumes the pipeline.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.runner).await;
         self.state.db.close().await;
     }
 
@@ -161,12 +165,22 @@ pub async fn start(
     };
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let engine = tokio::spawn(engine.run(rx, poke.clone(), stop_rx.clone()));
+    let pipelines = Arc::new(Notify::new());
+    let runner = crate::pipeline::runner::Runner {
+        db: db.clone(),
+        artifacts: artifacts.clone(),
+        data_dir: config.data_dir.clone(),
+        engine_poke: poke.clone(),
+        wake: pipelines.clone(),
+    };
+    let runner = tokio::spawn(runner.run(stop_rx.clone()));
     let state = AppState {
         db,
         artifacts,
         signer,
         metrics,
         poke,
+        pipelines,
         upload_limit: config.upload_limit,
         import_dir,
     };
@@ -180,5 +194,5 @@ pub async fn start(
             .await
     });
     tracing::info!(http = %http_addr, mqtt = %mqtt_url, key = %state.signer.public_hex(), "coordinator ready");
-    Ok(Running { http_addr, mqtt_url, state, server, engine, stop })
+    Ok(Running { http_addr, mqtt_url, state, server, engine, runner, stop })
 }

@@ -6,5 +6,6 @@ mod corpus;
 mod demo;
 mod faults;
 mod hostile;
+mod pipeline;
 mod prune;
 mod security;

@@ -1,18 +1,31 @@
-//! The one trait every compression method implements, so that a pipeline can drive pruning
-//! today and distillation or post-training passes later without a new code path.
+//! The one trait every compression method implements, so that a pipeline drives pruning today
+//! and distillation or post-training passes later without a new code path.
 //!
-//! A method turns a parent model (a file, with a data set for calibration and validation) into
-//! a [`Candidate`]: the compressed model written where the pipeline asked, with the method's
-//! name, its settings, the runtime and precision it targets, and the method's own report
-//! (accuracy, fidelity, sizes). Measuring candidates on devices is the pipeline's business, not
-//! the method's.
+//! A method is a search space and a way to realise one point of it:
+//! - [`CompressionMethod::grid`] proposes settings for a device class ([`Target`]: its name and
+//!   f32 SIMD width, so that pruned widths suit its kernels);
+//! - [`CompressionMethod::compress`] turns the parent into a [`Candidate`] with those settings:
+//!   the model written (gated by tract) where the pipeline asked, the method's name, its
+//!   settings, the runtime and precision it targets, and the method's own report.
+//!
+//! Validating candidates (accuracy or fidelity) and measuring them on devices is the
+//! pipeline's business, the same for every method. New runtimes (ONNX Runtime) and precisions
+//! (int8) arrive as new values of [`Runtime`] and [`Precision`], not as new code paths.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
-use crate::prune::run::{PruneConfig, prune};
+use anyhow::{Context as _, bail};
+use hone_common::shapes::InputShapes;
+use hone_learn::eval::EvalData;
+use serde::{Deserialize, Serialize};
 
-/// The runtime a candidate is meant to run in. New runtimes (ONNX Runtime) arrive as values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+use crate::prune::alloc::Allocation;
+use crate::prune::importance::Criterion;
+use crate::prune::run::{PruneConfig, PruneSession};
+
+/// The runtime a candidate is meant to run in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum Runtime {
@@ -20,8 +33,10 @@ pub enum Runtime {
     Tract,
 }
 
-/// The numeric precision of a candidate's weights and arithmetic. int8 arrives as a value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+crate::named_enum!(Runtime, "runtime" { Tract => "tract" });
+
+/// The numeric precision of a candidate's weights and arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum Precision {
@@ -29,31 +44,55 @@ pub enum Precision {
     F32,
 }
 
-/// What a method is given.
+crate::named_enum!(Precision, "precision" { F32 => "f32" });
+
+/// The device class a candidate is made for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The class (a device profile's name).
+    pub class: String,
+    /// f32 lanes of its widest SIMD register (4 for NEON, 8 for AVX2, 16 for AVX-512).
+    pub simd_width: usize,
+}
+
+impl Target {
+    /// The target of a device profile.
+    pub fn of_profile(name: &str) -> anyhow::Result<Target> {
+        let p = hone_firmware_profiles::find(name)
+            .with_context(|| format!("no device profile `{name}` (see `edge-agent profiles`)"))?;
+        Ok(Target { class: name.to_owned(), simd_width: p.simd_width_f32.max(1) as usize })
+    }
+}
+
+/// What a method is given for one candidate.
 #[derive(Debug, Clone)]
 pub struct MethodContext<'a> {
     /// The parent model.
     pub parent: &'a Path,
-    /// The data set (a name `hone_learn::eval::EvalData::load` knows).
-    pub data: &'a str,
+    /// The data (calibration, fine-tuning).
+    pub data: &'a EvalData,
+    /// Shapes of the parent's inputs whose declared dims are not fixed.
+    pub inputs: &'a InputShapes,
+    /// The device class.
+    pub target: &'a Target,
     /// Where the candidate must be written.
     pub out: &'a Path,
 }
 
 /// A compressed model and what it is.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Candidate {
     /// The written model (gated by tract).
     pub model: PathBuf,
     /// The method's name ([`CompressionMethod::name`]).
     pub method: &'static str,
-    /// The settings that produced it ([`CompressionMethod::settings`]).
+    /// The settings that produced it (one of [`CompressionMethod::grid`]).
     pub settings: serde_json::Value,
     /// The runtime it targets.
     pub runtime: Runtime,
     /// Its precision.
     pub precision: Precision,
-    /// The method's own report (sizes, accuracy or fidelity, coordinator-side timings).
+    /// The method's own report (sizes, widths, timings on the coordinator).
     pub report: serde_json::Value,
 }
 
@@ -61,17 +100,82 @@ pub struct Candidate {
 pub trait CompressionMethod: Send + Sync {
     /// A stable name: `prune` (later `distill`, `ptq`).
     fn name(&self) -> &'static str;
-    /// The settings, as a candidate's lineage records them.
-    fn settings(&self) -> serde_json::Value;
-    /// Compresses `ctx.parent` into a candidate written at `ctx.out`.
-    fn compress(&self, ctx: &MethodContext<'_>) -> anyhow::Result<Candidate>;
+    /// The settings this method proposes for `target`, in a stable order (the pipeline's grid).
+    fn grid(&self, target: &Target) -> Vec<serde_json::Value>;
+    /// Compresses `ctx.parent` with `settings` into a candidate written at `ctx.out`.
+    fn compress(
+        &self,
+        ctx: &MethodContext<'_>,
+        settings: &serde_json::Value,
+    ) -> anyhow::Result<Candidate>;
 }
 
-/// Structured pruning with fixed settings; the model, data and output come from the context.
-#[derive(Debug, Clone)]
+/// The methods a pipeline can run, by name.
+pub const METHOD_NAMES: &[&str] = &["prune"];
+
+/// The method called `name`, with its default search space.
+pub fn method(name: &str) -> anyhow::Result<Box<dyn CompressionMethod>> {
+    match name {
+        "prune" => Ok(Box::new(PruneMethod::new(PruneGrid::default()))),
+        other => bail!("unknown compression method `{other}`: one of {}", METHOD_NAMES.join(", ")),
+    }
+}
+
+/// The search space of structured pruning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PruneGrid {
+    /// Importance criteria.
+    pub criteria: Vec<Criterion>,
+    /// Allocations across groups.
+    pub allocations: Vec<Allocation>,
+    /// Fractions of each group's units removed.
+    pub sparsities: Vec<f64>,
+}
+
+impl Default for PruneGrid {
+    /// 2 criteria × 2 allocations × 4 sparsities = 16 settings per class.
+    fn default() -> Self {
+        PruneGrid {
+            criteria: vec![Criterion::Magnitude, Criterion::Activation],
+            allocations: vec![Allocation::Uniform, Allocation::Global],
+            sparsities: vec![0.15, 0.3, 0.45, 0.6],
+        }
+    }
+}
+
+/// The settings of one pruned candidate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PruneSettings {
+    /// Importance criterion.
+    pub criterion: Criterion,
+    /// Allocation across groups.
+    pub allocation: Allocation,
+    /// Fraction of each group's units removed.
+    pub sparsity: f64,
+    /// Kept widths are multiples of this (the class's f32 SIMD width).
+    pub round_to: usize,
+}
+
+/// Structured pruning ([`crate::prune`]) over a [`PruneGrid`]. One parent is analysed and
+/// scored once, then every candidate is cut from that session.
+#[derive(Debug)]
 pub struct PruneMethod {
-    /// The settings (`model`, `data` and `out` are replaced by the context's).
-    pub config: PruneConfig,
+    /// The search space.
+    pub grid: PruneGrid,
+    /// Calibration examples (activation and gradient criteria).
+    pub calibration: usize,
+    /// Seed of the calibration draw.
+    pub seed: u64,
+    /// Sequence length of text models (analysis).
+    pub seq_len: usize,
+    session: Mutex<Option<(PathBuf, String, PruneSession)>>,
+}
+
+impl PruneMethod {
+    /// Pruning over `grid`, with the default calibration.
+    pub fn new(grid: PruneGrid) -> PruneMethod {
+        PruneMethod { grid, calibration: 256, seed: 0, seq_len: 16, session: Mutex::new(None) }
+    }
 }
 
 impl CompressionMethod for PruneMethod {
@@ -79,39 +183,67 @@ impl CompressionMethod for PruneMethod {
         "prune"
     }
 
-    fn settings(&self) -> serde_json::Value {
-        let c = &self.config;
-        serde_json::json!({
-            "criterion": c.criterion.to_string(),
-            "sparsity": c.sparsity,
-            "target_speedup": c.target_speedup,
-            "allocation": c.allocation.to_string(),
-            "activation_metric": c.activation_metric.to_string(),
-            "round_to": c.round_to,
-            "profile": c.profile,
-            "weights": c.weights,
-            "finetune_steps": c.finetune_steps,
-            "finetune_lr": c.finetune_lr,
-            "distill": c.distill,
-            "seed": c.seed,
-        })
+    fn grid(&self, target: &Target) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for &criterion in &self.grid.criteria {
+            for &allocation in &self.grid.allocations {
+                for &sparsity in &self.grid.sparsities {
+                    let s = PruneSettings {
+                        criterion,
+                        allocation,
+                        sparsity,
+                        round_to: target.simd_width,
+                    };
+                    out.push(serde_json::to_value(s).expect("settings serialise"));
+                }
+            }
+        }
+        out
     }
 
-    fn compress(&self, ctx: &MethodContext<'_>) -> anyhow::Result<Candidate> {
-        let config = PruneConfig {
-            model: ctx.parent.to_path_buf(),
-            data: ctx.data.to_owned(),
-            out: Some(ctx.out.to_path_buf()),
-            ..self.config.clone()
-        };
-        let report = prune(config)?;
+    fn compress(
+        &self,
+        ctx: &MethodContext<'_>,
+        settings: &serde_json::Value,
+    ) -> anyhow::Result<Candidate> {
+        let s: PruneSettings = serde_json::from_value(settings.clone())
+            .context("pruning settings: criterion, allocation, sparsity, round_to")?;
+        let started = std::time::Instant::now();
+        let mut guard = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = !matches!(&*guard, Some((p, d, _)) if p == ctx.parent && d == ctx.data.name());
+        if fresh {
+            let config = PruneConfig {
+                model: ctx.parent.to_path_buf(),
+                data: ctx.data.name().to_owned(),
+                calibration: self.calibration,
+                seed: self.seed,
+                seq_len: self.seq_len,
+                inputs: ctx.inputs.clone(),
+                round_to: Some(s.round_to.max(1)),
+                ..PruneConfig::defaults()
+            };
+            let session = PruneSession::open(config, ctx.data.clone())?;
+            *guard = Some((ctx.parent.to_path_buf(), ctx.data.name().to_owned(), session));
+        }
+        let (_, _, session) = guard.as_mut().expect("session just opened");
+        let child = session.child(s.criterion, s.sparsity, s.allocation, s.round_to)?;
+        let params_before = crate::prune::param_count(session.parent());
+        drop(guard);
+        let params_after = crate::prune::param_count(&child.graph);
+        child.graph.save_gated(ctx.out, ctx.inputs).context("writing the pruned model")?;
         Ok(Candidate {
             model: ctx.out.to_path_buf(),
             method: self.name(),
-            settings: self.settings(),
+            settings: settings.clone(),
             runtime: Runtime::Tract,
             precision: Precision::F32,
-            report: serde_json::to_value(&report)?,
+            report: serde_json::json!({
+                "params_before": params_before,
+                "params_after": params_after,
+                "channels_removed": child.channels_removed,
+                "widths": child.widths,
+                "seconds": started.elapsed().as_secs_f64(),
+            }),
         })
     }
 }

@@ -7,6 +7,7 @@ pub mod auth;
 mod campaigns;
 mod devices;
 mod models;
+mod pipelines;
 
 use std::sync::Arc;
 
@@ -22,6 +23,7 @@ use crate::db::Db;
 use crate::metrics::Metrics;
 
 pub use campaigns::{CampaignView, campaign_view};
+pub use pipelines::PipelineView;
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -36,6 +38,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Wakes the engine after a campaign is created.
     pub poke: Arc<Notify>,
+    /// Wakes the pipeline runner after a pipeline is created or cancelled.
+    pub pipelines: Arc<Notify>,
     /// Largest accepted model upload, bytes.
     pub upload_limit: u64,
     /// `POST /api/v1/models/register` accepts only files under this folder (canonical path);
@@ -54,6 +58,8 @@ pub enum ApiError {
     Forbidden(String),
     /// 404.
     NotFound(String),
+    /// 409: the resource's state does not allow this (e.g. cancelling an ended pipeline).
+    Conflict(String),
     /// 413.
     TooLarge(String),
     /// 422: understood but refused (e.g. tract cannot load the model).
@@ -79,6 +85,7 @@ impl IntoResponse for ApiError {
             }
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
             ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),
             ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
             ApiError::Internal(e) => {
@@ -116,6 +123,9 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/devices/{id}", get(devices::get))
         .route("/api/v1/campaigns", get(campaigns::list).post(campaigns::create))
         .route("/api/v1/campaigns/{id}", get(campaigns::get))
+        .route("/api/v1/pipelines", get(pipelines::list).post(pipelines::create))
+        .route("/api/v1/pipelines/{id}", get(pipelines::get))
+        .route("/api/v1/pipelines/{id}/cancel", post(pipelines::cancel))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
         .merge(open)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })

@@ -15,7 +15,7 @@ use crate::artifacts::IncomingError;
 use hone_common::shapes::InputShapes;
 
 use crate::db::ModelRow;
-use crate::models::ModelError;
+use crate::models::RegisterError;
 
 #[derive(Deserialize)]
 pub(super) struct UploadQuery {
@@ -135,43 +135,14 @@ async fn register(
     name: String,
     inputs: InputShapes,
 ) -> ApiResult<(StatusCode, Json<ModelRow>)> {
-    if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control()) {
-        return Err(ApiError::BadRequest("model name must be 1-128 printable characters".into()));
+    match crate::models::register(&s.db, &s.artifacts, incoming, name, inputs, None).await {
+        Ok((true, row)) => Ok((StatusCode::CREATED, Json(row))),
+        Ok((false, row)) => Ok((StatusCode::OK, Json(row))),
+        Err(RegisterError::Name(m)) => Err(ApiError::BadRequest(m)),
+        Err(RegisterError::Incoming(e)) => Err(incoming_error(e)),
+        Err(RegisterError::Refused(m)) => Err(ApiError::Unprocessable(m)),
+        Err(RegisterError::Internal(e)) => Err(ApiError::Internal(e)),
     }
-    let received = incoming.finish().await.map_err(incoming_error)?;
-    let sha = hex::encode(received.sha256);
-    if let Some(existing) = s.db.model_by_sha(&sha).await? {
-        received.discard().await;
-        return Ok((StatusCode::OK, Json(existing)));
-    }
-    let summary = match crate::models::check_file(&received.tmp, &inputs).await {
-        Ok(mut summary) => {
-            if !inputs.is_empty() {
-                summary["input_shapes"] = serde_json::to_value(&inputs).unwrap_or_default();
-            }
-            summary
-        }
-        Err(e) => {
-            received.discard().await;
-            return Err(match e {
-                ModelError::Io(io) => ApiError::Internal(io.into()),
-                other => ApiError::Unprocessable(other.to_string()),
-            });
-        }
-    };
-    let size = received.size as i64;
-    received.commit(&s.artifacts).await?;
-    let row = ModelRow {
-        id: format!("m-{}", &sha[..16]),
-        name,
-        sha256: sha,
-        size_bytes: size,
-        summary,
-        created_at_ms: hone_common::clock::now_ms() as i64,
-    };
-    let stored = s.db.insert_model(&row).await?;
-    tracing::info!(model = %stored.id, name = %stored.name, size, "model registered");
-    Ok((StatusCode::CREATED, Json(stored)))
 }
 
 /// `GET /artifacts/{sha}?exp=E&cap=C`: the bytes, with Range support (tower-http's

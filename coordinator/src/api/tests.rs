@@ -23,6 +23,7 @@ async fn state() -> (tempfile::TempDir, AppState) {
         signer: Signer::from_seed([1; 32]),
         metrics: Arc::new(Metrics::default()),
         poke: Arc::new(Notify::new()),
+        pipelines: Arc::new(Notify::new()),
         upload_limit: 1 << 20,
         import_dir: Some(dir.path().join("import").canonicalize().unwrap()),
     };

@@ -56,6 +56,15 @@ pub(super) enum Command {
     Prune(crate::cli::prune::PruneArgs),
     /// Fold constant and static-shape subgraphs into initializers (no data, no retraining).
     Fold(crate::cli::graph::FoldArgs),
+    /// The compression pipeline: candidates measured on the fleet choose the winner per class.
+    Compress(crate::cli::pipeline::CompressArgs),
+    /// Compression pipelines: show, list, cancel.
+    Pipeline {
+        #[command(subcommand)]
+        command: crate::cli::pipeline::PipelineCmd,
+    },
+    /// Write a pipeline's self-contained HTML report.
+    Report(crate::cli::pipeline::ReportArgs),
 }
 
 #[derive(Debug, clap::Args)]

@@ -1,10 +1,14 @@
 //! `coordinator demo`: the main job, end to end on embedded defaults.
 //!
-//! Starts a coordinator in-process (embedded rumqttd broker, SQLite in a data folder), starts
-//! local `edge-agent` processes with different device profiles, registers two real models
-//! (paraphrase-MiniLM-L3-v2 and Yahoo open_nsfw ResNet-50-thin, from the asset cache), runs a
-//! campaign over models × devices through the HTTP API, prints the per-device table (or one
-//! JSON object with `--json`), and stops the agents.
+//! Starts a coordinator in-process (embedded rumqttd broker, SQLite in a data folder) and local
+//! `edge-agent` processes, one per device class, then runs the compression loop: a real model
+//! (Yahoo open_nsfw ResNet-50-thin, from the asset cache) is measured on every class, pruned
+//! into a grid of candidates per class (widths rounded to each class's SIMD width), validated
+//! against the parent on real photographs, and the candidates the latency predictor ranks best
+//! are measured on the agents; the measurements choose a winner per class, and the HTML report
+//! is written. `--exhaustive` measures every candidate; `--compare-exhaustive` runs the guided
+//! search and then the exhaustive grid in one run and prints how they compare; `--campaign`
+//! runs the earlier campaign-only demo (two models × three profiles, `results[]` JSON).
 //!
 //! The agents share this host, so the campaign runs one job at a time (`max_parallel = 1`):
 //! concurrent benchmarks on the same cores would measure each other. Each agent emulates its
@@ -20,7 +24,8 @@ use hone_common::bench::BenchSpec;
 use serde::Serialize;
 
 use super::Client;
-use crate::api::CampaignView;
+use crate::api::{CampaignView, PipelineView};
+use crate::pipeline::request::PipelineRequest;
 use crate::campaign::CampaignRequest;
 use crate::server::{MqttMode, ServeConfig};
 
@@ -48,6 +53,33 @@ pub struct DemoArgs {
     /// Maximum measured time per benchmark, ms.
     #[arg(long, default_value_t = 5_000)]
     max_time_ms: u64,
+    /// The campaign-only demo: two models benchmarked on three profiles, no compression.
+    #[arg(long)]
+    campaign: bool,
+    /// Device classes of the compression demo, one local agent each.
+    #[arg(long, value_delimiter = ',', default_value = "rpi4,x86-vm-2core")]
+    classes: Vec<String>,
+    /// Measure every candidate instead of the ones the latency predictor ranks best.
+    #[arg(long)]
+    exhaustive: bool,
+    /// Run the guided search, then the exhaustive grid, in one run, and compare them.
+    #[arg(long, conflicts_with = "exhaustive")]
+    compare_exhaustive: bool,
+    /// Smallest accepted top-1 agreement with the parent on the validation photos.
+    #[arg(long, default_value_t = 0.9)]
+    min_fidelity: f64,
+    /// Latency budget, ms (the winner is then the most accurate model within it).
+    #[arg(long)]
+    latency_budget_ms: Option<f64>,
+    /// Peak RSS budget, MiB.
+    #[arg(long)]
+    memory_budget_mib: Option<f64>,
+    /// Pruning sparsities of the grid.
+    #[arg(long, value_delimiter = ',', default_value = "0.15,0.3,0.45,0.6")]
+    sparsities: Vec<f64>,
+    /// Where to write the HTML report.
+    #[arg(long, default_value = "hone-report.html")]
+    report: PathBuf,
 }
 
 /// One (model, device) result line of the demo's JSON.
@@ -106,38 +138,43 @@ fn agent_bin(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     )
 }
 
-/// Runs the demo; returns the exit code.
-pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
-    let started = Instant::now();
-    for p in &args.profiles {
+/// A coordinator and its local agents, started for the demo.
+struct Fleet {
+    running: crate::server::Running,
+    agents: Agents,
+    client: Client,
+    devices: Vec<String>,
+    data_dir: PathBuf,
+    _temp: Option<TempDir>,
+}
+
+impl Fleet {
+    async fn stop(mut self) {
+        self.agents.stop().await;
+        self.running.shutdown().await;
+    }
+}
+
+/// Starts the coordinator (embedded broker, SQLite) and one agent per profile.
+async fn start_fleet(
+    args: &DemoArgs,
+    profiles: &[String],
+    say: &dyn Fn(String),
+) -> anyhow::Result<Fleet> {
+    for p in profiles {
         if hone_firmware_profiles::find(p).is_none() {
             bail!("unknown profile `{p}` (see `edge-agent profiles`)");
         }
     }
-    let models = [
-        ("paraphrase-MiniLM-L3-v2", "minilm-l3-onnx"),
-        ("open-nsfw-resnet50-thin", "open-nsfw-onnx"),
-    ];
-    let mut model_paths = Vec::new();
-    for (name, asset) in models {
-        model_paths.push((name, hone_assets::path(asset)?));
-    }
     let agent = agent_bin(args.agent_bin.clone())?;
-    let temp;
-    let data_dir = match args.data_dir.clone() {
-        Some(d) => d,
+    let (data_dir, temp) = match args.data_dir.clone() {
+        Some(d) => (d, None),
         None => {
-            temp = tempdir()?;
-            temp.0.clone()
-        }
-    };
-    let say = |msg: String| {
-        if !args.json {
-            eprintln!("{msg}");
+            let t = tempdir()?;
+            (t.0.clone(), Some(t))
         }
     };
     say(format!("demo: data folder {}", data_dir.display()));
-
     let mqtt_port = free_port()?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let mut config =
@@ -154,8 +191,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
     say(format!("demo: coordinator at {api}, embedded MQTT broker at {}", running.mqtt_url));
 
     let mut agents = Agents(Vec::new());
-    let mut device_ids = Vec::new();
-    for profile in &args.profiles {
+    let mut devices = Vec::new();
+    for profile in profiles {
         let id = format!("demo-{profile}");
         let state = data_dir.join("agents").join(&id);
         std::fs::create_dir_all(&state)?;
@@ -182,11 +219,237 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
             .spawn()
             .with_context(|| format!("starting {}", agent.display()))?;
         agents.0.push(child);
-        device_ids.push(id);
+        devices.push(id);
     }
-    let result = drive(&client, &args, &model_paths, &device_ids, &say).await;
-    agents.stop().await;
-    running.shutdown().await;
+    let fleet = Fleet { running, agents, client, devices, data_dir, _temp: temp };
+    if let Err(e) = wait_online(&fleet.client, &fleet.devices, say).await {
+        fleet.stop().await;
+        return Err(e);
+    }
+    Ok(fleet)
+}
+
+async fn wait_online(
+    client: &Client,
+    devices: &[String],
+    say: &dyn Fn(String),
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let list: Vec<serde_json::Value> = client.get("/api/v1/devices").await?;
+        let online = devices
+            .iter()
+            .filter(|id| list.iter().any(|d| d["id"] == id.as_str() && d["online"] == true))
+            .count();
+        if online == devices.len() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "only {online} of {} agents came online within 60 s (see the agent logs in the data folder)",
+                devices.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    say(format!("demo: {} agents online: {}", devices.len(), devices.join(", ")));
+    Ok(())
+}
+
+/// Runs the demo; returns the exit code.
+pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
+    if args.campaign {
+        run_campaign(args).await
+    } else {
+        run_pipeline(args).await
+    }
+}
+
+/// The compression loop on local agents.
+async fn run_pipeline(args: DemoArgs) -> anyhow::Result<i32> {
+    let started = Instant::now();
+    let json = args.json;
+    let say = |msg: String| {
+        if !json {
+            eprintln!("{msg}");
+        }
+    };
+    let model = hone_assets::path("open-nsfw-onnx")?;
+    // Check the data before starting anything.
+    hone_learn::eval::EvalData::load("photos")?;
+    let fleet = start_fleet(&args, &args.classes, &say).await?;
+    let outcome = pipeline_loop(&fleet, &args, &model, &say).await;
+    let data_dir = fleet.data_dir.clone();
+    fleet.stop().await;
+    let (guided, reference) = outcome?;
+    let wall_s = started.elapsed().as_secs_f64();
+    let mut result = guided.result.clone().context("the pipeline has no result")?;
+    crate::pipeline::report::write(&result, &args.report)
+        .with_context(|| format!("writing the report {}", args.report.display()))?;
+    result.report = Some(args.report.display().to_string());
+    let comparison = reference.as_ref().and_then(|r| r.result.as_ref()).map(|r| compare(&result, r));
+    if json {
+        let mut out = serde_json::to_value(&result)?;
+        out["wall_seconds"] = serde_json::json!(wall_s);
+        out["broker"] = "embedded rumqttd".into();
+        out["database"] = "sqlite".into();
+        out["runtime"] = "tract 0.23.9".into();
+        out["data_folder"] = serde_json::json!(args.data_dir.as_ref().map(|_| data_dir));
+        out["note"] = "agents share one host and run one job at a time; each agent emulates its device profile (cgroup CPU quota scaled by the host calibration, cpuset, memory cap) where the host allows it, see classes[].measurement; candidates are made while no measurement runs".into();
+        if let Some(c) = &comparison {
+            out["comparison"] = c.clone();
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        super::pipeline::print_result(&result);
+        if let Some(c) = &comparison {
+            println!();
+            println!("guided search against the exhaustive grid (same grid, same accuracy budget):");
+            for class in c["classes"].as_array().into_iter().flatten() {
+                println!(
+                    "  {:<14} guided best {:>8} ms with {} measurements; grid best {:>8} ms with {} measurements; gap {:+.1} %, measurements {:.0} % of the grid's; predictor on the grid: {} within ±10 %",
+                    class["class"].as_str().unwrap_or(""),
+                    fmt_ms(&class["guided_best_ms"]),
+                    class["guided_measurements"],
+                    fmt_ms(&class["grid_best_ms"]),
+                    class["grid_measurements"],
+                    class["gap_pct"].as_f64().unwrap_or(f64::NAN),
+                    class["measurement_share"].as_f64().unwrap_or(f64::NAN) * 100.0,
+                    class["predictor_within_10pct_on_grid"]
+                        .as_f64()
+                        .map_or("-".into(), |v| format!("{:.0} %", v * 100.0)),
+                );
+            }
+        }
+        eprintln!("report: {}", args.report.display());
+        eprintln!("demo finished in {wall_s:.1} s");
+    }
+    let winners = result.classes.iter().filter(|c| c.winner.is_some()).count();
+    Ok(if guided.state == "done" && winners == result.classes.len() { 0 } else { 2 })
+}
+
+fn fmt_ms(v: &serde_json::Value) -> String {
+    v.as_f64().map_or("-".into(), |v| format!("{v:.2}"))
+}
+
+/// Registers the parent and runs the pipeline (and the exhaustive reference when asked).
+async fn pipeline_loop(
+    fleet: &Fleet,
+    args: &DemoArgs,
+    model: &std::path::Path,
+    say: &dyn Fn(String),
+) -> anyhow::Result<(PipelineView, Option<PipelineView>)> {
+    let client = &fleet.client;
+    let m: serde_json::Value = client
+        .post(
+            "/api/v1/models/register",
+            &serde_json::json!({
+                "path": model, "name": "open-nsfw-resnet50-thin",
+                "inputs": {"input:0": [1, 224, 224, 3]}
+            }),
+        )
+        .await
+        .context("registering open_nsfw")?;
+    let model_id = m["id"].as_str().unwrap_or_default().to_owned();
+    say(format!("demo: registered open-nsfw-resnet50-thin as {model_id}"));
+    let make = |exhaustive: bool| -> anyhow::Result<PipelineRequest> {
+        let mut req: PipelineRequest = serde_json::from_value(serde_json::json!({
+            "model": model_id,
+            "data": "photos",
+            "devices": args.classes,
+            "min_fidelity": args.min_fidelity,
+        }))?;
+        req.latency_budget_ms = args.latency_budget_ms;
+        req.memory_budget_mib = args.memory_budget_mib;
+        req.exhaustive = exhaustive;
+        req.max_parallel = Some(1);
+        req.prune_grid = Some(hone_compress::PruneGrid {
+            sparsities: args.sparsities.clone(),
+            ..Default::default()
+        });
+        req.bench.warmup = args.warmup.min(3);
+        req.bench.max_iterations = args.iterations;
+        req.bench.max_time_ms = args.max_time_ms.min(3_000);
+        Ok(req)
+    };
+    let first = make(args.exhaustive)?;
+    let view: PipelineView = client.post("/api/v1/pipelines", &first).await?;
+    say(format!("demo: pipeline {} ({})", view.id, if first.exhaustive { "exhaustive" } else { "guided" }));
+    let guided = super::pipeline::wait(client, &view.id, !args.json).await?;
+    if guided.state != "done" || !args.compare_exhaustive {
+        return Ok((guided, None));
+    }
+    let view: PipelineView = client.post("/api/v1/pipelines", &make(true)?).await?;
+    say(format!("demo: reference pipeline {} (exhaustive: every candidate measured)", view.id));
+    let reference = super::pipeline::wait(client, &view.id, !args.json).await?;
+    Ok((guided, Some(reference)))
+}
+
+/// The guided search against the exhaustive grid, per class: best latency found (within the
+/// same constraints), device measurements spent, and the guided predictor's error on the grid's
+/// measurements (which it never learned from).
+fn compare(
+    guided: &crate::pipeline::result::PipelineResult,
+    grid: &crate::pipeline::result::PipelineResult,
+) -> serde_json::Value {
+    let mut classes = Vec::new();
+    for g in &guided.classes {
+        let Some(e) = grid.classes.iter().find(|c| c.class == g.class) else { continue };
+        let best = |c: &crate::pipeline::result::ClassResult| {
+            c.winner.as_ref().and_then(|w| w.p50_ms)
+        };
+        let (gb, eb) = (best(g), best(e));
+        let mut within = 0usize;
+        let mut n = 0usize;
+        for row in &e.candidates {
+            let Some(measured) = row.p50_ms else { continue };
+            let predicted = g
+                .candidates
+                .iter()
+                .find(|r| r.model.is_some() && r.model == row.model)
+                .and_then(|r| if r.p50_ms.is_some() { None } else { r.predicted_ms });
+            if let Some(p) = predicted {
+                n += 1;
+                if ((p - measured) / measured).abs() <= 0.10 {
+                    within += 1;
+                }
+            }
+        }
+        classes.push(serde_json::json!({
+            "class": g.class,
+            "guided_best_ms": gb,
+            "grid_best_ms": eb,
+            "gap_pct": match (gb, eb) { (Some(a), Some(b)) => Some((a / b - 1.0) * 100.0), _ => None },
+            "guided_measurements": g.device_measurements,
+            "grid_measurements": e.device_measurements,
+            "measurement_share": g.device_measurements as f64 / e.device_measurements.max(1) as f64,
+            "predictor_held_out_on_grid": n,
+            "predictor_within_10pct_on_grid": (n > 0).then(|| within as f64 / n as f64),
+        }));
+    }
+    serde_json::json!({ "guided": guided.pipeline, "exhaustive": grid.pipeline, "classes": classes })
+}
+
+/// The campaign-only demo: two real models on three profiles.
+async fn run_campaign(args: DemoArgs) -> anyhow::Result<i32> {
+    let started = Instant::now();
+    let models = [
+        ("paraphrase-MiniLM-L3-v2", "minilm-l3-onnx"),
+        ("open-nsfw-resnet50-thin", "open-nsfw-onnx"),
+    ];
+    let mut model_paths = Vec::new();
+    for (name, asset) in models {
+        model_paths.push((name, hone_assets::path(asset)?));
+    }
+    let json = args.json;
+    let say = |msg: String| {
+        if !json {
+            eprintln!("{msg}");
+        }
+    };
+    let fleet = start_fleet(&args, &args.profiles, &say).await?;
+    let result = drive(&fleet.client, &args, &model_paths, &fleet.devices, &say).await;
+    fleet.stop().await;
     let view = result?;
 
     let results: Vec<DemoResult> = view
@@ -244,25 +507,6 @@ async fn drive(
         say(format!("demo: registered {name} as {}", m["id"].as_str().unwrap_or("?")));
         model_ids.push(m["id"].as_str().unwrap_or_default().to_string());
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let list: Vec<serde_json::Value> = client.get("/api/v1/devices").await?;
-        let online = devices
-            .iter()
-            .filter(|id| list.iter().any(|d| d["id"] == id.as_str() && d["online"] == true))
-            .count();
-        if online == devices.len() {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "only {online} of {} agents came online within 60 s (see the agent logs in the data folder)",
-                devices.len()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    say(format!("demo: {} agents online: {}", devices.len(), devices.join(", ")));
     let req = CampaignRequest {
         id: None,
         models: model_ids,

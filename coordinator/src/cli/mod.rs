@@ -15,6 +15,7 @@ pub mod demo;
 mod fleet;
 pub mod graph;
 pub mod learn;
+mod pipeline;
 mod print;
 mod progress;
 pub mod prune;
@@ -132,6 +133,9 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::ExecBench(args) => learn::run_exec_bench(args).await,
         Command::Train(args) => learn::train(args).await,
         Command::Fold(args) => graph::run(args).await,
+        Command::Compress(args) => pipeline::compress(args).await,
+        Command::Pipeline { command } => pipeline::pipeline(command).await,
+        Command::Report(args) => pipeline::report(args).await,
     }
 }
 

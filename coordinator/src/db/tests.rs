@@ -136,6 +136,7 @@ async fn models_are_found_by_id_name_or_digest_prefix() {
         size_bytes: 3,
         summary: serde_json::json!({"nodes": 1}),
         created_at_ms: 1,
+        lineage: None,
     };
     let stored = db.insert_model(&row).await.unwrap();
     assert_eq!(db.insert_model(&row).await.unwrap().id, stored.id, "same digest, same model");

@@ -18,7 +18,7 @@ use super::groups::{Group, gcd, lcm};
 use super::importance::Scores;
 
 /// Per-layer allocation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Allocation {
     /// The same fraction everywhere.

@@ -74,6 +74,37 @@ pub struct PruneConfig {
     pub out: Option<PathBuf>,
 }
 
+impl PruneConfig {
+    /// The command line's defaults, with no model, data, sparsity or output.
+    pub fn defaults() -> PruneConfig {
+        PruneConfig {
+            model: PathBuf::new(),
+            data: String::new(),
+            criterion: Criterion::Auto,
+            sparsity: None,
+            target_speedup: None,
+            round_to: None,
+            profile: None,
+            allocation: Allocation::Uniform,
+            activation_metric: ActivationMetric::Wanda,
+            weights: [1.0, 1.0, 1.0],
+            finetune_steps: 0,
+            finetune_lr: 1e-3,
+            finetune_batch: 64,
+            distill: 0.0,
+            calibration: 256,
+            validation: 1000,
+            test_limit: None,
+            seq_len: 128,
+            latency_seconds: 6.0,
+            seed: 0,
+            compare_ort: None,
+            inputs: InputShapes::default(),
+            out: None,
+        }
+    }
+}
+
 /// One row of the criterion comparison.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CriterionRow {
@@ -183,8 +214,8 @@ struct Ctx {
     round_to: usize,
     calib: Vec<EvalBatch>,
     scores: BTreeMap<Criterion, Scores>,
-    /// Measured sensitivities by criterion and sparsity (bits), each measured once.
-    sensitivity: BTreeMap<(Criterion, u64), BTreeMap<usize, alloc::Sensitivity>>,
+    /// Measured sensitivities by criterion, sparsity (bits) and rounding, each measured once.
+    sensitivity: BTreeMap<(Criterion, u64, usize), BTreeMap<usize, alloc::Sensitivity>>,
     timing: Vec<(candle_core::DType, Vec<usize>)>,
 }
 
@@ -269,14 +300,7 @@ pub fn prune(args: PruneConfig) -> anyhow::Result<PruneReport> {
         Criterion::Gradient | Criterion::Activation | Criterion::Combined | Criterion::Auto
     ) || ctx.args.allocation == Allocation::Sensitivity;
     if needs_calib {
-        let bs = if ctx.data.name() == "photos" { 4 } else { 32 };
-        ctx.calib = ctx.data.batches(
-            &ctx.prep.graph,
-            Part::Train,
-            bs,
-            Some(ctx.args.calibration),
-            Some(ctx.args.seed),
-        )?;
+        calibrate(&mut ctx)?;
     }
 
     // The sparsity: given, or searched for the target speedup (with a cheap criterion first).
@@ -449,6 +473,97 @@ pub fn prune(args: PruneConfig) -> anyhow::Result<PruneReport> {
     })
 }
 
+/// One parent prepared once (normalised, analysed, scored on demand), from which many children
+/// are cut: what a pipeline uses to generate a grid of candidates without repeating the
+/// analysis and the scoring for each one.
+pub struct PruneSession {
+    ctx: Ctx,
+}
+
+impl std::fmt::Debug for PruneSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PruneSession")
+            .field("model", &self.ctx.args.model)
+            .field("data", &self.ctx.data.name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A child cut by a [`PruneSession`].
+#[derive(Debug, Clone)]
+pub struct Child {
+    /// The pruned graph.
+    pub graph: Graph,
+    /// Units kept per group (`producers kind kept/units`).
+    pub widths: Vec<String>,
+    /// Fraction of the prunable groups' channels removed.
+    pub channels_removed: f64,
+}
+
+impl PruneSession {
+    /// Loads and analyses `config.model` (with `config.inputs` for dynamic dims); `data`
+    /// serves calibration (gradient and activation criteria) and sensitivity measurement.
+    pub fn open(config: PruneConfig, data: EvalData) -> anyhow::Result<PruneSession> {
+        let round_to = round_to(&config)?;
+        let parent = Graph::load(&config.model)?;
+        data.check(&parent)?;
+        let prep = prepare(&parent, &analysis_dims(&parent, 16, &config.inputs))
+            .with_context(|| format!("analysing {}", config.model.display()))?;
+        if prep.analysis.prunable().count() == 0 {
+            bail!("nothing in {} can be pruned safely", config.model.display());
+        }
+        let timing = timing_inputs(&parent, config.seq_len, &config.inputs);
+        Ok(PruneSession {
+            ctx: Ctx {
+                calib: Vec::new(),
+                scores: BTreeMap::new(),
+                sensitivity: BTreeMap::new(),
+                timing,
+                round_to,
+                data,
+                prep,
+                parent,
+                args: config,
+            },
+        })
+    }
+
+    /// The parent, as loaded.
+    pub fn parent(&self) -> &Graph {
+        &self.ctx.parent
+    }
+
+    /// Cuts a child: `criterion` (not `auto`: the pipeline compares criteria on devices),
+    /// `sparsity` of each prunable group, `allocation` across groups, kept widths rounded to
+    /// multiples of `round_to`.
+    pub fn child(
+        &mut self,
+        criterion: Criterion,
+        sparsity: f64,
+        allocation: Allocation,
+        round_to: usize,
+    ) -> anyhow::Result<Child> {
+        if criterion == Criterion::Auto {
+            bail!("a session cuts with one criterion; `auto` chooses among children");
+        }
+        if !(0.0..1.0).contains(&sparsity) {
+            bail!("sparsity must be in [0, 1), got {sparsity}");
+        }
+        let sel = selection_with(&mut self.ctx, criterion, sparsity, allocation, round_to.max(1))?;
+        let graph = apply(&self.ctx.prep.graph, &self.ctx.prep.analysis, &sel)?;
+        let (mut removed, mut total) = (0usize, 0usize);
+        for g in self.ctx.prep.analysis.prunable() {
+            total += g.channels();
+            removed += (g.units() - sel.get(&g.id).map_or(g.units(), Vec::len)) * g.unit();
+        }
+        Ok(Child {
+            widths: widths(&self.ctx.prep, &sel),
+            channels_removed: removed as f64 / total.max(1) as f64,
+            graph,
+        })
+    }
+}
+
 /// Parent and child latency in tract, side by side.
 #[derive(Debug, Clone)]
 pub struct Speed {
@@ -485,10 +600,26 @@ fn widths(prep: &Prepared, sel: &Selection) -> Vec<String> {
         .collect()
 }
 
+/// Draws the calibration batches (gradient and activation statistics) from the training part.
+fn calibrate(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let bs = if ctx.data.name() == "photos" { 4 } else { 32 };
+    ctx.calib = ctx.data.batches(
+        &ctx.prep.graph,
+        Part::Train,
+        bs,
+        Some(ctx.args.calibration),
+        Some(ctx.args.seed),
+    )?;
+    Ok(())
+}
+
 /// Scores of `c`, computed once.
 fn scores(ctx: &mut Ctx, c: Criterion) -> anyhow::Result<Scores> {
     if let Some(s) = ctx.scores.get(&c) {
         return Ok(s.clone());
+    }
+    if c != Criterion::Magnitude && ctx.calib.is_empty() {
+        calibrate(ctx)?;
     }
     let t = Instant::now();
     let s = match c {
@@ -511,17 +642,28 @@ fn scores(ctx: &mut Ctx, c: Criterion) -> anyhow::Result<Scores> {
 }
 
 fn selection(ctx: &mut Ctx, c: Criterion, sparsity: f64) -> anyhow::Result<Selection> {
+    let (allocation, round_to) = (ctx.args.allocation, ctx.round_to);
+    selection_with(ctx, c, sparsity, allocation, round_to)
+}
+
+fn selection_with(
+    ctx: &mut Ctx,
+    c: Criterion,
+    sparsity: f64,
+    allocation: Allocation,
+    round_to: usize,
+) -> anyhow::Result<Selection> {
     let s = scores(ctx, c)?;
-    let keep = match ctx.args.allocation {
-        Allocation::Uniform => alloc::uniform(&ctx.prep.analysis, sparsity, ctx.round_to),
-        Allocation::Global => alloc::global(&ctx.prep.analysis, &s, sparsity, ctx.round_to),
+    let keep = match allocation {
+        Allocation::Uniform => alloc::uniform(&ctx.prep.analysis, sparsity, round_to),
+        Allocation::Global => alloc::global(&ctx.prep.analysis, &s, sparsity, round_to),
         Allocation::Sensitivity => {
-            let key = (c, sparsity.to_bits());
+            let key = (c, sparsity.to_bits(), round_to);
             if !ctx.sensitivity.contains_key(&key) {
-                let measured = sensitivities(ctx, &s, sparsity)?;
+                let measured = sensitivities(ctx, &s, sparsity, round_to)?;
                 ctx.sensitivity.insert(key, measured);
             }
-            alloc::sensitivity(&ctx.prep.analysis, &ctx.sensitivity[&key], sparsity, ctx.round_to)
+            alloc::sensitivity(&ctx.prep.analysis, &ctx.sensitivity[&key], sparsity, round_to)
         }
     };
     Ok(alloc::select(&s, &keep))
@@ -532,12 +674,13 @@ fn sensitivities(
     ctx: &mut Ctx,
     s: &Scores,
     sparsity: f64,
+    round_to: usize,
 ) -> anyhow::Result<BTreeMap<usize, alloc::Sensitivity>> {
     let limit = Some(ctx.args.validation.min(256));
     let base = quality(ctx, &ctx.prep.graph, Part::Validation, limit)?.score();
     let dims = batch1_dims(ctx);
     let macs0 = macs(&ctx.prep.graph, &dims)?.max(1) as f64;
-    let all = alloc::uniform(&ctx.prep.analysis, sparsity, ctx.round_to);
+    let all = alloc::uniform(&ctx.prep.analysis, sparsity, round_to);
     let mut out = BTreeMap::new();
     for (gid, keep) in all {
         let one = BTreeMap::from([(gid, keep)]);

@@ -727,24 +727,44 @@ fn a_child_that_does_more_work_is_reported_not_faster() {
 }
 
 #[test]
-fn pruning_plugs_into_the_method_trait() {
-    use crate::method::{CompressionMethod, MethodContext, Precision, PruneMethod, Runtime};
+fn pruning_plugs_into_the_method_trait_with_widths_for_each_class() {
+    use crate::method::{CompressionMethod, MethodContext, PruneGrid, PruneMethod, Target};
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("cnn.onnx");
     cnn().save(&model).unwrap();
-    let out = dir.path().join("candidate.onnx");
-    let mut c = config(&model, &out);
-    c.criterion = super::importance::Criterion::Magnitude;
-    c.allocation = alloc::Allocation::Uniform;
-    c.finetune_steps = 0;
-    let method: Box<dyn CompressionMethod> = Box::new(PruneMethod { config: c });
-    let ctx = MethodContext { parent: &model, data: "fashion-mnist", out: &out };
-    let cand = method.compress(&ctx).unwrap();
-    assert_eq!(cand.method, "prune");
-    assert_eq!((cand.runtime, cand.precision), (Runtime::Tract, Precision::F32));
-    assert_eq!(cand.settings["sparsity"], 0.5);
-    assert_eq!(cand.settings["criterion"], "magnitude");
-    let written = Graph::load(&cand.model).unwrap();
-    assert_eq!(cand.report["params_after"].as_u64(), Some(super::param_count(&written) as u64));
-    assert!(super::param_count(&written) < super::param_count(&cnn()));
+    let data = hone_learn::eval::EvalData::load("fashion-mnist").unwrap();
+    let method = PruneMethod::new(PruneGrid::default());
+    let rpi4 = Target::of_profile("rpi4").unwrap();
+    let x86 = Target::of_profile("x86-vm-2core").unwrap();
+    assert_eq!((rpi4.simd_width, x86.simd_width), (4, 8));
+    let grid = method.grid(&rpi4);
+    assert_eq!(grid.len(), 16, "2 criteria x 2 allocations x 4 sparsities");
+    assert!(grid.iter().all(|s| s["round_to"] == 4));
+    assert!(method.grid(&x86).iter().all(|s| s["round_to"] == 8));
+
+    let inputs = Default::default();
+    let mut kept = Vec::new();
+    for target in [&rpi4, &x86] {
+        let settings = method.grid(target)[1].clone();
+        let out = dir.path().join(format!("{}.onnx", target.class));
+        let ctx = MethodContext { parent: &model, data: &data, inputs: &inputs, target, out: &out };
+        let cand = method.compress(&ctx, &settings).unwrap();
+        assert_eq!((cand.method, cand.settings.clone()), ("prune", settings));
+        let written = Graph::load(&cand.model).unwrap();
+        assert!(super::param_count(&written) < super::param_count(&cnn()));
+        assert_eq!(cand.report["params_after"].as_u64(), Some(super::param_count(&written) as u64));
+        let widths: Vec<String> =
+            serde_json::from_value(cand.report["widths"].clone()).unwrap();
+        for w in &widths {
+            let kept_units: usize = w.rsplit(' ').next().unwrap().split('/').next().unwrap().parse().unwrap();
+            assert_eq!(kept_units % target.simd_width, 0, "{w} for {}", target.class);
+        }
+        kept.push(widths);
+    }
+    assert_ne!(kept[0], kept[1], "rpi4 (NEON, 4) and x86 (AVX2, 8) round differently");
+    let bad = serde_json::json!({"criterion": "magnitude"});
+    let out = dir.path().join("bad.onnx");
+    let ctx = MethodContext { parent: &model, data: &data, inputs: &inputs, target: &rpi4, out: &out };
+    let err = method.compress(&ctx, &bad).unwrap_err().to_string();
+    assert!(err.contains("pruning settings"), "{err}");
 }

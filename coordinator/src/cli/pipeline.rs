@@ -1,0 +1,371 @@
+//! `coordinator compress`, `pipeline show|list|cancel` and `report`: the compression pipeline
+//! through the API.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use super::Client;
+use super::args::ApiArgs;
+use super::print::print_json;
+use crate::api::PipelineView;
+use crate::pipeline::request::{PipelineRequest, Statistic, default_bench};
+use crate::pipeline::result::PipelineResult;
+
+/// Options of `coordinator compress`.
+#[derive(Debug, clap::Args)]
+pub(super) struct CompressArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// The parent: a registered model (id, name or digest prefix), or an ONNX file to upload.
+    #[arg(long)]
+    model: String,
+    /// Data: fashion-mnist, mnist, vader, photos, or a path on the coordinator (an image folder,
+    /// a JSONL/CSV of texts, .npz/.npy/.safetensors tensors; see docs/data.md).
+    #[arg(long)]
+    data: String,
+    /// Image size HxW for image folders (default: the model's declared size).
+    #[arg(long)]
+    image_size: Option<String>,
+    /// Per-channel mean for image folders, e.g. 0.485,0.456,0.406 (after scaling to 0..1).
+    #[arg(long, value_delimiter = ',')]
+    mean: Option<Vec<f32>>,
+    /// Per-channel std for image folders, e.g. 0.229,0.224,0.225.
+    #[arg(long, value_delimiter = ',')]
+    std: Option<Vec<f32>>,
+    /// tokenizer.json for text data (default: the one beside the model).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Device classes: profile:NAME (or NAME), comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    devices: Vec<String>,
+    /// Largest accepted accuracy loss, in percentage points (labelled data).
+    #[arg(long)]
+    max_accuracy_drop: Option<f64>,
+    /// Smallest accepted top-1 agreement with the parent, 0..1 (data without labels).
+    #[arg(long)]
+    min_fidelity: Option<f64>,
+    /// Latency budget, ms: the winner is the most accurate model within it.
+    #[arg(long)]
+    latency_budget_ms: Option<f64>,
+    /// Peak RSS budget, MiB (each class's memory applies too).
+    #[arg(long)]
+    memory_budget_mib: Option<f64>,
+    /// Latency statistic of the objective.
+    #[arg(long, default_value = "p50")]
+    objective: Statistic,
+    /// Device measurements of candidates per class (default: a fifth of the valid ones).
+    #[arg(long)]
+    max_measurements: Option<usize>,
+    /// Methods, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "prune")]
+    methods: Vec<String>,
+    /// Pruning sparsities of the grid, comma-separated (default 0.15,0.3,0.45,0.6).
+    #[arg(long, value_delimiter = ',')]
+    sparsities: Option<Vec<f64>>,
+    /// Measure every valid candidate (the reference for the guided search).
+    #[arg(long)]
+    exhaustive: bool,
+    /// Input shapes NAME=1x3x224x224 for inputs whose declared dims are not fixed.
+    #[arg(long = "input")]
+    inputs: Vec<String>,
+    /// Validation examples per candidate (default: the whole validation part).
+    #[arg(long)]
+    validation_limit: Option<usize>,
+    /// At most this many measurements at once (1 when the agents share one host).
+    #[arg(long)]
+    max_parallel: Option<u32>,
+    /// Pipeline id (makes creation idempotent).
+    #[arg(long)]
+    id: Option<String>,
+    /// Return once the pipeline is created instead of waiting for its result.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+/// `pipeline` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub(super) enum PipelineCmd {
+    /// One pipeline: progress, per-class winners and the candidate table.
+    Show {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Pipeline id.
+        id: String,
+    },
+    /// Every pipeline.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Cancel a pipeline (its queued measurements are cancelled).
+    Cancel {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Pipeline id.
+        id: String,
+    },
+}
+
+/// Options of `coordinator report`.
+#[derive(Debug, clap::Args)]
+pub(super) struct ReportArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// The pipeline.
+    #[arg(long)]
+    pipeline: String,
+    /// The HTML file to write.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// The request `compress` sends.
+pub(super) fn request(args: &CompressArgs, model: String) -> anyhow::Result<PipelineRequest> {
+    let mut data = hone_learn::eval::DataSpec::parse(&args.data)?;
+    if let Some(size) = &args.image_size {
+        let (h, w) = size
+            .split_once(['x', 'X'])
+            .and_then(|(h, w)| Some((h.parse().ok()?, w.parse().ok()?)))
+            .with_context(|| format!("--image-size is HxW, e.g. 224x224: `{size}`"))?;
+        data.image_size = Some([h, w]);
+    }
+    for (name, v, slot) in
+        [("--mean", &args.mean, &mut data.mean), ("--std", &args.std, &mut data.std)]
+    {
+        if let Some(v) = v {
+            let arr: [f32; 3] = v
+                .as_slice()
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("{name} takes three numbers, one per channel"))?;
+            *slot = Some(arr);
+        }
+    }
+    data.tokenizer.clone_from(&args.tokenizer);
+    let prune_grid = args.sparsities.as_ref().map(|s| hone_compress::PruneGrid {
+        sparsities: s.clone(),
+        ..Default::default()
+    });
+    let req = PipelineRequest {
+        id: args.id.clone(),
+        model,
+        data,
+        devices: args.devices.clone(),
+        max_accuracy_drop: args.max_accuracy_drop,
+        min_fidelity: args.min_fidelity,
+        latency_budget_ms: args.latency_budget_ms,
+        memory_budget_mib: args.memory_budget_mib,
+        objective: args.objective,
+        max_measurements: args.max_measurements,
+        methods: args.methods.clone(),
+        prune_grid,
+        exhaustive: args.exhaustive,
+        inputs: hone_common::shapes::InputShapes::parse_all(&args.inputs)?,
+        bench: default_bench(),
+        job_timeout_ms: 180_000,
+        max_parallel: args.max_parallel,
+        validation_limit: args.validation_limit,
+    };
+    req.check().map_err(anyhow::Error::msg)?;
+    Ok(req)
+}
+
+/// `coordinator compress`.
+pub(super) async fn compress(args: CompressArgs) -> anyhow::Result<i32> {
+    let client = args.api.client()?;
+    // A local ONNX file is uploaded first; anything else names a registered model.
+    let model = if args.model.ends_with(".onnx") && std::path::Path::new(&args.model).is_file() {
+        let path = PathBuf::from(&args.model);
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let inputs = hone_common::shapes::InputShapes::parse_all(&args.inputs)?;
+        let m = client.upload_model(&path, &name, &inputs).await?;
+        m["id"].as_str().unwrap_or_default().to_owned()
+    } else {
+        args.model.clone()
+    };
+    let req = request(&args, model)?;
+    let view: PipelineView = client.post("/api/v1/pipelines", &req).await?;
+    if !args.api.json {
+        eprintln!("pipeline {} created", view.id);
+    }
+    if args.no_wait {
+        if args.api.json {
+            print_json(&serde_json::to_value(&view)?);
+        } else {
+            println!("{}", view.id);
+        }
+        return Ok(0);
+    }
+    let view = wait(&client, &view.id, !args.api.json).await?;
+    finish(&view, args.api.json)
+}
+
+/// Prints a pipeline and returns the exit code: 0 done, 2 failed or cancelled.
+pub(super) fn finish(view: &PipelineView, json: bool) -> anyhow::Result<i32> {
+    match (&view.result, json) {
+        (Some(r), true) => print_json(&serde_json::to_value(r)?),
+        (Some(r), false) => print_result(r),
+        (None, true) => print_json(&serde_json::to_value(view)?),
+        (None, false) => println!("pipeline {}: {} ({})", view.id, view.state, view.stage),
+    }
+    if let Some(e) = &view.error {
+        eprintln!("pipeline {} {}: {e}", view.id, view.state);
+    }
+    Ok(if view.state == "done" { 0 } else { 2 })
+}
+
+/// Polls until the pipeline ends, showing its stage and measurements on a terminal.
+pub(super) async fn wait(client: &Client, id: &str, show: bool) -> anyhow::Result<PipelineView> {
+    let tty = show && std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut last = String::new();
+    loop {
+        let view: PipelineView = client.get(&format!("/api/v1/pipelines/{id}")).await?;
+        if matches!(view.state.as_str(), "done" | "failed" | "cancelled") {
+            if tty {
+                eprintln!();
+            }
+            return Ok(view);
+        }
+        if show {
+            let (made, measured) = view.result.as_ref().map_or((0, 0), |r| {
+                (r.classes.iter().map(|c| c.candidates.len()).sum(), r.device_measurements)
+            });
+            let line = format!(
+                "pipeline {id}: {} ({}), {made} candidates, {measured} device measurements, {:.0} s",
+                view.state,
+                view.stage,
+                started.elapsed().as_secs_f64()
+            );
+            if tty {
+                eprint!("\r{line}   ");
+            } else if line.split(", ").take(3).collect::<Vec<_>>()
+                != last.split(", ").take(3).collect::<Vec<_>>()
+            {
+                eprintln!("{line}");
+            }
+            last = line;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.2}"))
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{:.2} %", v * 100.0))
+}
+
+/// The per-class table of a result.
+pub(super) fn print_result(r: &PipelineResult) {
+    println!(
+        "pipeline {} ({}): {} on {}, {} budget, objective {}, {} device measurements{}",
+        r.pipeline,
+        r.state,
+        r.model_name,
+        r.data,
+        r.quality_metric,
+        r.objective,
+        r.device_measurements,
+        if r.exhaustive { " (exhaustive)" } else { " (guided by the latency predictor)" }
+    );
+    for c in &r.classes {
+        println!();
+        println!("class {} ({}), {} device measurements", c.class, c.measurement, c.device_measurements);
+        let q = |f: &super::super::pipeline::result::Figures| {
+            if r.quality_metric == "accuracy" { pct(f.accuracy) } else { pct(f.fidelity) }
+        };
+        if let Some(p) = &c.parent {
+            println!("  parent  {:<40} p50 {:>9} ms  p90 {:>9} ms  {}", p.name, ms(p.p50_ms), ms(p.p90_ms), q(p));
+        }
+        match &c.winner {
+            Some(w) => println!("  winner  {:<40} p50 {:>9} ms  p90 {:>9} ms  {}", w.name, ms(w.p50_ms), ms(w.p90_ms), q(w)),
+            None => println!("  winner  none"),
+        }
+        println!("  reason  {}", c.reason);
+        if let Some(p) = &c.predictor {
+            println!(
+                "  predictor  {}; held-out {}: {} within ±10 %, mean error {}",
+                p.start,
+                p.held_out,
+                pct(p.within_10pct),
+                p.mean_abs_error_pct.map_or("-".into(), |e| format!("{e:.1} %"))
+            );
+        }
+        println!(
+            "  {:<28} {:<10} {:>9} {:>10} {:>10} {:>10}  status",
+            "candidate", "method", r.quality_metric, "predicted", "p50 ms", "p90 ms"
+        );
+        for row in &c.candidates {
+            let quality = if r.quality_metric == "accuracy" { row.accuracy } else { row.fidelity };
+            println!(
+                "  {:<28} {:<10} {:>9} {:>10} {:>10} {:>10}  {}{}{}",
+                row.id.rsplit_once('-').map_or(row.id.as_str(), |_| row.id.as_str()).chars().rev().take(28).collect::<Vec<_>>().into_iter().rev().collect::<String>(),
+                row.method,
+                pct(quality),
+                ms(row.predicted_ms),
+                ms(row.p50_ms),
+                ms(row.p90_ms),
+                row.status,
+                if row.pareto { " pareto" } else { "" },
+                if row.winner { " WINNER" } else { "" },
+            );
+        }
+    }
+}
+
+/// `pipeline show|list|cancel`.
+pub(super) async fn pipeline(cmd: PipelineCmd) -> anyhow::Result<i32> {
+    match cmd {
+        PipelineCmd::Show { api, id } => {
+            let view: PipelineView = api.client()?.get(&format!("/api/v1/pipelines/{id}")).await?;
+            finish(&view, api.json).map(|code| if view.state == "running" || view.state == "queued" { 0 } else { code })
+        }
+        PipelineCmd::List { api } => {
+            let list: Vec<PipelineView> = api.client()?.get("/api/v1/pipelines").await?;
+            if api.json {
+                print_json(&serde_json::to_value(&list)?);
+            } else {
+                println!("{:<32} {:<10} {:<11} {:>8}  model", "pipeline", "state", "stage", "measured");
+                for p in &list {
+                    let (model, measured) = p.result.as_ref().map_or((String::new(), 0), |r| {
+                        (r.model_name.clone(), r.device_measurements)
+                    });
+                    println!("{:<32} {:<10} {:<11} {:>8}  {model}", p.id, p.state, p.stage, measured);
+                }
+            }
+            Ok(0)
+        }
+        PipelineCmd::Cancel { api, id } => {
+            let view: PipelineView =
+                api.client()?.post(&format!("/api/v1/pipelines/{id}/cancel"), &serde_json::json!({})).await?;
+            if api.json {
+                print_json(&serde_json::to_value(&view)?);
+            } else {
+                println!("pipeline {} {}", view.id, view.state);
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// `coordinator report`.
+pub(super) async fn report(args: ReportArgs) -> anyhow::Result<i32> {
+    let view: PipelineView =
+        args.api.client()?.get(&format!("/api/v1/pipelines/{}", args.pipeline)).await?;
+    let Some(mut result) = view.result else {
+        bail!("pipeline {} has no result yet ({}, {})", view.id, view.state, view.stage);
+    };
+    result.report = Some(args.out.display().to_string());
+    crate::pipeline::report::write(&result, &args.out)?;
+    if args.api.json {
+        print_json(&serde_json::json!({"pipeline": view.id, "report": args.out}));
+    } else {
+        println!("{}", args.out.display());
+    }
+    Ok(0)
+}

@@ -1,0 +1,336 @@
+//! The compression pipeline end to end: a real model (PaddleOCR's direction classifier,
+//! `corpus-ppocr-cls`) pruned for two device classes, candidates validated against the parent on
+//! strips of real photographs, measured on local agents over MQTT, and a winner per class; and
+//! its failure paths (bad requests, no candidate meeting the budget, a killed agent, a killed
+//! coordinator, cancellation).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hone_e2e::*;
+use serde_json::{Value, json};
+
+/// `dir/x.npy`: 96 strips `[3, 48, 192]` cut from the real photographs' crops (the photos
+/// asset), scaled to about -1..1: tensors keyed by the model's input name.
+fn photo_strips(dir: &Path, n: usize, h: usize, w: usize) -> PathBuf {
+    let photos = hone_learn::eval::photos().expect("the photos asset (scripts/fetch-assets.sh)");
+    let side = hone_learn::eval::photos::PHOTO_SIDE;
+    let mut data: Vec<f32> = Vec::with_capacity(n * 3 * h * w);
+    for i in 0..n {
+        let mut crop = Vec::new();
+        photos.push_crop(i % photos.len(), &mut crop);
+        let (top, left) = ((side - h.min(side)) / 2, (side - w.min(side)) / 2);
+        for c in 0..3 {
+            for y in 0..h {
+                for x in 0..w {
+                    let (yy, xx) = ((top + y).min(side - 1), (left + x).min(side - 1));
+                    data.push(crop[(yy * side + xx) * 3 + c] / 128.0);
+                }
+            }
+        }
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("x.npy");
+    std::fs::write(&path, npy_f32(&[n, 3, h, w], &data)).unwrap();
+    dir.to_path_buf()
+}
+
+/// A version-1.0 `.npy` file of little-endian f32.
+fn npy_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(ToString::to_string).collect();
+    let mut header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({},), }}",
+        dims.join(", ")
+    );
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for v in data {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    coord: CoordinatorProc,
+    agents: Vec<AgentProc>,
+    model: String,
+    data: PathBuf,
+}
+
+fn setup(broker: Broker, database_url: Option<String>, agents: &[(&str, &str)]) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = CoordinatorProc::start(&dir.path().join("coord"), broker, database_url).unwrap();
+    let api = coord.api();
+    let agents: Vec<AgentProc> = agents
+        .iter()
+        .map(|(id, profile)| {
+            AgentProc::start(&coord, &dir.path().join("agents"), &unique(id), profile, 3).unwrap()
+        })
+        .collect();
+    for a in &agents {
+        api.wait_device(&a.device_id, true, Duration::from_secs(20)).unwrap();
+    }
+    let model = api
+        .register_with_inputs(&asset("corpus-ppocr-cls"), "ppocr-cls", "x=1x3x48x192")
+        .unwrap();
+    let data = photo_strips(&coord.import_dir.join("strips"), 96, 48, 192);
+    Setup { _dir: dir, coord, agents, model, data }
+}
+
+fn request(s: &Setup, classes: &[&str]) -> Value {
+    json!({
+        "model": s.model,
+        "data": s.data,
+        "devices": classes,
+        "min_fidelity": 0.5,
+        "prune_grid": {"criteria": ["magnitude"], "allocations": ["uniform", "global"],
+                       "sparsities": [0.25, 0.5]},
+        "max_measurements": 2,
+        "max_parallel": 1,
+        "bench": {"warmup": 2, "max_iterations": 20, "max_time_ms": 1000, "symbols": []},
+        "job_timeout_ms": 60000,
+    })
+}
+
+fn wait_pipeline(api: &Api, id: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let v = api.get(&format!("/api/v1/pipelines/{id}")).unwrap();
+        if done(&v) {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "pipeline {id} stuck: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn ended(v: &Value) -> bool {
+    matches!(v["state"].as_str(), Some("done" | "failed" | "cancelled"))
+}
+
+fn pipeline_scenario(broker: Broker, database_url: Option<String>) {
+    let s = setup(broker, database_url, &[("e2e-pl-rpi4", "rpi4"), ("e2e-pl-x86", "x86-vm-2core")]);
+    // Through the command line, as a user would.
+    let out = s
+        .coord
+        .cli()
+        .args(["compress", "--model", &s.model, "--data"])
+        .arg(&s.data)
+        .args(["--devices", "profile:rpi4,profile:x86-vm-2core", "--min-fidelity", "0.5"])
+        .args(["--sparsities", "0.25,0.5", "--max-measurements", "2", "--max-parallel", "1"])
+        .args(["--json"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.coord.log()
+    );
+    let r: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(r["state"], "done", "{r}");
+    assert_eq!(r["quality_metric"], "fidelity");
+    let classes = r["classes"].as_array().unwrap();
+    assert_eq!(classes.len(), 2);
+    let mut total = 0;
+    for c in classes {
+        let class = c["class"].as_str().unwrap();
+        let parent = &c["parent"];
+        assert!(parent["p50_ms"].as_f64().unwrap() > 0.0, "{c}");
+        assert_eq!(parent["fidelity"], 1.0, "the parent agrees with itself");
+        let winner = &c["winner"];
+        assert!(winner["p50_ms"].as_f64().unwrap() > 0.0, "{c}");
+        assert!(winner["fidelity"].as_f64().unwrap() >= 0.5, "{c}");
+        let cands = c["candidates"].as_array().unwrap();
+        assert_eq!(cands.len(), 8, "2 criteria x 2 allocations x 2 sparsities: {c}");
+        let round_to = if class == "rpi4" { 4 } else { 8 };
+        for cand in cands {
+            assert_eq!(cand["settings"]["round_to"], round_to, "{cand}");
+            let status = cand["status"].as_str().unwrap();
+            assert!(
+                ["measured", "skipped", "rejected", "failed", "unmeasured"].contains(&status),
+                "{cand}"
+            );
+            if status == "measured" {
+                assert!(cand["p50_ms"].as_f64().unwrap() > 0.0);
+                assert!(cand["predicted_ms"].as_f64().is_some(), "predicted before measured");
+            }
+        }
+        let measured = cands.iter().filter(|c| c["status"] == "measured").count();
+        assert!((1..=2).contains(&measured), "the budget is 2 per class: {measured}");
+        assert_eq!(c["device_measurements"], measured + 1, "candidates + the parent");
+        assert!(c["reason"].as_str().unwrap().contains("fidelity"), "{c}");
+        assert!(c["predictor"]["start"].as_str().unwrap().starts_with("cold"), "{c}");
+        total += measured + 1;
+    }
+    assert_eq!(r["device_measurements"], total);
+    // Lineage: every candidate is a registered model with its parent, method and settings.
+    let models = s.coord.api().get("/api/v1/models").unwrap();
+    let children: Vec<&Value> = models
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["lineage"]["parent"] == s.model.as_str())
+        .collect();
+    assert!(children.len() >= 8, "{models}");
+    for m in &children {
+        assert_eq!(m["lineage"]["method"], "prune");
+        assert!(m["lineage"]["settings"]["sparsity"].as_f64().is_some());
+        assert!(m["lineage"]["validation"]["fidelity"].as_f64().is_some(), "{m}");
+    }
+    // The report was written, and `pipeline show` gives the same result.
+    let report = r["report"].as_str().unwrap();
+    let html = std::fs::read_to_string(report).unwrap();
+    assert!(html.contains("<svg"));
+    let id = r["pipeline"].as_str().unwrap();
+    let out = s.coord.cli().args(["pipeline", "show", id, "--json"]).output().unwrap();
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["classes"], r["classes"]);
+    if let Broker::External(url) = &s.coord.broker {
+        let ids: Vec<&str> = s.agents.iter().map(|a| a.device_id.as_str()).collect();
+        clear_retained(url, &ids);
+    }
+}
+
+#[test]
+fn a_pipeline_chooses_a_winner_per_class_on_embedded_broker_and_sqlite() {
+    pipeline_scenario(Broker::Embedded(free_port()), None);
+}
+
+#[test]
+fn a_pipeline_chooses_a_winner_per_class_on_mosquitto_and_postgres() {
+    let db = fresh_postgres_db().expect("PostgreSQL must be reachable (HONE_TEST_POSTGRES_URL)");
+    pipeline_scenario(Broker::External(external_mqtt_url()), Some(db));
+}
+
+#[test]
+fn bad_pipeline_requests_are_refused_before_any_work_naming_what_is_wrong() {
+    let s = setup(Broker::Embedded(free_port()), None, &[("e2e-plbad-rpi4", "rpi4")]);
+    let api = s.coord.api();
+    let refused = |body: Value, want: &str| {
+        let (status, v) = api.post("/api/v1/pipelines", &body).unwrap();
+        assert_eq!(status, 400, "{v}");
+        let err = v["error"].as_str().unwrap();
+        assert!(err.contains(want), "{err} (wanted {want})");
+    };
+    refused(request(&s, &["toaster"]), "unknown device class `toaster`");
+    refused(request(&s, &["rpi4", "intel-n100"]), "no online agent of device class `intel-n100`");
+    let mut body = request(&s, &["rpi4"]);
+    body["max_accuracy_drop"] = json!(1.0);
+    body.as_object_mut().unwrap().remove("min_fidelity");
+    refused(body, "no labels");
+    // Tensors of the wrong size for the model's input `x`.
+    let wrong = photo_strips(&s.coord.import_dir.join("small"), 4, 32, 32);
+    let mut body = request(&s, &["rpi4"]);
+    body["data"] = json!(wrong);
+    refused(body, "`x`");
+    let mut body = request(&s, &["rpi4"]);
+    body["data"] = json!("/etc");
+    refused(body, "import folder");
+    assert_eq!(api.get("/api/v1/pipelines").unwrap(), json!([]), "nothing was created");
+
+    // A budget no candidate meets: a clear result with the closest ones.
+    let mut body = request(&s, &["rpi4"]);
+    body["latency_budget_ms"] = json!(0.0001);
+    body["id"] = json!("no-winner");
+    let (status, v) = api.post("/api/v1/pipelines", &body).unwrap();
+    assert_eq!(status, 201, "{v}");
+    let (again, v2) = api.post("/api/v1/pipelines", &body).unwrap();
+    assert_eq!((again, &v2["id"]), (200, &json!("no-winner")), "a client id makes creation idempotent");
+    let v = wait_pipeline(&api, "no-winner", Duration::from_secs(300), ended);
+    assert_eq!(v["state"], "done", "{v}");
+    let class = &v["result"]["classes"][0];
+    assert!(class["winner"].is_null(), "{class}");
+    assert!(class["reason"].as_str().unwrap().starts_with("no candidate meets"), "{class}");
+    assert!(!class["closest"].as_array().unwrap().is_empty(), "{class}");
+    let (status, v) = api.post("/api/v1/pipelines/no-winner/cancel", &json!({})).unwrap();
+    assert_eq!(status, 409, "an ended pipeline cannot be cancelled: {v}");
+}
+
+#[test]
+fn a_killed_agent_s_measurement_moves_to_another_device_of_its_class() {
+    let s = setup(
+        Broker::Embedded(free_port()),
+        None,
+        &[("e2e-plk-a", "rpi4"), ("e2e-plk-b", "rpi4")],
+    );
+    let api = s.coord.api();
+    let mut s = s;
+    let mut body = request(&s, &["rpi4"]);
+    body["id"] = json!("agent-killed");
+    let (status, v) = api.post("/api/v1/pipelines", &body).unwrap();
+    assert_eq!(status, 201, "{v}");
+    // Kill whichever agent got the parent's measurement, as soon as it has it.
+    let start = Instant::now();
+    let victim = loop {
+        let c = api.get("/api/v1/campaigns/agent-killed-parent");
+        if let Ok(c) = c
+            && let Some(dev) = c["lines"][0]["device"].as_str()
+        {
+            break dev.to_owned();
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no parent campaign");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let ix = s.agents.iter().position(|a| a.device_id == victim).unwrap();
+    s.agents[ix].kill9();
+    let v = wait_pipeline(&api, "agent-killed", Duration::from_secs(300), ended);
+    assert_eq!(v["state"], "done", "{v}\n{}", s.coord.log());
+    let class = &v["result"]["classes"][0];
+    assert!(class["parent"]["p50_ms"].as_f64().is_some(), "{class}");
+    let survivor = &s.agents[1 - ix].device_id;
+    assert_eq!(class["devices"], json!([survivor]), "{class}");
+    assert!(api.metric("jobs_moved") >= 1);
+}
+
+#[test]
+fn a_coordinator_killed_mid_pipeline_resumes_it_without_duplicates() {
+    let mut s = setup(Broker::Embedded(free_port()), None, &[("e2e-plr-x86", "x86-vm-2core")]);
+    let api = s.coord.api();
+    let mut body = request(&s, &["x86-vm-2core"]);
+    body["id"] = json!("restarted");
+    let (status, v) = api.post("/api/v1/pipelines", &body).unwrap();
+    assert_eq!(status, 201, "{v}");
+    wait_pipeline(&api, "restarted", Duration::from_secs(120), |v| {
+        v["stage"] == "candidates" || ended(v)
+    });
+    s.coord.kill9();
+    std::thread::sleep(Duration::from_millis(300));
+    s.coord.restart().unwrap();
+    let api = s.coord.api();
+    let v = wait_pipeline(&api, "restarted", Duration::from_secs(300), ended);
+    assert_eq!(v["state"], "done", "{v}\n{}", s.coord.log());
+    let class = &v["result"]["classes"][0];
+    let ids: std::collections::HashSet<&str> = class["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 4, "each candidate once: {class}");
+    assert!(class["winner"]["p50_ms"].as_f64().is_some(), "{class}");
+}
+
+#[test]
+fn a_cancelled_pipeline_stops_and_says_so() {
+    let s = setup(Broker::Embedded(free_port()), None, &[("e2e-plc-x86", "x86-vm-2core")]);
+    let api = s.coord.api();
+    let mut body = request(&s, &["x86-vm-2core"]);
+    body["id"] = json!("cancelled");
+    api.post("/api/v1/pipelines", &body).unwrap();
+    let out = s.coord.cli().args(["pipeline", "cancel", "cancelled"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = wait_pipeline(&api, "cancelled", Duration::from_secs(30), ended);
+    assert_eq!(v["state"], "cancelled");
+    assert_eq!(v["error"], "cancelled by a user");
+    // It stays cancelled: the runner does not pick it up again.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(api.get("/api/v1/pipelines/cancelled").unwrap()["state"], "cancelled");
+}
