@@ -7,6 +7,9 @@ use anyhow::{Context as _, bail};
 use candle_core::{Device, Tensor};
 
 use super::photos::{PHOTO_SIDE, PhotoSet, photos};
+use super::user::{
+    DataFormat, DataSource, DataSpec, ImageFeed, UserImages, UserTensors, UserTexts,
+};
 use crate::data::{
     ImageDataset, Padding, Part, SPLIT_SEED, SentimentDataset, SplitMix64, Tokenizer,
     fashion_mnist, mnist, vader_movie_reviews,
@@ -44,6 +47,12 @@ pub enum EvalData {
     Vader(TextData),
     /// Crops of two photographs, no labels ([`super::photos`]).
     Photos(PhotoSet),
+    /// The user's folder of images ([`EvalData::open`]).
+    Images(UserImages),
+    /// The user's texts, from a JSONL or CSV file ([`EvalData::open`]).
+    Texts(UserTexts),
+    /// The user's tensors keyed by input name ([`EvalData::open`]).
+    Tensors(UserTensors),
 }
 
 /// One batch: inputs named after the model's true inputs, and the labels when there are some.
@@ -64,6 +73,10 @@ enum Feed {
     Image { input: String, nhwc: bool },
     /// Token inputs (int64); `types` is the model's `token_type_ids`, when it has one.
     Text { ids: String, mask: Option<String>, types: Option<String> },
+    /// The user's images, resized and normalised for one input.
+    Resized(ImageFeed),
+    /// The user's tensors, by input name in model order.
+    Tensors(Vec<String>),
 }
 
 /// `name type [d0, d1, …]` of a declared value, for error messages.
@@ -116,19 +129,76 @@ impl EvalData {
         })
     }
 
-    /// The name [`EvalData::load`] takes.
+    /// Opens the data a [`DataSpec`] names: a built-in set (what [`EvalData::load`] does), a
+    /// folder of images, a JSONL or CSV file of texts, or tensors (`.npz`, a folder of `.npy`
+    /// files, `.safetensors`). See `docs/data.md` for the formats, the preprocessing and its
+    /// defaults. Errors name the file at fault.
+    pub fn open(spec: &DataSpec) -> anyhow::Result<EvalData> {
+        let path = match &spec.source {
+            DataSource::Builtin(name) => return EvalData::load(name),
+            DataSource::Path(p) => p,
+        };
+        let format = spec.resolved_format()?.unwrap_or(DataFormat::Images);
+        let context = || format!("opening {} ({})", path.display(), format.as_str());
+        Ok(match format {
+            DataFormat::Images => {
+                EvalData::Images(UserImages::open(path, spec).with_context(context)?)
+            }
+            DataFormat::Jsonl | DataFormat::Csv => {
+                EvalData::Texts(UserTexts::open(path, format, spec).with_context(context)?)
+            }
+            DataFormat::Npz | DataFormat::NpyDir | DataFormat::Safetensors => {
+                EvalData::Tensors(UserTensors::open(path, format, spec).with_context(context)?)
+            }
+        })
+    }
+
+    /// The name [`EvalData::load`] takes, or the user's path.
     pub fn name(&self) -> &str {
         match self {
             EvalData::FashionMnist(_) => "fashion-mnist",
             EvalData::Mnist(_) => "mnist",
             EvalData::Vader(_) => "vader",
             EvalData::Photos(_) => "photos",
+            EvalData::Images(d) => d.name(),
+            EvalData::Texts(d) => d.name(),
+            EvalData::Tensors(d) => d.name(),
         }
     }
 
-    /// Whether examples have class labels (photos have none).
+    /// The data and its preprocessing, in one line (for reports and progress).
+    pub fn describe(&self) -> String {
+        let n = self.split().len();
+        let labels = |classes: Option<usize>| {
+            classes.map_or_else(|| "no labels".to_owned(), |c| format!("{c} classes"))
+        };
+        match self {
+            EvalData::Images(d) => format!(
+                "{n} images in {} ({}), {}",
+                d.name(),
+                if d.classes().is_empty() {
+                    "no labels".to_owned()
+                } else {
+                    format!("classes {}", d.classes().join(", "))
+                },
+                d.spec().image_steps()
+            ),
+            EvalData::Texts(d) => format!(
+                "{n} texts in {} ({}), {}",
+                d.name(),
+                labels(d.num_classes()),
+                d.spec().describe()
+            ),
+            EvalData::Tensors(d) => {
+                format!("{n} examples in {} ({}): {}", d.name(), labels(d.num_classes()), d.gives())
+            }
+            _ => format!("built-in data set `{}`: {n} examples, {}", self.name(), self.gives()),
+        }
+    }
+
+    /// Whether examples have class labels (photos and unlabelled user data have none).
     pub fn labelled(&self) -> bool {
-        !matches!(self, EvalData::Photos(_))
+        self.num_classes().is_some()
     }
 
     /// Number of classes of labelled data.
@@ -137,6 +207,9 @@ impl EvalData {
             EvalData::FashionMnist(d) | EvalData::Mnist(d) => Some(d.num_classes()),
             EvalData::Vader(_) => Some(2),
             EvalData::Photos(_) => None,
+            EvalData::Images(d) => d.labels().map(|_| d.classes().len()),
+            EvalData::Texts(d) => d.num_classes(),
+            EvalData::Tensors(d) => d.num_classes(),
         }
     }
 
@@ -145,6 +218,9 @@ impl EvalData {
             EvalData::FashionMnist(d) | EvalData::Mnist(d) => &d.split,
             EvalData::Vader(t) => &t.sentences.split,
             EvalData::Photos(p) => &p.split,
+            EvalData::Images(d) => d.split(),
+            EvalData::Texts(d) => d.split(),
+            EvalData::Tensors(d) => d.split(),
         }
     }
 
@@ -175,8 +251,11 @@ impl EvalData {
     /// gives every batch the same shape (tract plans are made for fixed shapes); `None` (the
     /// default) pads each batch to its longest sentence. No effect on images.
     pub fn set_seq_len(&mut self, seq_len: Option<usize>) {
-        if let EvalData::Vader(t) = self {
-            t.seq_len = seq_len.map(|s| s.clamp(2, MAX_TOKENS));
+        let seq_len = seq_len.map(|s| s.clamp(2, MAX_TOKENS));
+        match self {
+            EvalData::Vader(t) => t.seq_len = seq_len,
+            EvalData::Texts(t) => t.seq_len = seq_len,
+            _ => {}
         }
     }
 
@@ -190,6 +269,7 @@ impl EvalData {
     pub fn seq_len(&self) -> Option<usize> {
         match self {
             EvalData::Vader(t) => t.seq_len,
+            EvalData::Texts(t) => t.seq_len,
             _ => None,
         }
     }
@@ -197,11 +277,12 @@ impl EvalData {
     /// Text only: the longest tokenization (at most [`MAX_TOKENS`]) among `examples`, the
     /// length that keeps every sentence whole in one fixed shape.
     pub fn longest(&self, examples: &[usize]) -> Option<usize> {
-        let EvalData::Vader(t) = self else { return None };
-        examples
-            .iter()
-            .map(|&i| t.tokenizer.encode(&t.sentences.sentences[i], MAX_TOKENS).len())
-            .max()
+        let (tokenizer, texts) = match self {
+            EvalData::Vader(t) => (&t.tokenizer, &t.sentences.sentences[..]),
+            EvalData::Texts(t) => (&t.tokenizer, t.texts()),
+            _ => return None,
+        };
+        examples.iter().map(|&i| tokenizer.encode(&texts[i], MAX_TOKENS).len()).max()
     }
 
     /// What one example gives, for error messages.
@@ -211,9 +292,13 @@ impl EvalData {
                 let [c, h, w] = d.shape;
                 format!("one image input f32 [N, {c}, {h}, {w}] (or NHWC [N, {h}, {w}, {c}]), 0..1")
             }
-            EvalData::Vader(_) => "i64 token inputs `input_ids` and `attention_mask` [N, S] \
+            EvalData::Vader(_) | EvalData::Texts(_) => {
+                "i64 token inputs `input_ids` and `attention_mask` [N, S] \
                  (and `token_type_ids` if the model has it)"
-                .into(),
+                    .into()
+            }
+            EvalData::Images(d) => d.gives(),
+            EvalData::Tensors(d) => d.gives(),
             EvalData::Photos(_) => format!(
                 "one image input f32 NHWC [N, {PHOTO_SIDE}, {PHOTO_SIDE}, 3] (or NCHW \
                  [N, 3, {PHOTO_SIDE}, {PHOTO_SIDE}]), BGR minus the Caffe means"
@@ -237,8 +322,16 @@ impl EvalData {
                 self.gives()
             )
         };
+        let fit = |e: anyhow::Error| {
+            anyhow::anyhow!("data `{}` does not fit the model: {e:#}", self.name())
+        };
         match self {
-            EvalData::Vader(_) => {
+            EvalData::Images(d) => return d.feed(&declared).map(Feed::Resized).map_err(fit),
+            EvalData::Tensors(d) => return d.feed(&declared).map(Feed::Tensors).map_err(fit),
+            _ => {}
+        }
+        match self {
+            EvalData::Vader(_) | EvalData::Texts(_) => {
                 let find = |n: &str| declared.iter().find(|v| v.name == n);
                 let ids = find("input_ids").ok_or_else(|| mismatch(" (no `input_ids`)"))?;
                 let known = ["input_ids", "attention_mask", "token_type_ids"];
@@ -257,7 +350,11 @@ impl EvalData {
                     types: find("token_type_ids").map(|v| v.name.clone()),
                 })
             }
-            EvalData::FashionMnist(_) | EvalData::Mnist(_) | EvalData::Photos(_) => {
+            EvalData::FashionMnist(_)
+            | EvalData::Mnist(_)
+            | EvalData::Photos(_)
+            | EvalData::Images(_)
+            | EvalData::Tensors(_) => {
                 let [c, h, w] = self.image_shape();
                 let [v] = declared.as_slice() else {
                     return Err(mismatch(" (images feed exactly one input)"));
@@ -298,7 +395,7 @@ impl EvalData {
         match self {
             EvalData::FashionMnist(d) | EvalData::Mnist(d) => d.shape,
             EvalData::Photos(_) => [3, PHOTO_SIDE, PHOTO_SIDE],
-            EvalData::Vader(_) => [0, 0, 0],
+            _ => [0, 0, 0],
         }
     }
 
@@ -388,6 +485,36 @@ impl EvalData {
                     inputs.push((ty.clone(), Tensor::from_vec(e.token_type_ids, shape, cpu)?));
                 }
                 (inputs, Some(b.labels))
+            }
+            (EvalData::Texts(t), Feed::Text { ids, mask, types }) => {
+                let (max_len, padding) = match seq_len {
+                    Some(s) => (s, Padding::Fixed),
+                    None => (MAX_TOKENS, Padding::Longest),
+                };
+                let texts: Vec<&str> = idx
+                    .iter()
+                    .map(|&i| t.texts().get(i).map(String::as_str))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| anyhow::anyhow!("an example is out of range ({})", t.len()))?;
+                let e = t.tokenizer.encode_batch(&texts, max_len, padding);
+                let shape = (e.batch, e.seq_len);
+                let mut inputs = vec![(ids.clone(), Tensor::from_vec(e.input_ids, shape, cpu)?)];
+                if let Some(m) = mask {
+                    inputs.push((m.clone(), Tensor::from_vec(e.attention_mask, shape, cpu)?));
+                }
+                if let Some(ty) = types {
+                    inputs.push((ty.clone(), Tensor::from_vec(e.token_type_ids, shape, cpu)?));
+                }
+                let labels = t.labels().map(|l| idx.iter().map(|&i| l[i]).collect());
+                (inputs, labels)
+            }
+            (EvalData::Images(d), Feed::Resized(f)) => {
+                let labels = d.labels().map(|l| idx.iter().map(|&i| l[i]).collect());
+                (vec![(f.input.clone(), d.gather(f, idx)?)], labels)
+            }
+            (EvalData::Tensors(d), Feed::Tensors(keys)) => {
+                let labels = d.labels().map(|l| idx.iter().map(|&i| l[i]).collect());
+                (d.gather(keys, idx)?, labels)
             }
             _ => bail!("internal: feed {feed:?} does not fit data set `{}`", self.name()),
         };

@@ -5,6 +5,9 @@
 //!   into [`EvalBatch`]es named after a model's true inputs, with clear errors when the model's
 //!   inputs do not fit the data. Limits take a fixed pseudo-random subset of a part, the same
 //!   for every call and every model ([`EvalData::examples`]).
+//! - [`user`]: the user's own data ([`DataSpec`], [`EvalData::open`]): a folder of images, a
+//!   JSONL or CSV file of texts, or tensors keyed by input name (`.npz`, `.npy`, `.safetensors`),
+//!   with the preprocessing stated in the spec (`docs/data.md`).
 //! - [`photos`]: the scikit-learn wheel's two photographs, decoded in Rust (`zune-jpeg`) and cut
 //!   into 96 fixed crops (32 test, 32 validation, 32 train) for open_nsfw-style models.
 //! - [`accuracy`]: argmax of the first output against the labels.
@@ -18,6 +21,7 @@ mod data;
 mod metrics;
 pub mod photos;
 pub mod tract;
+pub mod user;
 
 #[cfg(test)]
 pub(crate) mod tests;
@@ -33,6 +37,7 @@ pub use photos::{PhotoSet, photos};
 
 use hone_graph::Graph;
 pub use tract::Accuracy;
+pub use user::{Channels, DataFormat, DataSource, DataSpec, Layout};
 
 /// Loads a model for evaluation. A file that is not ONNX, or whose graph is broken (a truncated
 /// file, a node reading a value nothing produces), is an error that names the file.
