@@ -84,22 +84,14 @@ pub(super) async fn create(
     }
     // Paths name files on the coordinator: only under its import folder.
     let mut spec = req.data.clone();
-    if let Some(path) = spec.path() {
-        let Some(import) = s.import_dir.clone() else {
-            return Err(ApiError::Forbidden(
-                "data paths are read on the coordinator: start it with --import-dir and put the data there, or use a built-in data set".into(),
-            ));
-        };
-        let full = tokio::fs::canonicalize(import.join(path)).await.map_err(|_| {
-            ApiError::BadRequest(format!("no data at `{}` under the import folder", path.display()))
-        })?;
-        if !full.starts_with(&import) {
-            return Err(ApiError::BadRequest(format!(
-                "data `{}` is outside the import folder",
-                path.display()
-            )));
-        }
-        spec.set_path(full);
+    if let hone_learn::eval::DataSource::Path(path) = &spec.source {
+        spec.source = hone_learn::eval::DataSource::Path(under_import(&s, path, "data").await?);
+    }
+    if let Some(t) = &spec.tokenizer {
+        spec.tokenizer = Some(under_import(&s, t, "tokenizer").await?);
+    }
+    if let Some(m) = &spec.model_dir {
+        spec.model_dir = Some(under_import(&s, m, "model folder").await?);
     }
     // The data must fit the model, and have labels for an accuracy budget.
     let model_path = s.artifacts.path(&parent.sha256);
@@ -133,6 +125,32 @@ pub(super) async fn create(
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("pipeline vanished")))?;
     tracing::info!(pipeline = %id, model = %parent.id, "pipeline created");
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(view(row))))
+}
+
+/// `path` (relative to the import folder, or absolute) resolved inside the import folder; the
+/// same refusal whatever the cause, so the route reveals nothing about the coordinator's disk.
+async fn under_import(
+    s: &AppState,
+    path: &std::path::Path,
+    what: &str,
+) -> ApiResult<std::path::PathBuf> {
+    let Some(import) = s.import_dir.clone() else {
+        return Err(ApiError::Forbidden(format!(
+            "the {what} path is read on the coordinator: start it with --import-dir and put the \
+             files there, or use a built-in data set"
+        )));
+    };
+    let refused = || {
+        ApiError::BadRequest(format!(
+            "cannot read the {what} `{}`: not under the coordinator's import folder",
+            path.display()
+        ))
+    };
+    let full = tokio::fs::canonicalize(import.join(path)).await.map_err(|_| refused())?;
+    if !full.starts_with(&import) {
+        return Err(refused());
+    }
+    Ok(full)
 }
 
 /// `GET /api/v1/pipelines`.

@@ -125,6 +125,12 @@ pub(super) struct ReportArgs {
 /// The request `compress` sends.
 pub(super) fn request(args: &CompressArgs, model: String) -> anyhow::Result<PipelineRequest> {
     let mut data = hone_learn::eval::DataSpec::parse(&args.data)?;
+    // A path that exists here is sent whole, for a coordinator on this machine.
+    if let hone_learn::eval::DataSource::Path(p) = &data.source
+        && let Ok(full) = std::fs::canonicalize(p)
+    {
+        data.source = hone_learn::eval::DataSource::Path(full);
+    }
     if let Some(size) = &args.image_size {
         let (h, w) = size
             .split_once(['x', 'X'])

@@ -57,7 +57,9 @@ pub struct PipelineRequest {
     pub id: Option<String>,
     /// The parent: a registered model (id, name or digest prefix).
     pub model: String,
-    /// The data: a built-in name or a path on the coordinator (see docs/data.md).
+    /// The data: a built-in name or a path on the coordinator (see docs/data.md), as a spec
+    /// object or in its compact text form (`photos`, `strips,size=48x192,mean=0.5,std=0.5`).
+    #[serde(deserialize_with = "data_spec")]
     pub data: hone_learn::eval::DataSpec,
     /// Device classes: profile names (`rpi4`) or `profile:rpi4`.
     pub devices: Vec<String>,
@@ -105,6 +107,22 @@ pub struct PipelineRequest {
     /// Validation examples per candidate (default: the whole validation part).
     #[serde(default)]
     pub validation_limit: Option<usize>,
+}
+
+/// A data spec given as an object or in its compact text form.
+fn data_spec<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<hone_learn::eval::DataSpec, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Text(String),
+        Spec(hone_learn::eval::DataSpec),
+    }
+    match Either::deserialize(d)? {
+        Either::Text(s) => hone_learn::eval::DataSpec::parse(&s).map_err(serde::de::Error::custom),
+        Either::Spec(s) => Ok(s),
+    }
 }
 
 fn default_methods() -> Vec<String> {
