@@ -23,6 +23,12 @@ pub enum DbError {
     /// Migration failed.
     #[error("migrating the database: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A new campaign names a job id that another campaign already has.
+    #[error("job id `{job}` already exists (in another campaign): job ids must be unique")]
+    DuplicateJob {
+        /// The job id.
+        job: String,
+    },
     /// A query failed.
     #[error("database query `{op}`: {source}")]
     Query {
@@ -146,12 +152,40 @@ pub struct CampaignRow {
     pub id: String,
     /// JSON spec as created.
     pub spec: serde_json::Value,
-    /// `running` or `done`.
+    /// `running`, `done` or `cancelled`.
     pub state: String,
     /// Creation, Unix ms.
     pub created_at_ms: i64,
-    /// Completion, Unix ms.
+    /// Completion or cancellation, Unix ms.
     pub finished_at_ms: Option<i64>,
+}
+
+/// What [`Db::create_campaign`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateOutcome {
+    /// The campaign and its jobs were inserted.
+    Created,
+    /// A campaign with this id existed; nothing was written (client-chosen ids make creation
+    /// idempotent, e.g. a pipeline re-creating its campaigns after a restart).
+    Exists,
+}
+
+/// What [`Db::cancel_campaign`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The campaign was running and is now `cancelled`; this many of its jobs (queued,
+    /// dispatched or running) failed with the reason.
+    Cancelled {
+        /// Jobs that were still active or queued.
+        jobs_failed: u64,
+    },
+    /// The campaign had already ended (`done` or `cancelled`); nothing changed.
+    NotRunning {
+        /// Its state.
+        state: String,
+    },
+    /// No campaign has this id.
+    NotFound,
 }
 
 /// A job: one model on one device.
@@ -621,15 +655,17 @@ impl Db {
 
     // ---- campaigns and jobs ----
 
-    /// Creates a campaign and its jobs in one transaction. Returns `false` if the id existed
-    /// (client-supplied ids make creation idempotent).
+    /// Creates a campaign and its jobs in one transaction. A campaign id that exists already is
+    /// [`CreateOutcome::Exists`] and writes nothing (client-supplied ids make creation
+    /// idempotent); a job id that another campaign has is [`DbError::DuplicateJob`] and writes
+    /// nothing either. `jobs` are `(job id, model id, device id, max attempts)` in order.
     pub async fn create_campaign(
         &self,
         id: &str,
         spec: &serde_json::Value,
         jobs: &[(String, String, String, i64)],
         now_ms: i64,
-    ) -> Result<bool> {
+    ) -> Result<CreateOutcome> {
         let mut tx = self.pool.begin().await.map_err(q("begin campaign"))?;
         let inserted = sqlx::query(
             "INSERT INTO campaigns (id, spec, state, created_at_ms) VALUES ($1, $2, 'running', $3) \
@@ -644,12 +680,12 @@ impl Db {
         .rows_affected();
         if inserted == 0 {
             tx.rollback().await.map_err(q("rollback campaign"))?;
-            return Ok(false);
+            return Ok(CreateOutcome::Exists);
         }
         for (seq, (job_id, model_id, device_id, max_attempts)) in jobs.iter().enumerate() {
-            sqlx::query(
+            let inserted = sqlx::query(
                 "INSERT INTO jobs (id, campaign_id, seq, model_id, device_id, state, attempt, max_attempts, updated_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5, 'queued', 0, $6, $7)",
+                 VALUES ($1, $2, $3, $4, $5, 'queued', 0, $6, $7) ON CONFLICT (id) DO NOTHING",
             )
             .bind(job_id)
             .bind(id)
@@ -660,10 +696,134 @@ impl Db {
             .bind(now_ms)
             .execute(&mut *tx)
             .await
-            .map_err(q("insert job"))?;
+            .map_err(q("insert job"))?
+            .rows_affected();
+            if inserted == 0 {
+                tx.rollback().await.map_err(q("rollback campaign"))?;
+                return Err(DbError::DuplicateJob { job: job_id.clone() });
+            }
         }
         tx.commit().await.map_err(q("commit campaign"))?;
-        Ok(true)
+        Ok(CreateOutcome::Created)
+    }
+
+    /// Whether a campaign with this id exists (in any state).
+    pub async fn campaign_exists(&self, id: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT id FROM campaigns WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("campaign exists"))?;
+        Ok(row.is_some())
+    }
+
+    /// Cancels a running campaign in one transaction: the campaign becomes `cancelled` (with
+    /// `finished_at_ms`), and each of its queued, dispatched or running jobs becomes `failed`
+    /// with `last_error` = `cancelled: {reason}`. An attempt that was dispatched or running
+    /// keeps its `deadline_ms`: its agent may still be running it (there is no cancel message on
+    /// the wire), so the device counts as busy until that attempt's result arrives, the agent
+    /// restarts, or the deadline passes ([`Db::held_devices`]). A result that arrives later for
+    /// a job of a cancelled campaign is not stored ([`Db::store_result`]).
+    pub async fn cancel_campaign(
+        &self,
+        id: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<CancelOutcome> {
+        let mut tx = self.pool.begin().await.map_err(q("begin cancel"))?;
+        let cancelled = sqlx::query(
+            "UPDATE campaigns SET state = 'cancelled', finished_at_ms = $1 WHERE id = $2 AND state = 'running'",
+        )
+        .bind(now_ms)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(q("cancel campaign"))?
+        .rows_affected();
+        if cancelled == 0 {
+            tx.rollback().await.map_err(q("rollback cancel"))?;
+            return Ok(match self.campaign(id).await? {
+                Some(c) => CancelOutcome::NotRunning { state: c.state },
+                None => CancelOutcome::NotFound,
+            });
+        }
+        let jobs_failed = sqlx::query(
+            "UPDATE jobs SET state = 'failed', last_error = $1, finished_at_ms = $2, updated_at_ms = $3 \
+             WHERE campaign_id = $4 AND state IN ('queued', 'dispatched', 'running')",
+        )
+        .bind(format!("cancelled: {reason}"))
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(q("fail cancelled jobs"))?
+        .rows_affected();
+        tx.commit().await.map_err(q("commit cancel"))?;
+        Ok(CancelOutcome::Cancelled { jobs_failed })
+    }
+
+    /// Devices still held by an attempt of a cancelled campaign (failed, deadline not yet
+    /// passed, no result yet): their agents may still be running it, so nothing else is sent
+    /// to them until [`Db::release_held`] or the deadline.
+    pub async fn held_devices(&self, now_ms: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT device_id FROM jobs WHERE state = 'failed' AND deadline_ms IS NOT NULL \
+             AND deadline_ms > $1",
+        )
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("held devices"))?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("device_id"))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(q("decode held device"))
+    }
+
+    /// Releases a device held by cancelled attempts (its agent answered or restarted).
+    pub async fn release_held(&self, device_id: &str, now_ms: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE jobs SET deadline_ms = NULL, updated_at_ms = $1 \
+             WHERE device_id = $2 AND state = 'failed' AND deadline_ms IS NOT NULL",
+        )
+        .bind(now_ms)
+        .bind(device_id)
+        .execute(&self.pool)
+        .await
+        .map_err(q("release held device"))?;
+        Ok(())
+    }
+
+    /// Moves a queued job to another device: `device_id` becomes `new_device` and `last_error`
+    /// says `moved from {old} to {new_device}: {reason}`. The attempt counter is unchanged (an
+    /// attempt that ended because its device died was counted when it was dispatched). Returns
+    /// `false` (and changes nothing) if the job is not queued, or already on `new_device`.
+    pub async fn reassign_job(
+        &self,
+        job_id: &str,
+        new_device: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let Some(job) = self.job(job_id).await? else { return Ok(false) };
+        if job.state != "queued" || job.device_id == new_device {
+            return Ok(false);
+        }
+        let n = sqlx::query(
+            "UPDATE jobs SET device_id = $1, last_error = $2, updated_at_ms = $3 \
+             WHERE id = $4 AND device_id = $5 AND state = 'queued'",
+        )
+        .bind(new_device)
+        .bind(format!("moved from {} to {new_device}: {reason}", job.device_id))
+        .bind(now_ms)
+        .bind(job_id)
+        .bind(&job.device_id)
+        .execute(&self.pool)
+        .await
+        .map_err(q("reassign job"))?
+        .rows_affected();
+        Ok(n > 0)
     }
 
     /// One campaign.
@@ -746,15 +906,16 @@ impl Db {
         row.map(|r| job_from(&r)).transpose().map_err(q("decode job"))
     }
 
-    /// Records a dispatch: new command id, attempt + 1, deadline.
+    /// Records a dispatch: new command id, attempt + 1, deadline. Returns `false` (and changes
+    /// nothing) if the job is no longer queued, e.g. its campaign was just cancelled.
     pub async fn mark_dispatched(
         &self,
         job_id: &str,
         command_id: &str,
         now_ms: i64,
         deadline_ms: i64,
-    ) -> Result<()> {
-        sqlx::query(
+    ) -> Result<bool> {
+        let n = sqlx::query(
             "UPDATE jobs SET state = 'dispatched', attempt = attempt + 1, command_id = $1, dispatched_at_ms = $2, \
              accepted_at_ms = NULL, deadline_ms = $3, updated_at_ms = $4 WHERE id = $5 AND state = 'queued'",
         )
@@ -765,8 +926,9 @@ impl Db {
         .bind(job_id)
         .execute(&self.pool)
         .await
-        .map_err(q("mark dispatched"))?;
-        Ok(())
+        .map_err(q("mark dispatched"))?
+        .rows_affected();
+        Ok(n > 0)
     }
 
     /// Records acceptance of the current dispatch; moves the deadline.
@@ -845,12 +1007,28 @@ impl Db {
         Ok(())
     }
 
-    /// Stores a result once per job (later duplicates are ignored) and marks the job done.
-    /// Returns `true` if this call stored it.
+    /// Stores a result once per job (later duplicates are ignored) and marks the job done, even
+    /// one that had failed (a late result of an attempt that timed out is still a measurement),
+    /// unless the job's campaign was cancelled: then nothing is stored and the job stays
+    /// failed. Returns `true` if this call stored it.
     pub async fn store_result(&self, r: &NewResult<'_>) -> Result<bool> {
         let l = &r.report.latency;
         let report = serde_json::to_string(r.report).unwrap_or_default();
         let mut tx = self.pool.begin().await.map_err(q("begin result"))?;
+        // Locks the campaign row (PostgreSQL) or the database (SQLite) against a concurrent
+        // cancel, and finds out whether the campaign was cancelled.
+        let open = sqlx::query(
+            "UPDATE campaigns SET state = state WHERE id = $1 AND state <> 'cancelled'",
+        )
+        .bind(&r.job.campaign_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(q("check campaign of result"))?
+        .rows_affected();
+        if open == 0 {
+            tx.rollback().await.map_err(q("rollback result"))?;
+            return Ok(false);
+        }
         let stored = sqlx::query(&format!(
             "INSERT INTO results ({RESULT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
              $15, $16, $17, $18, $19, $20) ON CONFLICT (job_id) DO NOTHING"
@@ -931,3 +1109,107 @@ mod pipelines;
 mod tests;
 
 pub use pipelines::{CandidateRecord, PipelineRow};
+
+/// Databases for unit tests: SQLite in a temporary folder always, and a fresh PostgreSQL
+/// database when a server answers at `HONE_TEST_POSTGRES_URL` (default
+/// `postgres://postgres@127.0.0.1:5432`). When that variable is set, the server must answer.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::Db;
+
+    /// One test database.
+    pub(crate) struct TestDb {
+        /// The database.
+        pub(crate) db: Db,
+        /// `sqlite` or `postgres`.
+        pub(crate) backend: &'static str,
+        _dir: Option<tempfile::TempDir>,
+        postgres: Option<(String, String)>,
+    }
+
+    impl TestDb {
+        /// Closes the pool; drops the PostgreSQL database.
+        pub(crate) async fn finish(self) {
+            self.db.close().await;
+            if let Some((server, name)) = self.postgres {
+                let admin = Db::open(&format!("{server}/postgres")).await.unwrap();
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&admin.pool)
+                    .await
+                    .unwrap();
+                admin.close().await;
+            }
+        }
+    }
+
+    /// A SQLite database in a temporary folder.
+    pub(crate) async fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        TestDb {
+            db: Db::open(&url).await.unwrap(),
+            backend: "sqlite",
+            _dir: Some(dir),
+            postgres: None,
+        }
+    }
+
+    /// SQLite, then PostgreSQL if reachable.
+    pub(crate) async fn backends() -> Vec<TestDb> {
+        let mut out = vec![sqlite().await];
+        let required = std::env::var("HONE_TEST_POSTGRES_URL").ok();
+        let server =
+            required.clone().unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432".into());
+        // `postgres` is the maintenance database every server has; the test's own is created.
+        sqlx::any::install_default_drivers();
+        let admin = sqlx::any::AnyPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect(&format!("{server}/postgres"))
+            .await;
+        let admin = match (admin, &required) {
+            (Ok(pool), _) => pool,
+            (Err(e), Some(_)) => panic!("HONE_TEST_POSTGRES_URL={server} does not answer: {e}"),
+            (Err(e), None) => {
+                eprintln!("PostgreSQL not reachable at {server} ({e}): SQLite only");
+                return out;
+            }
+        };
+        let name = format!("hone_unit_{}", ulid::Ulid::new().to_string().to_lowercase());
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
+        admin.close().await;
+        let db = Db::open(&format!("{server}/{name}")).await.unwrap();
+        out.push(TestDb { db, backend: "postgres", _dir: None, postgres: Some((server, name)) });
+        out
+    }
+
+    /// A valid benchmark report with this median.
+    pub(crate) fn report(p50: f64) -> hone_common::bench::BenchReport {
+        hone_common::bench::BenchReport {
+            latency: hone_common::bench::LatencyStats {
+                p50_ms: p50,
+                p90_ms: p50,
+                p99_ms: p50,
+                mean_ms: p50,
+                std_ms: 0.0,
+                min_ms: p50,
+                max_ms: p50,
+            },
+            iterations: 10,
+            warmup: 1,
+            load_ms: 1.0,
+            peak_rss_bytes: 1000,
+            synthetic_inputs: true,
+            inputs: vec![],
+            runtime: "tract".into(),
+            mode: Default::default(),
+            emulation: Default::default(),
+            calibration: None,
+            agent_version: "0".into(),
+            timeline: vec![],
+            throughput: vec![],
+            cold_start_ms: None,
+            readings: Default::default(),
+        }
+    }
+}

@@ -29,6 +29,8 @@ counters! {
     jobs_dispatched: "job dispatches sent",
     jobs_retried: "job attempts ended and queued again",
     jobs_failed: "jobs that failed for good",
+    jobs_moved: "queued jobs moved to another device of their class because theirs died",
+    jobs_cancelled: "jobs failed because their campaign was cancelled",
     results_stored: "results stored",
     results_duplicate: "results received again after being stored (acked, not stored)",
     bus_connected: "1 while connected to the MQTT broker",

@@ -510,7 +510,7 @@ impl Api {
         let start = Instant::now();
         loop {
             if let Ok(v) = self.get(&format!("/api/v1/campaigns/{id}"))
-                && v["state"] == "done"
+                && (v["state"] == "done" || v["state"] == "cancelled")
             {
                 return Ok(v);
             }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiResult, AppState, P};
 use crate::campaign::{self, CampaignRequest, CampaignSpec, DeviceSelector};
-use crate::db::{CampaignRow, Db, JobRow};
+use crate::db::{CampaignRow, CreateOutcome, Db, JobRow};
 
 /// Counts of jobs by state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -80,7 +80,7 @@ pub struct Line {
 pub struct CampaignView {
     /// Id.
     pub id: String,
-    /// `running` or `done`.
+    /// `running`, `done` or `cancelled`.
     pub state: String,
     /// Creation, Unix ms.
     pub created_at_ms: i64,
@@ -217,6 +217,7 @@ pub(super) async fn create(
         job_timeout_ms: req.job_timeout_ms,
         max_attempts: req.max_attempts,
         max_parallel: req.max_parallel,
+        reassign_within_class: false,
     };
     let jobs: Vec<(String, String, String, i64)> = plan
         .into_iter()
@@ -232,7 +233,7 @@ pub(super) async fn create(
     s.poke.notify_one();
     tracing::info!(campaign = %id, jobs = jobs.len(), "campaign created");
     Ok((
-        if created { StatusCode::CREATED } else { StatusCode::OK },
+        if created == CreateOutcome::Created { StatusCode::CREATED } else { StatusCode::OK },
         Json(campaign_view(&s.db, row).await?),
     ))
 }

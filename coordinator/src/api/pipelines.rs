@@ -187,7 +187,9 @@ pub(super) async fn cancel(
     let prefix = format!("{id}-");
     for c in s.db.campaigns(Some("running")).await? {
         if c.id.starts_with(&prefix) {
-            let _ = &c; // TEMP cancel_campaign
+            crate::campaign::engine::cancel(&s.db, &s.metrics, &c.id, "the pipeline was cancelled")
+                .await
+                .map_err(ApiError::Internal)?;
         }
     }
     s.pipelines.notify_one();

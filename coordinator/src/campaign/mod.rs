@@ -2,6 +2,8 @@
 
 pub mod engine;
 
+use std::collections::{HashMap, HashSet};
+
 use hone_common::bench::BenchSpec;
 use serde::{Deserialize, Serialize};
 
@@ -98,6 +100,44 @@ pub struct CampaignSpec {
     pub max_attempts: u32,
     /// Fleet-wide concurrency limit.
     pub max_parallel: Option<u32>,
+    /// Whether a job whose device dies (offline, agent restarted, incompatible) moves to
+    /// another device with that device's profile, as jobs of a `Profile` selector always do.
+    /// For id-selected campaigns whose devices share a profile (a pipeline's device class).
+    #[serde(default)]
+    pub reassign_within_class: bool,
+}
+
+impl CampaignSpec {
+    /// The device class a job of this campaign may move within when its device dies: the
+    /// selector's profile, or with [`CampaignSpec::reassign_within_class`] the profile of the
+    /// job's device (`device_profile`). `None`: jobs stay on their device.
+    pub fn device_class<'a>(&'a self, device_profile: Option<&'a str>) -> Option<&'a str> {
+        match &self.selector {
+            DeviceSelector::Profile(p) => Some(p),
+            _ if self.reassign_within_class => device_profile,
+            _ => None,
+        }
+    }
+}
+
+/// Where a job of device class `profile` goes when its device `from` cannot take it: another
+/// dispatchable device of that profile. Idle devices (not in `busy`) come first, then the least
+/// loaded (`load`: jobs queued on or active at each device), then by id. With `idle_only`, only
+/// an idle device will do. `None` if no device fits.
+pub fn pick_class_device<'a>(
+    profile: &str,
+    from: &str,
+    devices: impl IntoIterator<Item = &'a DeviceRow>,
+    busy: &HashSet<String>,
+    load: &HashMap<String, usize>,
+    idle_only: bool,
+) -> Option<String> {
+    devices
+        .into_iter()
+        .filter(|d| d.id != from && d.dispatchable() && d.profile.as_deref() == Some(profile))
+        .filter(|d| !idle_only || !busy.contains(&d.id))
+        .min_by_key(|d| (busy.contains(&d.id), load.get(&d.id).copied().unwrap_or(0), &d.id))
+        .map(|d| d.id.clone())
 }
 
 /// Why a campaign cannot be planned.
@@ -274,6 +314,56 @@ mod tests {
             select_devices(&DeviceSelector::Ids(vec!["a".into(), "zz".into()]), &devs),
             Err(PlanError::UnknownDevices("zz".into()))
         );
+    }
+
+    #[test]
+    fn a_class_device_is_another_dispatchable_one_of_the_profile_idle_first_then_least_loaded() {
+        let mut incompatible = dev("e", true, Some("rpi4"));
+        incompatible.problem = Some("needs wire version 9".into());
+        let devs = [
+            dev("a", false, Some("rpi4")),
+            dev("b", true, Some("rpi4")),
+            dev("c", true, Some("rpi4")),
+            dev("d", true, Some("rpi5")),
+            incompatible,
+        ];
+        let none = HashSet::new();
+        let load: HashMap<String, usize> = [("b".to_string(), 2), ("c".to_string(), 1)].into();
+        let pick = |busy: &HashSet<String>, idle_only| {
+            pick_class_device("rpi4", "a", &devs, busy, &load, idle_only)
+        };
+        assert_eq!(pick(&none, false).as_deref(), Some("c"), "both idle: the least loaded");
+        let c_busy: HashSet<String> = ["c".to_string()].into();
+        assert_eq!(pick(&c_busy, false).as_deref(), Some("b"), "idle beats less loaded");
+        let both: HashSet<String> = ["b".to_string(), "c".to_string()].into();
+        assert_eq!(pick(&both, false).as_deref(), Some("c"), "all busy: still moved");
+        assert_eq!(pick(&both, true), None, "idle only");
+        assert_eq!(pick_class_device("rpi5", "d", &devs, &none, &load, false), None, "alone");
+        assert_eq!(pick_class_device("n100", "a", &devs, &none, &load, false), None);
+    }
+
+    #[test]
+    fn the_device_class_is_the_selector_profile_or_on_request_the_device_profile() {
+        let mut spec = CampaignSpec {
+            models: vec![],
+            devices: vec![],
+            selector: DeviceSelector::Profile("rpi4".into()),
+            bench: Default::default(),
+            job_timeout_ms: 1,
+            max_attempts: 1,
+            max_parallel: None,
+            reassign_within_class: false,
+        };
+        assert_eq!(spec.device_class(Some("rpi5")), Some("rpi4"));
+        spec.selector = DeviceSelector::Ids(vec!["a".into()]);
+        assert_eq!(spec.device_class(Some("rpi5")), None, "ids stay put by default");
+        spec.reassign_within_class = true;
+        assert_eq!(spec.device_class(Some("rpi5")), Some("rpi5"));
+        assert_eq!(spec.device_class(None), None);
+        let mut stored = serde_json::to_value(&spec).unwrap();
+        stored.as_object_mut().unwrap().remove("reassign_within_class").unwrap();
+        let old: CampaignSpec = serde_json::from_value(stored).unwrap();
+        assert!(!old.reassign_within_class, "specs stored before the flag read as false");
     }
 
     #[test]

@@ -138,7 +138,7 @@ impl Client {
             if progress {
                 bars.update(&view);
             }
-            if view.state == "done" {
+            if view.state == "done" || view.state == "cancelled" {
                 bars.finish();
                 return Ok(view);
             }

@@ -1,4 +1,5 @@
-//! Database tests on SQLite (PostgreSQL is covered end to end by the e2e suite).
+//! Database tests on SQLite; those that loop over [`testing::backends`] also run on
+//! PostgreSQL when a server answers (PostgreSQL is covered end to end by the e2e suite too).
 
 use super::*;
 use hone_common::bench::{BenchReport, LatencyStats};
@@ -74,9 +75,11 @@ async fn a_stale_will_does_not_override_a_newer_birth() {
 async fn a_result_is_stored_once_per_job_and_completes_it() {
     let (_d, db) = db().await;
     let jobs = vec![("j1".to_string(), "m".to_string(), "a".to_string(), 3)];
-    assert!(db.create_campaign("c1", &serde_json::json!({}), &jobs, 1).await.unwrap());
-    assert!(
-        !db.create_campaign("c1", &serde_json::json!({}), &jobs, 1).await.unwrap(),
+    let spec = serde_json::json!({});
+    assert_eq!(db.create_campaign("c1", &spec, &jobs, 1).await.unwrap(), CreateOutcome::Created);
+    assert_eq!(
+        db.create_campaign("c1", &spec, &jobs, 1).await.unwrap(),
+        CreateOutcome::Exists,
         "idempotent"
     );
     db.mark_dispatched("j1", "cmd1", 2, 100).await.unwrap();
@@ -145,4 +148,135 @@ async fn models_are_found_by_id_name_or_digest_prefix() {
     }
     assert!(db.find_model("abab").await.unwrap().is_none(), "short prefixes are not digests");
     assert_eq!(stored.summary["nodes"], 1);
+}
+
+#[tokio::test]
+async fn a_duplicate_campaign_id_is_a_typed_outcome_and_a_taken_job_id_a_typed_error() {
+    for t in testing::backends().await {
+        let db = &t.db;
+        let backend = t.backend;
+        let spec = serde_json::json!({"v": 1});
+        let jobs = vec![("c1-j0".to_string(), "m".to_string(), "a".to_string(), 3)];
+        assert!(!db.campaign_exists("c1").await.unwrap(), "{backend}");
+        assert_eq!(
+            db.create_campaign("c1", &spec, &jobs, 1).await.unwrap(),
+            CreateOutcome::Created
+        );
+        assert!(db.campaign_exists("c1").await.unwrap(), "{backend}");
+        let other = serde_json::json!({"v": 2});
+        assert_eq!(
+            db.create_campaign("c1", &other, &[], 2).await.unwrap(),
+            CreateOutcome::Exists,
+            "{backend}"
+        );
+        let kept = db.campaign("c1").await.unwrap().unwrap();
+        assert_eq!((kept.spec["v"].as_i64(), kept.created_at_ms), (Some(1), 1), "{backend}");
+        assert_eq!(db.campaign_jobs("c1").await.unwrap().len(), 1, "{backend}");
+
+        // Another campaign reusing a job id: a typed error, and nothing of it is written.
+        let err = db.create_campaign("c2", &spec, &jobs, 3).await.unwrap_err();
+        assert!(
+            matches!(&err, DbError::DuplicateJob { job } if job == "c1-j0"),
+            "{backend}: {err}"
+        );
+        assert!(!db.campaign_exists("c2").await.unwrap(), "{backend}: rolled back");
+        assert_eq!(db.job("c1-j0").await.unwrap().unwrap().campaign_id, "c1", "{backend}");
+        t.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn cancelling_fails_open_jobs_and_only_a_running_campaign() {
+    for t in testing::backends().await {
+        let db = &t.db;
+        let backend = t.backend;
+        let jobs: Vec<(String, String, String, i64)> = ["j0", "j1", "j2"]
+            .iter()
+            .map(|j| (j.to_string(), "m".to_string(), "a".to_string(), 3))
+            .collect();
+        db.create_campaign("c1", &serde_json::json!({}), &jobs, 1).await.unwrap();
+        db.mark_dispatched("j0", "cmd0", 2, 100).await.unwrap();
+        let j0 = db.job("j0").await.unwrap().unwrap();
+        let r = report(5.0);
+        let new = NewResult {
+            job: &j0,
+            result_id: "j0/1",
+            attempt: 1,
+            profile: None,
+            report: &r,
+            now_ms: 3,
+        };
+        assert!(db.store_result(&new).await.unwrap());
+        db.mark_dispatched("j1", "cmd1", 4, 100).await.unwrap();
+
+        assert_eq!(
+            db.cancel_campaign("c1", "stop", 5).await.unwrap(),
+            CancelOutcome::Cancelled { jobs_failed: 2 },
+            "{backend}"
+        );
+        let c = db.campaign("c1").await.unwrap().unwrap();
+        assert_eq!((c.state.as_str(), c.finished_at_ms), ("cancelled", Some(5)), "{backend}");
+        let states: Vec<(String, Option<String>, Option<i64>)> = db
+            .campaign_jobs("c1")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|j| (j.state, j.last_error, j.deadline_ms))
+            .collect();
+        let cancelled = Some("cancelled: stop".to_string());
+        assert_eq!(
+            states,
+            [
+                ("done".into(), None, None),
+                ("failed".into(), cancelled.clone(), Some(100)),
+                ("failed".into(), cancelled, None),
+            ],
+            "{backend}: the dispatched job keeps its deadline (its device is held)"
+        );
+        assert!(!db.mark_dispatched("j2", "cmd2", 6, 100).await.unwrap(), "{backend}");
+        assert_eq!(db.held_devices(99).await.unwrap(), ["a"], "{backend}");
+        assert!(db.held_devices(100).await.unwrap().is_empty(), "{backend}: deadline passed");
+        db.release_held("a", 7).await.unwrap();
+        assert!(db.held_devices(0).await.unwrap().is_empty(), "{backend}");
+
+        assert_eq!(
+            db.cancel_campaign("c1", "again", 8).await.unwrap(),
+            CancelOutcome::NotRunning { state: "cancelled".into() },
+            "{backend}"
+        );
+        assert_eq!(db.cancel_campaign("zz", "x", 8).await.unwrap(), CancelOutcome::NotFound);
+        let jobs = vec![("d-j0".to_string(), "m".to_string(), "a".to_string(), 3)];
+        db.create_campaign("d", &serde_json::json!({}), &jobs, 1).await.unwrap();
+        db.finish_campaign("d", 9).await.unwrap();
+        assert_eq!(
+            db.cancel_campaign("d", "late", 10).await.unwrap(),
+            CancelOutcome::NotRunning { state: "done".into() },
+            "{backend}"
+        );
+        t.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn only_a_queued_job_is_reassigned_and_the_move_is_recorded() {
+    for t in testing::backends().await {
+        let db = &t.db;
+        let backend = t.backend;
+        let jobs = vec![
+            ("j0".to_string(), "m".to_string(), "a".to_string(), 3),
+            ("j1".to_string(), "m".to_string(), "a".to_string(), 3),
+        ];
+        db.create_campaign("c1", &serde_json::json!({}), &jobs, 1).await.unwrap();
+        assert!(db.reassign_job("j0", "b", "device a is offline", 2).await.unwrap(), "{backend}");
+        let j0 = db.job("j0").await.unwrap().unwrap();
+        assert_eq!(j0.device_id, "b", "{backend}");
+        assert_eq!(j0.last_error.as_deref(), Some("moved from a to b: device a is offline"));
+        assert_eq!((j0.state.as_str(), j0.attempt), ("queued", 0), "{backend}");
+        assert!(!db.reassign_job("j0", "b", "again", 3).await.unwrap(), "{backend}: same device");
+        db.mark_dispatched("j1", "cmd1", 4, 100).await.unwrap();
+        assert!(!db.reassign_job("j1", "b", "x", 5).await.unwrap(), "{backend}: active job");
+        assert_eq!(db.job("j1").await.unwrap().unwrap().device_id, "a", "{backend}");
+        assert!(!db.reassign_job("nope", "b", "x", 5).await.unwrap(), "{backend}");
+        t.finish().await;
+    }
 }

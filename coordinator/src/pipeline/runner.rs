@@ -283,7 +283,7 @@ impl Runner {
             job_timeout_ms: d.req.job_timeout_ms,
             max_attempts: 3,
             max_parallel: d.req.max_parallel,
-            // TEMP reassign_within_class: true,
+            reassign_within_class: true,
         };
         let rows: Vec<(String, String, String, i64)> = jobs
             .iter()
