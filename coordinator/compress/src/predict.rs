@@ -12,7 +12,9 @@
 //! - one point (**scaled**): the prior scaled to reproduce that point exactly (typically the
 //!   parent, measured on the class);
 //! - more (**fitted**): a non-negative ridge fit of relative errors, pulled toward the scaled
-//!   prior, solved by projected coordinate descent; the data takes over as points accumulate.
+//!   prior ([`RIDGE`]; from four points on, the [`RIDGE_GRID`] weight with the best
+//!   leave-one-out error), solved exactly by an active-set method; the data takes over as
+//!   points accumulate.
 //!
 //! [`score`] and [`leave_one_out`] report accuracy the way the literature does: the share of
 //! predictions within ±10 % of the measurement, and the mean absolute error in percent.
