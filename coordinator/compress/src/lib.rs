@@ -5,6 +5,8 @@
 //!   runtime and precision) out.
 //! - [`prune`]: dependency-aware structured pruning (groups, importance, allocation, cutting,
 //!   side-by-side latency, recovery fine-tune, the `--target-speedup` search).
+//! - [`predict`]: latency prediction per device class from the fleet's measurements, to rank
+//!   candidates before they are measured.
 
 /// `Display`, `FromStr` and the list of names of a settings enum, spelled as in its serde form
 /// and on the command line.
@@ -41,6 +43,7 @@ macro_rules! named_enum {
 }
 
 pub mod method;
+pub mod predict;
 pub mod prune;
 
 pub use method::{Candidate, CompressionMethod, MethodContext, Precision, PruneMethod, Runtime};
