@@ -46,4 +46,7 @@ pub mod method;
 pub mod predict;
 pub mod prune;
 
-pub use method::{Candidate, CompressionMethod, MethodContext, Precision, PruneMethod, Runtime};
+pub use method::{
+    Candidate, CompressionMethod, MethodContext, Precision, PruneGrid, PruneMethod, PruneSettings,
+    Runtime, Target, method,
+};

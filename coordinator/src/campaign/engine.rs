@@ -678,6 +678,7 @@ mod tests {
                 size_bytes: 1,
                 summary: serde_json::json!({}),
                 created_at_ms: 0,
+                lineage: None,
             })
             .await
             .unwrap();
