@@ -28,4 +28,5 @@ pub mod db;
 pub mod metrics;
 pub mod models;
 pub mod mqtt;
+pub mod pipeline;
 pub mod server;
