@@ -7,4 +7,5 @@ mod demo;
 mod faults;
 mod hostile;
 mod prune;
+mod report;
 mod security;
