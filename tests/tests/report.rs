@@ -56,6 +56,9 @@ fn run_chromium(profile: &Path, page: &Path, args: &[String], stdout: &Path) {
             "--disable-sync",
             "--disable-dev-shm-usage",
             "--disable-extensions",
+            "--no-pings",
+            // Chromium's own background requests (updates, accounts) go nowhere either.
+            "--host-resolver-rules=MAP * ~NOTFOUND",
             "--hide-scrollbars",
             "--force-color-profile=srgb",
             "--force-device-scale-factor=1",
