@@ -8,4 +8,5 @@ mod faults;
 mod hostile;
 mod pipeline;
 mod prune;
+mod report;
 mod security;

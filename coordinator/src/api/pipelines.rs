@@ -93,20 +93,28 @@ pub(super) async fn create(
     if let Some(m) = &spec.model_dir {
         spec.model_dir = Some(under_import(&s, m, "model folder").await?);
     }
-    // The data must fit the model, and have labels for an accuracy budget.
+    // The data must fit the model as the devices run it, and have labels for an accuracy budget.
     let model_path = s.artifacts.path(&parent.sha256);
-    let (check_spec, labelled_needed) = (spec.clone(), req.max_accuracy_drop.is_some());
+    let shapes = if req.inputs.is_empty() {
+        parent
+            .summary
+            .get("input_shapes")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default()
+    } else {
+        req.inputs.clone()
+    };
+    let (check_spec, needs_labels) = (spec.clone(), req.max_accuracy_drop.is_some());
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let graph = hone_graph::Graph::load(&model_path)?;
         let data = hone_learn::eval::EvalData::open(&check_spec)?;
-        data.check(&graph)?;
-        if labelled_needed && !data.labelled() {
-            anyhow::bail!(
-                "the data `{}` has no labels, so there is no accuracy: use --min-fidelity",
-                check_spec.describe()
-            );
-        }
-        Ok(())
+        crate::pipeline::request::check_data(
+            &graph,
+            &data,
+            &shapes,
+            needs_labels,
+            &check_spec.describe(),
+        )
     })
     .await
     .map_err(|e| ApiError::Internal(e.into()))?

@@ -183,10 +183,15 @@ impl Db {
 
     /// Inserts a candidate unless its id exists.
     pub async fn insert_candidate(&self, c: &CandidateRecord, now_ms: i64) -> Result<()> {
-        sqlx::query(&format!(
+        // A NULL double is written as a literal: sqlx's Any driver sends an untyped NULL that
+        // PostgreSQL refuses for a DOUBLE PRECISION parameter.
+        let predicted = if c.predicted_ms.is_some() { "$14" } else { "NULL" };
+        let now = if c.predicted_ms.is_some() { "$15" } else { "$14" };
+        let query = format!(
             "INSERT INTO pipeline_candidates ({CANDIDATE_COLS}, updated_at_ms) VALUES ($1, $2, $3, $4, \
-             $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT (id) DO NOTHING"
-        ))
+             $5, $6, $7, $8, $9, $10, $11, $12, $13, {predicted}, {now}) ON CONFLICT (id) DO NOTHING"
+        );
+        let mut q_ = sqlx::query(&query)
         .bind(&c.id)
         .bind(&c.pipeline_id)
         .bind(&c.class)
@@ -199,31 +204,34 @@ impl Db {
         .bind(&c.model_id)
         .bind(&c.status)
         .bind(&c.note)
-        .bind(c.validation.as_ref().map(|v| v.to_string()))
-        .bind(c.predicted_ms)
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await
-        .map_err(q("insert candidate"))?;
+        .bind(c.validation.as_ref().map(|v| v.to_string()));
+        if let Some(p) = c.predicted_ms {
+            q_ = q_.bind(p);
+        }
+        q_.bind(now_ms).execute(&self.pool).await.map_err(q("insert candidate"))?;
         Ok(())
     }
 
     /// Updates a candidate's outcome.
     pub async fn update_candidate(&self, c: &CandidateRecord, now_ms: i64) -> Result<()> {
-        sqlx::query(
+        // See `insert_candidate` for the literal NULL.
+        let query = if c.predicted_ms.is_some() {
             "UPDATE pipeline_candidates SET model_id = $1, status = $2, note = $3, validation = $4, \
-             predicted_ms = $5, updated_at_ms = $6 WHERE id = $7",
-        )
-        .bind(&c.model_id)
-        .bind(&c.status)
-        .bind(&c.note)
-        .bind(c.validation.as_ref().map(|v| v.to_string()))
-        .bind(c.predicted_ms)
-        .bind(now_ms)
-        .bind(&c.id)
-        .execute(&self.pool)
-        .await
-        .map_err(q("update candidate"))?;
+             updated_at_ms = $5, predicted_ms = $6 WHERE id = $7"
+        } else {
+            "UPDATE pipeline_candidates SET model_id = $1, status = $2, note = $3, validation = $4, \
+             updated_at_ms = $5, predicted_ms = NULL WHERE id = $6"
+        };
+        let mut q_ = sqlx::query(query)
+            .bind(&c.model_id)
+            .bind(&c.status)
+            .bind(&c.note)
+            .bind(c.validation.as_ref().map(|v| v.to_string()))
+            .bind(now_ms);
+        if let Some(p) = c.predicted_ms {
+            q_ = q_.bind(p);
+        }
+        q_.bind(&c.id).execute(&self.pool).await.map_err(q("update candidate"))?;
         Ok(())
     }
 
