@@ -103,10 +103,8 @@ pub async fn register_file(
     let bytes = tokio::fs::read(path)
         .await
         .map_err(|e| RegisterError::Internal(anyhow::anyhow!("reading {}: {e}", path.display())))?;
-    let mut incoming = artifacts
-        .begin(u64::MAX)
-        .await
-        .map_err(|e| RegisterError::Internal(e.into()))?;
+    let mut incoming =
+        artifacts.begin(u64::MAX).await.map_err(|e| RegisterError::Internal(e.into()))?;
     incoming.write(&bytes).await.map_err(RegisterError::Incoming)?;
     register(db, artifacts, incoming, name, inputs, lineage).await
 }

@@ -38,10 +38,8 @@ fn photo_strips(dir: &Path, n: usize, h: usize, w: usize) -> PathBuf {
 /// A version-1.0 `.npy` file of little-endian f32.
 fn npy_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(ToString::to_string).collect();
-    let mut header = format!(
-        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({},), }}",
-        dims.join(", ")
-    );
+    let mut header =
+        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({},), }}", dims.join(", "));
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
     }
@@ -76,9 +74,8 @@ fn setup(broker: Broker, database_url: Option<String>, agents: &[(&str, &str)]) 
     for a in &agents {
         api.wait_device(&a.device_id, true, Duration::from_secs(20)).unwrap();
     }
-    let model = api
-        .register_with_inputs(&asset("corpus-ppocr-cls"), "ppocr-cls", "x=1x3x48x192")
-        .unwrap();
+    let model =
+        api.register_with_inputs(&asset("corpus-ppocr-cls"), "ppocr-cls", "x=1x3x48x192").unwrap();
     let data = photo_strips(&coord.import_dir.join("strips"), 96, 48, 192);
     Setup { _dir: dir, coord, agents, model, data }
 }
@@ -243,7 +240,11 @@ fn bad_pipeline_requests_are_refused_before_any_work_naming_what_is_wrong() {
     let (status, v) = api.post("/api/v1/pipelines", &body).unwrap();
     assert_eq!(status, 201, "{v}");
     let (again, v2) = api.post("/api/v1/pipelines", &body).unwrap();
-    assert_eq!((again, &v2["id"]), (200, &json!("no-winner")), "a client id makes creation idempotent");
+    assert_eq!(
+        (again, &v2["id"]),
+        (200, &json!("no-winner")),
+        "a client id makes creation idempotent"
+    );
     let v = wait_pipeline(&api, "no-winner", Duration::from_secs(300), ended);
     assert_eq!(v["state"], "done", "{v}");
     let class = &v["result"]["classes"][0];
@@ -256,11 +257,8 @@ fn bad_pipeline_requests_are_refused_before_any_work_naming_what_is_wrong() {
 
 #[test]
 fn a_killed_agent_s_measurement_moves_to_another_device_of_its_class() {
-    let s = setup(
-        Broker::Embedded(free_port()),
-        None,
-        &[("e2e-plk-a", "rpi4"), ("e2e-plk-b", "rpi4")],
-    );
+    let s =
+        setup(Broker::Embedded(free_port()), None, &[("e2e-plk-a", "rpi4"), ("e2e-plk-b", "rpi4")]);
     let api = s.coord.api();
     let mut s = s;
     let mut body = request(&s, &["rpi4"]);
@@ -298,22 +296,19 @@ fn a_coordinator_killed_mid_pipeline_resumes_it_without_duplicates() {
     body["id"] = json!("restarted");
     let (status, v) = api.post("/api/v1/pipelines", &body).unwrap();
     assert_eq!(status, 201, "{v}");
-    wait_pipeline(&api, "restarted", Duration::from_secs(120), |v| {
+    let at_kill = wait_pipeline(&api, "restarted", Duration::from_secs(120), |v| {
         v["stage"] == "candidates" || ended(v)
     });
     s.coord.kill9();
+    assert!(!ended(&at_kill), "killed mid-pipeline: {at_kill}");
     std::thread::sleep(Duration::from_millis(300));
     s.coord.restart().unwrap();
     let api = s.coord.api();
     let v = wait_pipeline(&api, "restarted", Duration::from_secs(300), ended);
     assert_eq!(v["state"], "done", "{v}\n{}", s.coord.log());
     let class = &v["result"]["classes"][0];
-    let ids: std::collections::HashSet<&str> = class["candidates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["id"].as_str().unwrap())
-        .collect();
+    let ids: std::collections::HashSet<&str> =
+        class["candidates"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 4, "each candidate once: {class}");
     assert!(class["winner"]["p50_ms"].as_f64().is_some(), "{class}");
 }

@@ -33,8 +33,7 @@ pub struct PipelineView {
 }
 
 fn view(p: PipelineRow) -> PipelineView {
-    let mut result: Option<PipelineResult> =
-        p.result.and_then(|r| serde_json::from_value(r).ok());
+    let mut result: Option<PipelineResult> = p.result.and_then(|r| serde_json::from_value(r).ok());
     if let Some(r) = result.as_mut() {
         r.state = p.state.clone();
         r.stage = p.stage.clone();
@@ -65,17 +64,19 @@ pub(super) async fn create(
     if let Some(existing) = s.db.pipeline(&id).await? {
         return Ok((StatusCode::OK, Json(view(existing))));
     }
-    let parent = s
-        .db
-        .find_model(&req.model)
-        .await?
-        .ok_or_else(|| ApiError::BadRequest(format!("no model `{}`", req.model)))?;
+    let parent =
+        s.db.find_model(&req.model)
+            .await?
+            .ok_or_else(|| ApiError::BadRequest(format!("no model `{}`", req.model)))?;
     // Every class needs an online agent before any work starts.
     let devices = s.db.devices().await?;
     for class in req.classes() {
         if !devices.iter().any(|d| d.dispatchable() && d.profile.as_deref() == Some(&class)) {
-            let known: Vec<String> =
-                devices.iter().filter(|d| d.dispatchable()).filter_map(|d| d.profile.clone()).collect();
+            let known: Vec<String> = devices
+                .iter()
+                .filter(|d| d.dispatchable())
+                .filter_map(|d| d.profile.clone())
+                .collect();
             return Err(ApiError::BadRequest(format!(
                 "no online agent of device class `{class}` (online classes: {})",
                 if known.is_empty() { "none".into() } else { known.join(", ") }
@@ -126,11 +127,10 @@ pub(super) async fn create(
     let now = hone_common::clock::now_ms() as i64;
     let created = s.db.create_pipeline(&id, &serde_json::to_value(&stored)?, now).await?;
     s.pipelines.notify_one();
-    let row = s
-        .db
-        .pipeline(&id)
-        .await?
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("pipeline vanished")))?;
+    let row =
+        s.db.pipeline(&id)
+            .await?
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("pipeline vanished")))?;
     tracing::info!(pipeline = %id, model = %parent.id, "pipeline created");
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(view(row))))
 }
@@ -183,13 +183,16 @@ pub(super) async fn cancel(
     State(s): State<AppState>,
     axum::extract::Path(id): P,
 ) -> ApiResult<Json<PipelineView>> {
-    let p = s
-        .db
-        .pipeline(&id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no pipeline `{id}`")))?;
+    let p =
+        s.db.pipeline(&id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no pipeline `{id}`")))?;
     let now = hone_common::clock::now_ms() as i64;
-    if !s.db.update_pipeline(&id, "cancelled", &p.stage, Some("cancelled by a user"), None, now).await? {
+    if !s
+        .db
+        .update_pipeline(&id, "cancelled", &p.stage, Some("cancelled by a user"), None, now)
+        .await?
+    {
         return Err(ApiError::Conflict(format!("pipeline `{id}` already ended ({})", p.state)));
     }
     let prefix = format!("{id}-");

@@ -150,10 +150,10 @@ pub(super) fn request(args: &CompressArgs, model: String) -> anyhow::Result<Pipe
         }
     }
     data.tokenizer.clone_from(&args.tokenizer);
-    let prune_grid = args.sparsities.as_ref().map(|s| hone_compress::PruneGrid {
-        sparsities: s.clone(),
-        ..Default::default()
-    });
+    let prune_grid = args
+        .sparsities
+        .as_ref()
+        .map(|s| hone_compress::PruneGrid { sparsities: s.clone(), ..Default::default() });
     let req = PipelineRequest {
         id: args.id.clone(),
         model,
@@ -281,15 +281,30 @@ pub(super) fn print_result(r: &PipelineResult) {
     );
     for c in &r.classes {
         println!();
-        println!("class {} ({}), {} device measurements", c.class, c.measurement, c.device_measurements);
+        println!(
+            "class {} ({}), {} device measurements",
+            c.class, c.measurement, c.device_measurements
+        );
         let q = |f: &super::super::pipeline::result::Figures| {
             if r.quality_metric == "accuracy" { pct(f.accuracy) } else { pct(f.fidelity) }
         };
         if let Some(p) = &c.parent {
-            println!("  parent  {:<40} p50 {:>9} ms  p90 {:>9} ms  {}", p.name, ms(p.p50_ms), ms(p.p90_ms), q(p));
+            println!(
+                "  parent  {:<40} p50 {:>9} ms  p90 {:>9} ms  {}",
+                p.name,
+                ms(p.p50_ms),
+                ms(p.p90_ms),
+                q(p)
+            );
         }
         match &c.winner {
-            Some(w) => println!("  winner  {:<40} p50 {:>9} ms  p90 {:>9} ms  {}", w.name, ms(w.p50_ms), ms(w.p90_ms), q(w)),
+            Some(w) => println!(
+                "  winner  {:<40} p50 {:>9} ms  p90 {:>9} ms  {}",
+                w.name,
+                ms(w.p50_ms),
+                ms(w.p90_ms),
+                q(w)
+            ),
             None => println!("  winner  none"),
         }
         println!("  reason  {}", c.reason);
@@ -310,7 +325,16 @@ pub(super) fn print_result(r: &PipelineResult) {
             let quality = if r.quality_metric == "accuracy" { row.accuracy } else { row.fidelity };
             println!(
                 "  {:<28} {:<10} {:>9} {:>10} {:>10} {:>10}  {}{}{}",
-                row.id.rsplit_once('-').map_or(row.id.as_str(), |_| row.id.as_str()).chars().rev().take(28).collect::<Vec<_>>().into_iter().rev().collect::<String>(),
+                row.id
+                    .rsplit_once('-')
+                    .map_or(row.id.as_str(), |_| row.id.as_str())
+                    .chars()
+                    .rev()
+                    .take(28)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<String>(),
                 row.method,
                 pct(quality),
                 ms(row.predicted_ms),
@@ -329,26 +353,36 @@ pub(super) async fn pipeline(cmd: PipelineCmd) -> anyhow::Result<i32> {
     match cmd {
         PipelineCmd::Show { api, id } => {
             let view: PipelineView = api.client()?.get(&format!("/api/v1/pipelines/{id}")).await?;
-            finish(&view, api.json).map(|code| if view.state == "running" || view.state == "queued" { 0 } else { code })
+            finish(&view, api.json).map(|code| {
+                if view.state == "running" || view.state == "queued" { 0 } else { code }
+            })
         }
         PipelineCmd::List { api } => {
             let list: Vec<PipelineView> = api.client()?.get("/api/v1/pipelines").await?;
             if api.json {
                 print_json(&serde_json::to_value(&list)?);
             } else {
-                println!("{:<32} {:<10} {:<11} {:>8}  model", "pipeline", "state", "stage", "measured");
+                println!(
+                    "{:<32} {:<10} {:<11} {:>8}  model",
+                    "pipeline", "state", "stage", "measured"
+                );
                 for p in &list {
                     let (model, measured) = p.result.as_ref().map_or((String::new(), 0), |r| {
                         (r.model_name.clone(), r.device_measurements)
                     });
-                    println!("{:<32} {:<10} {:<11} {:>8}  {model}", p.id, p.state, p.stage, measured);
+                    println!(
+                        "{:<32} {:<10} {:<11} {:>8}  {model}",
+                        p.id, p.state, p.stage, measured
+                    );
                 }
             }
             Ok(0)
         }
         PipelineCmd::Cancel { api, id } => {
-            let view: PipelineView =
-                api.client()?.post(&format!("/api/v1/pipelines/{id}/cancel"), &serde_json::json!({})).await?;
+            let view: PipelineView = api
+                .client()?
+                .post(&format!("/api/v1/pipelines/{id}/cancel"), &serde_json::json!({}))
+                .await?;
             if api.json {
                 print_json(&serde_json::to_value(&view)?);
             } else {

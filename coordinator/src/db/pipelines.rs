@@ -192,19 +192,19 @@ impl Db {
              $5, $6, $7, $8, $9, $10, $11, $12, $13, {predicted}, {now}) ON CONFLICT (id) DO NOTHING"
         );
         let mut q_ = sqlx::query(&query)
-        .bind(&c.id)
-        .bind(&c.pipeline_id)
-        .bind(&c.class)
-        .bind(c.seq)
-        .bind(&c.method)
-        .bind(c.settings.to_string())
-        .bind(&c.runtime)
-        .bind(&c.precision)
-        .bind(&c.cache_key)
-        .bind(&c.model_id)
-        .bind(&c.status)
-        .bind(&c.note)
-        .bind(c.validation.as_ref().map(|v| v.to_string()));
+            .bind(&c.id)
+            .bind(&c.pipeline_id)
+            .bind(&c.class)
+            .bind(c.seq)
+            .bind(&c.method)
+            .bind(c.settings.to_string())
+            .bind(&c.runtime)
+            .bind(&c.precision)
+            .bind(&c.cache_key)
+            .bind(&c.model_id)
+            .bind(&c.status)
+            .bind(&c.note)
+            .bind(c.validation.as_ref().map(|v| v.to_string()));
         if let Some(p) = c.predicted_ms {
             q_ = q_.bind(p);
         }
@@ -285,11 +285,8 @@ impl Db {
         profile: &str,
         before_ms: i64,
     ) -> Result<Vec<(String, serde_json::Value, super::ResultRow)>> {
-        let cols = super::RESULT_COLS
-            .split(", ")
-            .map(|c| format!("r.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let cols =
+            super::RESULT_COLS.split(", ").map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", ");
         let rows = sqlx::query(&format!(
             "SELECT {cols}, f.features AS features FROM results r \
              JOIN model_features f ON f.model_id = r.model_id \

@@ -12,8 +12,8 @@
 //! - [`select`]: the choice (Pareto front, winner, reason), pure.
 //! - [`report`]: the self-contained HTML report.
 
-pub mod result;
-pub mod select;
 pub mod report;
 pub mod request;
+pub mod result;
 pub mod runner;
+pub mod select;

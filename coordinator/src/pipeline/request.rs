@@ -179,8 +179,9 @@ impl PipelineRequest {
         }
         match (self.max_accuracy_drop, self.min_fidelity) {
             (None, None) => {
-                return Err("give --max-accuracy-drop POINTS (labelled data) or --min-fidelity F"
-                    .into());
+                return Err(
+                    "give --max-accuracy-drop POINTS (labelled data) or --min-fidelity F".into()
+                );
             }
             (Some(_), Some(_)) => {
                 return Err("give one of --max-accuracy-drop and --min-fidelity, not both".into());
@@ -226,47 +227,6 @@ impl PipelineRequest {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn req() -> PipelineRequest {
-        serde_json::from_value(serde_json::json!({
-            "model": "m", "data": "fashion-mnist",
-            "devices": ["profile:rpi4,x86-vm-2core", "rpi4"], "max_accuracy_drop": 1.0
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn classes_are_profiles_deduplicated_in_order() {
-        let r = req();
-        assert_eq!(r.classes(), ["rpi4", "x86-vm-2core"]);
-        assert_eq!(r.check(), Ok(()));
-        assert_eq!(r.methods, ["prune"]);
-        assert_eq!(r.objective, Statistic::P50);
-    }
-
-    #[test]
-    fn bad_requests_say_what_is_wrong() {
-        let cases: [(fn(&mut PipelineRequest), &str); 7] = [
-            (|r| r.devices = vec!["profile:toaster".into()], "unknown device class `toaster`"),
-            (|r| r.devices = vec![], "at least one device class"),
-            (|r| r.max_accuracy_drop = None, "--max-accuracy-drop POINTS"),
-            (|r| r.min_fidelity = Some(0.9), "not both"),
-            (|r| r.methods = vec!["quantum".into()], "unknown compression method `quantum`"),
-            (|r| r.id = Some("a/b".into()), "pipeline id"),
-            (|r| r.max_measurements = Some(0), "at least 1"),
-        ];
-        for (change, want) in cases {
-            let mut r = req();
-            change(&mut r);
-            let err = r.check().unwrap_err();
-            assert!(err.contains(want), "{err} (wanted {want})");
-        }
-    }
-}
-
 /// Checks that `data` feeds `model` as the devices will run it: the model accepts the data
 /// (names, types, ranks, fixed sizes), labels exist when an accuracy budget needs them, and float
 /// inputs have the shapes the devices benchmark (`shapes`, beyond the batch axis), so validation
@@ -307,4 +267,46 @@ pub fn check_data(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> PipelineRequest {
+        serde_json::from_value(serde_json::json!({
+            "model": "m", "data": "fashion-mnist",
+            "devices": ["profile:rpi4,x86-vm-2core", "rpi4"], "max_accuracy_drop": 1.0
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn classes_are_profiles_deduplicated_in_order() {
+        let r = req();
+        assert_eq!(r.classes(), ["rpi4", "x86-vm-2core"]);
+        assert_eq!(r.check(), Ok(()));
+        assert_eq!(r.methods, ["prune"]);
+        assert_eq!(r.objective, Statistic::P50);
+    }
+
+    #[test]
+    fn bad_requests_say_what_is_wrong() {
+        type Change = fn(&mut PipelineRequest);
+        let cases: [(Change, &str); 7] = [
+            (|r| r.devices = vec!["profile:toaster".into()], "unknown device class `toaster`"),
+            (|r| r.devices = vec![], "at least one device class"),
+            (|r| r.max_accuracy_drop = None, "--max-accuracy-drop POINTS"),
+            (|r| r.min_fidelity = Some(0.9), "not both"),
+            (|r| r.methods = vec!["quantum".into()], "unknown compression method `quantum`"),
+            (|r| r.id = Some("a/b".into()), "pipeline id"),
+            (|r| r.max_measurements = Some(0), "at least 1"),
+        ];
+        for (change, want) in cases {
+            let mut r = req();
+            change(&mut r);
+            let err = r.check().unwrap_err();
+            assert!(err.contains(want), "{err} (wanted {want})");
+        }
+    }
 }

@@ -148,11 +148,10 @@ impl Runner {
     ) -> anyhow::Result<()> {
         let req: PipelineRequest =
             serde_json::from_value(row.request.clone()).context("reading the pipeline request")?;
-        let parent = self
-            .db
-            .find_model(&req.model)
-            .await?
-            .with_context(|| format!("the parent model `{}` is no longer registered", req.model))?;
+        let parent =
+            self.db.find_model(&req.model).await?.with_context(|| {
+                format!("the parent model `{}` is no longer registered", req.model)
+            })?;
         let classes = req.classes();
         let metric = if req.max_accuracy_drop.is_some() { "accuracy" } else { "fidelity" };
         let mut d = Drive {
@@ -224,7 +223,11 @@ impl Runner {
     async fn set_stage(&self, d: &mut Drive, stage: &str) -> anyhow::Result<()> {
         let result = self.result(d, "running", stage).await?;
         let value = serde_json::to_value(&result)?;
-        if !self.db.update_pipeline(&d.row.id, "running", stage, None, Some(&value), now_i64()).await? {
+        if !self
+            .db
+            .update_pipeline(&d.row.id, "running", stage, None, Some(&value), now_i64())
+            .await?
+        {
             return Err(Stop::Cancelled.into());
         }
         d.row.stage = stage.to_owned();
@@ -455,7 +458,17 @@ impl Runner {
                             (prev.model_id, prev.validation)
                         }
                         None => match self
-                            .make_one(d, &target, method.clone(), &settings, &id, &dir, &data, &parent_graph, &parent_path)
+                            .make_one(
+                                d,
+                                &target,
+                                method.clone(),
+                                &settings,
+                                &id,
+                                &dir,
+                                &data,
+                                &parent_graph,
+                                &parent_path,
+                            )
                             .await
                         {
                             Ok((model, validation)) => (Some(model), Some(validation)),
@@ -555,7 +568,12 @@ impl Runner {
             "data": d.req.data.describe(),
             "validation": quality,
         });
-        let name = format!("{}-{}-{}", d.parent.name, candidate.method, id.trim_start_matches(&format!("{}-", d.row.id)));
+        let name = format!(
+            "{}-{}-{}",
+            d.parent.name,
+            candidate.method,
+            id.trim_start_matches(&format!("{}-", d.row.id))
+        );
         let (_, model) = crate::models::register_file(
             &self.db,
             &self.artifacts,
@@ -664,7 +682,10 @@ impl Runner {
     }
 
     /// Every (class, model) this pipeline sent to a device, whatever came of it.
-    async fn tried(&self, pipeline: &str) -> anyhow::Result<std::collections::HashSet<(String, String)>> {
+    async fn tried(
+        &self,
+        pipeline: &str,
+    ) -> anyhow::Result<std::collections::HashSet<(String, String)>> {
         let prefix = format!("{pipeline}-");
         let devices: HashMap<String, Option<String>> =
             self.db.devices().await?.into_iter().map(|d| (d.id, d.profile)).collect();
@@ -765,6 +786,16 @@ impl Runner {
         if spent >= budget || open.is_empty() {
             return Ok(None);
         }
+        // Under a latency budget with fidelity as the measure, a parent within the budget cannot
+        // be beaten (nothing is closer to the parent than the parent): no device time is spent.
+        if let Some(b) = d.req.latency_budget_ms
+            && d.metric == "fidelity"
+            && measured
+                .get(&(class.to_owned(), d.parent.id.clone()))
+                .is_some_and(|r| stat.of(&r.latency) <= b)
+        {
+            return Ok(None);
+        }
         let quality = |c: &CandidateRecord| {
             c.validation
                 .as_ref()
@@ -848,11 +879,10 @@ impl Runner {
             let mut devs: Vec<String> = class_results.iter().map(|r| r.device_id.clone()).collect();
             devs.sort();
             devs.dedup();
-            let modes: Vec<String> = class_results
-                .iter()
-                .filter_map(|r| emulation_word(&r.report))
-                .collect();
-            let measurement = match (modes.first(), modes.iter().all(|m| Some(m) == modes.first())) {
+            let modes: Vec<String> =
+                class_results.iter().filter_map(|r| emulation_word(&r.report)).collect();
+            let measurement = match (modes.first(), modes.iter().all(|m| Some(m) == modes.first()))
+            {
                 (None, _) => "unmeasured".to_owned(),
                 (Some(m), true) => m.clone(),
                 (Some(_), false) => "mixed".to_owned(),
@@ -866,9 +896,9 @@ impl Runner {
                 d.req.bench.max_time_ms
             );
             let parent_q = d.parent_quality.unwrap_or_default();
-            let parent = measured.get(&(class.clone(), d.parent.id.clone())).map(|r| {
-                figures(&d.parent.id, &d.parent.name, Some(r), &parent_q, d.metric)
-            });
+            let parent = measured
+                .get(&(class.clone(), d.parent.id.clone()))
+                .map(|r| figures(&d.parent.id, &d.parent.name, Some(r), &parent_q, d.metric));
             let mut rows = Vec::new();
             for c in cands.iter().filter(|c| &c.class == class) {
                 let q: Quality = c
@@ -953,14 +983,23 @@ impl Runner {
                     Some(i) => {
                         rows[i].winner = true;
                         let row = &rows[i];
-                        let r = row.model.as_ref().and_then(|m| measured.get(&(class.clone(), m.clone())));
+                        let r = row
+                            .model
+                            .as_ref()
+                            .and_then(|m| measured.get(&(class.clone(), m.clone())));
                         let q = Quality {
                             accuracy: row.accuracy,
                             fidelity: row.fidelity,
                             cosine: row.cosine,
                             examples: 0,
                         };
-                        winner = Some(figures(row.model.as_deref().unwrap_or(""), &row.id, r, &q, d.metric));
+                        winner = Some(figures(
+                            row.model.as_deref().unwrap_or(""),
+                            &row.id,
+                            r,
+                            &q,
+                            d.metric,
+                        ));
                     }
                     None => winner = parent.clone(),
                 }
@@ -994,8 +1033,7 @@ impl Runner {
                 / held.len().max(1) as f64;
             let predictor = Some(PredictorReport {
                 start,
-                trained_on: d.history.get(class).map_or(0, Vec::len)
-                    + class_results.len(),
+                trained_on: d.history.get(class).map_or(0, Vec::len) + class_results.len(),
                 held_out: held.len(),
                 within_10pct: (!held.is_empty()).then(|| within as f64 / held.len() as f64),
                 mean_abs_error_pct: (!held.is_empty()).then_some(mape * 100.0),

@@ -212,7 +212,8 @@ mod tests {
 
     #[test]
     fn with_a_latency_budget_the_most_accurate_model_within_it_wins() {
-        let pts = [pt("parent", 10.0, 0.90, 50.0), pt("a", 6.0, 0.89, 40.0), pt("d", 5.0, 0.885, 35.0)];
+        let pts =
+            [pt("parent", 10.0, 0.90, 50.0), pt("a", 6.0, 0.89, 40.0), pt("d", 5.0, 0.885, 35.0)];
         let mut r = rules(0.80);
         r.latency_budget_ms = Some(8.0);
         let c = choose(&pts, &r);
@@ -227,7 +228,8 @@ mod tests {
 
     #[test]
     fn equal_agreement_is_broken_by_the_cosine_with_the_parent() {
-        let mut pts = [pt("parent", 10.0, 1.0, 50.0), pt("a", 6.0, 1.0, 40.0), pt("b", 4.0, 1.0, 30.0)];
+        let mut pts =
+            [pt("parent", 10.0, 1.0, 50.0), pt("a", 6.0, 1.0, 40.0), pt("b", 4.0, 1.0, 30.0)];
         pts[1].secondary = 0.999;
         pts[2].secondary = 0.99;
         let mut r = rules(0.9);
@@ -242,7 +244,8 @@ mod tests {
 
     #[test]
     fn a_memory_cap_excludes_larger_models() {
-        let pts = [pt("parent", 10.0, 0.90, 50.0), pt("a", 6.0, 0.89, 40.0), pt("d", 5.0, 0.885, 35.0)];
+        let pts =
+            [pt("parent", 10.0, 0.90, 50.0), pt("a", 6.0, 0.89, 40.0), pt("d", 5.0, 0.885, 35.0)];
         let mut r = rules(0.80);
         r.memory_cap_bytes = Some(36.0 * 1048576.0);
         let c = choose(&pts, &r);

@@ -26,7 +26,9 @@ use super::{Analysis, Prepared};
 pub type Scores = BTreeMap<usize, Vec<f64>>;
 
 /// The importance families.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Criterion {
     /// Weight norms.

@@ -753,10 +753,10 @@ fn pruning_plugs_into_the_method_trait_with_widths_for_each_class() {
         let written = Graph::load(&cand.model).unwrap();
         assert!(super::param_count(&written) < super::param_count(&cnn()));
         assert_eq!(cand.report["params_after"].as_u64(), Some(super::param_count(&written) as u64));
-        let widths: Vec<String> =
-            serde_json::from_value(cand.report["widths"].clone()).unwrap();
+        let widths: Vec<String> = serde_json::from_value(cand.report["widths"].clone()).unwrap();
         for w in &widths {
-            let kept_units: usize = w.rsplit(' ').next().unwrap().split('/').next().unwrap().parse().unwrap();
+            let kept_units: usize =
+                w.rsplit(' ').next().unwrap().split('/').next().unwrap().parse().unwrap();
             assert_eq!(kept_units % target.simd_width, 0, "{w} for {}", target.class);
         }
         kept.push(widths);
@@ -764,7 +764,8 @@ fn pruning_plugs_into_the_method_trait_with_widths_for_each_class() {
     assert_ne!(kept[0], kept[1], "rpi4 (NEON, 4) and x86 (AVX2, 8) round differently");
     let bad = serde_json::json!({"criterion": "magnitude"});
     let out = dir.path().join("bad.onnx");
-    let ctx = MethodContext { parent: &model, data: &data, inputs: &inputs, target: &rpi4, out: &out };
+    let ctx =
+        MethodContext { parent: &model, data: &data, inputs: &inputs, target: &rpi4, out: &out };
     let err = method.compress(&ctx, &bad).unwrap_err().to_string();
     assert!(err.contains("pruning settings"), "{err}");
 }
