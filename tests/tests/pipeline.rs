@@ -37,9 +37,17 @@ fn photo_strips(dir: &Path, n: usize, h: usize, w: usize) -> PathBuf {
 
 /// A version-1.0 `.npy` file of little-endian f32.
 fn npy_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
+    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    npy("<f4", shape, &bytes)
+}
+
+/// A version-1.0 `.npy` file of `descr` elements (raw little-endian bytes).
+fn npy(descr: &str, shape: &[usize], bytes: &[u8]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(ToString::to_string).collect();
-    let mut header =
-        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({},), }}", dims.join(", "));
+    let mut header = format!(
+        "{{'descr': '{descr}', 'fortran_order': False, 'shape': ({},), }}",
+        dims.join(", ")
+    );
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
     }
@@ -47,9 +55,7 @@ fn npy_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
     let mut out = b"\x93NUMPY\x01\x00".to_vec();
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    for v in data {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
+    out.extend_from_slice(bytes);
     out
 }
 
@@ -328,4 +334,48 @@ fn a_cancelled_pipeline_stops_and_says_so() {
     // It stays cancelled: the runner does not pick it up again.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(api.get("/api/v1/pipelines/cancelled").unwrap()["state"], "cancelled");
+}
+
+#[test]
+fn an_accuracy_budget_on_labelled_data_rejects_candidates_before_any_device_time() {
+    let s = setup(Broker::Embedded(free_port()), None, &[("e2e-pla-x86", "x86-vm-2core")]);
+    let api = s.coord.api();
+    // Labels: which photograph each strip was cut from (crops are ordered photo by photo).
+    let n = 96;
+    let labels: Vec<u8> = (0..n).flat_map(|i| i64::from(i >= n / 2).to_le_bytes()).collect();
+    std::fs::write(s.data.join("labels.npy"), npy("<i8", &[n], &labels)).unwrap();
+    let mut body = request(&s, &["x86-vm-2core"]);
+    body.as_object_mut().unwrap().remove("min_fidelity");
+    body["max_accuracy_drop"] = json!(2.0);
+    body["prune_grid"]["sparsities"] = json!([0.25, 0.75]);
+    body["id"] = json!("labelled");
+    let (status, v) = api.post("/api/v1/pipelines", &body).unwrap();
+    assert_eq!(status, 201, "{v}");
+    let v = wait_pipeline(&api, "labelled", Duration::from_secs(300), ended);
+    assert_eq!(v["state"], "done", "{v}\n{}", s.coord.log());
+    let r = &v["result"];
+    assert_eq!(r["quality_metric"], "accuracy");
+    let class = &r["classes"][0];
+    let parent = class["parent"]["accuracy"].as_f64().expect("the parent's accuracy");
+    let floor = parent - 0.02;
+    for c in class["candidates"].as_array().unwrap() {
+        let acc = c["accuracy"].as_f64().unwrap_or_else(|| panic!("no accuracy: {c}"));
+        let rejected = c["status"] == "rejected";
+        assert_eq!(rejected, acc < floor, "floor {floor}: {c}");
+        if rejected {
+            assert!(c["p50_ms"].is_null() && c["predicted_ms"].is_null(), "no device time: {c}");
+            assert!(c["note"].as_str().unwrap().contains("no device time spent"), "{c}");
+        }
+    }
+    let statuses: Vec<&str> = class["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["status"].as_str().unwrap())
+        .collect();
+    assert!(statuses.contains(&"rejected"), "sparsity 0.75 loses accuracy: {statuses:?}");
+    assert!(statuses.contains(&"measured"), "sparsity 0.25 keeps it: {statuses:?}");
+    if let Some(w) = class["winner"].as_object() {
+        assert!(w["accuracy"].as_f64().unwrap() >= floor, "{class}");
+    }
 }

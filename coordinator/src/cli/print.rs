@@ -80,10 +80,32 @@ pub(super) fn print_devices(devices: &serde_json::Value) {
 
 /// Prints the model registry.
 pub(super) fn print_models(list: &serde_json::Value) {
-    println!("{:<20} {:<32} {:>12} {:>10} {:>6}", "id", "name", "bytes", "params", "opset");
+    println!(
+        "{:<20} {:<32} {:>12} {:>10} {:>6}  lineage",
+        "id", "name", "bytes", "params", "opset"
+    );
     for m in list.as_array().into_iter().flatten() {
+        // A pipeline's candidate: its parent, method and settings, and its validation figure.
+        let l = &m["lineage"];
+        let lineage = if l.is_object() {
+            let v = &l["validation"];
+            let quality = match (v["accuracy"].as_f64(), v["fidelity"].as_f64()) {
+                (Some(a), _) => format!("accuracy {:.2} %", a * 100.0),
+                (None, Some(f)) => format!("fidelity {:.2} %", f * 100.0),
+                _ => String::new(),
+            };
+            format!(
+                "{} of {} ({}), {}, {quality}",
+                l["method"].as_str().unwrap_or("?"),
+                l["parent"].as_str().unwrap_or("?"),
+                l["class"].as_str().unwrap_or("?"),
+                l["settings"]
+            )
+        } else {
+            "-".to_owned()
+        };
         println!(
-            "{:<20} {:<32} {:>12} {:>10} {:>6}",
+            "{:<20} {:<32} {:>12} {:>10} {:>6}  {lineage}",
             m["id"].as_str().unwrap_or(""),
             m["name"].as_str().unwrap_or(""),
             m["size_bytes"],

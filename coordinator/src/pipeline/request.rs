@@ -244,28 +244,11 @@ pub fn check_data(
             "the data `{describe}` has no labels, so there is no accuracy: use --min-fidelity"
         );
     }
-    let part = hone_learn::data::Part::Validation;
-    if data.part_len(part) == 0 {
+    if data.part_len(hone_learn::data::Part::Validation) == 0 {
         anyhow::bail!("the data `{describe}` has no validation examples to judge candidates on");
     }
-    let batch = data.batches(model, part, 1, Some(1), None)?;
-    let Some(first) = batch.first() else { return Ok(()) };
-    for (name, t) in &first.inputs {
-        if t.dtype() != candle_core::DType::F32 {
-            continue;
-        }
-        let Some(want) = shapes.get(name) else { continue };
-        let got = t.dims();
-        let want_tail: Vec<usize> = want.iter().skip(1).map(|&d| d as usize).collect();
-        if got.len() != want.len() || got[1..] != want_tail[..] {
-            anyhow::bail!(
-                "input `{name}` is measured on the devices as {}; the data `{describe}` gives {:?} \
-                 (one example): give the data at the measured size (e.g. size=HxW for images)",
-                want.iter().map(ToString::to_string).collect::<Vec<_>>().join("x"),
-                got
-            );
-        }
-    }
+    data.check_measured_shapes(model, shapes)
+        .map_err(|e| anyhow::anyhow!("{e} (data `{describe}`)"))?;
     Ok(())
 }
 

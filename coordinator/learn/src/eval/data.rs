@@ -399,6 +399,35 @@ impl EvalData {
         }
     }
 
+    /// Checks that the float inputs this data gives `model` have the `shapes` a device
+    /// benchmarks (beyond the batch axis), so that figures measured on the data and on devices
+    /// are about the same inputs. Token (integer) inputs vary in length and are not checked.
+    pub fn check_measured_shapes(
+        &self,
+        model: &Graph,
+        shapes: &hone_common::shapes::InputShapes,
+    ) -> anyhow::Result<()> {
+        let batch = self.batches(model, Part::Validation, 1, Some(1), None)?;
+        let Some(first) = batch.first() else { return Ok(()) };
+        for (name, t) in &first.inputs {
+            if t.dtype() != candle_core::DType::F32 {
+                continue;
+            }
+            let Some(want) = shapes.get(name) else { continue };
+            let got = t.dims();
+            let same = got.len() == want.len()
+                && got.iter().zip(want).skip(1).all(|(&g, &w)| g as u64 == w);
+            if !same {
+                bail!(
+                    "input `{name}` is measured on the devices as {}; the data gives {got:?} for \
+                     one example: give the data at the measured size (e.g. size=HxW for images)",
+                    want.iter().map(ToString::to_string).collect::<Vec<_>>().join("x")
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Checks that this data can feed `model` (the error says what the model declares and what
     /// the data gives).
     pub fn check(&self, model: &Graph) -> anyhow::Result<()> {
