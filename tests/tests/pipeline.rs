@@ -113,6 +113,11 @@ fn wait_pipeline(api: &Api, id: &str, timeout: Duration, done: impl Fn(&Value) -
     }
 }
 
+/// Inline SVG elements in a report.
+fn html_charts(html: &str) -> usize {
+    html.matches("<svg").count()
+}
+
 fn ended(v: &Value) -> bool {
     matches!(v["state"].as_str(), Some("done" | "failed" | "cancelled"))
 }
@@ -196,6 +201,22 @@ fn pipeline_scenario(broker: Broker, database_url: Option<String>) {
     let out = s.coord.cli().args(["pipeline", "show", id, "--json"]).output().unwrap();
     let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shown["classes"], r["classes"]);
+    // The table, and the report written from the API by the command line.
+    let out = s.coord.cli().args(["pipeline", "show", id]).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("class rpi4") && table.contains("WINNER"), "{table}");
+    let html = s.coord.data_dir.join("cli-report.html");
+    let out =
+        s.coord.cli().args(["report", "--pipeline", id, "--out"]).arg(&html).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&html).unwrap();
+    assert_eq!(
+        text.matches("<svg").count(),
+        html_charts(&std::fs::read_to_string(report).unwrap())
+    );
+    let out = s.coord.cli().args(["models", "list"]).output().unwrap();
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(list.contains(&format!("prune of {}", s.model)), "lineage in the listing: {list}");
     if let Broker::External(url) = &s.coord.broker {
         let ids: Vec<&str> = s.agents.iter().map(|a| a.device_id.as_str()).collect();
         clear_retained(url, &ids);

@@ -279,3 +279,40 @@ async fn artifacts_need_a_valid_unexpired_capability_for_that_artifact() {
         assert_eq!(call(&d, &s, get(&url)).await.0, StatusCode::FORBIDDEN, "{url}");
     }
 }
+
+#[tokio::test]
+async fn pipelines_need_the_operator_role_to_start_or_cancel_and_bad_requests_create_nothing() {
+    let (d, s) = state().await;
+    let viewer = create_token(&s.db, Role::Viewer, "dashboard", 1).await.unwrap().token;
+    let body = serde_json::json!({
+        "model": "nope", "data": "photos", "devices": ["rpi4"], "min_fidelity": 0.9
+    });
+    let create = || post_json("/api/v1/pipelines", body.clone());
+    assert_eq!(call_with(&s, None, create()).await.0, StatusCode::UNAUTHORIZED);
+    let (status, v) = call_with(&s, Some(&viewer), create()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+    let cancel = || post_json("/api/v1/pipelines/p1/cancel", serde_json::json!({}));
+    assert_eq!(call_with(&s, Some(&viewer), cancel()).await.0, StatusCode::FORBIDDEN);
+    // Viewers read.
+    let (status, v) = call_with(&s, Some(&viewer), get("/api/v1/pipelines")).await;
+    assert_eq!((status, v), (StatusCode::OK, serde_json::json!([])));
+    let (status, _) = call_with(&s, Some(&viewer), get("/api/v1/pipelines/p1")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // The operator reaches the checks: each refusal names what is wrong, and nothing is created.
+    let (status, v) = call(&d, &s, create()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(v["error"].as_str().unwrap().contains("no model `nope`"), "{v}");
+    let mut bad = body.clone();
+    bad["devices"] = serde_json::json!(["toaster"]);
+    let (status, v) = call(&d, &s, post_json("/api/v1/pipelines", bad)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(v["error"].as_str().unwrap().contains("unknown device class `toaster`"), "{v}");
+    let mut bad = body.clone();
+    bad["data"] = serde_json::json!("photos,size=banana");
+    let (status, v) = call(&d, &s, post_json("/api/v1/pipelines", bad)).await;
+    assert!(status.is_client_error(), "{status} {v}");
+    let (status, v) = call(&d, &s, cancel()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+    assert_eq!(s.db.pipelines(false).await.unwrap().len(), 0);
+}

@@ -266,6 +266,20 @@ fn pct(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{:.2} %", v * 100.0))
 }
 
+/// Settings in one short line: `criterion=magnitude allocation=global sparsity=0.6 round_to=4`.
+fn settings_text(v: &serde_json::Value) -> String {
+    match v.as_object() {
+        Some(map) => map
+            .iter()
+            .map(|(k, v)| {
+                format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        None => v.to_string(),
+    }
+}
+
 /// The per-class table of a result.
 pub(super) fn print_result(r: &PipelineResult) {
     println!(
@@ -318,24 +332,16 @@ pub(super) fn print_result(r: &PipelineResult) {
             );
         }
         println!(
-            "  {:<28} {:<10} {:>9} {:>10} {:>10} {:>10}  status",
-            "candidate", "method", r.quality_metric, "predicted", "p50 ms", "p90 ms"
+            "  {:<28} {:<10} {:<44} {:>9} {:>10} {:>10} {:>10}  status",
+            "candidate", "method", "settings", r.quality_metric, "predicted", "p50 ms", "p90 ms"
         );
         for row in &c.candidates {
             let quality = if r.quality_metric == "accuracy" { row.accuracy } else { row.fidelity };
             println!(
-                "  {:<28} {:<10} {:>9} {:>10} {:>10} {:>10}  {}{}{}",
-                row.id
-                    .rsplit_once('-')
-                    .map_or(row.id.as_str(), |_| row.id.as_str())
-                    .chars()
-                    .rev()
-                    .take(28)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect::<String>(),
+                "  {:<28} {:<10} {:<44} {:>9} {:>10} {:>10} {:>10}  {}{}{}",
+                row.id.strip_prefix(&format!("{}-", r.pipeline)).unwrap_or(&row.id),
                 row.method,
+                settings_text(&row.settings),
                 pct(quality),
                 ms(row.predicted_ms),
                 ms(row.p50_ms),
