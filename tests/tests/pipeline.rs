@@ -400,3 +400,28 @@ fn an_accuracy_budget_on_labelled_data_rejects_candidates_before_any_device_time
         assert!(w["accuracy"].as_f64().unwrap() >= floor, "{class}");
     }
 }
+
+#[test]
+fn a_class_whose_only_agent_dies_is_reported_unmeasured_and_the_rest_goes_on() {
+    let mut s = setup(
+        Broker::Embedded(free_port()),
+        None,
+        &[("e2e-plu-rpi4", "rpi4"), ("e2e-plu-x86", "x86-vm-2core")],
+    );
+    let api = s.coord.api();
+    let mut body = request(&s, &["rpi4", "x86-vm-2core"]);
+    body["id"] = json!("one-class-dies");
+    body["job_timeout_ms"] = json!(5000);
+    let (status, v) = api.post("/api/v1/pipelines", &body).unwrap();
+    assert_eq!(status, 201, "{v}");
+    s.agents[1].kill9();
+    let v = wait_pipeline(&api, "one-class-dies", Duration::from_secs(300), ended);
+    assert_eq!(v["state"], "done", "{v}\n{}", s.coord.log());
+    let classes = v["result"]["classes"].as_array().unwrap();
+    assert_eq!(classes[0]["class"], "rpi4");
+    assert!(classes[0]["winner"]["p50_ms"].as_f64().is_some(), "{}", classes[0]);
+    assert_eq!(classes[1]["class"], "x86-vm-2core");
+    assert_eq!(classes[1]["measurement"], "unmeasured", "{}", classes[1]);
+    assert!(classes[1]["winner"].is_null());
+    assert!(classes[1]["reason"].as_str().unwrap().starts_with("unmeasured"), "{}", classes[1]);
+}
