@@ -193,11 +193,25 @@ fn pipeline_scenario(broker: Broker, database_url: Option<String>) {
         assert!(m["lineage"]["settings"]["sparsity"].as_f64().is_some());
         assert!(m["lineage"]["validation"]["fidelity"].as_f64().is_some(), "{m}");
     }
+    // Compression and measurement never overlapped: every candidate was registered after the
+    // parent's measurements ended and before the first candidate measurement was created.
+    let id = r["pipeline"].as_str().unwrap();
+    let campaign = |suffix: &str| {
+        s.coord
+            .api()
+            .get(&format!("/api/v1/campaigns/{id}-{suffix}"))
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let parent_end = campaign("parent")["finished_at_ms"].as_i64().unwrap();
+    let first_measure = campaign("m1")["created_at_ms"].as_i64().unwrap();
+    for m in &children {
+        let t = m["created_at_ms"].as_i64().unwrap();
+        assert!(parent_end <= t && t <= first_measure, "{parent_end} <= {t} <= {first_measure}");
+    }
     // The report was written, and `pipeline show` gives the same result.
     let report = r["report"].as_str().unwrap();
     let html = std::fs::read_to_string(report).unwrap();
     assert!(html.contains("<svg"));
-    let id = r["pipeline"].as_str().unwrap();
     let out = s.coord.cli().args(["pipeline", "show", id, "--json"]).output().unwrap();
     let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shown["classes"], r["classes"]);

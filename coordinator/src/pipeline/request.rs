@@ -70,7 +70,7 @@ pub struct PipelineRequest {
     #[serde(default)]
     pub min_fidelity: Option<f64>,
     /// Latency budget, ms, of the objective's statistic: the winner is then the most accurate
-    /// model within it. Per class with `class=ms` entries in `latency_budget_by_class`.
+    /// model within it. One budget for every class (a slower class needs a smaller model).
     #[serde(default)]
     pub latency_budget_ms: Option<f64>,
     /// Peak RSS budget, MiB, for every class (each class's own memory applies too).

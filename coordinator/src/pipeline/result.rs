@@ -50,7 +50,7 @@ pub struct Constraints {
     pub max_accuracy_drop: Option<f64>,
     /// Smallest accepted top-1 agreement with the parent, 0..1.
     pub min_fidelity: Option<f64>,
-    /// Latency budget (of the objective's statistic), ms, per class or for all.
+    /// Latency budget (of the objective's statistic), ms.
     pub latency_budget_ms: Option<f64>,
     /// Peak RSS budget, MiB (besides each class's own memory).
     pub memory_budget_mib: Option<f64>,
