@@ -439,3 +439,39 @@ fn a_class_whose_only_agent_dies_is_reported_unmeasured_and_the_rest_goes_on() {
     assert!(classes[1]["winner"].is_null());
     assert!(classes[1]["reason"].as_str().unwrap().starts_with("unmeasured"), "{}", classes[1]);
 }
+
+#[test]
+fn the_engine_commands_take_the_user_s_own_data_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = photo_strips(&dir.path().join("strips"), 24, 48, 192);
+    let model = asset("corpus-ppocr-cls");
+    let out = std::process::Command::new(bin("coordinator"))
+        .args(["eval", "--json", "--model"])
+        .arg(&model)
+        .arg("--reference")
+        .arg(&model)
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["fidelity"]["top1_agreement"], 1.0, "{v}");
+    assert!(v["fidelity"]["examples"].as_u64().unwrap() >= 1, "{v}");
+    let pruned = dir.path().join("pruned.onnx");
+    let out = std::process::Command::new(bin("coordinator"))
+        .args(["prune", "--json", "--criterion", "magnitude", "--sparsity", "0.3"])
+        .args(["--input", "x=1x3x48x192", "--latency-seconds", "0.2", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&pruned)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["params_after"].as_u64() < v["params_before"].as_u64(), "{v}");
+    assert!(v["fidelity"].as_f64().is_some(), "unlabelled tensors: fidelity to the parent: {v}");
+    assert!(pruned.is_file());
+}

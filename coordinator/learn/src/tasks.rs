@@ -80,7 +80,7 @@ pub fn part(name: &str) -> anyhow::Result<Part> {
 /// The JSON result and the human summary of `coordinator eval`.
 pub fn evaluate(a: EvalTask) -> anyhow::Result<(serde_json::Value, String)> {
     let which = part(&a.part)?;
-    let data = EvalData::load(&a.data)?;
+    let data = EvalData::open(&crate::eval::DataSpec::parse(&a.data)?)?;
     let graph = eval::load_model(&a.model)?;
     data.check(&graph).with_context(|| format!("model {}", a.model.display()))?;
     let start = Instant::now();
@@ -173,7 +173,7 @@ fn first_float_output(graph: &Graph) -> Option<String> {
 /// per batch), the reference (for mse and cosine) run by a frozen executor, which takes any
 /// input shape.
 pub fn train(a: TrainTask) -> anyhow::Result<serde_json::Value> {
-    let data = EvalData::load(&a.data)?;
+    let data = EvalData::open(&crate::eval::DataSpec::parse(&a.data)?)?;
     if !data.labelled() {
         bail!("data set `{}` has no labels: train on fashion-mnist, mnist or vader", data.name());
     }

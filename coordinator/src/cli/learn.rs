@@ -71,7 +71,8 @@ pub struct EvalArgs {
     /// `input_ids` and `attention_mask` (int64) for vader.
     #[arg(long)]
     model: PathBuf,
-    /// Data set: fashion-mnist, mnist, vader (labelled) or photos (no labels: needs --reference).
+    /// Data: fashion-mnist, mnist, vader (labelled), photos (no labels: needs --reference), or
+    /// your own (a path with options, e.g. `shots,size=48x192,mean=0.5,std=0.5`; docs/data.md).
     #[arg(long)]
     data: String,
     /// Reference model: report the fidelity of --model against it (top-1 agreement and cosine
@@ -105,7 +106,7 @@ pub struct TrainArgs {
     /// float output) is the logits, or the features for mse and cosine.
     #[arg(long)]
     model: PathBuf,
-    /// Data set: fashion-mnist, mnist or vader.
+    /// Labelled data: fashion-mnist, mnist, vader, or your own (a path; docs/data.md).
     #[arg(long)]
     data: String,
     /// Loss: cross-entropy (against the labels), mse or cosine (against --reference outputs).
@@ -310,7 +311,7 @@ pub async fn run_exec_bench(a: ExecBenchArgs) -> anyhow::Result<i32> {
     let model = a.model.clone();
     let r = blocking(move || -> anyhow::Result<ExecBenchReport> {
         let graph = hone_learn::eval::load_model(&a.model)?;
-        let data = hone_learn::eval::EvalData::load(&a.data)?;
+        let data = hone_learn::eval::EvalData::open(&hone_learn::eval::DataSpec::parse(&a.data)?)?;
         let options = ExecBenchOptions {
             batch_size: a.batch_size,
             iterations: a.iterations,

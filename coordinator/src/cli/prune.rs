@@ -18,7 +18,8 @@ pub struct PruneArgs {
     /// The ONNX model to prune.
     #[arg(long)]
     pub model: PathBuf,
-    /// Data for calibration, fine-tuning and validation: fashion-mnist, mnist, vader or photos.
+    /// Data for calibration, fine-tuning and validation: fashion-mnist, mnist, vader, photos, or
+    /// your own (a path with options; docs/data.md).
     #[arg(long, required_unless_present = "explain")]
     pub data: Option<String>,
     /// Importance family: magnitude, gradient, activation, combined or auto.

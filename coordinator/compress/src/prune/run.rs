@@ -25,7 +25,8 @@ use super::{Analysis, Prepared, analysis_dims, macs, param_count, params_no_embe
 pub struct PruneConfig {
     /// The ONNX model to prune.
     pub model: PathBuf,
-    /// Data for calibration, fine-tuning and validation: fashion-mnist, mnist, vader or photos.
+    /// Data for calibration, fine-tuning and validation: fashion-mnist, mnist, vader, photos, or
+    /// your own (a path with options; docs/data.md).
     pub data: String,
     /// Importance family.
     pub criterion: Criterion,
@@ -269,7 +270,7 @@ pub fn prune(args: PruneConfig) -> anyhow::Result<PruneReport> {
         bail!("give --sparsity S or --target-speedup X");
     }
     let parent = Graph::load(&args.model)?;
-    let data = EvalData::load(&args.data)?;
+    let data = EvalData::open(&hone_learn::eval::DataSpec::parse(&args.data)?)?;
     log(format_args!("analysing {}", args.model.display()));
     let prep = prepare(&parent, &analysis_dims(&parent, 16, &args.inputs))
         .with_context(|| format!("analysing {}", args.model.display()))?;
@@ -428,7 +429,9 @@ pub fn prune(args: PruneConfig) -> anyhow::Result<PruneReport> {
         allocation: ctx.args.allocation,
         sparsity,
         round_to: ctx.round_to,
-        params_before: param_count(&ctx.parent),
+        // Counted on the normalised graph: `Constant` weights are initializers there, as in
+        // the child (a Paddle export keeps every weight in a `Constant`).
+        params_before: param_count(&ctx.prep.graph),
         params_after: param_count(&child),
         macs_before,
         macs_after,
@@ -450,7 +453,7 @@ pub fn prune(args: PruneConfig) -> anyhow::Result<PruneReport> {
         ort_ms_before: ort.as_ref().map(|o| o.0),
         speedup_vs_ort: ort.as_ref().map(|o| o.0 / tc.p50_ms),
         ort_version: ort.map(|o| o.1),
-        params_no_embeddings_before: params_no_embeddings(&ctx.parent),
+        params_no_embeddings_before: params_no_embeddings(&ctx.prep.graph),
         params_no_embeddings_after: params_no_embeddings(&child),
         channels_removed: removed as f64 / total.max(1) as f64,
         timing: (tp, tc),
@@ -528,9 +531,10 @@ impl PruneSession {
         })
     }
 
-    /// The parent, as loaded.
+    /// The parent, normalised (`Constant` nodes as initializers, as in every child), for
+    /// comparing sizes.
     pub fn parent(&self) -> &Graph {
-        &self.ctx.parent
+        &self.ctx.prep.graph
     }
 
     /// Cuts a child: `criterion` (not `auto`: the pipeline compares criteria on devices),

@@ -364,7 +364,8 @@ fn the_command_refuses_bad_input_clearly() {
     assert!(err(a).contains("--sparsity S or --target-speedup X"));
     let mut a = config(&model, &out);
     a.data = "cifar".into();
-    assert!(err(a).contains("unknown data set `cifar`"));
+    let e = err(a);
+    assert!(e.contains("no data at `cifar`: not a built-in data set"), "{e}");
     let mut a = config(&model, &out);
     a.profile = Some("toaster".into());
     assert!(err(a).contains("no device profile `toaster`"));

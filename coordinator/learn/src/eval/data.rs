@@ -138,6 +138,13 @@ impl EvalData {
             DataSource::Builtin(name) => return EvalData::load(name),
             DataSource::Path(p) => p,
         };
+        if !path.exists() {
+            bail!(
+                "no data at `{}`: not a built-in data set ({}) and no such file or folder",
+                path.display(),
+                DATA_NAMES.join(", ")
+            );
+        }
         let format = spec.resolved_format()?.unwrap_or(DataFormat::Images);
         let context = || format!("opening {} ({})", path.display(), format.as_str());
         Ok(match format {
