@@ -332,13 +332,13 @@ pub(super) fn print_result(r: &PipelineResult) {
             );
         }
         println!(
-            "  {:<28} {:<10} {:<44} {:>9} {:>10} {:>10} {:>10}  status",
+            "  {:<28} {:<10} {:<64} {:>9} {:>10} {:>10} {:>10}  status",
             "candidate", "method", "settings", r.quality_metric, "predicted", "p50 ms", "p90 ms"
         );
         for row in &c.candidates {
             let quality = if r.quality_metric == "accuracy" { row.accuracy } else { row.fidelity };
             println!(
-                "  {:<28} {:<10} {:<44} {:>9} {:>10} {:>10} {:>10}  {}{}{}",
+                "  {:<28} {:<10} {:<64} {:>9} {:>10} {:>10} {:>10}  {}{}{}",
                 row.id.strip_prefix(&format!("{}-", r.pipeline)).unwrap_or(&row.id),
                 row.method,
                 settings_text(&row.settings),
