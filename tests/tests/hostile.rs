@@ -222,3 +222,25 @@ fn the_local_bench_command_reports_garbage_and_truncated_models_as_invalid() {
         assert!(!v["reason"].as_str().unwrap().is_empty());
     }
 }
+
+#[test]
+fn a_reader_that_stops_early_ends_a_command_quietly() {
+    // `(sleep; cmd) | true`: the reader has gone before the command writes, so every write to
+    // stdout fails with a broken pipe.
+    for bin_name in ["edge-agent", "coordinator"] {
+        let args = if bin_name == "edge-agent" { "profiles --json" } else { "--help" };
+        let dir = tempfile::tempdir().unwrap();
+        let err = dir.path().join("stderr");
+        let script = format!(
+            "(sleep 0.3; exec '{}' {args} 2>'{}') | true; exit ${{PIPESTATUS[0]}}",
+            bin(bin_name).display(),
+            err.display()
+        );
+        let status = std::process::Command::new("bash").args(["-c", &script]).status().unwrap();
+        let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+        assert!(!stderr.contains("panicked"), "{bin_name}: {stderr}");
+        if bin_name == "edge-agent" {
+            assert!(status.success(), "{bin_name} {status}: {stderr}");
+        }
+    }
+}

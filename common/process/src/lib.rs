@@ -23,6 +23,7 @@ where
     F: Future<Output = anyhow::Result<i32>>,
 {
     init_tracing(entry.default_filter);
+    quiet_broken_pipe();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = entry.worker_threads {
         builder.worker_threads(n.max(1));
@@ -46,6 +47,25 @@ pub fn exit_code(result: anyhow::Result<i32>) -> i32 {
             1
         }
     }
+}
+
+/// A reader that stops early (`coordinator pipeline show ID | head`) ends the command quietly
+/// with status 0, as other Unix tools do, instead of a panic and a backtrace from `println!`.
+/// (Rust ignores SIGPIPE, so writing to a closed pipe is an error, and `println!` panics on it.)
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
 }
 
 fn init_tracing(default_filter: &str) {
