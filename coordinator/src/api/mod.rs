@@ -126,6 +126,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/pipelines", get(pipelines::list).post(pipelines::create))
         .route("/api/v1/pipelines/{id}", get(pipelines::get))
         .route("/api/v1/pipelines/{id}/cancel", post(pipelines::cancel))
+        .route("/api/v1/pipelines/{id}/report", get(pipelines::report))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
         .merge(open)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })

@@ -177,6 +177,38 @@ pub(super) async fn get(
         .ok_or_else(|| ApiError::NotFound(format!("no pipeline `{id}`")))
 }
 
+/// `GET /api/v1/pipelines/{id}/report`: the HTML report of the result so far, rendered on the
+/// fly (the same file `coordinator report` writes), with a CSP that forbids every fetch.
+pub(super) async fn report(
+    State(s): State<AppState>,
+    axum::extract::Path(id): P,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse as _;
+    let p =
+        s.db.pipeline(&id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no pipeline `{id}`")))?;
+    let view = view(p);
+    let Some(result) = view.result else {
+        return Err(ApiError::Conflict(format!(
+            "pipeline `{id}` has no result yet ({}, {})",
+            view.state, view.stage
+        )));
+    };
+    let html = crate::pipeline::report::render(&result);
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'",
+            ),
+        ],
+        html,
+    )
+        .into_response())
+}
+
 /// `POST /api/v1/pipelines/{id}/cancel`: the pipeline stops at its next step; its queued
 /// measurements are cancelled.
 pub(super) async fn cancel(

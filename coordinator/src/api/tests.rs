@@ -316,3 +316,45 @@ async fn pipelines_need_the_operator_role_to_start_or_cancel_and_bad_requests_cr
     assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
     assert_eq!(s.db.pipelines(false).await.unwrap().len(), 0);
 }
+
+#[tokio::test]
+async fn a_pipeline_report_is_served_as_html_that_fetches_nothing() {
+    let (_d, s) = state().await;
+    let viewer = create_token(&s.db, Role::Viewer, "dashboard", 1).await.unwrap().token;
+    let request = serde_json::json!({"model": "m", "data": "photos", "devices": ["rpi4"]});
+    s.db.create_pipeline("p1", &request, 1).await.unwrap();
+    let (status, v) = call_with(&s, Some(&viewer), get("/api/v1/pipelines/p1/report")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "no result yet: {v}");
+    let result = crate::pipeline::result::PipelineResult {
+        pipeline: "p1".into(),
+        model_name: "<b>net</b>".into(),
+        classes: vec![crate::pipeline::result::ClassResult {
+            class: "rpi4".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let value = serde_json::to_value(&result).unwrap();
+    s.db.update_pipeline("p1", "running", "measure", None, Some(&value), 2).await.unwrap();
+    let req = Request::get("/api/v1/pipelines/p1/report")
+        .header("authorization", format!("Bearer {viewer}"))
+        .body(Body::empty())
+        .unwrap();
+    let resp = app(s.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        resp.headers()["content-security-policy"].to_str().unwrap().contains("default-src 'none'")
+    );
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+    let html = String::from_utf8(bytes.to_vec()).unwrap();
+    assert!(html.contains("rpi4") && html.contains("&lt;b&gt;net&lt;/b&gt;"), "{html}");
+    assert_eq!(
+        call_with(&s, None, get("/api/v1/pipelines/p1/report")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call_with(&s, Some(&viewer), get("/api/v1/pipelines/nope/report")).await.0,
+        StatusCode::NOT_FOUND
+    );
+}
