@@ -475,3 +475,34 @@ fn the_engine_commands_take_the_user_s_own_data_too() {
     assert!(v["fidelity"].as_f64().is_some(), "unlabelled tensors: fidelity to the parent: {v}");
     assert!(pruned.is_file());
 }
+
+#[test]
+fn pipelines_run_one_at_a_time_and_reuse_each_other_s_candidates() {
+    let s = setup(Broker::Embedded(free_port()), None, &[("e2e-pl2-x86", "x86-vm-2core")]);
+    let api = s.coord.api();
+    for id in ["first", "second"] {
+        let mut body = request(&s, &["x86-vm-2core"]);
+        body["id"] = json!(id);
+        body["prune_grid"]["allocations"] = json!(["uniform"]);
+        let (status, v) = api.post("/api/v1/pipelines", &body).unwrap();
+        assert_eq!(status, 201, "{v}");
+    }
+    let first = wait_pipeline(&api, "first", Duration::from_secs(300), ended);
+    let second = wait_pipeline(&api, "second", Duration::from_secs(300), ended);
+    assert_eq!((&first["state"], &second["state"]), (&json!("done"), &json!("done")));
+    let first_end = first["finished_at_ms"].as_i64().unwrap();
+    let second_start =
+        api.get("/api/v1/campaigns/second-parent").unwrap()["created_at_ms"].as_i64().unwrap();
+    assert!(first_end <= second_start, "the second waited: {first_end} <= {second_start}");
+    // Same parent, data, method and settings: the second pipeline reused the first's candidates.
+    let models = |v: &Value| -> Vec<String> {
+        v["result"]["classes"][0]["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["model"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(models(&first), models(&second));
+    assert_eq!(s.coord.log().matches("reusing a candidate made earlier").count(), 2);
+}
