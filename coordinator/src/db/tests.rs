@@ -2,8 +2,8 @@
 //! PostgreSQL when a server answers (PostgreSQL is covered end to end by the e2e suite too).
 
 use super::*;
-use hone_common::bench::{BenchReport, LatencyStats};
 use hone_common::wire::DeviceStatus;
+use testing::report;
 
 async fn db() -> (tempfile::TempDir, Db) {
     let dir = tempfile::tempdir().unwrap();
@@ -24,35 +24,6 @@ fn status(id: &str, online: bool, session: u64) -> DeviceStatus {
         profile: Some("rpi4".into()),
         sent_at_ms: 0,
         fault: None,
-    }
-}
-
-fn report(p50: f64) -> BenchReport {
-    BenchReport {
-        latency: LatencyStats {
-            p50_ms: p50,
-            p90_ms: p50,
-            p99_ms: p50,
-            mean_ms: p50,
-            std_ms: 0.0,
-            min_ms: p50,
-            max_ms: p50,
-        },
-        iterations: 10,
-        warmup: 1,
-        load_ms: 1.0,
-        peak_rss_bytes: 1000,
-        synthetic_inputs: true,
-        inputs: vec![],
-        runtime: "tract".into(),
-        mode: Default::default(),
-        emulation: Default::default(),
-        calibration: None,
-        agent_version: "0".into(),
-        timeline: vec![],
-        throughput: vec![],
-        cold_start_ms: None,
-        readings: Default::default(),
     }
 }
 

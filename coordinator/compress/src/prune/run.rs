@@ -265,37 +265,14 @@ pub fn explain(model: &std::path::Path, inputs: &InputShapes) -> anyhow::Result<
 /// before it appears at `out`.
 pub fn prune(args: PruneConfig) -> anyhow::Result<PruneReport> {
     let started = Instant::now();
-    let round_to = round_to(&args)?;
+    // Settings first: a bad one is refused before the data or the model is read.
+    round_to(&args)?;
     if args.sparsity.is_none() && args.target_speedup.is_none() {
         bail!("give --sparsity S or --target-speedup X");
     }
-    let parent = Graph::load(&args.model)?;
     let data = EvalData::open(&hone_learn::eval::DataSpec::parse(&args.data)?)?;
     log(format_args!("analysing {}", args.model.display()));
-    let prep = prepare(&parent, &analysis_dims(&parent, 16, &args.inputs))
-        .with_context(|| format!("analysing {}", args.model.display()))?;
-    let prunable = prep.analysis.prunable().count();
-    if prunable == 0 {
-        let reasons: Vec<String> =
-            prep.analysis.groups.iter().filter_map(|g| g.blocked.clone()).collect();
-        bail!(
-            "nothing in {} can be pruned safely: {}",
-            args.model.display(),
-            if reasons.is_empty() { "no weight-bearing layer".into() } else { reasons.join("; ") }
-        );
-    }
-    let timing = timing_inputs(&parent, args.seq_len, &args.inputs);
-    let mut ctx = Ctx {
-        calib: Vec::new(),
-        scores: BTreeMap::new(),
-        sensitivity: BTreeMap::new(),
-        timing,
-        round_to,
-        data,
-        prep,
-        parent,
-        args,
-    };
+    let mut ctx = PruneSession::open(args, data)?.ctx;
     let needs_calib = matches!(
         ctx.args.criterion,
         Criterion::Gradient | Criterion::Activation | Criterion::Combined | Criterion::Auto
@@ -513,7 +490,17 @@ impl PruneSession {
         let prep = prepare(&parent, &analysis_dims(&parent, 16, &config.inputs))
             .with_context(|| format!("analysing {}", config.model.display()))?;
         if prep.analysis.prunable().count() == 0 {
-            bail!("nothing in {} can be pruned safely", config.model.display());
+            let reasons: Vec<String> =
+                prep.analysis.groups.iter().filter_map(|g| g.blocked.clone()).collect();
+            bail!(
+                "nothing in {} can be pruned safely: {}",
+                config.model.display(),
+                if reasons.is_empty() {
+                    "no weight-bearing layer".into()
+                } else {
+                    reasons.join("; ")
+                }
+            );
         }
         let timing = timing_inputs(&parent, config.seq_len, &config.inputs);
         Ok(PruneSession {
