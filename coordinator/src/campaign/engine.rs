@@ -1003,19 +1003,7 @@ mod tests {
         assert!(problem.contains(&format!("speaks version {old}")), "{problem}");
 
         // A campaign naming the device queues its job and sends nothing.
-        engine
-            .db
-            .insert_model(&crate::db::ModelRow {
-                id: "m1".into(),
-                name: "m".into(),
-                sha256: "ab".repeat(32),
-                size_bytes: 1,
-                summary: serde_json::json!({}),
-                created_at_ms: 0,
-                lineage: None,
-            })
-            .await
-            .unwrap();
+        add_model(&engine).await;
         let spec = CampaignSpec {
             models: vec!["m1".into()],
             devices: vec!["d1".into()],

@@ -18,7 +18,7 @@
 //! Compression (stage 2) and device measurements (stages 1 and 3) never overlap: on one host,
 //! the coordinator's own work would slow the agents it measures.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,7 +41,7 @@ use super::result::{
 use super::select::{Point, Rules, choose};
 use crate::artifacts::ArtifactStore;
 use crate::campaign::{CampaignSpec, DeviceSelector};
-use crate::db::{CandidateRecord, Db, ModelRow, PipelineRow, ResultRow};
+use crate::db::{CandidateRecord, Db, JobRow, ModelRow, PipelineRow, ResultRow};
 
 /// What the runner needs.
 #[derive(Clone)]
@@ -340,12 +340,8 @@ impl Runner {
         pipeline: &str,
     ) -> anyhow::Result<HashMap<(String, String), ResultRow>> {
         let mut out = HashMap::new();
-        let prefix = format!("{pipeline}-");
-        for c in self.db.campaigns(None).await? {
-            if !c.id.starts_with(&prefix) {
-                continue;
-            }
-            for r in self.db.campaign_results(&c.id).await? {
+        for c in self.campaign_ids(pipeline).await? {
+            for r in self.db.campaign_results(&c).await? {
                 if let Some(class) = r.profile.clone() {
                     out.insert((class, r.model_id.clone()), r);
                 }
@@ -681,50 +677,49 @@ impl Runner {
         Ok(())
     }
 
-    /// Every (class, model) this pipeline sent to a device, whatever came of it.
-    async fn tried(
-        &self,
-        pipeline: &str,
-    ) -> anyhow::Result<std::collections::HashSet<(String, String)>> {
+    /// The ids of this pipeline's campaigns (`{pipeline}-parent`, `{pipeline}-m1`, ...).
+    async fn campaign_ids(&self, pipeline: &str) -> anyhow::Result<Vec<String>> {
         let prefix = format!("{pipeline}-");
+        Ok(self
+            .db
+            .campaigns(None)
+            .await?
+            .into_iter()
+            .map(|c| c.id)
+            .filter(|id| id.starts_with(&prefix))
+            .collect())
+    }
+
+    /// Every job this pipeline sent to a device, keyed by (class, model): the class is the
+    /// profile of the device the job is on now (a moved job stays in its class).
+    async fn jobs(&self, pipeline: &str) -> anyhow::Result<Vec<((String, String), JobRow)>> {
         let devices: HashMap<String, Option<String>> =
             self.db.devices().await?.into_iter().map(|d| (d.id, d.profile)).collect();
-        let mut out = std::collections::HashSet::new();
-        for c in self.db.campaigns(None).await? {
-            if !c.id.starts_with(&prefix) {
-                continue;
-            }
-            for j in self.db.campaign_jobs(&c.id).await? {
+        let mut out = Vec::new();
+        for c in self.campaign_ids(pipeline).await? {
+            for j in self.db.campaign_jobs(&c).await? {
                 if let Some(Some(class)) = devices.get(&j.device_id) {
-                    out.insert((class.clone(), j.model_id.clone()));
+                    out.push(((class.clone(), j.model_id.clone()), j));
                 }
             }
         }
         Ok(out)
     }
 
+    /// Every (class, model) this pipeline sent to a device, whatever came of it.
+    async fn tried(&self, pipeline: &str) -> anyhow::Result<HashSet<(String, String)>> {
+        Ok(self.jobs(pipeline).await?.into_iter().map(|(key, _)| key).collect())
+    }
+
     /// Jobs of this pipeline that ended without a result, by (class, model): their last error.
     async fn attempted(&self, pipeline: &str) -> anyhow::Result<HashMap<(String, String), String>> {
-        let mut out = HashMap::new();
-        let prefix = format!("{pipeline}-");
-        let devices: HashMap<String, Option<String>> =
-            self.db.devices().await?.into_iter().map(|d| (d.id, d.profile)).collect();
-        for c in self.db.campaigns(None).await? {
-            if !c.id.starts_with(&prefix) {
-                continue;
-            }
-            for j in self.db.campaign_jobs(&c.id).await? {
-                if j.state == "failed"
-                    && let Some(Some(class)) = devices.get(&j.device_id)
-                {
-                    out.insert(
-                        (class.clone(), j.model_id.clone()),
-                        j.last_error.unwrap_or_else(|| "failed".into()),
-                    );
-                }
-            }
-        }
-        Ok(out)
+        Ok(self
+            .jobs(pipeline)
+            .await?
+            .into_iter()
+            .filter(|(_, j)| j.state == "failed")
+            .map(|(key, j)| (key, j.last_error.unwrap_or_else(|| "failed".into())))
+            .collect())
     }
 
     /// Refits `class`'s predictor, stores each unmeasured candidate's prediction, and returns
@@ -736,7 +731,7 @@ impl Runner {
         class: &str,
         cands: &[CandidateRecord],
         measured: &HashMap<(String, String), ResultRow>,
-        tried: &std::collections::HashSet<(String, String)>,
+        tried: &HashSet<(String, String)>,
     ) -> anyhow::Result<Option<String>> {
         let stat = d.req.objective;
         let mut points = d.history.get(class).cloned().unwrap_or_default();

@@ -512,14 +512,7 @@ impl EvalData {
                 };
                 let b = t.sentences.batch(idx, &t.tokenizer, max_len, padding);
                 let e = b.encoding;
-                let shape = (e.batch, e.seq_len);
-                let mut inputs = vec![(ids.clone(), Tensor::from_vec(e.input_ids, shape, cpu)?)];
-                if let Some(m) = mask {
-                    inputs.push((m.clone(), Tensor::from_vec(e.attention_mask, shape, cpu)?));
-                }
-                if let Some(ty) = types {
-                    inputs.push((ty.clone(), Tensor::from_vec(e.token_type_ids, shape, cpu)?));
-                }
+                let inputs = token_inputs(e, ids, mask.as_ref(), types.as_ref())?;
                 (inputs, Some(b.labels))
             }
             (EvalData::Texts(t), Feed::Text { ids, mask, types }) => {
@@ -533,14 +526,7 @@ impl EvalData {
                     .collect::<Option<_>>()
                     .ok_or_else(|| anyhow::anyhow!("an example is out of range ({})", t.len()))?;
                 let e = t.tokenizer.encode_batch(&texts, max_len, padding);
-                let shape = (e.batch, e.seq_len);
-                let mut inputs = vec![(ids.clone(), Tensor::from_vec(e.input_ids, shape, cpu)?)];
-                if let Some(m) = mask {
-                    inputs.push((m.clone(), Tensor::from_vec(e.attention_mask, shape, cpu)?));
-                }
-                if let Some(ty) = types {
-                    inputs.push((ty.clone(), Tensor::from_vec(e.token_type_ids, shape, cpu)?));
-                }
+                let inputs = token_inputs(e, ids, mask.as_ref(), types.as_ref())?;
                 let labels = t.labels().map(|l| idx.iter().map(|&i| l[i]).collect());
                 (inputs, labels)
             }
@@ -556,6 +542,24 @@ impl EvalData {
         };
         Ok(EvalBatch { inputs, labels, indices: idx.to_vec() })
     }
+}
+
+/// Token tensors `[batch, seq_len]` named after the model's token inputs.
+fn token_inputs(
+    e: crate::data::Encoding,
+    ids: &str,
+    mask: Option<&String>,
+    types: Option<&String>,
+) -> anyhow::Result<Vec<(String, Tensor)>> {
+    let (cpu, shape) = (&Device::Cpu, (e.batch, e.seq_len));
+    let mut inputs = vec![(ids.to_owned(), Tensor::from_vec(e.input_ids, shape, cpu)?)];
+    if let Some(m) = mask {
+        inputs.push((m.clone(), Tensor::from_vec(e.attention_mask, shape, cpu)?));
+    }
+    if let Some(ty) = types {
+        inputs.push((ty.clone(), Tensor::from_vec(e.token_type_ids, shape, cpu)?));
+    }
+    Ok(inputs)
 }
 
 /// A data set bound to one model's inputs (checked once), from [`EvalData::feeder`].
