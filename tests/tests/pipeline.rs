@@ -218,7 +218,19 @@ fn pipeline_scenario(broker: Broker, database_url: Option<String>) {
     // The table, and the report written from the API by the command line.
     let out = s.coord.cli().args(["pipeline", "show", id]).output().unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.contains("class rpi4") && table.contains("WINNER"), "{table}");
+    assert!(table.contains("class rpi4") && table.contains("winner "), "{table}");
+    // A candidate row is marked WINNER exactly when a candidate (not the parent) won its class.
+    let candidate_won = classes.iter().any(|c| c["winner"]["model"] != c["parent"]["model"]);
+    assert_eq!(table.contains(" WINNER"), candidate_won, "{table}\n{r}");
+    // Every candidate that failed says why, in the JSON and in the table.
+    for c in classes {
+        for cand in c["candidates"].as_array().unwrap() {
+            if cand["status"] == "failed" {
+                let note = cand["note"].as_str().unwrap_or_else(|| panic!("{cand}"));
+                assert!(table.contains(note), "{note}\n{table}");
+            }
+        }
+    }
     let html = s.coord.data_dir.join("cli-report.html");
     let out =
         s.coord.cli().args(["report", "--pipeline", id, "--out"]).arg(&html).output().unwrap();

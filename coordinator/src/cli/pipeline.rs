@@ -350,6 +350,9 @@ pub(super) fn print_result(r: &PipelineResult) {
                 if row.pareto { " pareto" } else { "" },
                 if row.winner { " WINNER" } else { "" },
             );
+            if let (Some(note), "failed" | "unmeasured") = (&row.note, row.status.as_str()) {
+                println!("  {:<28} why: {note}", "");
+            }
         }
     }
 }

@@ -484,6 +484,9 @@ impl Executor {
                                 show_dims(dims)
                             )));
                         }
+                        // `?` (Paddle's exports) and an empty name mark an unknown dimension,
+                        // each its own: they bind nothing across axes or inputs.
+                        Dim::Symbol(s) if s.is_empty() || s == "?" => {}
                         Dim::Symbol(s) => match symbols.get(s.as_str()) {
                             Some(&(v, first)) if v != g => {
                                 return Err(bad(format!(

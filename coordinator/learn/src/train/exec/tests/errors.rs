@@ -106,6 +106,27 @@ fn symbolic_dimensions_must_agree_across_inputs() {
 }
 
 #[test]
+fn anonymous_dimensions_bind_nothing() {
+    // `?` marks each unknown dimension on its own (PaddleOCR's `x: [?, 3, 48, ?]`).
+    let mut b = Builder::new(1, DataType::F32);
+    b.input("a", &[2, 3]).input("b", &[2, 3]);
+    b.node(node("add", "Add", &["a", "b"], &["y"], vec![]));
+    let mut case = b.output("y").build();
+    let input = &mut case.graph.graph_proto_mut().input[0];
+    let Some(tract_onnx::pb::type_proto::Value::TensorType(t)) =
+        input.r#type.as_mut().and_then(|t| t.value.as_mut())
+    else {
+        unreachable!()
+    };
+    for d in &mut t.shape.as_mut().unwrap().dim {
+        d.value = Some(tract_onnx::pb::tensor_shape_proto::dimension::Value::DimParam("?".into()));
+    }
+    let exec = Executor::new(&case.graph).unwrap();
+    let out = exec.forward([("a", zeros(&[2, 3])), ("b", zeros(&[2, 3]))]).unwrap();
+    assert_eq!(out["y"].dims(), [2, 3], "`?` = 2 on axis 0 and `?` = 3 on axis 1");
+}
+
+#[test]
 fn a_node_that_fails_at_run_time_is_named_with_its_op() {
     let mut b = Builder::new(1, DataType::F32);
     b.input("x", &[2, 3]).ints("shape", &[4, -1]);
