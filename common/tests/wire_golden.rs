@@ -17,10 +17,12 @@ use hone_common::bench::{
     BenchMode, BenchReport, BenchSpec, DeviceReadings, Emulation, EmulationStatus, HostCalibration,
     LatencyStats, QuotaCorrection, ReadingSource, ThroughputPoint, TimelinePoint,
 };
+use hone_common::serving::{ServingWindow, TensorStats, TokenStats, WindowLatency};
 use hone_common::shapes::InputShapes;
 use hone_common::wire::{
-    ArtifactRef, CoordinatorStatus, DecodeError, DeviceStatus, FailureKind, JobAccepted,
-    JobCommand, JobResult, Message, Outcome, ResultAck, WIRE_VERSION, decode, encode,
+    ActivateCommand, ActivationOutcome, ActivationReport, ArtifactRef, CoordinatorStatus,
+    DecodeError, DeviceStatus, FailureKind, JobAccepted, JobCommand, JobResult, Message, Outcome,
+    ResultAck, Telemetry, WIRE_VERSION, decode, encode,
 };
 
 fn status() -> Message {
@@ -121,6 +123,7 @@ fn base_report() -> BenchReport {
         throughput: vec![],
         cold_start_ms: None,
         readings: DeviceReadings::default(),
+        served_requests: None,
     }
 }
 
@@ -158,6 +161,7 @@ fn calibration() -> HostCalibration {
 /// run reports), so that no field of the report escapes the golden bytes.
 fn job_result_ok() -> Message {
     job_result(BenchReport {
+        served_requests: Some(42),
         mode: BenchMode::Sustained { seconds: 120 },
         emulation: Emulation {
             profile: Some("rpi4".into()),
@@ -276,6 +280,109 @@ fn coordinator_status() -> Message {
 }
 
 /// Every sample, by the name of its fuzz seed (`fuzz/seeds/decode_envelope/{name}.bin`).
+fn activate() -> Message {
+    Message::Activate(ActivateCommand {
+        command_id: "c2".into(),
+        deployment_id: "d1".into(),
+        model_name: "mnist".into(),
+        artifact: Some(ArtifactRef {
+            artifact_id: "m1".into(),
+            sha256: [9; 32],
+            size: 300,
+            url: "http://c/a".into(),
+            expires_at_ms: 1000,
+        }),
+        probe_rps: 5,
+        runtime: "tract".into(),
+        warmup: 3,
+        symbols: vec![("n".into(), 1)],
+        inputs: "x=1x3".parse().unwrap(),
+        unknown_token_id: Some(100),
+        timeout_ms: 60_000,
+        signature: vec![0xaa],
+    })
+}
+
+fn activate_stop() -> Message {
+    Message::Activate(ActivateCommand {
+        command_id: "c3".into(),
+        deployment_id: "d1".into(),
+        model_name: String::new(),
+        artifact: None,
+        probe_rps: 0,
+        runtime: "tract".into(),
+        warmup: 0,
+        symbols: vec![],
+        inputs: Default::default(),
+        unknown_token_id: None,
+        timeout_ms: 1,
+        signature: vec![],
+    })
+}
+
+fn activation_active() -> Message {
+    Message::ActivationReport(ActivationReport {
+        command_id: "c2".into(),
+        deployment_id: "d1".into(),
+        artifact_id: Some("m1".into()),
+        outcome: ActivationOutcome::Active {
+            load_ms: 2.5,
+            warmup_ms: 0.5,
+            previous: Some("m0".into()),
+        },
+        sent_at_ms: 7,
+    })
+}
+
+fn activation_failed() -> Message {
+    Message::ActivationReport(ActivationReport {
+        command_id: "c2".into(),
+        deployment_id: "d1".into(),
+        artifact_id: None,
+        outcome: ActivationOutcome::Failed {
+            kind: FailureKind::HashMismatch,
+            reason: "x".into(),
+            serving: None,
+        },
+        sent_at_ms: 8,
+    })
+}
+
+fn telemetry() -> Message {
+    Message::Telemetry(Telemetry {
+        device_id: "d".into(),
+        seq: 2,
+        session: 3,
+        artifact_id: Some("m1".into()),
+        deployment_id: Some("d1".into()),
+        window: ServingWindow {
+            window_start_ms: 1000,
+            window_ms: 500,
+            requests: 10,
+            errors: 1,
+            rejected: 2,
+            latency: Some(WindowLatency { p50_ms: 1.0, p90_ms: 2.0, p99_ms: 4.0, max_ms: 8.0 }),
+            rss_bytes: 4096,
+            inputs: vec![TensorStats {
+                name: "x".into(),
+                count: 3,
+                mean: 0.5,
+                std: 0.25,
+                min: 0.0,
+                max: 1.0,
+                quantiles: vec![0.5],
+                tokens: Some(TokenStats { mean_length: 2.0, unknown_rate: 0.125 }),
+            }],
+            outputs: vec![],
+        },
+        temperature_c: Some(50.0),
+        clock_mhz: Some(1500),
+        throttled: true,
+        reading_source: Some(ReadingSource::Modelled),
+        dropped_windows: 4,
+    })
+}
+
 fn all_samples() -> Vec<(&'static str, Message)> {
     vec![
         ("status", status()),
@@ -291,6 +398,11 @@ fn all_samples() -> Vec<(&'static str, Message)> {
         ("job_result_throughput_native", job_result_throughput_native()),
         ("job_result_failed", job_result_failed()),
         ("coordinator_status", coordinator_status()),
+        ("activate", activate()),
+        ("activate_stop", activate_stop()),
+        ("activation_active", activation_active()),
+        ("activation_failed", activation_failed()),
+        ("telemetry", telemetry()),
     ]
 }
 
@@ -311,7 +423,7 @@ fn golden_status() {
     check(
         status(),
         concat!(
-            "03",                // wire version
+            "04",                // wire version
             "00",                // Message::Status
             "07 727069342d3031", // device_id "rpi4-01"
             "01",                // online
@@ -354,7 +466,7 @@ macro_rules! run_job_fields {
 macro_rules! run_job_head {
     () => {
         concat!(
-            "03", // wire version
+            "04", // wire version
             "01", // Message::RunJob
             run_job_fields!(),
         )
@@ -421,20 +533,20 @@ fn golden_run_job_cold() {
 
 #[test]
 fn golden_result_ack() {
-    check(result_ack(), "0302076a6f622d372f32");
+    check(result_ack(), "0402076a6f622d372f32");
 }
 
 #[test]
 fn golden_job_accepted() {
-    check(job_accepted(), "030305636d642d31056a6f622d3702");
+    check(job_accepted(), "040305636d642d31056a6f622d3702");
 }
 
 /// The bytes of [`job_result`] of [`base_report`] up to the report's `mode`, the same for every
 /// `job_result_*` sample but the failed one.
 macro_rules! job_result_head {
-    () => {
+    ($served:literal) => {
         concat!(
-            "03",                                                   // wire version
+            "04",                                                   // wire version
             "04",                                                   // Message::JobResult
             "07 6a6f622d372f32",                                    // result_id
             "05 636d642d31",                                        // command_id
@@ -448,6 +560,7 @@ macro_rules! job_result_head {
             "000000000000e03f",                                     // latency.std_ms
             "000000000000f03f",                                     // latency.min_ms
             "0000000000001040",                                     // latency.max_ms
+            $served,                                                // served_requests
             "64",                                                   // iterations
             "05",                                                   // warmup
             "0000000000002940",                                     // load_ms
@@ -486,7 +599,7 @@ fn golden_job_result_ok() {
     check(
         job_result_ok(),
         concat!(
-            job_result_head!(),
+            job_result_head!("01 2a"),
             "01 78",                    // mode: BenchMode::Sustained { seconds: 120 }
             "01 04 72706934",           // emulation.profile Some("rpi4")
             "01",                       // emulation.status: EmulationStatus::Emulated
@@ -538,7 +651,7 @@ fn golden_job_result_single_none() {
     check(
         job_result_single_none(),
         concat!(
-            job_result_head!(),
+            job_result_head!("00"),
             "00",                   // mode: BenchMode::Single
             "00",                   // emulation.profile None
             "00",                   // emulation.status: EmulationStatus::None
@@ -561,7 +674,7 @@ fn golden_job_result_cold_unthrottled() {
     check(
         job_result_cold_unthrottled(),
         concat!(
-            job_result_head!(),
+            job_result_head!("00"),
             "02",                                       // mode: BenchMode::Cold
             "01 0b 6a6574736f6e2d6e616e6f",             // emulation.profile Some("jetson-nano")
             "02 11 6e6f2063707520636f6e74726f6c6c6572", // emulation.status: Unthrottled { reason }
@@ -589,7 +702,7 @@ fn golden_job_result_throughput_native() {
     check(
         job_result_throughput_native(),
         concat!(
-            job_result_head!(),
+            job_result_head!("00"),
             "03 02 01 04",    // mode: BenchMode::Throughput { batch_sizes: [1, 4] }
             "01 04 72706934", // emulation.profile Some("rpi4")
             "03",             // emulation.status: EmulationStatus::Native
@@ -620,7 +733,7 @@ fn golden_job_result_failed() {
     check(
         job_result_failed(),
         concat!(
-            "03",                              // wire version
+            "04",                              // wire version
             "04",                              // Message::JobResult
             "07 6a6f622d372f33",               // result_id
             "05 636d642d32",                   // command_id
@@ -635,23 +748,138 @@ fn golden_job_result_failed() {
 
 #[test]
 fn golden_coordinator_status() {
-    check(coordinator_status(), "03050005302e312e30fbd095ffbc31");
+    check(coordinator_status(), "04050005302e312e30fbd095ffbc31");
+}
+
+#[test]
+fn golden_activate() {
+    check(
+        activate(),
+        concat!(
+            "04",                                                               // wire version
+            "06",                                                               // Message::Activate
+            "02 6332",                                                          // command_id "c2"
+            "02 6431",       // deployment_id "d1"
+            "05 6d6e697374", // model_name "mnist"
+            "01 02 6d31",    // artifact Some: artifact_id "m1"
+            "0909090909090909090909090909090909090909090909090909090909090909", // sha256
+            "ac02",          //   size 300
+            "0a 687474703a2f2f632f61", //   url
+            "e807",          //   expires_at_ms 1000
+            "05",            // probe_rps
+            "05 7472616374", // runtime "tract"
+            "03",            // warmup
+            "01 01 6e 01",   // symbols [("n", 1)]
+            "01 01 78 02 01 03", // inputs {"x": [1, 3]}
+            "01 c801",       // unknown_token_id Some(100) (zigzag)
+            "e0d403",        // timeout_ms 60000
+            "01 aa",         // signature (last)
+        ),
+    );
+}
+
+#[test]
+fn golden_activate_stop() {
+    check(
+        activate_stop(),
+        concat!(
+            "04 06",         // wire version, Message::Activate
+            "02 6333",       // command_id "c3"
+            "02 6431",       // deployment_id "d1"
+            "00",            // model_name ""
+            "00",            // artifact None: stop serving
+            "00",            // probe_rps
+            "05 7472616374", // runtime
+            "00 00 00 00",   // warmup, symbols [], inputs {}, unknown_token_id None
+            "01",            // timeout_ms
+            "00",            // signature: empty
+        ),
+    );
+}
+
+#[test]
+fn golden_activation_reports() {
+    check(
+        activation_active(),
+        concat!(
+            "04 07",            // wire version, Message::ActivationReport
+            "02 6332",          // command_id
+            "02 6431",          // deployment_id
+            "01 02 6d31",       // artifact_id Some("m1")
+            "00",               // ActivationOutcome::Active
+            "0000000000000440", //   load_ms 2.5
+            "000000000000e03f", //   warmup_ms 0.5
+            "01 02 6d30",       //   previous Some("m0")
+            "07",               // sent_at_ms
+        ),
+    );
+    check(
+        activation_failed(),
+        concat!(
+            "04 07 02 6332 02 6431",
+            "00",    // artifact_id None
+            "01",    // ActivationOutcome::Failed
+            "04",    //   kind: HashMismatch
+            "01 78", //   reason "x"
+            "00",    //   serving None
+            "08",    // sent_at_ms
+        ),
+    );
+}
+
+#[test]
+fn golden_telemetry() {
+    check(
+        telemetry(),
+        concat!(
+            "04 08",               // wire version, Message::Telemetry
+            "01 64",               // device_id "d"
+            "02 03",               // seq, session
+            "01 02 6d31",          // artifact_id Some("m1")
+            "01 02 6431",          // deployment_id Some("d1")
+            "e807 f403",           // window: start 1000, length 500
+            "0a 01 02",            //   requests 10, errors 1, rejected 2
+            "01",                  //   latency Some
+            "000000000000f03f",    //     p50 1.0
+            "0000000000000040",    //     p90 2.0
+            "0000000000001040",    //     p99 4.0
+            "0000000000002040",    //     max 8.0
+            "8020",                //   rss_bytes 4096
+            "01 01 78 03",         //   inputs: 1, name "x", count 3
+            "000000000000e03f",    //     mean 0.5
+            "000000000000d03f",    //     std 0.25
+            "0000000000000000",    //     min 0.0
+            "000000000000f03f",    //     max 1.0
+            "01 0000003f",         //     quantiles [0.5f32]
+            "01",                  //     tokens Some
+            "0000000000000040",    //       mean_length 2.0
+            "000000000000c03f",    //       unknown_rate 0.125
+            "00",                  //   outputs: none
+            "01 0000000000004940", // temperature_c Some(50.0)
+            "01 dc0b",             // clock_mhz Some(1500)
+            "01",                  // throttled
+            "01 00",               // reading_source Some(Modelled)
+            "04",                  // dropped_windows
+        ),
+    );
 }
 
 #[test]
 fn every_encoding_starts_with_the_wire_version() {
-    assert_eq!(WIRE_VERSION, 3, "a new wire version needs new golden tests");
+    assert_eq!(WIRE_VERSION, 4, "a new wire version needs new golden tests");
     for (name, msg) in all_samples() {
         let bytes = encode(&msg).unwrap();
-        assert_eq!(bytes[0], 3, "{name}");
+        assert_eq!(bytes[0], 4, "{name}");
     }
 }
 
 #[test]
 fn older_versions_are_refused_by_number() {
-    // The version-1 and version-2 golden `ResultAck`s: their bodies are still valid, their
+    // The version-1, -2 and -3 golden `ResultAck`s: their bodies are still valid, their
     // versions are not, and the error names the version (the coordinator shows it).
-    for (hex_payload, found) in [("0102076a6f622d372f32", 1), ("0202076a6f622d372f32", 2)] {
+    for (hex_payload, found) in
+        [("0102076a6f622d372f32", 1), ("0202076a6f622d372f32", 2), ("0302076a6f622d372f32", 3)]
+    {
         let old = hex::decode(hex_payload).unwrap();
         assert_eq!(decode(&old), Err(DecodeError::UnsupportedVersion { found }));
     }
@@ -661,7 +889,7 @@ fn older_versions_are_refused_by_number() {
 fn message_variant_indexes_are_pinned() {
     // The byte after the version is the `Message` discriminant (varint, < 128 so one byte).
     let indexes: Vec<u8> = all_samples().iter().map(|(_, m)| encode(m).unwrap()[1]).collect();
-    assert_eq!(indexes, [0, 1, 1, 1, 1, 2, 3, 4, 4, 4, 4, 4, 5]);
+    assert_eq!(indexes, [0, 1, 1, 1, 1, 2, 3, 4, 4, 4, 4, 4, 5, 6, 6, 7, 7, 8]);
 }
 
 /// Index of a mode, by declaration order. Exhaustive on purpose: a new variant must be added
@@ -766,7 +994,7 @@ fn failure_kind_indexes_are_pinned() {
         let bytes = encode(&msg).unwrap();
         // version, Message tag, 3 one-char strings (len + byte), attempt, Outcome tag, kind, reason.
         assert_eq!(bytes.len(), 12);
-        assert_eq!(&bytes[..2], [3, 4]);
+        assert_eq!(&bytes[..2], [4, 4]);
         assert_eq!(bytes[9], 1, "Outcome::Failed tag");
         assert_eq!(bytes[10], index, "{kind:?}");
         assert_eq!(decode(&bytes).unwrap(), msg);

@@ -5,11 +5,12 @@ use hone_common::bench::{
     BenchMode, BenchReport, BenchSpec, DeviceReadings, Emulation, EmulationStatus, HostCalibration,
     LatencyStats, QuotaCorrection, ReadingSource, ThroughputPoint, TimelinePoint,
 };
+use hone_common::serving::{ServingWindow, TensorStats, TokenStats, WindowLatency};
 use hone_common::shapes::InputShapes;
 use hone_common::wire::{
-    ArtifactRef, CoordinatorStatus, DecodeError, DeviceStatus, EncodeError, FailureKind,
-    JobAccepted, JobCommand, JobResult, MAX_MESSAGE_BYTES, Message, Outcome, ResultAck,
-    WIRE_VERSION, decode, encode,
+    ActivateCommand, ActivationOutcome, ActivationReport, ArtifactRef, CoordinatorStatus,
+    DecodeError, DeviceStatus, EncodeError, FailureKind, JobAccepted, JobCommand, JobResult,
+    MAX_MESSAGE_BYTES, Message, Outcome, ResultAck, Telemetry, WIRE_VERSION, decode, encode,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -267,11 +268,12 @@ prop_compose! {
         throughput in prop::collection::vec(throughput_point(), 0..4),
         cold_start_ms in maybe(float()),
         readings in device_readings(),
+        served_requests in maybe(any::<u64>()),
     ) -> BenchReport {
         BenchReport {
             latency, iterations, warmup, load_ms, peak_rss_bytes, synthetic_inputs, inputs,
             runtime, mode, emulation, calibration, agent_version, timeline, throughput,
-            cold_start_ms, readings,
+            cold_start_ms, readings, served_requests,
         }
     }
 }
@@ -295,6 +297,88 @@ prop_compose! {
     }
 }
 
+prop_compose! {
+    fn activate_command()(
+        command_id in text(),
+        deployment_id in text(),
+        model_name in text(),
+        artifact in maybe(artifact_ref()),
+        probe_rps in any::<u32>(),
+        runtime in text(),
+        warmup in any::<u32>(),
+        symbols in prop::collection::vec((text(), any::<u64>()), 0..3),
+        inputs in prop::collection::btree_map(text(), prop::collection::vec(1u64..1_000, 1..5), 0..3),
+        unknown_token_id in maybe(any::<i64>()),
+        timeout_ms in any::<u64>(),
+        signature in prop::collection::vec(any::<u8>(), 0..80),
+    ) -> ActivateCommand {
+        let inputs = InputShapes::new(inputs.into_iter().filter(|(n, _)| !n.trim().is_empty()))
+            .expect("valid shapes");
+        ActivateCommand {
+            command_id, deployment_id, model_name, artifact, probe_rps, runtime, warmup, symbols,
+            inputs, unknown_token_id, timeout_ms, signature,
+        }
+    }
+}
+
+fn activation_outcome() -> BoxedStrategy<ActivationOutcome> {
+    prop_oneof![
+        (float(), float(), maybe(text())).prop_map(|(load_ms, warmup_ms, previous)| {
+            ActivationOutcome::Active { load_ms, warmup_ms, previous }
+        }),
+        (failure_kind(), text(), maybe(text())).prop_map(|(kind, reason, serving)| {
+            ActivationOutcome::Failed { kind, reason, serving }
+        }),
+    ]
+    .boxed()
+}
+
+prop_compose! {
+    fn activation_report()(
+        command_id in text(),
+        deployment_id in text(),
+        artifact_id in maybe(text()),
+        outcome in activation_outcome(),
+        sent_at_ms in any::<u64>(),
+    ) -> ActivationReport {
+        ActivationReport { command_id, deployment_id, artifact_id, outcome, sent_at_ms }
+    }
+}
+
+prop_compose! {
+    fn tensor_stats()(
+        name in text(),
+        count in any::<u64>(),
+        figures in (float(), float(), float(), float()),
+        quantiles in prop::collection::vec(float().prop_map(|f| f as f32), 0..20),
+        tokens in maybe((float(), float()).prop_map(|(mean_length, unknown_rate)| TokenStats { mean_length, unknown_rate })),
+    ) -> TensorStats {
+        let (mean, std, min, max) = figures;
+        TensorStats { name, count, mean, std, min, max, quantiles, tokens }
+    }
+}
+
+prop_compose! {
+    fn telemetry()(
+        ids in (text(), any::<u64>(), any::<u64>(), maybe(text()), maybe(text())),
+        counts in (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
+        latency in maybe((float(), float(), float(), float()).prop_map(|(p50_ms, p90_ms, p99_ms, max_ms)| WindowLatency { p50_ms, p90_ms, p99_ms, max_ms })),
+        inputs in prop::collection::vec(tensor_stats(), 0..3),
+        outputs in prop::collection::vec(tensor_stats(), 0..2),
+        readings in (maybe(float()), maybe(any::<u32>()), any::<bool>(), maybe(prop_oneof![Just(ReadingSource::Modelled), Just(ReadingSource::Sensor)])),
+        dropped_windows in any::<u64>(),
+    ) -> Telemetry {
+        let (device_id, seq, session, artifact_id, deployment_id) = ids;
+        let (window_start_ms, window_ms, requests, errors, rejected, rss_bytes) = counts;
+        let (temperature_c, clock_mhz, throttled, reading_source) = readings;
+        Telemetry {
+            device_id, seq, session, artifact_id, deployment_id,
+            window: ServingWindow { window_start_ms, window_ms, requests, errors, rejected, latency, rss_bytes, inputs, outputs },
+            temperature_c, clock_mhz, throttled, reading_source, dropped_windows,
+        }
+    }
+}
+
 fn message() -> BoxedStrategy<Message> {
     prop_oneof![
         device_status().prop_map(Message::Status),
@@ -307,6 +391,9 @@ fn message() -> BoxedStrategy<Message> {
         (any::<bool>(), text(), any::<u64>()).prop_map(|(online, version, started_at_ms)| {
             Message::CoordinatorStatus(CoordinatorStatus { online, version, started_at_ms })
         }),
+        activate_command().boxed().prop_map(Message::Activate),
+        activation_report().boxed().prop_map(Message::ActivationReport),
+        telemetry().boxed().prop_map(Message::Telemetry),
     ]
     .boxed()
 }
@@ -471,6 +558,9 @@ fn grow(mut msg: Message, n: usize) -> Message {
             Outcome::Failed { reason, .. } => reason.push_str(&filler),
         },
         Message::CoordinatorStatus(c) => c.version.push_str(&filler),
+        Message::Activate(a) => a.signature.extend(filler.as_bytes()),
+        Message::ActivationReport(r) => r.deployment_id.push_str(&filler),
+        Message::Telemetry(t) => t.device_id.push_str(&filler),
     }
     msg
 }

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 use hmac::{Hmac, Mac};
-use hone_common::artifact::signing_bytes;
-use hone_common::wire::JobCommand;
+use hone_common::artifact::{activation_signing_bytes, signing_bytes};
+use hone_common::wire::{ActivateCommand, JobCommand};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -174,6 +174,12 @@ impl Signer {
     pub fn sign_job(&self, mut job: JobCommand) -> JobCommand {
         job.signature = self.key.sign(&signing_bytes(&job)).to_bytes().to_vec();
         job
+    }
+
+    /// The activation command with its signature over every other field.
+    pub fn sign_activation(&self, mut cmd: ActivateCommand) -> ActivateCommand {
+        cmd.signature = self.key.sign(&activation_signing_bytes(&cmd)).to_bytes().to_vec();
+        cmd
     }
 
     /// The HMAC of an artifact capability, keyed by a key derived from the signing key (so one

@@ -39,7 +39,8 @@ pub enum DbError {
     },
 }
 
-type Result<T> = std::result::Result<T, DbError>;
+/// A database result.
+pub type Result<T> = std::result::Result<T, DbError>;
 
 fn q(op: &'static str) -> impl FnOnce(sqlx::Error) -> DbError {
     move |source| DbError::Query { op, source }
@@ -1104,10 +1105,14 @@ fn campaign_from(row: &AnyRow) -> std::result::Result<CampaignRow, sqlx::Error> 
     })
 }
 
+mod deploy;
 mod pipelines;
 #[cfg(test)]
 mod tests;
 
+pub use deploy::{
+    AlertRow, DeploymentDeviceRow, DeploymentRow, DeviceModelRow, SuggestionRow, TelemetryRow,
+};
 pub use pipelines::{CandidateRecord, PipelineRow};
 
 /// Databases for unit tests: SQLite in a temporary folder always, and a fresh PostgreSQL
@@ -1210,6 +1215,7 @@ pub(crate) mod testing {
             throughput: vec![],
             cold_start_ms: None,
             readings: Default::default(),
+            served_requests: None,
         }
     }
 }

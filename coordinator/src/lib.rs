@@ -8,6 +8,8 @@
 //! Module map:
 //! - [`server`]: wiring; [`api`]: HTTP (the only module that knows JSON shapes of the API).
 //! - [`campaign`]: planning (pure) and the [`campaign::engine`] (single writer of job state).
+//! - [`deploy`]: deployments (canary, gate, rollback: [`deploy::rollout`]), serving telemetry,
+//!   monitoring rules, alerts and suggestions ([`deploy::monitor`]).
 //! - [`db`]: the only module that knows sqlx; SQLite by default, PostgreSQL by URL.
 //! - [`mqtt`]: the only module that knows rumqttc; [`broker`]: the embedded rumqttd.
 //! - [`artifacts`]: content-addressed files and the ed25519 signing key.
@@ -25,6 +27,7 @@ pub mod broker;
 pub mod campaign;
 pub mod cli;
 pub mod db;
+pub mod deploy;
 pub mod metrics;
 pub mod models;
 pub mod mqtt;

@@ -45,6 +45,8 @@ pub struct ServeConfig {
     /// The only folder `POST /api/v1/models/register` reads from; `None`: registration by path
     /// is off.
     pub import_dir: Option<PathBuf>,
+    /// Where alerts are POSTed (JSON), if anywhere.
+    pub alert_webhook: Option<String>,
 }
 
 impl ServeConfig {
@@ -58,6 +60,7 @@ impl ServeConfig {
             public_url: None,
             upload_limit: 4 * 1024 * 1024 * 1024,
             import_dir: None,
+            alert_webhook: None,
         }
     }
 }
@@ -73,6 +76,8 @@ pub struct Running {
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     engine: tokio::task::JoinHandle<()>,
     runner: tokio::task::JoinHandle<()>,
+    rollout: tokio::task::JoinHandle<()>,
+    compactor: tokio::task::JoinHandle<()>,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -90,6 +95,8 @@ impl Running {
         // A compression step in progress finishes on its blocking thread; the runner stops
         // after it, and a later start resumes the pipeline.
         let _ = tokio::time::timeout(Duration::from_secs(5), self.runner).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.rollout).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.compactor).await;
         self.state.db.close().await;
     }
 
@@ -156,15 +163,42 @@ pub async fn start(
         }
     });
     let poke = Arc::new(Notify::new());
+    let rollout_wake = Arc::new(Notify::new());
+    let monitor = crate::deploy::monitor::Monitor { webhook: config.alert_webhook.clone() };
     let engine = Engine {
+        db: db.clone(),
+        bus: bus.clone(),
+        signer: signer.clone(),
+        public_url: public_url.clone(),
+        metrics: metrics.clone(),
+        monitor,
+        rollout_wake: rollout_wake.clone(),
+    };
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let engine = tokio::spawn(engine.run(rx, poke.clone(), stop_rx.clone()));
+    let rollout = crate::deploy::rollout::Rollout {
         db: db.clone(),
         bus,
         signer: signer.clone(),
         public_url,
-        metrics: metrics.clone(),
+        wake: rollout_wake.clone(),
     };
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let engine = tokio::spawn(engine.run(rx, poke.clone(), stop_rx.clone()));
+    let rollout = tokio::spawn(rollout.run(stop_rx.clone()));
+    let compactor_db = db.clone();
+    let mut compactor_stop = stop_rx.clone();
+    let compactor = tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = every.tick() => {
+                    if let Err(e) = crate::deploy::monitor::compact(&compactor_db, now_ms() as i64).await {
+                        tracing::warn!(error = %format!("{e:#}"), "telemetry downsampling failed");
+                    }
+                }
+                _ = compactor_stop.changed() => return,
+            }
+        }
+    });
     let pipelines = Arc::new(Notify::new());
     let runner = crate::pipeline::runner::Runner {
         db: db.clone(),
@@ -181,6 +215,7 @@ pub async fn start(
         metrics,
         poke,
         pipelines,
+        rollout: rollout_wake,
         upload_limit: config.upload_limit,
         import_dir,
     };
@@ -194,5 +229,5 @@ pub async fn start(
             .await
     });
     tracing::info!(http = %http_addr, mqtt = %mqtt_url, key = %state.signer.public_hex(), "coordinator ready");
-    Ok(Running { http_addr, mqtt_url, state, server, engine, runner, stop })
+    Ok(Running { http_addr, mqtt_url, state, server, engine, runner, rollout, compactor, stop })
 }

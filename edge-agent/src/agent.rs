@@ -2,15 +2,26 @@
 //! jobs run in their own task and report back through a channel.
 //!
 //! Events handled (a closed set): bus events (connected, message, disconnected), a finished
-//! job, and shutdown. One job runs at a time; a job that arrives while busy is answered with a
-//! `busy` failure, which the coordinator retries later.
+//! job, a fetched or refused activation, a report of the serving supervisor (see
+//! [`crate::deploy`]), and shutdown. One job runs at a time; a job that arrives while busy is
+//! answered with a `busy` failure, which the coordinator retries later. Serving never waits for
+//! a job: both share the device, and a job's report says how many requests were served while
+//! it was measured.
+//!
+//! Telemetry windows are published while the broker is reachable; while it is not, the last
+//! [`TELEMETRY_BUFFER`] windows wait and older ones are dropped and counted in the next window
+//! that goes out (`dropped_windows`).
 
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use anyhow::Context;
 use ed25519_dalek::VerifyingKey;
 use hone_common::topic::{self, CmdKind, EvtKind, Topic};
-use hone_common::wire::{self, FailureKind, JobAccepted, JobCommand, JobResult, Message, Outcome};
+use hone_common::wire::{
+    self, ActivateCommand, ActivationOutcome, ActivationReport, FailureKind, JobAccepted,
+    JobCommand, JobResult, Message, Outcome, Telemetry,
+};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -45,6 +56,45 @@ pub struct Faults {
 
 /// How often a faulty agent retries its disk writes.
 pub const RETRY_EVERY: Duration = Duration::from_secs(5);
+
+/// Telemetry windows kept while the broker is unreachable; older ones are dropped (counted).
+pub const TELEMETRY_BUFFER: usize = 60;
+
+/// Activation reports kept to answer a redelivered command.
+const REPORTS_KEPT: usize = 32;
+
+/// Serving state kept by the agent loop.
+struct ServingState {
+    requests: Option<mpsc::Sender<crate::deploy::Request>>,
+    /// Reports by command id, to answer redeliveries (newest last).
+    reports: VecDeque<(String, Vec<u8>)>,
+    /// Telemetry waiting for the broker.
+    unsent: VecDeque<Vec<u8>>,
+    /// Windows dropped since the last one that went out.
+    dropped: u64,
+    seq: u64,
+    /// Recent windows: (start ms, end ms, requests), to count what a benchmark shared the CPU
+    /// with.
+    recent: VecDeque<(u64, u64, u64)>,
+    /// Job id → Unix ms when it started.
+    job_started: HashMap<String, u64>,
+}
+
+impl ServingState {
+    fn remember(&mut self, command_id: &str, payload: &[u8]) {
+        if self.reports.len() >= REPORTS_KEPT {
+            self.reports.pop_front();
+        }
+        self.reports.push_back((command_id.to_string(), payload.to_vec()));
+    }
+
+    /// Requests served in windows overlapping `[from, to]`; `None` if nothing was served.
+    fn served_between(&self, from: u64, to: u64, serving: bool) -> Option<u64> {
+        serving.then(|| {
+            self.recent.iter().filter(|(s, e, _)| *e >= from && *s <= to).map(|(_, _, n)| n).sum()
+        })
+    }
+}
 
 impl Faults {
     fn record(&mut self, what: &str, e: &dyn std::fmt::Display) {
@@ -127,6 +177,31 @@ pub async fn run(
     info!(device = %config.device_id, session, broker = %format!("{}:{}", config.broker_host, config.broker_port), "agent starting");
 
     let (done_tx, mut done_rx) = mpsc::channel::<JobResult>(4);
+    let (report_tx, mut report_rx) = mpsc::channel::<crate::deploy::Report>(64);
+    let pointers =
+        crate::deploy::Pointers::open(&config.state_dir).context("opening the serving state")?;
+    let mut serving = ServingState {
+        requests: None,
+        reports: VecDeque::new(),
+        unsent: VecDeque::new(),
+        dropped: 0,
+        seq: 0,
+        recent: VecDeque::new(),
+        job_started: HashMap::new(),
+    };
+    if let Some(serve) = &config.serving {
+        let (tx, rx) = mpsc::channel(8);
+        serving.requests = Some(tx);
+        let supervisor = crate::deploy::Supervisor {
+            exe: config.bench_exe.clone(),
+            config: serve.clone(),
+            plan: emulation.0.clone(),
+            cgroups: emulation.1.clone(),
+            pointers: pointers.clone(),
+        };
+        tokio::spawn(supervisor.run(rx, report_tx.clone()));
+    }
+    let mut connected = false;
     let mut busy: Option<String> = None;
     let mut backoff = Duration::from_millis(200);
     let mut rejections = Rejections::default();
@@ -150,6 +225,10 @@ pub async fn run(
             event = bus_loop.next() => match event {
                 BusEvent::Connected { session_present } => {
                     backoff = Duration::from_millis(200);
+                    connected = true;
+                    for payload in std::mem::take(&mut serving.unsent) {
+                        publish(&bus, &topic::evt(&config.device_id, EvtKind::Telemetry), payload, false);
+                    }
                     info!(session_present, "connected to broker");
                     match durable.pending() {
                         Ok(list) => {
@@ -172,19 +251,24 @@ pub async fn run(
                 }
                 BusEvent::Message { topic, payload } => {
                     let was_faulty = faults.is_faulty();
-                    handle_message(&config, &mut durable, &mut faults, &bus, &store, &trusted, &emulation, &done_tx, &mut busy, &mut rejections, &topic, &payload)?;
+                    handle_message(&config, &mut durable, &mut faults, &bus, &store, &trusted, &emulation, &done_tx, &mut busy, &mut rejections, &mut serving, &report_tx, &topic, &payload)?;
                     if faults.is_faulty() && !was_faulty {
                         publish(&bus, &topic::status(&config.device_id), status(true, &faults)?, true);
                     }
                 }
                 BusEvent::Disconnected(reason) => {
+                    connected = false;
                     warn!(%reason, retry_in_ms = backoff.as_millis() as u64, "broker connection lost");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             },
-            Some(result) = done_rx.recv() => {
+            Some(mut result) = done_rx.recv() => {
                 busy = None;
+                if let Outcome::Ok(report) = &mut result.outcome {
+                    let from = serving.job_started.remove(&result.job_id).unwrap_or(0);
+                    report.served_requests = serving.served_between(from, now_ms(), pointers.active().is_some());
+                }
                 let payload = wire::encode(&Message::JobResult(result.clone()))?;
                 if let Err(e) = durable.put(&result.result_id, &payload) {
                     faults.unsaved.push((result.result_id.clone(), payload.clone()));
@@ -194,6 +278,55 @@ pub async fn run(
                 info!(job = %result.job_id, attempt = result.attempt, ok = matches!(result.outcome, Outcome::Ok(_)), "job finished");
                 publish(&bus, &result_topic, payload, false);
             }
+            Some(report) = report_rx.recv() => match report {
+                crate::deploy::Report::Activation(r) => {
+                    info!(command = %r.command_id, deployment = %r.deployment_id, ok = matches!(r.outcome, ActivationOutcome::Active { .. }), "activation finished");
+                    let payload = wire::encode(&Message::ActivationReport(r.clone()))?;
+                    serving.remember(&r.command_id, &payload);
+                    publish(&bus, &topic::evt(&config.device_id, EvtKind::Activation), payload, false);
+                }
+                crate::deploy::Report::Window { active, window, thermal } => {
+                    let end = window.window_start_ms + window.window_ms;
+                    if serving.recent.len() >= 64 { serving.recent.pop_front(); }
+                    serving.recent.push_back((window.window_start_ms, end, window.requests));
+                    serving.seq += 1;
+                    let sensor = crate::readings::sample(0.0);
+                    let (temperature_c, clock_mhz, throttled, reading_source) = match thermal {
+                        Some(p) => (Some(p.temperature_c), Some(p.clock_mhz), emulation.0.quota_us.is_some_and(|q| p.quota_us < q), Some(hone_common::bench::ReadingSource::Modelled)),
+                        None => (sensor.temperature_c, sensor.cpu_mhz, sensor.throttled, (sensor.temperature_c.is_some() || sensor.cpu_mhz.is_some()).then_some(hone_common::bench::ReadingSource::Sensor)),
+                    };
+                    let telemetry = Telemetry {
+                        device_id: config.device_id.clone(),
+                        seq: serving.seq,
+                        session,
+                        artifact_id: active.as_ref().map(|a| a.artifact_id.clone()),
+                        deployment_id: active.as_ref().map(|a| a.deployment_id.clone()),
+                        window,
+                        temperature_c,
+                        clock_mhz,
+                        throttled,
+                        reading_source,
+                        dropped_windows: serving.dropped,
+                    };
+                    match wire::encode(&Message::Telemetry(telemetry)) {
+                        Ok(payload) if connected => {
+                            serving.dropped = 0;
+                            publish(&bus, &topic::evt(&config.device_id, EvtKind::Telemetry), payload, false);
+                        }
+                        Ok(payload) => {
+                            if serving.unsent.len() >= TELEMETRY_BUFFER {
+                                serving.unsent.pop_front();
+                                serving.dropped += 1;
+                            }
+                            serving.unsent.push_back(payload);
+                        }
+                        Err(e) => {
+                            serving.dropped += 1;
+                            warn!(error = %e, "a telemetry window could not be encoded");
+                        }
+                    }
+                }
+            },
             _ = retry.tick(), if faults.is_faulty() => {
                 if faults.retry(&durable, |p| publish(&bus, &result_topic, p, false)) {
                     publish(&bus, &topic::status(&config.device_id), status(true, &faults)?, true);
@@ -231,6 +364,8 @@ fn handle_message(
     done_tx: &mpsc::Sender<JobResult>,
     busy: &mut Option<String>,
     rejections: &mut Rejections,
+    serving: &mut ServingState,
+    activations: &mpsc::Sender<crate::deploy::Report>,
     topic_name: &str,
     payload: &[u8],
 ) -> anyhow::Result<()> {
@@ -344,6 +479,7 @@ fn handle_message(
                 return Ok(());
             }
             *busy = Some(job.job_id.clone());
+            serving.job_started.insert(job.job_id.clone(), now_ms());
             let accepted = wire::encode(&Message::JobAccepted(JobAccepted {
                 command_id: job.command_id.clone(),
                 job_id: job.job_id.clone(),
@@ -358,11 +494,122 @@ fn handle_message(
                 let _ = tx.send(result).await;
             });
         }
+        (CmdKind::Deploy, Message::Activate(cmd)) => {
+            handle_activate(
+                config,
+                durable,
+                faults,
+                bus,
+                store,
+                trusted,
+                serving,
+                activations,
+                cmd,
+            )?;
+        }
         (kind, other) => {
             rejections.undecodable += 1;
             warn!(?kind, message = ?std::mem::discriminant(&other), "message does not belong on this topic");
         }
     }
+    Ok(())
+}
+
+/// An activation command: verified before anything else, deduplicated by command id (a
+/// redelivery gets the report again), then fetched in its own task and handed to the serving
+/// supervisor.
+#[allow(clippy::too_many_arguments)]
+fn handle_activate(
+    config: &AgentConfig,
+    durable: &mut Durable,
+    faults: &mut Faults,
+    bus: &BusHandle,
+    store: &ModelStore,
+    trusted: &VerifyingKey,
+    serving: &mut ServingState,
+    activations: &mpsc::Sender<crate::deploy::Report>,
+    cmd: ActivateCommand,
+) -> anyhow::Result<()> {
+    let evt = topic::evt(&config.device_id, EvtKind::Activation);
+    let refuse = |cmd: &ActivateCommand, kind: FailureKind, reason: String| -> anyhow::Result<()> {
+        let report = ActivationReport {
+            command_id: cmd.command_id.clone(),
+            deployment_id: cmd.deployment_id.clone(),
+            artifact_id: cmd.artifact.as_ref().map(|a| a.artifact_id.clone()),
+            outcome: ActivationOutcome::Failed { kind, reason, serving: None },
+            sent_at_ms: now_ms(),
+        };
+        publish(bus, &evt, wire::encode(&Message::ActivationReport(report))?, false);
+        Ok(())
+    };
+    let cmd = match crate::store::verify_activation(cmd, trusted, now_ms()) {
+        Ok(cmd) => cmd,
+        Err(refused) => {
+            let (cmd, e) = *refused;
+            warn!(command = %cmd.command_id, error = %e, "activation refused");
+            return refuse(&cmd, e.kind(), e.to_string());
+        }
+    };
+    match durable.mark_seen(&cmd.command_id) {
+        Ok(true) => {}
+        Ok(false) => {
+            if let Some((_, payload)) = serving.reports.iter().find(|(id, _)| *id == cmd.command_id)
+            {
+                publish(bus, &evt, payload.clone(), false);
+            }
+            debug!(command = %cmd.command_id, "duplicate activation ignored");
+            return Ok(());
+        }
+        Err(e) => {
+            faults.record("recording a command id", &e);
+            return refuse(
+                &cmd,
+                FailureKind::Busy,
+                format!("agent cannot record the command: {e}"),
+            );
+        }
+    }
+    let Some(requests) = serving.requests.clone() else {
+        return refuse(
+            &cmd,
+            FailureKind::Internal,
+            "serving is off on this agent (started with --no-serve)".into(),
+        );
+    };
+    if cmd.runtime != "tract" {
+        return refuse(
+            &cmd,
+            FailureKind::ModelInvalid,
+            format!("this agent serves with tract, not `{}`", cmd.runtime),
+        );
+    }
+    info!(command = %cmd.command_id, deployment = %cmd.deployment_id, artifact = ?cmd.artifact.as_ref().map(|a| &a.artifact_id), "activation accepted");
+    let (store, reports) = (store.clone(), activations.clone());
+    tokio::spawn(async move {
+        match store.fetch_activation(&cmd).await {
+            Ok(fetched) => {
+                let path = fetched.map(|f| f.path);
+                let _ = requests
+                    .send(crate::deploy::Request::Activate { cmd: Box::new(cmd), path })
+                    .await;
+            }
+            Err(e) => {
+                warn!(command = %cmd.command_id, error = %e, "activation artifact rejected");
+                let report = ActivationReport {
+                    command_id: cmd.command_id.clone(),
+                    deployment_id: cmd.deployment_id.clone(),
+                    artifact_id: cmd.artifact.as_ref().map(|a| a.artifact_id.clone()),
+                    outcome: ActivationOutcome::Failed {
+                        kind: e.kind(),
+                        reason: e.to_string(),
+                        serving: None,
+                    },
+                    sent_at_ms: now_ms(),
+                };
+                let _ = reports.send(crate::deploy::Report::Activation(report)).await;
+            }
+        }
+    });
     Ok(())
 }
 
@@ -574,6 +821,7 @@ mod tests {
             trust_on_first_use: tofu,
             bench_exe: "edge-agent".into(),
             calibration_dir: dir.join("calibration"),
+            serving: None,
         }
     }
 

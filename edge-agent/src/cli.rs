@@ -147,6 +147,30 @@ struct RunArgs {
     /// Host-wide calibration cache and lock, shared by every agent on this host.
     #[arg(long, env = "HONE_CALIBRATION_DIR", default_value_os_t = crate::calibrate::default_dir())]
     calibration_dir: PathBuf,
+    /// Where the deployed model is served to local applications (Open Inference Protocol,
+    /// KServe v2). Port 0 picks a free port, written to `{state-dir}/serving/endpoint`. Beyond
+    /// loopback, --serve-token-file is required.
+    #[arg(long, env = "HONE_SERVE_ADDR", default_value = "127.0.0.1:8500")]
+    serve_addr: String,
+    /// Do not serve: the agent only benchmarks, and refuses deployments.
+    #[arg(long, conflicts_with = "serve_addr")]
+    no_serve: bool,
+    /// File holding the bearer token applications must send to the serving endpoint.
+    #[arg(long, env = "HONE_SERVE_TOKEN_FILE")]
+    serve_token_file: Option<PathBuf>,
+    /// Inferences served at once.
+    #[arg(long, default_value_t = 1)]
+    serve_concurrency: u32,
+    /// Requests that may wait for an inference slot; more are answered 503.
+    #[arg(long, default_value_t = 16)]
+    serve_queue: u32,
+    /// Telemetry window, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    telemetry_window_s: f64,
+    /// Under an emulated profile, serve along the profile's thermal model (as in `sustained`
+    /// benchmarks, sped up by --thermal-time-scale).
+    #[arg(long)]
+    serve_thermal: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -368,7 +392,22 @@ fn run_config(args: RunArgs) -> anyhow::Result<AgentConfig> {
              coordinator URL returns over plain HTTP"
         );
     }
+    if !(args.telemetry_window_s >= 0.1 && args.telemetry_window_s <= 3600.0) {
+        anyhow::bail!("--telemetry-window-s must be between 0.1 and 3600");
+    }
+    if args.serve_concurrency == 0 {
+        anyhow::bail!("--serve-concurrency must be at least 1");
+    }
+    let serving = (!args.no_serve).then(|| crate::deploy::ServingConfig {
+        listen: args.serve_addr.clone(),
+        token_file: args.serve_token_file.clone(),
+        max_concurrency: args.serve_concurrency,
+        max_queue: args.serve_queue,
+        window_ms: (args.telemetry_window_s * 1000.0) as u64,
+        thermal: args.serve_thermal,
+    });
     Ok(AgentConfig {
+        serving,
         device_id,
         broker_host,
         broker_port,

@@ -33,8 +33,11 @@ pub struct AgentConfig {
     pub trust_on_first_use: bool,
     /// Host-wide calibration cache and lock (shared by every agent on this host).
     pub calibration_dir: PathBuf,
-    /// Executable started for each benchmark (`bench-child`); normally the agent itself.
+    /// Executable started for each benchmark (`bench-child`) and for serving
+    /// (`serve-child`); normally the agent itself.
     pub bench_exe: PathBuf,
+    /// How deployed models are served; `None`: not at all (`--no-serve`).
+    pub serving: Option<crate::deploy::ServingConfig>,
 }
 
 /// Parses a hex-encoded ed25519 public key, or `@path` to a file holding one.

@@ -10,7 +10,10 @@
 //! - [`mqtt`]: the only module that knows rumqttc.
 //! - [`store`]: verified, resumable artifact downloads, stored by digest.
 //! - [`outbox`]: durable results, seen commands and the session counter.
-//! - [`bench`]: benchmarks in a child process; [`bench::tract`] is the only tract user.
+//! - [`bench`]: benchmarks in a child process; [`bench::tract`] and `serve::model` are the only
+//!   tract users.
+//! - [`deploy`]: the serving supervisor (activation, durable pointers, restarts);
+//!   [`serve`]: the serving process (KServe v2 over HTTP); [`loadgen`]: a load generator.
 //! - [`host`]: host facts and process memory.
 //! - [`throttle`]: device-profile emulation (cgroup quota, cpuset, memory cap, thermal model);
 //!   [`calibrate`]: host speed; [`readings`]: temperatures and clocks.
@@ -22,9 +25,11 @@ pub mod bench;
 pub mod calibrate;
 pub mod cli;
 pub mod config;
+pub mod deploy;
 pub mod host;
 pub mod mqtt;
 pub mod outbox;
 pub mod readings;
+pub mod serve;
 pub mod store;
 pub mod throttle;

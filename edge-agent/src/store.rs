@@ -12,8 +12,8 @@
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{Signature, VerifyingKey};
-use hone_common::artifact::signing_bytes;
-use hone_common::wire::{FailureKind, JobCommand};
+use hone_common::artifact::{activation_signing_bytes, signing_bytes};
+use hone_common::wire::{ActivateCommand, ArtifactRef, FailureKind, JobCommand};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -114,7 +114,21 @@ impl ModelStore {
     /// Downloads (resuming) and verifies the bytes of a verified job's artifact, and returns the
     /// stored file. Nothing unverified is ever left under `models/`.
     pub async fn fetch_verified(&self, job: &VerifiedJob) -> Result<Fetched, ArtifactError> {
-        let artifact = &job.artifact;
+        self.fetch(&job.artifact).await
+    }
+
+    /// [`Self::fetch_verified`] for a verified activation; `None` when it stops serving.
+    pub async fn fetch_activation(
+        &self,
+        cmd: &VerifiedActivation,
+    ) -> Result<Option<Fetched>, ArtifactError> {
+        match &cmd.artifact {
+            Some(artifact) => self.fetch(artifact).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn fetch(&self, artifact: &ArtifactRef) -> Result<Fetched, ArtifactError> {
         let final_path = self.model_path(&artifact.sha256);
         if final_path.exists() && file_sha256(&final_path).await? == artifact.sha256 {
             return Ok(Fetched { path: final_path, bytes_downloaded: 0, resumed: false });
@@ -261,6 +275,46 @@ fn check_job(job: &JobCommand, trusted: &VerifyingKey, now_ms: u64) -> Result<()
     trusted
         .verify_strict(&signing_bytes(job), &sig)
         .map_err(|_| ArtifactError::BadSignature(job.job_id.clone()))
+}
+
+/// An activation document whose expiry and signature were checked: the only way to fetch a
+/// model for serving.
+#[derive(Debug, Clone)]
+pub struct VerifiedActivation(ActivateCommand);
+
+impl std::ops::Deref for VerifiedActivation {
+    type Target = ActivateCommand;
+
+    fn deref(&self) -> &ActivateCommand {
+        &self.0
+    }
+}
+
+/// [`verify_job`] for an activation ([`hone_common::artifact::activation_signing_bytes`]).
+pub fn verify_activation(
+    cmd: ActivateCommand,
+    trusted: &VerifyingKey,
+    now_ms: u64,
+) -> Result<VerifiedActivation, Box<(ActivateCommand, ArtifactError)>> {
+    let checked = (|| {
+        if let Some(a) = &cmd.artifact
+            && now_ms > a.expires_at_ms
+        {
+            return Err(ArtifactError::Expired { expires_at_ms: a.expires_at_ms, now_ms });
+        }
+        if cmd.signature.is_empty() {
+            return Err(ArtifactError::Unsigned(cmd.command_id.clone()));
+        }
+        let sig = Signature::from_slice(&cmd.signature)
+            .map_err(|_| ArtifactError::BadSignature(cmd.command_id.clone()))?;
+        trusted
+            .verify_strict(&activation_signing_bytes(&cmd), &sig)
+            .map_err(|_| ArtifactError::BadSignature(cmd.command_id.clone()))
+    })();
+    match checked {
+        Ok(()) => Ok(VerifiedActivation(cmd)),
+        Err(e) => Err(Box::new((cmd, e))),
+    }
 }
 
 async fn file_sha256(path: &Path) -> std::io::Result<[u8; 32]> {

@@ -40,6 +40,8 @@ pub struct AppState {
     pub poke: Arc<Notify>,
     /// Wakes the pipeline runner after a pipeline is created or cancelled.
     pub pipelines: Arc<Notify>,
+    /// Wakes the rollout task after a deployment is created or rolled back.
+    pub rollout: Arc<Notify>,
     /// Largest accepted model upload, bytes.
     pub upload_limit: u64,
     /// `POST /api/v1/models/register` accepts only files under this folder (canonical path);

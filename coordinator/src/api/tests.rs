@@ -24,6 +24,7 @@ async fn state() -> (tempfile::TempDir, AppState) {
         metrics: Arc::new(Metrics::default()),
         poke: Arc::new(Notify::new()),
         pipelines: Arc::new(Notify::new()),
+        rollout: Arc::new(Notify::new()),
         upload_limit: 1 << 20,
         import_dir: Some(dir.path().join("import").canonicalize().unwrap()),
     };

@@ -62,6 +62,10 @@ pub struct Engine {
     pub public_url: String,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Telemetry rules, alerts and suggestions.
+    pub monitor: crate::deploy::monitor::Monitor,
+    /// Wakes the rollout task when an activation report arrives.
+    pub rollout_wake: Arc<Notify>,
 }
 
 impl Engine {
@@ -221,6 +225,21 @@ impl Engine {
                 let ack = Message::ResultAck(ResultAck { result_id: result.result_id.clone() });
                 self.bus.publish(&topic::cmd(&device, CmdKind::Ack), &ack, false).await?;
                 self.poke_tick().await;
+            }
+            Message::ActivationReport(report) => {
+                self.db.touch_device(&device, now).await?;
+                if crate::deploy::rollout::record_activation(&self.db, &device, &report, now)
+                    .await?
+                {
+                    self.rollout_wake.notify_one();
+                }
+            }
+            Message::Telemetry(t) => {
+                self.db.touch_device(&device, now).await?;
+                if let Err(e) = self.monitor.ingest(&self.db, &device, &t, now).await {
+                    self.metrics.rejected_malformed.fetch_add(1, Relaxed);
+                    warn!(device = %device, error = %format!("{e:#}"), "telemetry refused");
+                }
             }
             other => {
                 debug!(device = %device, message = ?std::mem::discriminant(&other), "ignored message")
@@ -614,7 +633,16 @@ mod tests {
             crate::mqtt::config("127.0.0.1".into(), 1, "t".into(), Duration::from_secs(5), 0);
         let bus = crate::mqtt::start(config, 0, metrics.clone(), tx);
         let signer = Signer::from_seed([2; 32]);
-        (Engine { db, bus, signer, public_url: "http://c".into(), metrics }, rx)
+        let engine = Engine {
+            db,
+            bus,
+            signer,
+            public_url: "http://c".into(),
+            metrics,
+            monitor: Default::default(),
+            rollout_wake: Arc::new(Notify::new()),
+        };
+        (engine, rx)
     }
 
     /// Runs `scenario` on SQLite, then on PostgreSQL when a server answers.

@@ -116,6 +116,93 @@ pub fn child_main(model: &Path, spec_json: &str, opts: &ChildOptions) -> i32 {
 
 static GROUP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// A child process started under a plan's limits.
+pub struct Limited {
+    /// The process (stdin taken; stdout and stderr as the caller set them up).
+    pub child: tokio::process::Child,
+    /// Its cgroups, if it has any; remove them when the child ends.
+    pub group: Option<Group>,
+    /// The plan, with every limit that could not be applied marked as such.
+    pub plan: Plan,
+}
+
+/// Starts `cmd` (one of this executable's child subcommands, which accept `--wait-go`,
+/// `--rlimit-as` and `--cpus`) under `plan`: cgroups named `hone-{what}-…` with the CPU quota,
+/// cpuset and memory limit, or the process-level fallbacks without the controllers. The child
+/// waits on stdin until it is inside its cgroups, so no work escapes the limits. Benchmarks and
+/// the serving process are started here alike: what is served runs under what was measured.
+pub async fn spawn_limited(
+    mut cmd: tokio::process::Command,
+    what: &str,
+    plan: &Plan,
+    cgroups: &Cgroups,
+) -> std::io::Result<Limited> {
+    let mut plan = plan.clone();
+    let mut group: Option<Group> = None;
+    if plan.status == EmulationStatus::Emulated || plan.memory_limit.is_some() {
+        let name = format!(
+            "hone-{what}-{}-{}",
+            std::process::id(),
+            GROUP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let quota = plan.quota_us.map(|q| (q, plan.period_us));
+        let memory = plan.memory_limit.filter(|_| plan.memory_by_cgroup);
+        match cgroups.create(&name, quota, plan.cpus, memory) {
+            Ok(g) => group = Some(g),
+            Err(e) => {
+                let why = format!("cannot create cgroups: {e}");
+                plan.not_applied(Limit::Cpu, why.clone());
+                if cgroups.cpuset.is_some() && plan.cpus.is_some() {
+                    plan.not_applied(Limit::Cores, why.clone());
+                }
+                if memory.is_some() {
+                    plan.not_applied(Limit::Memory, why);
+                }
+            }
+        }
+    }
+    cmd.arg("--wait-go").stdin(Stdio::piped()).kill_on_drop(true);
+    if let Some(limit) = plan.memory_limit.filter(|_| !plan.memory_by_cgroup) {
+        cmd.arg("--rlimit-as").arg(limit.to_string());
+    }
+    if let Some(n) = plan.cpus.filter(|_| cgroups.cpuset.is_none()) {
+        cmd.arg("--cpus").arg(n.to_string());
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(g) = &group {
+                g.remove();
+            }
+            return Err(e);
+        }
+    };
+    if let Some(g) = &group {
+        let added = match child.id() {
+            Some(pid) => g.add(pid).map_err(|e| e.to_string()),
+            None => Err(format!("the {what} process ended before it was started")),
+        };
+        if let Err(e) = added {
+            let why = format!("cannot move the {what} process into its cgroups: {e}");
+            if g.cpu_dir.is_some() {
+                plan.not_applied(Limit::Cpu, why.clone());
+            }
+            if cgroups.cpuset.is_some() && plan.cpus.is_some() {
+                plan.not_applied(Limit::Cores, why.clone());
+            }
+            if g.memory_dir.is_some() {
+                plan.not_applied(Limit::Memory, why);
+            }
+        }
+    }
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(b"go\n").await;
+        // The serving process keeps reading commands: hand its stdin back.
+        child.stdin = Some(stdin);
+    }
+    Ok(Limited { child, group, plan })
+}
+
 fn unix_ns() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -141,30 +228,6 @@ pub async fn run_in_child(
     cgroups: &Cgroups,
 ) -> Result<BenchReport, (FailureKind, String)> {
     let sustained = matches!(spec.mode, BenchMode::Sustained { .. });
-    let mut plan = plan.clone();
-    let mut group: Option<Group> = None;
-    if plan.status == EmulationStatus::Emulated || plan.memory_limit.is_some() {
-        let name = format!(
-            "hone-bench-{}-{}",
-            std::process::id(),
-            GROUP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let quota = plan.quota_us.map(|q| (q, plan.period_us));
-        let memory = plan.memory_limit.filter(|_| plan.memory_by_cgroup);
-        match cgroups.create(&name, quota, plan.cpus, memory) {
-            Ok(g) => group = Some(g),
-            Err(e) => {
-                let why = format!("cannot create cgroups: {e}");
-                plan.not_applied(Limit::Cpu, why.clone());
-                if cgroups.cpuset.is_some() && plan.cpus.is_some() {
-                    plan.not_applied(Limit::Cores, why.clone());
-                }
-                if memory.is_some() {
-                    plan.not_applied(Limit::Memory, why);
-                }
-            }
-        }
-    }
     let spec_json = serde_json::to_string(spec).expect("spec serialises");
     let mut cmd = tokio::process::Command::new(exe);
     let spawned_at = unix_ns();
@@ -173,51 +236,16 @@ pub async fn run_in_child(
         .arg(model)
         .arg("--spec")
         .arg(&spec_json)
-        .arg("--wait-go")
-        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true);
-    if let Some(limit) = plan.memory_limit.filter(|_| !plan.memory_by_cgroup) {
-        cmd.arg("--rlimit-as").arg(limit.to_string());
-    }
-    if let Some(n) = plan.cpus.filter(|_| cgroups.cpuset.is_none()) {
-        cmd.arg("--cpus").arg(n.to_string());
-    }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            if let Some(g) = &group {
-                g.remove();
-            }
-            return Err((
+        .env("RUST_LOG", "warn");
+    let Limited { child, group, mut plan } =
+        spawn_limited(cmd, "bench", plan, cgroups).await.map_err(|e| {
+            (
                 FailureKind::Internal,
                 format!("cannot start benchmark process {}: {e}", exe.display()),
-            ));
-        }
-    };
-    if let Some(g) = &group {
-        let added = match child.id() {
-            Some(pid) => g.add(pid).map_err(|e| e.to_string()),
-            None => Err("the benchmark process ended before it was started".to_string()),
-        };
-        if let Err(e) = added {
-            let why = format!("cannot move the benchmark into its cgroups: {e}");
-            if g.cpu_dir.is_some() {
-                plan.not_applied(Limit::Cpu, why.clone());
-            }
-            if cgroups.cpuset.is_some() && plan.cpus.is_some() {
-                plan.not_applied(Limit::Cores, why.clone());
-            }
-            if g.memory_dir.is_some() {
-                plan.not_applied(Limit::Memory, why);
-            }
-        }
-    }
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(b"go\n").await;
-    }
+            )
+        })?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sampler =

@@ -11,6 +11,8 @@
 //! - [`photos`]: the scikit-learn wheel's two photographs, decoded in Rust (`zune-jpeg`) and cut
 //!   into 96 fixed crops (32 test, 32 validation, 32 train) for open_nsfw-style models.
 //! - [`accuracy`]: argmax of the first output against the labels.
+//! - [`stats`]: examples as a model's inputs, one at a time, and their statistics (the
+//!   reference for serving drift).
 //! - [`fidelity`]: top-1 agreement and cosine similarity of a model's output rows against a
 //!   reference's, on the same examples (pruned against original, student against teacher).
 //!
@@ -20,6 +22,7 @@
 mod data;
 mod metrics;
 pub mod photos;
+pub mod stats;
 pub mod tract;
 pub mod user;
 
