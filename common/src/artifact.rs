@@ -12,7 +12,7 @@
 use serde::Serialize;
 
 use crate::bench::BenchSpec;
-use crate::wire::{ArtifactRef, JobCommand};
+use crate::wire::{ActivateCommand, ArtifactRef, JobCommand};
 
 /// Domain-separation tag, so a Hone job signature can never be replayed as another message. The
 /// version in the tag is the wire version that introduced this layout.
@@ -47,6 +47,56 @@ pub fn signing_bytes(job: &JobCommand) -> Vec<u8> {
     .expect("postcard encodes these types into memory");
     let mut out = Vec::with_capacity(SIGNING_DOMAIN.len() + 4 + body.len());
     out.extend_from_slice(SIGNING_DOMAIN);
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Domain-separation tag of activation signatures (never valid as a job signature).
+pub const ACTIVATION_SIGNING_DOMAIN: &[u8] = b"hone-activate-v4\0";
+
+/// The fields of an [`ActivateCommand`] that a signature covers, in wire order.
+#[derive(Serialize)]
+struct SignedActivation<'a> {
+    command_id: &'a str,
+    deployment_id: &'a str,
+    model_name: &'a str,
+    artifact: &'a ArtifactRef,
+    runtime: &'a str,
+    warmup: u32,
+    symbols: &'a [(String, u64)],
+    unknown_token_id: Option<i64>,
+    timeout_ms: u64,
+}
+
+/// The bytes signed for an activation, laid out as [`signing_bytes`] with its own domain tag.
+pub fn activation_signing_bytes(cmd: &ActivateCommand) -> Vec<u8> {
+    let ActivateCommand {
+        command_id,
+        deployment_id,
+        model_name,
+        artifact,
+        runtime,
+        warmup,
+        symbols,
+        unknown_token_id,
+        timeout_ms,
+        signature: _,
+    } = cmd;
+    let body = postcard::to_stdvec(&SignedActivation {
+        command_id,
+        deployment_id,
+        model_name,
+        artifact,
+        runtime,
+        warmup: *warmup,
+        symbols,
+        unknown_token_id: *unknown_token_id,
+        timeout_ms: *timeout_ms,
+    })
+    .expect("postcard encodes these types into memory");
+    let mut out = Vec::with_capacity(ACTIVATION_SIGNING_DOMAIN.len() + 4 + body.len());
+    out.extend_from_slice(ACTIVATION_SIGNING_DOMAIN);
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
     out.extend_from_slice(&body);
     out
@@ -114,5 +164,44 @@ mod tests {
         b.command_id = "a".into();
         b.job_id = "bc".into();
         assert_ne!(signing_bytes(&a), signing_bytes(&b));
+    }
+
+    #[test]
+    fn every_activation_field_but_the_signature_is_signed() {
+        let base_cmd = || ActivateCommand {
+            command_id: "c".into(),
+            deployment_id: "d".into(),
+            model_name: "m".into(),
+            artifact: job().artifact,
+            runtime: "tract".into(),
+            warmup: 3,
+            symbols: vec![],
+            unknown_token_id: None,
+            timeout_ms: 1000,
+            signature: vec![],
+        };
+        let base = activation_signing_bytes(&base_cmd());
+        type T = fn(&mut ActivateCommand);
+        let tampered: Vec<(&str, T)> = vec![
+            ("command_id", |c| c.command_id.push('x')),
+            ("deployment_id", |c| c.deployment_id.push('x')),
+            ("model_name", |c| c.model_name.push('x')),
+            ("sha256", |c| c.artifact.sha256[0] ^= 1),
+            ("url", |c| c.artifact.url.push('x')),
+            ("runtime", |c| c.runtime.push('x')),
+            ("warmup", |c| c.warmup += 1),
+            ("symbols", |c| c.symbols.push(("n".into(), 1))),
+            ("unknown_token_id", |c| c.unknown_token_id = Some(100)),
+            ("timeout_ms", |c| c.timeout_ms += 1),
+        ];
+        for (field, tamper) in tampered {
+            let mut c = base_cmd();
+            tamper(&mut c);
+            assert_ne!(activation_signing_bytes(&c), base, "{field} is not covered");
+        }
+        let mut c = base_cmd();
+        c.signature = vec![9];
+        assert_eq!(activation_signing_bytes(&c), base);
+        assert!(!base.starts_with(SIGNING_DOMAIN), "an activation is never a job");
     }
 }

@@ -148,6 +148,10 @@ pub fn coefficient_of_variation(values: &[f64]) -> Option<f64> {
 pub struct BenchReport {
     /// Latency of the measured iterations.
     pub latency: LatencyStats,
+    /// Requests the device served to applications while this was measured (`None`: it was
+    /// not serving). Serving never waits for a benchmark; the benchmark shares the CPU.
+    #[serde(default)]
+    pub served_requests: Option<u64>,
     /// Measured iterations.
     pub iterations: u32,
     /// Warm-up iterations run before measuring.
@@ -386,6 +390,7 @@ mod tests {
     fn report(samples: &[f64]) -> BenchReport {
         BenchReport {
             latency: LatencyStats::from_samples(samples).unwrap(),
+            served_requests: None,
             iterations: samples.len() as u32,
             warmup: 0,
             load_ms: 1.0,

@@ -4,6 +4,7 @@
 //! - [`topic`]: the only place MQTT topic strings are built or parsed.
 //! - [`bench`]: benchmark specifications and latency statistics.
 //! - [`artifact`]: the bytes a job signature covers.
+//! - [`serving`]: serving telemetry windows, tensor statistics and the drift test.
 //! - [`shapes`]: input shapes (`NAME=1x3x48x320`) and how declared shapes become concrete.
 //! - [`bus`]: the MQTT connection settings and packet limits both sides use.
 //! - [`clock`]: the one wall clock (Unix milliseconds).
@@ -15,6 +16,7 @@ pub mod artifact;
 pub mod bench;
 pub mod bus;
 pub mod clock;
+pub mod serving;
 pub mod shapes;
 pub mod topic;
 pub mod wire;

@@ -6,7 +6,7 @@
 //! |---|---|---|---|
 //! | `hone/v1/dev/{device}/status` | agent → all (birth, and Last Will with `online=false`) | 1 | yes |
 //! | `hone/v1/dev/{device}/cmd/{kind}` | coordinator → agent | 1 | no |
-//! | `hone/v1/dev/{device}/evt/{kind}` | agent → coordinator | 1 | no |
+//! | `hone/v1/dev/{device}/evt/{kind}` | agent → coordinator | 1 (`telemetry`: 0) | no |
 //! | `hone/v1/coord/status` | coordinator → all (and its Last Will) | 1 | yes |
 
 use crate::validate_device_id;
@@ -20,6 +20,8 @@ pub enum CmdKind {
     Job,
     /// A result was stored; drop it from the outbox ([`crate::wire::ResultAck`]).
     Ack,
+    /// Serve a model ([`crate::wire::ActivateCommand`]).
+    Deploy,
 }
 
 /// Events sent by a device.
@@ -29,6 +31,11 @@ pub enum EvtKind {
     Accepted,
     /// A job finished (success or failure).
     Result,
+    /// An activation ended ([`crate::wire::ActivationReport`]).
+    Activation,
+    /// A serving window ([`crate::wire::Telemetry`]); QoS 0: a lost window is counted, not
+    /// retried.
+    Telemetry,
 }
 
 impl CmdKind {
@@ -36,6 +43,7 @@ impl CmdKind {
         match self {
             CmdKind::Job => "job",
             CmdKind::Ack => "ack",
+            CmdKind::Deploy => "deploy",
         }
     }
 }
@@ -45,6 +53,8 @@ impl EvtKind {
         match self {
             EvtKind::Accepted => "accepted",
             EvtKind::Result => "result",
+            EvtKind::Activation => "activation",
+            EvtKind::Telemetry => "telemetry",
         }
     }
 }
@@ -115,8 +125,11 @@ pub fn parse(topic: &str) -> Option<Topic> {
         ("status", None) => return Some(Topic::Status { device }),
         ("cmd", Some("job")) => Topic::Cmd { device, kind: CmdKind::Job },
         ("cmd", Some("ack")) => Topic::Cmd { device, kind: CmdKind::Ack },
+        ("cmd", Some("deploy")) => Topic::Cmd { device, kind: CmdKind::Deploy },
         ("evt", Some("accepted")) => Topic::Evt { device, kind: EvtKind::Accepted },
         ("evt", Some("result")) => Topic::Evt { device, kind: EvtKind::Result },
+        ("evt", Some("activation")) => Topic::Evt { device, kind: EvtKind::Activation },
+        ("evt", Some("telemetry")) => Topic::Evt { device, kind: EvtKind::Telemetry },
         _ => return None,
     };
     parts.next().is_none().then_some(parsed)
@@ -130,10 +143,10 @@ mod tests {
     fn built_topics_parse_back() {
         let d = "rpi4-01";
         assert_eq!(parse(&status(d)), Some(Topic::Status { device: d.into() }));
-        for kind in [CmdKind::Job, CmdKind::Ack] {
+        for kind in [CmdKind::Job, CmdKind::Ack, CmdKind::Deploy] {
             assert_eq!(parse(&cmd(d, kind)), Some(Topic::Cmd { device: d.into(), kind }));
         }
-        for kind in [EvtKind::Accepted, EvtKind::Result] {
+        for kind in [EvtKind::Accepted, EvtKind::Result, EvtKind::Activation, EvtKind::Telemetry] {
             assert_eq!(parse(&evt(d, kind)), Some(Topic::Evt { device: d.into(), kind }));
         }
         assert_eq!(parse(COORD_STATUS), Some(Topic::CoordStatus));

@@ -26,7 +26,9 @@ use crate::bench::{BenchReport, BenchSpec};
 /// - 2: benchmark modes, emulation, calibration, timelines and readings in reports.
 /// - 3: the signature covers the whole job document; it moved from [`ArtifactRef`] to the end
 ///   of [`JobCommand`].
-pub const WIRE_VERSION: u16 = 3;
+/// - 4: deployments: [`ActivateCommand`], [`ActivationReport`], [`Telemetry`]; a benchmark
+///   report says how many requests the device served while it was measured.
+pub const WIRE_VERSION: u16 = 4;
 
 /// Largest payload Hone writes or accepts, in bytes (64 KiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -60,6 +62,12 @@ pub enum Message {
     JobResult(JobResult),
     /// Coordinator liveness, retained (and the coordinator's Last Will).
     CoordinatorStatus(CoordinatorStatus),
+    /// Coordinator → agent: serve this model (fetch, verify, load, warm up, switch).
+    Activate(ActivateCommand),
+    /// Agent → coordinator: how an activation ended.
+    ActivationReport(ActivationReport),
+    /// Agent → coordinator: one window of serving.
+    Telemetry(Telemetry),
 }
 
 /// A device's state, as announced by its agent.
@@ -233,6 +241,99 @@ impl FailureKind {
             FailureKind::Oom => "oom",
         }
     }
+}
+
+/// Serve a model: the agent fetches and verifies it exactly like a benchmark artifact, loads
+/// and warms it in its serving process, then switches to it atomically; the model it replaces
+/// stays on disk. A rollback is an activation of the previous artifact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActivateCommand {
+    /// Unique per dispatch; agents ignore a command id they have already seen.
+    pub command_id: String,
+    /// The deployment this activation belongs to.
+    pub deployment_id: String,
+    /// Name the model is served under (`/v2/models/{name}`).
+    pub model_name: String,
+    /// The model's bytes.
+    pub artifact: ArtifactRef,
+    /// Runtime the model was chosen for (`tract`); an agent without it refuses.
+    pub runtime: String,
+    /// Warm-up inferences before the switch.
+    pub warmup: u32,
+    /// Concrete sizes for symbolic input dimensions (as in a benchmark spec).
+    pub symbols: Vec<(String, u64)>,
+    /// Id of the unknown token for token inputs' telemetry, if the model has one.
+    pub unknown_token_id: Option<i64>,
+    /// Upper bound on fetch + load + warm-up, milliseconds.
+    pub timeout_ms: u64,
+    /// Ed25519 signature over [`crate::artifact::activation_signing_bytes`] of every field
+    /// above; empty means unsigned (always rejected). Always the last field.
+    pub signature: Vec<u8>,
+}
+
+/// How an activation ended on an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActivationReport {
+    /// The command.
+    pub command_id: String,
+    /// Its deployment.
+    pub deployment_id: String,
+    /// The artifact it asked for.
+    pub artifact_id: String,
+    /// What happened.
+    pub outcome: ActivationOutcome,
+    /// Unix ms when the agent wrote this report.
+    pub sent_at_ms: u64,
+}
+
+/// The end of an activation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ActivationOutcome {
+    /// The model is being served.
+    Active {
+        /// Load and optimisation time, ms.
+        load_ms: f64,
+        /// Mean warm-up inference time, ms.
+        warmup_ms: f64,
+        /// The artifact it replaced, if any (kept on disk).
+        previous: Option<String>,
+    },
+    /// It is not; the model served before (if any) still is.
+    Failed {
+        /// Category.
+        kind: FailureKind,
+        /// Explanation.
+        reason: String,
+        /// The artifact still served, if any.
+        serving: Option<String>,
+    },
+}
+
+/// One window of an agent's serving, published every window whether or not requests came.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Telemetry {
+    /// The device.
+    pub device_id: String,
+    /// Increments per window within an agent session.
+    pub seq: u64,
+    /// The agent session (as in [`DeviceStatus::session`]).
+    pub session: u64,
+    /// Artifact served during the window, if any.
+    pub artifact_id: Option<String>,
+    /// Deployment that activated it, if any.
+    pub deployment_id: Option<String>,
+    /// The measurements.
+    pub window: crate::serving::ServingWindow,
+    /// Temperature, °C, and where it came from.
+    pub temperature_c: Option<f64>,
+    /// CPU clock, MHz.
+    pub clock_mhz: Option<u32>,
+    /// Whether the device was throttled (emulated quota below the profile's, or a clock cap).
+    pub throttled: bool,
+    /// Origin of the temperature and clock; `None` when there are neither.
+    pub reading_source: Option<crate::bench::ReadingSource>,
+    /// Windows this agent could not deliver before this one (broker unreachable, buffer full).
+    pub dropped_windows: u64,
 }
 
 /// The coordinator's liveness.

@@ -267,11 +267,12 @@ prop_compose! {
         throughput in prop::collection::vec(throughput_point(), 0..4),
         cold_start_ms in maybe(float()),
         readings in device_readings(),
+        served_requests in maybe(any::<u64>()),
     ) -> BenchReport {
         BenchReport {
             latency, iterations, warmup, load_ms, peak_rss_bytes, synthetic_inputs, inputs,
             runtime, mode, emulation, calibration, agent_version, timeline, throughput,
-            cold_start_ms, readings,
+            cold_start_ms, readings, served_requests,
         }
     }
 }

@@ -1210,6 +1210,7 @@ pub(crate) mod testing {
             throughput: vec![],
             cold_start_ms: None,
             readings: Default::default(),
+            served_requests: None,
         }
     }
 }

@@ -208,6 +208,7 @@ pub fn run_benchmark(path: &Path, spec: &BenchSpec) -> Result<ChildResult, Bench
         .ok_or_else(|| BenchFailure::invalid("no finite latency samples"))?;
     let report = BenchReport {
         latency,
+        served_requests: None,
         iterations: samples.len() as u32,
         warmup: spec.warmup,
         load_ms,
