@@ -82,6 +82,9 @@ enum Command {
         #[arg(long)]
         iterations: u32,
     },
+    /// Internal: serve models over HTTP (KServe v2), controlled by JSON lines on stdin.
+    #[command(hide = true)]
+    ServeChild(ServeChildArgs),
     /// Internal: run one benchmark and print its outcome as JSON (used by the agent itself).
     #[command(hide = true)]
     BenchChild {
@@ -96,6 +99,34 @@ enum Command {
         #[arg(long)]
         cpus: Option<u32>,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeChildArgs {
+    /// Address to listen on, IP:PORT (port 0: any free port, reported on stdout).
+    #[arg(long)]
+    listen: String,
+    /// File holding the bearer token clients must send (required off loopback).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Inferences that run at once.
+    #[arg(long, default_value_t = 1)]
+    max_concurrency: usize,
+    /// Requests that may wait for a free slot; more are answered 503.
+    #[arg(long, default_value_t = 16)]
+    max_queue: usize,
+    /// Largest request body, bytes.
+    #[arg(long, default_value_t = 32 << 20)]
+    max_body_bytes: usize,
+    /// Telemetry window, ms.
+    #[arg(long, default_value_t = 10_000)]
+    window_ms: u64,
+    #[arg(long)]
+    wait_go: bool,
+    #[arg(long)]
+    rlimit_as: Option<u64>,
+    #[arg(long)]
+    cpus: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -241,6 +272,21 @@ pub fn main() -> i32 {
             crate::bench::ChildOptions { wait_go: *wait_go, rlimit_as: *rlimit_as, cpus: *cpus };
         return crate::bench::child_main(model, spec, &opts);
     }
+    if let Command::ServeChild(a) = &cli.command {
+        return crate::serve::child_main(&crate::serve::ServeArgs {
+            listen: a.listen.clone(),
+            token_file: a.token_file.clone(),
+            max_concurrency: a.max_concurrency,
+            max_queue: a.max_queue,
+            max_body_bytes: a.max_body_bytes,
+            window_ms: a.window_ms,
+            process: crate::bench::ChildOptions {
+                wait_go: a.wait_go,
+                rlimit_as: a.rlimit_as,
+                cpus: a.cpus,
+            },
+        });
+    }
     if let Command::CalibrateProbe { iterations } = &cli.command {
         return crate::calibrate::probe_main(*iterations);
     }
@@ -342,7 +388,7 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::BenchChild { .. } | Command::CalibrateProbe { .. } => {
+        Command::BenchChild { .. } | Command::CalibrateProbe { .. } | Command::ServeChild(_) => {
             unreachable!("handled before the runtime starts")
         }
     }

@@ -14,6 +14,7 @@
 //! - [`host`]: host facts and process memory.
 //! - [`throttle`]: device-profile emulation (cgroup quota, cpuset, memory cap, thermal model);
 //!   [`calibrate`]: host speed; [`readings`]: temperatures and clocks.
+//! - [`serve`]: the serving process (`serve-child`): KServe v2 over HTTP, one active model.
 //! - [`config`]: validated configuration.
 //! - [`cli`]: the `edge-agent` command line (the binary is a thin wrapper around it).
 
@@ -26,5 +27,6 @@ pub mod host;
 pub mod mqtt;
 pub mod outbox;
 pub mod readings;
+pub mod serve;
 pub mod store;
 pub mod throttle;
