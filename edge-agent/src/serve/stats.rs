@@ -136,3 +136,50 @@ fn accumulate(accs: &mut Vec<(String, StatsAccumulator)>, t: &Tensor, unknown: O
 fn widen<T: Copy + Into<i64>>(v: &[T]) -> Vec<i64> {
     v.iter().map(|x| (*x).into()).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(name: &str, shape: &[usize], values: Values) -> Tensor {
+        Tensor { name: name.into(), shape: shape.to_vec(), values }
+    }
+
+    #[test]
+    fn a_window_counts_summarises_and_starts_afresh() {
+        let mut w = Window::new(1_000);
+        let ids = tensor("ids", &[2, 3], Values::I64(vec![5, 9, 0, 9, 9, 9]));
+        let x = tensor("x", &[1, 2], Values::F32(vec![1.0, 3.0]));
+        let y = tensor("y", &[1], Values::Bool(vec![true]));
+        w.success(4.0, &[ids.clone(), x.clone()], std::slice::from_ref(&y), Some(9));
+        w.success(2.0, &[ids, x], &[y], Some(9));
+        w.error();
+        w.rejected();
+        let s = w.take(3_500, 42);
+        assert_eq!((s.window_start_ms, s.window_ms, s.rss_bytes), (1_000, 2_500, 42));
+        assert_eq!((s.requests, s.errors, s.rejected), (3, 1, 1));
+        assert_eq!(s.latency.map(|l| (l.p50_ms, l.max_ms)), Some((2.0, 4.0)));
+        assert_eq!(s.inputs.len(), 2);
+        let tokens = s.inputs[0].tokens.expect("INT64 input has token statistics");
+        assert!((tokens.mean_length - 2.5).abs() < 1e-9, "{tokens:?}");
+        assert!((tokens.unknown_rate - 0.8).abs() < 1e-9, "{tokens:?}");
+        assert_eq!((s.inputs[1].count, s.inputs[1].mean), (4, 2.0));
+        assert!(s.inputs[1].tokens.is_none());
+        assert_eq!((s.outputs[0].name.as_str(), s.outputs[0].mean), ("y", 1.0));
+        let next = w.take(4_000, 0);
+        assert_eq!((next.window_start_ms, next.requests, next.latency), (3_500, 0, None));
+        assert!(next.inputs.is_empty());
+    }
+
+    #[test]
+    fn at_most_max_tensors_are_summarised_per_side() {
+        let mut w = Window::new(0);
+        let many: Vec<Tensor> = (0..MAX_TENSORS + 5)
+            .map(|i| tensor(&format!("t{i}"), &[1], Values::F32(vec![i as f32])))
+            .collect();
+        w.success(1.0, &many, &many, None);
+        let s = w.take(1, 0);
+        assert_eq!((s.inputs.len(), s.outputs.len()), (MAX_TENSORS, MAX_TENSORS));
+        assert_eq!(s.inputs.last().unwrap().name, format!("t{}", MAX_TENSORS - 1));
+    }
+}
