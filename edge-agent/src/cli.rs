@@ -82,6 +82,9 @@ enum Command {
         #[arg(long)]
         iterations: u32,
     },
+    /// Drive a KServe v2 inference server with open-loop load at fixed rates and report the
+    /// latency percentiles per rate.
+    Loadgen(LoadgenArgs),
     /// Internal: serve models over HTTP (KServe v2), controlled by JSON lines on stdin.
     #[command(hide = true)]
     ServeChild(ServeChildArgs),
@@ -127,6 +130,41 @@ struct ServeChildArgs {
     rlimit_as: Option<u64>,
     #[arg(long)]
     cpus: Option<u32>,
+}
+
+#[derive(Debug, clap::Args)]
+struct LoadgenArgs {
+    /// Server base URL, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    url: String,
+    /// Model name (requests go to /v2/models/NAME/infer; without it to /v1/infer).
+    #[arg(long)]
+    model: Option<String>,
+    /// Target rate, requests per second.
+    #[arg(long, conflicts_with = "rates", required_unless_present = "rates")]
+    rate: Option<f64>,
+    /// Several target rates, run in turn, e.g. 5,10,20.
+    #[arg(long, value_delimiter = ',')]
+    rates: Vec<f64>,
+    /// Seconds per rate.
+    #[arg(long)]
+    duration: f64,
+    /// Requests in flight at most; more scheduled requests are dropped (and counted).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// File holding the bearer token.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// JSON lines, each a full KServe v2 request body, sent round-robin (default: synthetic
+    /// inputs from the model's metadata).
+    #[arg(long)]
+    inputs: Option<PathBuf>,
+    /// Send tensors with the binary-data extension.
+    #[arg(long)]
+    binary: bool,
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -388,10 +426,44 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::Loadgen(args) => loadgen(args).await,
         Command::BenchChild { .. } | Command::CalibrateProbe { .. } | Command::ServeChild(_) => {
             unreachable!("handled before the runtime starts")
         }
     }
+}
+
+async fn loadgen(args: LoadgenArgs) -> anyhow::Result<i32> {
+    if !(args.duration > 0.0 && args.duration.is_finite()) {
+        anyhow::bail!("--duration must be a positive number of seconds");
+    }
+    let token = match &args.token_file {
+        None => None,
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the token file {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+    };
+    let options = crate::loadgen::LoadgenOptions {
+        url: args.url,
+        model: args.model,
+        rates: args.rate.map_or(args.rates, |r| vec![r]),
+        duration: Duration::from_secs_f64(args.duration),
+        concurrency: args.concurrency,
+        token,
+        inputs: args.inputs,
+        binary: args.binary,
+    };
+    let reports = crate::loadgen::run(&options).await?;
+    #[allow(clippy::print_stdout)]
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "rates": reports }))?);
+    } else {
+        print!("{}", crate::loadgen::table(&reports));
+    }
+    Ok(0)
 }
 
 fn run_config(args: RunArgs) -> anyhow::Result<AgentConfig> {

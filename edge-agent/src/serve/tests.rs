@@ -467,3 +467,57 @@ async fn models_are_activated_served_and_swapped_without_dropping_requests() {
     assert_eq!(x_count, 4 * (requests - errors));
     assert!(windows.iter().any(|(_, w)| w.latency.is_some() && w.rss_bytes > 0));
 }
+
+struct Echo;
+
+impl Engine for Echo {
+    fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
+        Ok(echo(inputs))
+    }
+}
+
+#[tokio::test]
+async fn loadgen_sends_every_scheduled_request_and_the_windows_count_them() {
+    let config = ServeConfig { max_concurrency: 2, ..window_config() };
+    let h = Harness::start(config, Some(fake(Echo))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("requests.jsonl");
+    let lines = [x([1.0, 2.0]).to_string(), String::new(), x([3.0, -4.0]).to_string()];
+    std::fs::write(&inputs, lines.join("\n")).unwrap();
+    let mut sent = 0;
+    for (model, binary, file) in
+        [(None, false, None), (Some("fake"), true, None), (None, true, Some(inputs.clone()))]
+    {
+        let options = crate::loadgen::LoadgenOptions {
+            url: h.base.clone(),
+            model: model.map(str::to_string),
+            rates: vec![40.0],
+            duration: Duration::from_millis(500),
+            concurrency: 64,
+            token: None,
+            inputs: file,
+            binary,
+        };
+        let reports = crate::loadgen::run(&options).await.unwrap();
+        let r = &reports[0];
+        assert_eq!(r.requests + r.dropped_by_client, 20, "{r:?}");
+        assert_eq!(r.ok, r.requests, "{r:?}");
+        assert!(r.p50_ms.is_some() && r.errors.is_empty(), "{r:?}");
+        sent += r.requests;
+    }
+    // A model the server does not have.
+    let options = crate::loadgen::LoadgenOptions {
+        url: h.base.clone(),
+        model: Some("other".into()),
+        rates: vec![10.0],
+        duration: Duration::from_millis(200),
+        concurrency: 4,
+        token: None,
+        inputs: Some(inputs),
+        binary: false,
+    };
+    let r = &crate::loadgen::run(&options).await.unwrap()[0];
+    assert_eq!((r.ok, r.errors.get("404")), (0, Some(&2)), "{r:?}");
+    let (requests, errors, _) = totals(&h.stop().await);
+    assert_eq!((requests, errors), (sent + 2, 2));
+}
