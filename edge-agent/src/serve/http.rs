@@ -315,7 +315,7 @@ fn answer(served: &Served, body: &[u8], header_length: Option<&str>) -> Result<A
     let inputs =
         kserve::match_inputs(request.inputs, &served.inputs).map_err(ApiError::bad_request)?;
     let outputs = served.engine.run(&inputs).map_err(|e| {
-        tracing::warn!(artifact = %served.artifact_id, "inference failed: {e}");
+        tracing::debug!(artifact = %served.artifact_id, "inference failed: {e}");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e)
     })?;
     let mut chosen = Vec::with_capacity(selected.len());

@@ -521,3 +521,28 @@ async fn loadgen_sends_every_scheduled_request_and_the_windows_count_them() {
     let (requests, errors, _) = totals(&h.stop().await);
     assert_eq!((requests, errors), (sent + 2, 2));
 }
+
+#[tokio::test]
+async fn a_chunked_body_is_cut_off_at_the_limit() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let config = ServeConfig { max_body_bytes: 4096, ..window_config() };
+    let h = Harness::start(config, Some(fake(Echo))).await;
+    let mut stream =
+        tokio::net::TcpStream::connect(h.base.trim_start_matches("http://")).await.unwrap();
+    let head = "POST /v1/infer HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\
+                Content-Type: application/json\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = format!("3e8\r\n{}\r\n", " ".repeat(1000));
+    // Five chunks go over the limit; the server answers without waiting for the end.
+    for _ in 0..5 {
+        stream.write_all(chunk.as_bytes()).await.unwrap();
+    }
+    let mut response = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut response))
+        .await
+        .expect("an answer before the body ends")
+        .unwrap();
+    let text = String::from_utf8_lossy(&response[..n]);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert_eq!(totals(&h.stop().await), (1, 1, 0));
+}
