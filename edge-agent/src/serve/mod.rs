@@ -1,5 +1,5 @@
 //! The serving process: `edge-agent serve-child`, an HTTP inference server (the Open Inference
-//! Protocol, KServe v2; see [`http`] and [`kserve`]) for at most one active model, controlled by
+//! Protocol, KServe v2; see `http.rs` and [`kserve`]) for at most one active model, controlled by
 //! its parent through JSON lines.
 //!
 //! Like the benchmark child (see [`crate::bench`]), the agent spawns its own executable, puts
