@@ -82,6 +82,12 @@ enum Command {
         #[arg(long)]
         iterations: u32,
     },
+    /// Drive a KServe v2 inference server with open-loop load at fixed rates and report the
+    /// latency percentiles per rate.
+    Loadgen(LoadgenArgs),
+    /// Internal: serve models over HTTP (KServe v2), controlled by JSON lines on stdin.
+    #[command(hide = true)]
+    ServeChild(ServeChildArgs),
     /// Internal: run one benchmark and print its outcome as JSON (used by the agent itself).
     #[command(hide = true)]
     BenchChild {
@@ -96,6 +102,69 @@ enum Command {
         #[arg(long)]
         cpus: Option<u32>,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeChildArgs {
+    /// Address to listen on, IP:PORT (port 0: any free port, reported on stdout).
+    #[arg(long)]
+    listen: String,
+    /// File holding the bearer token clients must send (required off loopback).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Inferences that run at once.
+    #[arg(long, default_value_t = 1)]
+    max_concurrency: usize,
+    /// Requests that may wait for a free slot; more are answered 503.
+    #[arg(long, default_value_t = 16)]
+    max_queue: usize,
+    /// Largest request body, bytes.
+    #[arg(long, default_value_t = 32 << 20)]
+    max_body_bytes: usize,
+    /// Telemetry window, ms.
+    #[arg(long, default_value_t = 10_000)]
+    window_ms: u64,
+    #[arg(long)]
+    wait_go: bool,
+    #[arg(long)]
+    rlimit_as: Option<u64>,
+    #[arg(long)]
+    cpus: Option<u32>,
+}
+
+#[derive(Debug, clap::Args)]
+struct LoadgenArgs {
+    /// Server base URL, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    url: String,
+    /// Model name (requests go to /v2/models/NAME/infer; without it to /v1/infer).
+    #[arg(long)]
+    model: Option<String>,
+    /// Target rate, requests per second.
+    #[arg(long, conflicts_with = "rates", required_unless_present = "rates")]
+    rate: Option<f64>,
+    /// Several target rates, run in turn, e.g. 5,10,20.
+    #[arg(long, value_delimiter = ',')]
+    rates: Vec<f64>,
+    /// Seconds per rate.
+    #[arg(long)]
+    duration: f64,
+    /// Requests in flight at most; more scheduled requests are dropped (and counted).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// File holding the bearer token.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// JSON lines, each a full KServe v2 request body, sent round-robin (default: synthetic
+    /// inputs from the model's metadata).
+    #[arg(long)]
+    inputs: Option<PathBuf>,
+    /// Send tensors with the binary-data extension.
+    #[arg(long)]
+    binary: bool,
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -265,6 +334,21 @@ pub fn main() -> i32 {
             crate::bench::ChildOptions { wait_go: *wait_go, rlimit_as: *rlimit_as, cpus: *cpus };
         return crate::bench::child_main(model, spec, &opts);
     }
+    if let Command::ServeChild(a) = &cli.command {
+        return crate::serve::child_main(&crate::serve::ServeArgs {
+            listen: a.listen.clone(),
+            token_file: a.token_file.clone(),
+            max_concurrency: a.max_concurrency,
+            max_queue: a.max_queue,
+            max_body_bytes: a.max_body_bytes,
+            window_ms: a.window_ms,
+            process: crate::bench::ChildOptions {
+                wait_go: a.wait_go,
+                rlimit_as: a.rlimit_as,
+                cpus: a.cpus,
+            },
+        });
+    }
     if let Command::CalibrateProbe { iterations } = &cli.command {
         return crate::calibrate::probe_main(*iterations);
     }
@@ -366,10 +450,44 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::BenchChild { .. } | Command::CalibrateProbe { .. } => {
+        Command::Loadgen(args) => loadgen(args).await,
+        Command::BenchChild { .. } | Command::CalibrateProbe { .. } | Command::ServeChild(_) => {
             unreachable!("handled before the runtime starts")
         }
     }
+}
+
+async fn loadgen(args: LoadgenArgs) -> anyhow::Result<i32> {
+    if !(args.duration > 0.0 && args.duration.is_finite()) {
+        anyhow::bail!("--duration must be a positive number of seconds");
+    }
+    let token = match &args.token_file {
+        None => None,
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the token file {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+    };
+    let options = crate::loadgen::LoadgenOptions {
+        url: args.url,
+        model: args.model,
+        rates: args.rate.map_or(args.rates, |r| vec![r]),
+        duration: Duration::from_secs_f64(args.duration),
+        concurrency: args.concurrency,
+        token,
+        inputs: args.inputs,
+        binary: args.binary,
+    };
+    let reports = crate::loadgen::run(&options).await?;
+    #[allow(clippy::print_stdout)]
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "rates": reports }))?);
+    } else {
+        print!("{}", crate::loadgen::table(&reports));
+    }
+    Ok(0)
 }
 
 fn run_config(args: RunArgs) -> anyhow::Result<AgentConfig> {

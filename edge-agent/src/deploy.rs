@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::host::now_ms;
-use crate::serve::{ChildCommand, ChildEvent, ServeActivate};
+use crate::serve::{Activate, Command as ChildCommand, Event as ChildEvent};
 use crate::store::VerifiedActivation;
 use crate::throttle::Plan;
 use crate::throttle::cgroup::{Cgroups, Group};
@@ -77,6 +77,9 @@ pub struct ActiveModel {
     pub deployment_id: String,
     /// Symbol sizes.
     pub symbols: Vec<(String, u64)>,
+    /// Shapes of inputs with unnamed dynamic dims.
+    #[serde(default)]
+    pub inputs: hone_common::shapes::InputShapes,
     /// Unknown-token id for telemetry.
     pub unknown_token_id: Option<i64>,
     /// Probe requests per second.
@@ -284,6 +287,7 @@ impl Supervisor {
                         model_name: cmd.model_name.clone(),
                         deployment_id: cmd.deployment_id.clone(),
                         symbols: cmd.symbols.clone(),
+                        inputs: cmd.inputs.clone(),
                         unknown_token_id: cmd.unknown_token_id,
                         probe_rps: cmd.probe_rps,
                         activated_at_ms: 0,
@@ -308,7 +312,7 @@ impl Supervisor {
                     pending = Some(Pending { cmd, model, deadline: Instant::now() + timeout, report: true });
                 }
                 event = next_event(&mut child) => match event {
-                    Some(ChildEvent::Listening { addr }) => {
+                    Some(ChildEvent::Listening { addr, .. }) => {
                         info!(%addr, "serving endpoint listening");
                         let _ = crate::outbox::write_atomic(&self.pointers.endpoint_file(), format!("http://{addr}\n").as_bytes());
                     }
@@ -439,12 +443,13 @@ impl Supervisor {
 }
 
 fn activate_line(id: &str, m: &ActiveModel) -> ChildCommand {
-    ChildCommand::Activate(ServeActivate {
+    ChildCommand::Activate(Activate {
         id: id.to_string(),
         model_path: m.path.clone(),
         name: m.model_name.clone(),
         artifact_id: m.artifact_id.clone(),
         symbols: m.symbols.clone(),
+        inputs: m.inputs.clone(),
         warmup: 3,
         unknown_token_id: m.unknown_token_id,
     })
@@ -508,6 +513,7 @@ mod tests {
             model_name: "m".into(),
             deployment_id: "d".into(),
             symbols: vec![],
+            inputs: Default::default(),
             unknown_token_id: None,
             probe_rps: 0,
             activated_at_ms: 1,

@@ -17,6 +17,8 @@
 //! - [`host`]: host facts and process memory.
 //! - [`throttle`]: device-profile emulation (cgroup quota, cpuset, memory cap, thermal model);
 //!   [`calibrate`]: host speed; [`readings`]: temperatures and clocks.
+//! - [`serve`]: the serving process (`serve-child`): KServe v2 over HTTP, one active model;
+//!   [`loadgen`]: an open-loop load generator for it.
 //! - [`config`]: validated configuration.
 //! - [`cli`]: the `edge-agent` command line (the binary is a thin wrapper around it).
 
@@ -27,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod deploy;
 pub mod host;
+pub mod loadgen;
 pub mod mqtt;
 pub mod outbox;
 pub mod readings;

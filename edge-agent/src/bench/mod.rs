@@ -54,8 +54,8 @@ pub enum ChildOutcome {
     },
 }
 
-/// Options of the `bench-child` subcommand.
-#[derive(Debug, Default)]
+/// Process options shared by the agent's child processes (`bench-child`, `serve-child`).
+#[derive(Debug, Default, Clone)]
 pub struct ChildOptions {
     /// Wait for a line on stdin before starting.
     pub wait_go: bool,
@@ -65,32 +65,51 @@ pub struct ChildOptions {
     pub cpus: Option<u32>,
 }
 
+/// The limits of [`ChildOptions`] that could not be applied, with the system's reason.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct LimitErrors {
+    /// `setrlimit(RLIMIT_AS)` failed: the memory cap was not applied.
+    pub rlimit_error: Option<String>,
+    /// `sched_setaffinity` failed: the cores were not restricted.
+    pub affinity_error: Option<String>,
+}
+
+impl ChildOptions {
+    /// Waits for the go line when asked (so that the parent can move this process into its
+    /// cgroups first), then caps its address space and restricts its cores. Call it before any
+    /// other thread starts: the affinity applies to the calling thread and is inherited.
+    pub fn apply(&self) -> LimitErrors {
+        if self.wait_go {
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+        }
+        let rlimit_error = self.rlimit_as.and_then(|limit| {
+            let lim = rustix::process::Rlimit { current: Some(limit), maximum: Some(limit) };
+            rustix::process::setrlimit(rustix::process::Resource::As, lim)
+                .err()
+                .map(|e| format!("setrlimit(RLIMIT_AS, {limit}): {e}"))
+        });
+        let affinity_error = self.cpus.and_then(|n| {
+            // The first n CPUs this process may run on, not simply 0..n.
+            let allowed = rustix::thread::sched_getaffinity(None).ok();
+            let mut set = rustix::thread::CpuSet::new();
+            let candidates = (0..rustix::thread::CpuSet::MAX_CPU)
+                .filter(|c| allowed.as_ref().is_none_or(|a| a.is_set(*c)))
+                .take(n as usize);
+            for cpu in candidates {
+                set.set(cpu);
+            }
+            rustix::thread::sched_setaffinity(None, &set)
+                .err()
+                .map(|e| format!("sched_setaffinity({n} cpus): {e}"))
+        });
+        LimitErrors { rlimit_error, affinity_error }
+    }
+}
+
 /// Entry point of the `bench-child` subcommand: runs the benchmark and prints the outcome.
 pub fn child_main(model: &Path, spec_json: &str, opts: &ChildOptions) -> i32 {
-    if opts.wait_go {
-        let mut line = String::new();
-        let _ = std::io::stdin().read_line(&mut line);
-    }
-    let rlimit_error = opts.rlimit_as.and_then(|limit| {
-        let lim = rustix::process::Rlimit { current: Some(limit), maximum: Some(limit) };
-        rustix::process::setrlimit(rustix::process::Resource::As, lim)
-            .err()
-            .map(|e| format!("setrlimit(RLIMIT_AS, {limit}): {e}"))
-    });
-    let affinity_error = opts.cpus.and_then(|n| {
-        // The first n CPUs this process may run on, not simply 0..n.
-        let allowed = rustix::thread::sched_getaffinity(None).ok();
-        let mut set = rustix::thread::CpuSet::new();
-        let candidates = (0..rustix::thread::CpuSet::MAX_CPU)
-            .filter(|c| allowed.as_ref().is_none_or(|a| a.is_set(*c)))
-            .take(n as usize);
-        for cpu in candidates {
-            set.set(cpu);
-        }
-        rustix::thread::sched_setaffinity(None, &set)
-            .err()
-            .map(|e| format!("sched_setaffinity({n} cpus): {e}"))
-    });
+    let LimitErrors { rlimit_error, affinity_error } = opts.apply();
     let outcome = match serde_json::from_str::<BenchSpec>(spec_json) {
         Err(e) => {
             ChildOutcome::Failed { kind: FailureKind::Internal, reason: format!("bad spec: {e}") }

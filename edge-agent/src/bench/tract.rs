@@ -27,17 +27,21 @@ pub struct BenchFailure {
 }
 
 impl BenchFailure {
-    fn invalid(reason: impl Into<String>) -> Self {
+    /// A [`FailureKind::ModelInvalid`] failure.
+    pub(crate) fn invalid(reason: impl Into<String>) -> Self {
         BenchFailure { kind: FailureKind::ModelInvalid, reason: reason.into() }
     }
 }
 
 /// One graph input with the concrete shape chosen for the benchmark.
 #[derive(Debug, Clone)]
-struct InputPlan {
-    name: String,
-    datum: DatumType,
-    shape: Vec<usize>,
+pub(crate) struct InputPlan {
+    /// Graph input name.
+    pub(crate) name: String,
+    /// Element type.
+    pub(crate) datum: DatumType,
+    /// Concrete shape.
+    pub(crate) shape: Vec<usize>,
 }
 
 /// What the child measured, with the clocks the parent needs to align its own records.
@@ -58,9 +62,11 @@ fn unix_ns() -> u128 {
         .unwrap_or(0)
 }
 
-type Runnable = std::sync::Arc<TypedSimplePlan>;
+/// An optimised, runnable plan.
+pub(crate) type Runnable = std::sync::Arc<TypedSimplePlan>;
 
-fn load(proto: &pb::ModelProto, plans: &[InputPlan]) -> Result<Runnable, BenchFailure> {
+/// Loads `proto` with the concrete input facts of `plans`, optimises it and plans it.
+pub(crate) fn load(proto: &pb::ModelProto, plans: &[InputPlan]) -> Result<Runnable, BenchFailure> {
     let mut model = tract_onnx::onnx()
         .model_for_proto_model(proto)
         .map_err(|e| BenchFailure::invalid(format!("tract cannot load the model: {e:#}")))?;
@@ -75,7 +81,8 @@ fn load(proto: &pb::ModelProto, plans: &[InputPlan]) -> Result<Runnable, BenchFa
         .map_err(|e| BenchFailure::invalid(format!("tract cannot optimise the model: {e:#}")))
 }
 
-fn inputs_for(plans: &[InputPlan]) -> Result<TVec<TValue>, BenchFailure> {
+/// Synthetic inputs for `plans` (see [`synthetic_tensor`]).
+pub(crate) fn inputs_for(plans: &[InputPlan]) -> Result<TVec<TValue>, BenchFailure> {
     Ok(plans
         .iter()
         .map(synthetic_tensor)
@@ -85,7 +92,8 @@ fn inputs_for(plans: &[InputPlan]) -> Result<TVec<TValue>, BenchFailure> {
         .collect())
 }
 
-fn run_once(runnable: &Runnable, inputs: &TVec<TValue>) -> Result<(), BenchFailure> {
+/// Runs one inference, discarding the outputs.
+pub(crate) fn run_once(runnable: &Runnable, inputs: &TVec<TValue>) -> Result<(), BenchFailure> {
     runnable
         .run(inputs.clone())
         .map(drop)
@@ -289,7 +297,8 @@ fn decode_proto(bytes: &[u8]) -> Result<pb::ModelProto, BenchFailure> {
     Ok(proto)
 }
 
-fn read_proto(path: &Path) -> Result<pb::ModelProto, BenchFailure> {
+/// Reads and decodes a model file (see [`decode_proto`]).
+pub(crate) fn read_proto(path: &Path) -> Result<pb::ModelProto, BenchFailure> {
     decode_proto(&std::fs::read(path).map_err(|e| read_failure(path, e))?)
 }
 
@@ -357,7 +366,7 @@ fn describe(plan: &InputPlan) -> String {
 /// Chooses a concrete datum type and shape for every true graph input (initializers excluded):
 /// the spec's `inputs` and `symbols` first, then the defaults of [`hone_common::shapes::resolve`]
 /// (a named symbol has one value everywhere; an unnamed `-1`/`?` axis defaults only as a batch).
-fn plan_inputs(
+pub(crate) fn plan_inputs(
     proto: &pb::ModelProto,
     spec: &BenchSpec,
     batch: Option<u64>,
@@ -400,7 +409,7 @@ const MAX_INPUT_ELEMENTS: u64 = 512 * 1024 * 1024;
 
 /// Deterministic synthetic data: floats in [0, 1) from a fixed LCG; integers are 1 (a valid
 /// token id and attention-mask value for every text model Hone ships); booleans are `true`.
-fn synthetic_tensor(plan: &InputPlan) -> Result<Tensor, BenchFailure> {
+pub(crate) fn synthetic_tensor(plan: &InputPlan) -> Result<Tensor, BenchFailure> {
     let n: usize = plan.shape.iter().product();
     let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut next = || {
