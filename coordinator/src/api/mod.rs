@@ -5,6 +5,7 @@
 
 pub mod auth;
 mod campaigns;
+mod deployments;
 mod devices;
 mod models;
 mod pipelines;
@@ -23,6 +24,7 @@ use crate::db::Db;
 use crate::metrics::Metrics;
 
 pub use campaigns::{CampaignView, campaign_view};
+pub use deployments::DeploymentView;
 pub use pipelines::PipelineView;
 
 /// Shared state of every handler.
@@ -129,6 +131,14 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/pipelines/{id}", get(pipelines::get))
         .route("/api/v1/pipelines/{id}/cancel", post(pipelines::cancel))
         .route("/api/v1/pipelines/{id}/report", get(pipelines::report))
+        .route("/api/v1/deployments", get(deployments::list).post(deployments::create))
+        .route("/api/v1/deployments/{id}", get(deployments::get))
+        .route("/api/v1/deployments/{id}/rollback", post(deployments::rollback))
+        .route("/api/v1/device-models", get(deployments::device_models))
+        .route("/api/v1/devices/{id}/telemetry", get(deployments::telemetry))
+        .route("/api/v1/alerts", get(deployments::alerts))
+        .route("/api/v1/suggestions", get(deployments::suggestions))
+        .route("/api/v1/suggestions/{id}", get(deployments::suggestion))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
         .merge(open)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
@@ -153,8 +163,10 @@ async fn metrics_json(State(s): State<AppState>) -> Json<serde_json::Value> {
     Json(s.metrics.json())
 }
 
-async fn metrics_prometheus(State(s): State<AppState>) -> impl IntoResponse {
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.prometheus())
+async fn metrics_prometheus(State(s): State<AppState>) -> ApiResult<Response> {
+    let mut text = s.metrics.prometheus();
+    text.push_str(&deployments::prometheus(&s).await?);
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
 /// Extracts a path parameter.
