@@ -313,6 +313,9 @@ impl AgentProc {
             keepalive.to_string(),
             "--trust-key".into(),
             coord.trust_key(),
+            // Many agents share this host: each serves on a port of its own.
+            "--serve-addr".into(),
+            "127.0.0.1:0".into(),
         ];
         let mut args = args;
         args.extend(extra.iter().map(|s| s.to_string()));
