@@ -63,49 +63,9 @@ pub(super) async fn create(
     Ok((status, Json(view(&s, d).await?)))
 }
 
-/// Computes the deployed model's reference statistics in the background (from the request's
-/// reference data, else its pipeline's data), unless the model has some already.
+/// Reference statistics for the deployment's model, in the background.
 pub(crate) fn spawn_reference(s: &AppState, d: &DeploymentRow) {
-    let (db, artifacts, model) = (s.db.clone(), s.artifacts.clone(), d.model_id.clone());
-    let import = s.import_dir.clone();
-    let req: Option<DeployRequest> = serde_json::from_value(d.request.clone()).ok();
-    tokio::spawn(async move {
-        let Some(req) = req else { return };
-        if matches!(db.reference(&model).await, Ok(Some(_))) {
-            return;
-        }
-        let data = match (&req.reference_data, &req.pipeline) {
-            (Some(d), _) => Some(d.clone()),
-            (None, Some(p)) => match db.pipeline(p).await {
-                Ok(Some(p)) => {
-                    serde_json::from_value::<hone_learn::eval::DataSpec>(p.request["data"].clone())
-                        .ok()
-                        .map(|spec| spec.describe())
-                }
-                _ => None,
-            },
-            _ => None,
-        };
-        let Some(mut data) = data else {
-            tracing::info!(%model, "no reference data for drift: the drift rule is off for this model");
-            return;
-        };
-        // A relative path names a file under the import folder.
-        if let (Some(import), Ok(spec)) = (&import, hone_learn::eval::DataSpec::parse(&data))
-            && let hone_learn::eval::DataSource::Path(p) = &spec.source
-            && p.is_relative()
-        {
-            data =
-                data.replacen(&p.display().to_string(), &import.join(p).display().to_string(), 1);
-        }
-        let now = hone_common::clock::now_ms() as i64;
-        match crate::deploy::reference::compute(&db, &artifacts, &model, &data, now).await {
-            Ok(n) => tracing::info!(%model, %data, inputs = n, "reference statistics stored"),
-            Err(e) => {
-                tracing::warn!(%model, %data, error = %format!("{e:#}"), "no reference statistics: the drift rule is off for this model")
-            }
-        }
-    });
+    crate::deploy::reference::spawn(&s.db, &s.artifacts, s.import_dir.clone(), d);
 }
 
 /// `GET /api/v1/deployments`.

@@ -126,6 +126,9 @@ pub(super) async fn create(
     stored.data = spec;
     let now = hone_common::clock::now_ms() as i64;
     let created = s.db.create_pipeline(&id, &serde_json::to_value(&stored)?, now).await?;
+    if created && let Some(suggestion) = &stored.from_suggestion {
+        s.db.set_suggestion_pipeline(suggestion, &id).await?;
+    }
     s.pipelines.notify_one();
     let row =
         s.db.pipeline(&id)

@@ -57,7 +57,7 @@ pub(super) enum Command {
     /// Fold constant and static-shape subgraphs into initializers (no data, no retraining).
     Fold(crate::cli::graph::FoldArgs),
     /// The compression pipeline: candidates measured on the fleet choose the winner per class.
-    Compress(crate::cli::pipeline::CompressArgs),
+    Compress(Box<crate::cli::pipeline::CompressArgs>),
     /// Compression pipelines: show, list, cancel.
     Pipeline {
         #[command(subcommand)]
@@ -65,6 +65,26 @@ pub(super) enum Command {
     },
     /// Write a pipeline's self-contained HTML report.
     Report(crate::cli::pipeline::ReportArgs),
+    /// Deploy a model to devices: a canary under a health gate, then the rest; rolled back
+    /// automatically when the gate fails or a device cannot activate the model.
+    Deploy(crate::cli::deploy::DeployArgs),
+    /// Deployments: list, show, rollback.
+    Deployments {
+        #[command(subcommand)]
+        command: crate::cli::deploy::DeploymentsCmd,
+    },
+    /// Monitoring alerts (latency budget, errors, throttling, memory, drift).
+    Alerts {
+        #[command(subcommand)]
+        command: crate::cli::deploy::AlertsCmd,
+    },
+    /// Re-compression suggestions written when an alert fires.
+    Suggestions {
+        #[command(subcommand)]
+        command: crate::cli::deploy::SuggestionsCmd,
+    },
+    /// A device's serving telemetry (requests, errors, latency, RSS, temperature).
+    Telemetry(crate::cli::deploy::TelemetryArgs),
 }
 
 #[derive(Debug, clap::Args)]

@@ -12,6 +12,7 @@
 mod args;
 mod client;
 pub mod demo;
+mod deploy;
 mod fleet;
 pub mod graph;
 pub mod learn;
@@ -133,9 +134,14 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::ExecBench(args) => learn::run_exec_bench(args).await,
         Command::Train(args) => learn::train(args).await,
         Command::Fold(args) => graph::run(args).await,
-        Command::Compress(args) => pipeline::compress(args).await,
+        Command::Compress(args) => pipeline::compress(*args).await,
         Command::Pipeline { command } => pipeline::pipeline(command).await,
         Command::Report(args) => pipeline::report(args).await,
+        Command::Deploy(args) => deploy::deploy(args).await,
+        Command::Deployments { command } => deploy::deployments(command).await,
+        Command::Alerts { command } => deploy::alerts(command).await,
+        Command::Suggestions { command } => deploy::suggestions(command).await,
+        Command::Telemetry(args) => deploy::telemetry(args).await,
     }
 }
 

@@ -20,12 +20,12 @@ pub(super) struct CompressArgs {
     #[command(flatten)]
     api: ApiArgs,
     /// The parent: a registered model (id, name or digest prefix), or an ONNX file to upload.
-    #[arg(long)]
-    model: String,
+    #[arg(long, required_unless_present = "from_suggestion")]
+    model: Option<String>,
     /// Data: fashion-mnist, mnist, vader, photos, or a path on the coordinator (an image folder,
     /// a JSONL/CSV of texts, .npz/.npy/.safetensors tensors; see docs/data.md).
-    #[arg(long)]
-    data: String,
+    #[arg(long, required_unless_present = "from_suggestion")]
+    data: Option<String>,
     /// Image size HxW for image folders (default: the model's declared size).
     #[arg(long)]
     image_size: Option<String>,
@@ -39,7 +39,7 @@ pub(super) struct CompressArgs {
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     /// Device classes: profile:NAME (or NAME), comma-separated.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required_unless_present = "from_suggestion")]
     devices: Vec<String>,
     /// Largest accepted accuracy loss, in percentage points (labelled data).
     #[arg(long)]
@@ -83,6 +83,16 @@ pub(super) struct CompressArgs {
     /// Return once the pipeline is created instead of waiting for its result.
     #[arg(long)]
     no_wait: bool,
+    /// Deploy each class's winner to the class's devices when the pipeline ends (with the
+    /// rollout settings below).
+    #[arg(long)]
+    deploy: bool,
+    #[command(flatten)]
+    rollout: super::deploy::RolloutArgs,
+    /// Run the pipeline request of a re-compression suggestion (`coordinator suggestions
+    /// list`); --data, --model and --devices replace the suggestion's when given.
+    #[arg(long)]
+    from_suggestion: Option<String>,
 }
 
 /// `pipeline` subcommands.
@@ -124,7 +134,8 @@ pub(super) struct ReportArgs {
 
 /// The request `compress` sends.
 pub(super) fn request(args: &CompressArgs, model: String) -> anyhow::Result<PipelineRequest> {
-    let mut data = hone_learn::eval::DataSpec::parse(&args.data)?;
+    let data_text = args.data.as_deref().context("--data is required")?;
+    let mut data = hone_learn::eval::DataSpec::parse(data_text)?;
     // A path that exists here is sent whole, for a coordinator on this machine.
     if let hone_learn::eval::DataSource::Path(p) = &data.source
         && let Ok(full) = std::fs::canonicalize(p)
@@ -173,6 +184,8 @@ pub(super) fn request(args: &CompressArgs, model: String) -> anyhow::Result<Pipe
         job_timeout_ms: 180_000,
         max_parallel: args.max_parallel,
         validation_limit: args.validation_limit,
+        deploy: args.deploy.then(|| args.rollout.request("", "")),
+        from_suggestion: None,
     };
     req.check().map_err(anyhow::Error::msg)?;
     Ok(req)
@@ -181,18 +194,65 @@ pub(super) fn request(args: &CompressArgs, model: String) -> anyhow::Result<Pipe
 /// `coordinator compress`.
 pub(super) async fn compress(args: CompressArgs) -> anyhow::Result<i32> {
     let client = args.api.client()?;
+    if let Some(id) = &args.from_suggestion {
+        return from_suggestion(&client, &args, id).await;
+    }
+    let model_arg = args.model.clone().context("--model is required")?;
     // A local ONNX file is uploaded first; anything else names a registered model.
-    let model = if args.model.ends_with(".onnx") && std::path::Path::new(&args.model).is_file() {
-        let path = PathBuf::from(&args.model);
+    let model = if model_arg.ends_with(".onnx") && std::path::Path::new(&model_arg).is_file() {
+        let path = PathBuf::from(&model_arg);
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let inputs = hone_common::shapes::InputShapes::parse_all(&args.inputs)?;
         let m = client.upload_model(&path, &name, &inputs).await?;
         m["id"].as_str().unwrap_or_default().to_owned()
     } else {
-        args.model.clone()
+        model_arg
     };
     let req = request(&args, model)?;
-    let view: PipelineView = client.post("/api/v1/pipelines", &req).await?;
+    run_request(&client, &args, &req).await
+}
+
+/// `compress --from-suggestion ID`: the suggestion's ready request, with --model, --data and
+/// --devices replacing its own when given, and --deploy adding the rollout.
+async fn from_suggestion(client: &Client, args: &CompressArgs, id: &str) -> anyhow::Result<i32> {
+    let s: crate::db::SuggestionRow = client.get(&format!("/api/v1/suggestions/{id}")).await?;
+    let mut value = s.request.clone();
+    if let Some(m) = &args.model {
+        value["model"] = serde_json::json!(m);
+    }
+    if let Some(d) = &args.data {
+        value["data"] = serde_json::json!(d);
+    }
+    if !args.devices.is_empty() {
+        value["devices"] = serde_json::json!(args.devices);
+    }
+    if value.get("data").is_none_or(|d| d.is_null()) {
+        bail!(
+            "suggestion {id} has no data to validate on (the model was deployed by hand without              --reference-data): give --data"
+        );
+    }
+    if args.id.is_some() {
+        value["id"] = serde_json::json!(args.id);
+    }
+    let mut req: PipelineRequest = serde_json::from_value(value)
+        .with_context(|| format!("suggestion {id}'s request is not a pipeline request"))?;
+    if args.deploy {
+        req.deploy = Some(args.rollout.request("", ""));
+    }
+    req.from_suggestion = Some(id.to_string());
+    req.check().map_err(anyhow::Error::msg)?;
+    if !args.api.json {
+        eprintln!("suggestion {id}: {}", s.reason);
+    }
+    run_request(client, args, &req).await
+}
+
+async fn run_request(
+    client: &Client,
+    args: &CompressArgs,
+    req: &PipelineRequest,
+) -> anyhow::Result<i32> {
+    let view: PipelineView = client.post("/api/v1/pipelines", req).await?;
     if !args.api.json {
         eprintln!("pipeline {} created", view.id);
     }
@@ -204,7 +264,7 @@ pub(super) async fn compress(args: CompressArgs) -> anyhow::Result<i32> {
         }
         return Ok(0);
     }
-    let view = wait(&client, &view.id, !args.api.json).await?;
+    let view = wait(client, &view.id, !args.api.json).await?;
     finish(&view, args.api.json)
 }
 

@@ -107,6 +107,14 @@ pub struct PipelineRequest {
     /// Validation examples per candidate (default: the whole validation part).
     #[serde(default)]
     pub validation_limit: Option<usize>,
+    /// Deploy each class's winner to the class's devices when the pipeline ends (`compress
+    /// --deploy`): the rollout settings (`model`, `devices`, `pipeline` and the latency budget
+    /// are filled in per class).
+    #[serde(default)]
+    pub deploy: Option<crate::deploy::DeployRequest>,
+    /// The re-compression suggestion this pipeline runs, if any (linked back to it).
+    #[serde(default)]
+    pub from_suggestion: Option<String>,
 }
 
 /// A data spec given as an object or in its compact text form.

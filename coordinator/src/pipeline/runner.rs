@@ -216,7 +216,46 @@ impl Runner {
         let value = serde_json::to_value(&result)?;
         self.db.update_pipeline(&d.row.id, "done", "done", None, Some(&value), now_i64()).await?;
         info!(pipeline = %d.row.id, seconds = d.started.elapsed().as_secs_f64(), "pipeline done");
+        if let Some(template) = &d.req.deploy {
+            self.deploy_winners(&d.row.id, &d.req, template, &result).await;
+        }
         Ok(())
+    }
+
+    /// `compress --deploy`: each class's winner rolls out to the class's devices, a deployment
+    /// per class (`{pipeline}-{class}`, so a resumed pipeline does not deploy twice). A class
+    /// whose winner is the parent deploys the parent. Failures are logged; the pipeline stays
+    /// done.
+    async fn deploy_winners(
+        &self,
+        pipeline: &str,
+        request: &PipelineRequest,
+        template: &crate::deploy::DeployRequest,
+        result: &super::result::PipelineResult,
+    ) {
+        for class in &result.classes {
+            let Some(winner) = &class.winner else {
+                warn!(%pipeline, class = %class.class, "no winner to deploy");
+                continue;
+            };
+            let mut req = template.clone();
+            req.id = Some(format!("{pipeline}-{}", class.class));
+            req.model = winner.model.clone();
+            req.devices = format!("profile:{}", class.class);
+            req.pipeline = Some(pipeline.to_string());
+            req.latency_budget_ms = req.latency_budget_ms.or(request.latency_budget_ms);
+            match crate::deploy::create(&self.db, &req, now_i64()).await {
+                Ok((id, _)) => {
+                    info!(%pipeline, class = %class.class, deployment = %id, model = %winner.model, "winner deployed");
+                    if let Ok(Some(row)) = self.db.deployment(&id).await {
+                        crate::deploy::reference::spawn(&self.db, &self.artifacts, None, &row);
+                    }
+                }
+                Err(e) => {
+                    warn!(%pipeline, class = %class.class, error = %e, "the winner could not be deployed")
+                }
+            }
+        }
     }
 
     /// Records the stage (and the result so far); stops when the pipeline was cancelled.
