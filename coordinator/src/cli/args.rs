@@ -92,6 +92,9 @@ pub(super) struct ServeArgs {
     /// HTTP API address.
     #[arg(long, default_value = "127.0.0.1:7878")]
     pub(super) listen: SocketAddr,
+    /// POST every new monitoring alert (with its suggestion) as JSON to this URL.
+    #[arg(long, env = "HONE_ALERT_WEBHOOK")]
+    pub(super) alert_webhook: Option<String>,
     /// Data folder (SQLite database, artifacts, signing key, operator token).
     #[arg(long, env = "HONE_DATA_DIR", default_value = "hone-data")]
     pub(super) data_dir: PathBuf,

@@ -15,6 +15,7 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     config.public_url = args.public_url;
     config.mqtt_client_id = args.mqtt_client_id;
     config.import_dir = args.import_dir;
+    config.alert_webhook = args.alert_webhook;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
