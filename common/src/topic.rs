@@ -6,7 +6,7 @@
 //! |---|---|---|---|
 //! | `hone/v1/dev/{device}/status` | agent → all (birth, and Last Will with `online=false`) | 1 | yes |
 //! | `hone/v1/dev/{device}/cmd/{kind}` | coordinator → agent | 1 | no |
-//! | `hone/v1/dev/{device}/evt/{kind}` | agent → coordinator | 1 (`telemetry`: 0) | no |
+//! | `hone/v1/dev/{device}/evt/{kind}` | agent → coordinator | 1 | no |
 //! | `hone/v1/coord/status` | coordinator → all (and its Last Will) | 1 | yes |
 
 use crate::validate_device_id;
@@ -33,8 +33,8 @@ pub enum EvtKind {
     Result,
     /// An activation ended ([`crate::wire::ActivationReport`]).
     Activation,
-    /// A serving window ([`crate::wire::Telemetry`]); QoS 0: a lost window is counted, not
-    /// retried.
+    /// A serving window ([`crate::wire::Telemetry`]); windows the agent could not send are
+    /// counted in the next one.
     Telemetry,
 }
 
