@@ -80,6 +80,9 @@ pub struct DemoArgs {
     /// Where to write the HTML report.
     #[arg(long, default_value = "hone-report.html")]
     report: PathBuf,
+    /// Stop after the pipeline: do not deploy the winners.
+    #[arg(long)]
+    no_deploy: bool,
 }
 
 /// One (model, device) result line of the demo's JSON.
@@ -212,6 +215,8 @@ async fn start_fleet(
             .arg("--state-dir")
             .arg(&state)
             .args(["--trust-key", &running.state.signer.public_hex(), "--keepalive-secs", "5"])
+            // Agents share this host: each serves on a free port, with short telemetry windows.
+            .args(["--serve-addr", "127.0.0.1:0", "--telemetry-window-s", "1"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -275,9 +280,17 @@ async fn run_pipeline(args: DemoArgs) -> anyhow::Result<i32> {
     hone_learn::eval::EvalData::load("photos")?;
     let fleet = start_fleet(&args, &args.classes, &say).await?;
     let outcome = pipeline_loop(&fleet, &args, &model, &say).await;
+    // The loop's last step: each class's winner deployed to its device, served and called.
+    let deployed = match &outcome {
+        Ok((guided, _)) if guided.state == "done" && !args.no_deploy => {
+            Some(deploy_winners(&fleet, guided, agent_bin(args.agent_bin.clone()), &say).await)
+        }
+        _ => None,
+    };
     let data_dir = fleet.data_dir.clone();
     fleet.stop().await;
     let (guided, reference) = outcome?;
+    let deployed = deployed.transpose()?;
     let wall_s = started.elapsed().as_secs_f64();
     let mut result = guided.result.clone().context("the pipeline has no result")?;
     crate::pipeline::report::write(&result, &args.report)
@@ -295,6 +308,9 @@ async fn run_pipeline(args: DemoArgs) -> anyhow::Result<i32> {
         out["note"] = "agents share one host and run one job at a time; each agent emulates its device profile (cgroup CPU quota scaled by the host calibration, cpuset, memory cap) where the host allows it, see classes[].measurement; candidates are made while no measurement runs".into();
         if let Some(c) = &comparison {
             out["comparison"] = c.clone();
+        }
+        if let Some(d) = &deployed {
+            out["deployments"] = serde_json::json!(d);
         }
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
@@ -327,11 +343,80 @@ async fn run_pipeline(args: DemoArgs) -> anyhow::Result<i32> {
                 );
             }
         }
+        if let Some(d) = &deployed {
+            println!();
+            println!("deployed winners (served over HTTP by each class's agent):");
+            for x in d {
+                println!(
+                    "  {:<14} {:<30} {:<12} {} requests, HTTP p50 {} ms{}",
+                    x["class"].as_str().unwrap_or(""),
+                    x["deployment"].as_str().unwrap_or(""),
+                    x["state"].as_str().unwrap_or(""),
+                    x["http_requests_ok"],
+                    fmt_ms(&x["http_p50_ms"]),
+                    x["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default()
+                );
+            }
+        }
         eprintln!("report: {}", args.report.display());
         eprintln!("demo finished in {wall_s:.1} s");
     }
     let winners = result.classes.iter().filter(|c| c.winner.is_some()).count();
-    Ok(if guided.state == "done" && winners == result.classes.len() { 0 } else { 2 })
+    let deployed_ok = deployed.as_ref().is_none_or(|d| d.iter().all(|x| x["state"] == "done"));
+    Ok(if guided.state == "done" && winners == result.classes.len() && deployed_ok { 0 } else { 2 })
+}
+
+/// Deploys each class's winner to the class's agent (the canary is the whole class: one agent
+/// each), with probe traffic for the gate, then calls each endpoint with a short load.
+async fn deploy_winners(
+    fleet: &Fleet,
+    guided: &PipelineView,
+    agent: anyhow::Result<PathBuf>,
+    say: &dyn Fn(String),
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let agent = agent?;
+    let result = guided.result.as_ref().context("the pipeline has no result")?;
+    let mut out = Vec::new();
+    for class in &result.classes {
+        let Some(winner) = &class.winner else { continue };
+        let id = format!("{}-{}", guided.id, class.class);
+        let body = serde_json::json!({
+            "id": id, "model": winner.model, "devices": format!("profile:{}", class.class),
+            "pipeline": guided.id, "canary": "1", "gate": "error_rate<=0.05", "window_s": 5,
+            "min_requests": 5, "probe_rps": 2, "activation_timeout_s": 120,
+        });
+        let _: crate::api::DeploymentView = fleet.client.post("/api/v1/deployments", &body).await?;
+        say(format!("demo: deploying {} ({}) to class {}", winner.name, winner.model, class.class));
+        let view = super::deploy::follow(&fleet.client, &id, false).await?;
+        let mut line = serde_json::json!({
+            "class": class.class, "deployment": id, "model": winner.model,
+            "state": view.deployment.state, "reason": view.deployment.reason,
+        });
+        // An application's calls: a short fixed-rate load against the agent's endpoint.
+        let endpoint = fleet
+            .data_dir
+            .join("agents")
+            .join(format!("demo-{}", class.class))
+            .join("serving/endpoint");
+        if view.deployment.state == "done"
+            && let Ok(url) = std::fs::read_to_string(&endpoint)
+        {
+            let run = tokio::process::Command::new(&agent)
+                .args(["loadgen", "--url", url.trim(), "--rate", "2", "--duration", "3", "--json"])
+                .output()
+                .await;
+            if let Ok(o) = run
+                && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&o.stdout)
+            {
+                line["endpoint"] = serde_json::json!(url.trim());
+                line["http_requests_ok"] = v["rates"][0]["ok"].clone();
+                line["http_p50_ms"] = v["rates"][0]["p50_ms"].clone();
+            }
+        }
+        say(format!("demo: deployment {id}: {}", view.deployment.state));
+        out.push(line);
+    }
+    Ok(out)
 }
 
 fn fmt_ms(v: &serde_json::Value) -> String {
