@@ -85,4 +85,14 @@ fn the_demo_compresses_a_real_model_and_chooses_a_winner_per_class() {
     assert_eq!(v["report"], report.display().to_string());
     let html = std::fs::read_to_string(&report).unwrap();
     assert!(html.matches("<svg").count() >= 2, "one chart per class");
+    // The loop's end: each class's winner deployed to its agent, past its gate, and served.
+    let deployed = v["deployments"].as_array().expect("deployments in the demo's JSON");
+    assert_eq!(deployed.len(), 2, "{v}");
+    for (d, c) in deployed.iter().zip(classes) {
+        assert_eq!(d["class"], c["class"]);
+        assert_eq!(d["model"], c["winner"]["model"], "the winner is what was deployed");
+        assert_eq!(d["state"], "done", "{d}");
+        assert!(d["http_requests_ok"].as_u64().unwrap() > 0, "served over HTTP: {d}");
+        assert!(d["http_p50_ms"].as_f64().unwrap() > 0.0, "{d}");
+    }
 }
