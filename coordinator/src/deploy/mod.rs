@@ -321,6 +321,9 @@ pub async fn rollback(db: &Db, id: &str, reason: &str, now_ms: i64) -> crate::db
 }
 
 #[cfg(test)]
+mod flow_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -331,6 +331,19 @@ impl Rollout {
                 "failed" if x.reason.as_deref().is_some_and(|r| r.starts_with("rollback")) => {
                     failed.push(x.device_id.clone());
                 }
+                // The activation failed: the device kept its model, which is what it should
+                // serve again.
+                "failed" => {
+                    self.db
+                        .set_device_model(
+                            &x.device_id,
+                            Some(x.previous_model_id.as_deref()),
+                            None,
+                            &d.id,
+                            now,
+                        )
+                        .await?;
+                }
                 // `failed` activations left the previous model in place; `rolled_back` and
                 // `skipped` are done.
                 _ => {}

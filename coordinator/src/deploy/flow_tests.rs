@@ -1,0 +1,275 @@
+//! A deployment's whole life against a real database (SQLite, and PostgreSQL when a server
+//! answers): the rollout task and the engine's handlers, driven by hand-made agent reports and
+//! telemetry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hone_common::serving::{ServingWindow, WindowLatency};
+use hone_common::wire::{
+    ActivationOutcome, ActivationReport, DeviceStatus, FailureKind, Telemetry,
+};
+use tokio::sync::Notify;
+
+use super::monitor::Monitor;
+use super::rollout::{Rollout, record_activation};
+use super::*;
+use crate::artifacts::Signer;
+use crate::db::{ModelRow, testing};
+
+fn status(id: &str) -> DeviceStatus {
+    DeviceStatus {
+        device_id: id.into(),
+        online: true,
+        session: 1,
+        agent_version: "0.1.0".into(),
+        arch: "x86_64".into(),
+        os: "linux".into(),
+        cores: 2,
+        memory_bytes: 1 << 30,
+        profile: Some("rpi4".into()),
+        sent_at_ms: 0,
+        fault: None,
+    }
+}
+
+async fn model(db: &Db, name: &str) -> String {
+    let sha = format!("{:0>64}", hex::encode(name));
+    db.insert_model(&ModelRow {
+        id: format!("m-{name}"),
+        name: name.into(),
+        sha256: sha,
+        size_bytes: 100,
+        summary: serde_json::json!({}),
+        created_at_ms: 0,
+        lineage: None,
+    })
+    .await
+    .unwrap()
+    .id
+}
+
+fn rollout(db: &Db) -> Rollout {
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let (tx, _rx) = tokio::sync::mpsc::channel(16);
+    // A bus to no broker: publishing fails quietly, as during a broker outage.
+    let config = crate::mqtt::config("127.0.0.1".into(), 1, "t".into(), Duration::from_secs(5), 0);
+    let bus = crate::mqtt::start(config, 0, metrics, tx);
+    Rollout {
+        db: db.clone(),
+        bus,
+        signer: Signer::from_seed([3; 32]),
+        public_url: "http://c".into(),
+        wake: Arc::new(Notify::new()),
+    }
+}
+
+fn now() -> i64 {
+    hone_common::clock::now_ms() as i64
+}
+
+async fn device(db: &Db, dep: &str, id: &str) -> crate::db::DeploymentDeviceRow {
+    db.deployment_devices(dep).await.unwrap().into_iter().find(|d| d.device_id == id).unwrap()
+}
+
+async fn report(db: &Db, dep: &str, id: &str, outcome: ActivationOutcome) -> bool {
+    let x = device(db, dep, id).await;
+    let r = ActivationReport {
+        command_id: x.command_id.clone().expect("a command was sent"),
+        deployment_id: dep.into(),
+        artifact_id: None,
+        outcome,
+        sent_at_ms: 0,
+    };
+    record_activation(db, id, &r, now()).await.unwrap()
+}
+
+fn active() -> ActivationOutcome {
+    ActivationOutcome::Active { load_ms: 12.0, warmup_ms: 1.0, previous: None }
+}
+
+fn window(device: &str, model: &str, dep: &str, requests: u64, p99: f64) -> Telemetry {
+    let start = hone_common::clock::now_ms();
+    Telemetry {
+        device_id: device.into(),
+        seq: 1,
+        session: 1,
+        artifact_id: Some(model.into()),
+        deployment_id: Some(dep.into()),
+        window: ServingWindow {
+            window_start_ms: start,
+            window_ms: 1000,
+            requests,
+            errors: 0,
+            rejected: 0,
+            latency: Some(WindowLatency {
+                p50_ms: p99 / 2.0,
+                p90_ms: p99,
+                p99_ms: p99,
+                max_ms: p99,
+            }),
+            rss_bytes: 50 << 20,
+            inputs: vec![],
+            outputs: vec![],
+        },
+        temperature_c: None,
+        clock_mhz: None,
+        throttled: false,
+        reading_source: None,
+        dropped_windows: 2,
+    }
+}
+
+async fn state(db: &Db, id: &str) -> String {
+    db.deployment(id).await.unwrap().unwrap().state
+}
+
+#[tokio::test]
+async fn a_canary_passes_its_gate_then_the_rest_activate() {
+    for t in testing::backends().await {
+        let db = &t.db;
+        let b = t.backend;
+        for id in ["a", "b", "c"] {
+            db.apply_status(&status(id), 1).await.unwrap();
+        }
+        let m = model(db, "good").await;
+        let mut req = DeployRequest::new(&m, "profile:rpi4");
+        req.id = Some("dep1".into());
+        req.gate = "p99_ms<=50,error_rate<=0.05".parse().unwrap();
+        req.window_s = 0.05;
+        req.min_requests = 10;
+        let (id, new) = create(db, &req, now()).await.unwrap();
+        assert!(new, "{b}");
+        assert_eq!(create(db, &req, now()).await.unwrap(), (id.clone(), false), "idempotent");
+        let r = rollout(db);
+        r.tick().await.unwrap();
+        let devices = db.deployment_devices(&id).await.unwrap();
+        let waves: Vec<(&str, i64, &str)> =
+            devices.iter().map(|d| (d.device_id.as_str(), d.wave, d.state.as_str())).collect();
+        assert_eq!(
+            waves,
+            [("a", 0, "activating"), ("b", 1, "pending"), ("c", 1, "pending")],
+            "{b}"
+        );
+        assert!(report(db, &id, "a", active()).await, "{b}");
+        // Active but quiet: the gate waits.
+        r.tick().await.unwrap();
+        assert_eq!(state(db, &id).await, "canary", "{b}");
+        let monitor = Monitor::default();
+        monitor.ingest(db, "a", &window("a", &m, &id, 30, 20.0), now()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        r.tick().await.unwrap();
+        assert_eq!(state(db, &id).await, "rolling", "{b}");
+        let gate = db.deployment(&id).await.unwrap().unwrap().gate.unwrap();
+        assert_eq!(gate["verdict"], "pass", "{b} {gate}");
+        assert_eq!(gate["figures"]["requests"], 30, "{b}");
+        r.tick().await.unwrap();
+        for x in ["b", "c"] {
+            assert_eq!(device(db, &id, x).await.state, "activating", "{b}");
+            assert!(report(db, &id, x, active()).await, "{b}");
+        }
+        r.tick().await.unwrap();
+        assert_eq!(state(db, &id).await, "done", "{b}");
+        let models = db.device_models().await.unwrap();
+        assert!(models.iter().all(|d| d.active_model_id.as_deref() == Some(m.as_str())), "{b}");
+        let x = device(db, &id, "a").await;
+        assert_eq!(x.load_ms, Some(12.0), "{b}");
+        // The telemetry is stored with what the agent could not deliver.
+        let series = db.telemetry("a", 0, 10).await.unwrap();
+        assert_eq!(series.len(), 1, "{b}");
+        assert_eq!((series[0].requests, series[0].dropped_windows), (30, 2), "{b}");
+        assert_eq!(series[0].p99_ms, Some(20.0), "{b}");
+
+        // A second model: the canary cannot activate it, so it rolls back at once, the rest
+        // is never touched, and every device should serve the first model again.
+        let m2 = model(db, "broken").await;
+        let mut req2 = DeployRequest::new(&m2, "profile:rpi4");
+        req2.id = Some("dep2".into());
+        let (id2, _) = create(db, &req2, now()).await.unwrap();
+        assert_eq!(
+            device(db, &id2, "a").await.previous_model_id.as_deref(),
+            Some(m.as_str()),
+            "{b}"
+        );
+        r.tick().await.unwrap();
+        let failed = ActivationOutcome::Failed {
+            kind: FailureKind::ModelInvalid,
+            reason: "tract cannot load the model: no Foo op".into(),
+            serving: Some(m.clone()),
+        };
+        assert!(report(db, &id2, "a", failed).await, "{b}");
+        r.tick().await.unwrap();
+        r.tick().await.unwrap();
+        let d2 = db.deployment(&id2).await.unwrap().unwrap();
+        assert_eq!(d2.state, "rolled_back", "{b}");
+        let reason = d2.reason.unwrap();
+        assert!(
+            reason.contains("a could not activate") && reason.contains("no Foo op"),
+            "{b} {reason}"
+        );
+        assert_eq!(device(db, &id2, "b").await.state, "skipped", "{b}");
+        let models = db.device_models().await.unwrap();
+        for d in &models {
+            assert_eq!(d.desired_model_id.as_deref(), Some(m.as_str()), "{b} {d:?}");
+            assert_eq!(d.active_model_id.as_deref(), Some(m.as_str()), "{b} {d:?}");
+        }
+        t.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn a_slow_canary_is_rolled_back_to_the_previous_model() {
+    for t in testing::backends().await {
+        let db = &t.db;
+        let b = t.backend;
+        for id in ["a", "b"] {
+            db.apply_status(&status(id), 1).await.unwrap();
+        }
+        let m = model(db, "slow").await;
+        let mut req = DeployRequest::new(&m, "a,b");
+        req.gate = "p99_ms<=5".parse().unwrap();
+        req.window_s = 0.05;
+        req.min_requests = 10;
+        let (id, _) = create(db, &req, now()).await.unwrap();
+        let r = rollout(db);
+        r.tick().await.unwrap();
+        assert!(report(db, &id, "a", active()).await);
+        Monitor::default().ingest(db, "a", &window("a", &m, &id, 40, 80.0), now()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        r.tick().await.unwrap();
+        let d = db.deployment(&id).await.unwrap().unwrap();
+        assert_eq!(d.state, "rolling_back", "{b}");
+        assert!(d.reason.as_deref().unwrap().contains("p99 80.0 ms"), "{b} {d:?}");
+        // The canary had no model before: it is told to stop serving.
+        r.tick().await.unwrap();
+        assert_eq!(device(db, &id, "a").await.state, "rolling_back", "{b}");
+        assert!(report(db, &id, "a", active()).await, "{b}");
+        r.tick().await.unwrap();
+        assert_eq!(state(db, &id).await, "rolled_back", "{b}");
+        let a = db.device_models().await.unwrap().into_iter().find(|d| d.device_id == "a").unwrap();
+        assert_eq!((a.desired_model_id, a.active_model_id), (None, None), "{b}");
+        // Rolled back already: a second rollback is refused.
+        assert!(!rollback(db, &id, "again", now()).await.unwrap(), "{b}");
+        t.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn offline_devices_and_bad_requests_are_refused_before_anything_is_stored() {
+    let t = testing::sqlite().await;
+    let db = &t.db;
+    db.apply_status(&status("a"), 1).await.unwrap();
+    let m = model(db, "x").await;
+    let err = |r: Result<(String, bool), CreateError>| match r {
+        Err(CreateError::Invalid(m)) => m,
+        other => panic!("{other:?}"),
+    };
+    let e = err(create(db, &DeployRequest::new(&m, "a,zz"), now()).await);
+    assert!(e.contains("zz"), "{e}");
+    let e = err(create(db, &DeployRequest::new("nope", "a"), now()).await);
+    assert!(e.contains("no model"), "{e}");
+    let e = err(create(db, &DeployRequest::new(&m, "profile:rpi5"), now()).await);
+    assert!(e.contains("rpi5"), "{e}");
+    assert!(db.deployments(false).await.unwrap().is_empty());
+    t.finish().await;
+}
