@@ -835,6 +835,27 @@ mod tests {
         assert!(format!("{e:#}").contains("fetching the coordinator key"), "{e:#}");
     }
 
+    #[test]
+    fn a_benchmark_counts_the_requests_of_the_windows_it_overlapped() {
+        let mut s = ServingState {
+            requests: None,
+            reports: VecDeque::new(),
+            unsent: VecDeque::new(),
+            dropped: 0,
+            seq: 0,
+            recent: VecDeque::from([(0, 1000, 5), (1000, 2000, 7), (2000, 3000, 11)]),
+            job_started: HashMap::new(),
+        };
+        assert_eq!(s.served_between(1500, 2500, true), Some(18), "windows 2 and 3");
+        assert_eq!(s.served_between(3500, 4000, true), Some(0), "serving, but idle");
+        assert_eq!(s.served_between(0, 4000, false), None, "not serving");
+        for i in 0..40 {
+            s.remember(&format!("c{i}"), b"x");
+        }
+        assert_eq!(s.reports.len(), REPORTS_KEPT, "bounded");
+        assert_eq!(s.reports.back().unwrap().0, "c39", "the newest kept");
+    }
+
     #[tokio::test]
     async fn a_pinned_key_is_used_without_the_opt_in() {
         let dir = tempfile::tempdir().unwrap();
