@@ -641,3 +641,64 @@ fn every_artifact_error_maps_to_its_failure_kind() {
     assert!(!FailureKind::BadSignature.is_retryable());
     assert!(!FailureKind::HashMismatch.is_retryable());
 }
+
+/// An activation of `job`'s artifact, signed by the key with `seed`.
+fn signed_activation(job: &JobCommand, seed: u8) -> ActivateCommand {
+    let mut cmd = ActivateCommand {
+        command_id: "act-1".into(),
+        deployment_id: "dep-1".into(),
+        model_name: "m".into(),
+        artifact: Some(job.artifact.clone()),
+        probe_rps: 0,
+        runtime: "tract".into(),
+        warmup: 1,
+        symbols: vec![],
+        inputs: Default::default(),
+        unknown_token_id: None,
+        timeout_ms: 60_000,
+        signature: Vec::new(),
+    };
+    let msg = activation_signing_bytes(&cmd);
+    cmd.signature = SigningKey::from_bytes(&[seed; 32]).sign(&msg).to_bytes().to_vec();
+    cmd
+}
+
+#[tokio::test]
+async fn activations_are_verified_like_jobs_before_any_request() {
+    let body = model_bytes();
+    let server = TestServer::start(body.clone(), Mode::Good).await;
+    let job = signed_job(&body, &server.url, TRUSTED_SEED);
+    let refused = |cmd: ActivateCommand, now: u64| {
+        verify_activation(cmd, &trusted_key(), now).map(drop).unwrap_err().1.kind()
+    };
+    let mut unsigned = signed_activation(&job, TRUSTED_SEED);
+    unsigned.signature.clear();
+    assert_eq!(refused(unsigned, NOW_MS), FailureKind::Unsigned);
+    assert_eq!(refused(signed_activation(&job, 9), NOW_MS), FailureKind::BadSignature);
+    let mut tampered = signed_activation(&job, TRUSTED_SEED);
+    tampered.model_name = "other".into();
+    assert_eq!(refused(tampered, NOW_MS), FailureKind::BadSignature);
+    // A job's signature is never an activation's: the domain tags differ.
+    let mut replayed = signed_activation(&job, TRUSTED_SEED);
+    replayed.signature = job.signature.clone();
+    assert_eq!(refused(replayed, NOW_MS), FailureKind::BadSignature);
+    assert_eq!(
+        refused(signed_activation(&job, TRUSTED_SEED), NOW_MS + 120_000),
+        FailureKind::Expired
+    );
+    assert!(server.requests().is_empty(), "nothing fetched for a refused activation");
+
+    // A good one fetches and verifies exactly like a job; stopping fetches nothing.
+    let (_dir, store) = open_store();
+    let ok = verify_activation(signed_activation(&job, TRUSTED_SEED), &trusted_key(), NOW_MS)
+        .expect("verified");
+    let fetched = store.fetch_activation(&ok).await.expect("fetched").expect("a model");
+    assert_eq!(std::fs::read(&fetched.path).unwrap(), body);
+    let mut stop = signed_activation(&job, TRUSTED_SEED);
+    stop.artifact = None;
+    let msg = activation_signing_bytes(&stop);
+    stop.signature = SigningKey::from_bytes(&[TRUSTED_SEED; 32]).sign(&msg).to_bytes().to_vec();
+    let stop = verify_activation(stop, &trusted_key(), NOW_MS).expect("verified");
+    assert!(store.fetch_activation(&stop).await.unwrap().is_none());
+    assert_eq!(server.requests().len(), 1);
+}
