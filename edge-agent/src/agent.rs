@@ -286,6 +286,7 @@ pub async fn run(
                     publish(&bus, &topic::evt(&config.device_id, EvtKind::Activation), payload, false);
                 }
                 crate::deploy::Report::Window { active, window, thermal } => {
+                    let window = *window;
                     let end = window.window_start_ms + window.window_ms;
                     if serving.recent.len() >= 64 { serving.recent.pop_front(); }
                     serving.recent.push_back((window.window_start_ms, end, window.requests));
