@@ -68,9 +68,10 @@ struct ServingState {
     requests: Option<mpsc::Sender<crate::deploy::Request>>,
     /// Reports by command id, to answer redeliveries (newest last).
     reports: VecDeque<(String, Vec<u8>)>,
-    /// Telemetry waiting for the broker.
-    unsent: VecDeque<Vec<u8>>,
-    /// Windows dropped since the last one that went out.
+    /// Telemetry waiting for the broker (encoded when it goes out, so that only the first
+    /// one out carries the count of dropped windows).
+    unsent: VecDeque<Telemetry>,
+    /// Windows dropped and not yet reported in a window that went out.
     dropped: u64,
     seq: u64,
     /// Recent windows: (start ms, end ms, requests), to count what a benchmark shared the CPU
@@ -78,6 +79,8 @@ struct ServingState {
     recent: VecDeque<(u64, u64, u64)>,
     /// Job id → Unix ms when it started.
     job_started: HashMap<String, u64>,
+    /// Activations accepted by this process and not yet reported.
+    in_flight: std::collections::HashSet<String>,
 }
 
 impl ServingState {
@@ -188,6 +191,7 @@ pub async fn run(
         seq: 0,
         recent: VecDeque::new(),
         job_started: HashMap::new(),
+        in_flight: Default::default(),
     };
     if let Some(serve) = &config.serving {
         let (tx, rx) = mpsc::channel(8);
@@ -226,8 +230,19 @@ pub async fn run(
                 BusEvent::Connected { session_present } => {
                     backoff = Duration::from_millis(200);
                     connected = true;
-                    for payload in std::mem::take(&mut serving.unsent) {
-                        publish(&bus, &topic::evt(&config.device_id, EvtKind::Telemetry), payload, false);
+                    for mut telemetry in std::mem::take(&mut serving.unsent) {
+                        // Each drop is counted once, by the first window out after it.
+                        telemetry.dropped_windows = serving.dropped;
+                        match wire::encode(&Message::Telemetry(telemetry)) {
+                            Ok(payload) => {
+                                serving.dropped = 0;
+                                publish(&bus, &topic::evt(&config.device_id, EvtKind::Telemetry), payload, false);
+                            }
+                            Err(e) => {
+                                serving.dropped += 1;
+                                warn!(error = %e, "a telemetry window could not be encoded");
+                            }
+                        }
                     }
                     info!(session_present, "connected to broker");
                     match durable.pending() {
@@ -283,6 +298,7 @@ pub async fn run(
                     info!(command = %r.command_id, deployment = %r.deployment_id, ok = matches!(r.outcome, ActivationOutcome::Active { .. }), "activation finished");
                     let payload = wire::encode(&Message::ActivationReport(r.clone()))?;
                     serving.remember(&r.command_id, &payload);
+                    serving.in_flight.remove(&r.command_id);
                     publish(&bus, &topic::evt(&config.device_id, EvtKind::Activation), payload, false);
                 }
                 crate::deploy::Report::Window { active, window, thermal } => {
@@ -309,22 +325,23 @@ pub async fn run(
                         reading_source,
                         dropped_windows: serving.dropped,
                     };
-                    match wire::encode(&Message::Telemetry(telemetry)) {
-                        Ok(payload) if connected => {
-                            serving.dropped = 0;
-                            publish(&bus, &topic::evt(&config.device_id, EvtKind::Telemetry), payload, false);
-                        }
-                        Ok(payload) => {
-                            if serving.unsent.len() >= TELEMETRY_BUFFER {
-                                serving.unsent.pop_front();
-                                serving.dropped += 1;
+                    if connected {
+                        match wire::encode(&Message::Telemetry(telemetry)) {
+                            Ok(payload) => {
+                                serving.dropped = 0;
+                                publish(&bus, &topic::evt(&config.device_id, EvtKind::Telemetry), payload, false);
                             }
-                            serving.unsent.push_back(payload);
+                            Err(e) => {
+                                serving.dropped += 1;
+                                warn!(error = %e, "a telemetry window could not be encoded");
+                            }
                         }
-                        Err(e) => {
+                    } else {
+                        if serving.unsent.len() >= TELEMETRY_BUFFER {
+                            serving.unsent.pop_front();
                             serving.dropped += 1;
-                            warn!(error = %e, "a telemetry window could not be encoded");
                         }
+                        serving.unsent.push_back(telemetry);
                     }
                 }
             },
@@ -557,9 +574,17 @@ fn handle_activate(
             if let Some((_, payload)) = serving.reports.iter().find(|(id, _)| *id == cmd.command_id)
             {
                 publish(bus, &evt, payload.clone(), false);
+                debug!(command = %cmd.command_id, "duplicate activation: report sent again");
+                return Ok(());
             }
-            debug!(command = %cmd.command_id, "duplicate activation ignored");
-            return Ok(());
+            if serving.in_flight.contains(&cmd.command_id) {
+                debug!(command = %cmd.command_id, "duplicate activation ignored: in progress");
+                return Ok(());
+            }
+            // Seen by an earlier run of this agent that ended before it reported (killed
+            // mid-activation): activating again is idempotent and gives the coordinator its
+            // report.
+            info!(command = %cmd.command_id, "activation seen before a restart and never reported: doing it again");
         }
         Err(e) => {
             faults.record("recording a command id", &e);
@@ -585,6 +610,7 @@ fn handle_activate(
         );
     }
     info!(command = %cmd.command_id, deployment = %cmd.deployment_id, artifact = ?cmd.artifact.as_ref().map(|a| &a.artifact_id), "activation accepted");
+    serving.in_flight.insert(cmd.command_id.clone());
     let (store, reports) = (store.clone(), activations.clone());
     tokio::spawn(async move {
         match store.fetch_activation(&cmd).await {
