@@ -81,6 +81,8 @@ struct ServingState {
     job_started: HashMap<String, u64>,
     /// Activations accepted by this process and not yet reported.
     in_flight: std::collections::HashSet<String>,
+    /// Activations accepted so far (their order, for the supervisor).
+    accepted: u64,
 }
 
 impl ServingState {
@@ -192,6 +194,7 @@ pub async fn run(
         recent: VecDeque::new(),
         job_started: HashMap::new(),
         in_flight: Default::default(),
+        accepted: 0,
     };
     if let Some(serve) = &config.serving {
         let (tx, rx) = mpsc::channel(8);
@@ -297,7 +300,10 @@ pub async fn run(
                 crate::deploy::Report::Activation(r) => {
                     info!(command = %r.command_id, deployment = %r.deployment_id, ok = matches!(r.outcome, ActivationOutcome::Active { .. }), "activation finished");
                     let payload = wire::encode(&Message::ActivationReport(r.clone()))?;
-                    serving.remember(&r.command_id, &payload);
+                    // A busy refusal is not the command's answer: its redelivery is tried again.
+                    if !matches!(r.outcome, ActivationOutcome::Failed { kind: FailureKind::Busy, .. }) {
+                        serving.remember(&r.command_id, &payload);
+                    }
                     serving.in_flight.remove(&r.command_id);
                     publish(&bus, &topic::evt(&config.device_id, EvtKind::Activation), payload, false);
                 }
@@ -611,13 +617,15 @@ fn handle_activate(
     }
     info!(command = %cmd.command_id, deployment = %cmd.deployment_id, artifact = ?cmd.artifact.as_ref().map(|a| &a.artifact_id), "activation accepted");
     serving.in_flight.insert(cmd.command_id.clone());
+    serving.accepted += 1;
+    let seq = serving.accepted;
     let (store, reports) = (store.clone(), activations.clone());
     tokio::spawn(async move {
         match store.fetch_activation(&cmd).await {
             Ok(fetched) => {
                 let path = fetched.map(|f| f.path);
                 let _ = requests
-                    .send(crate::deploy::Request::Activate { cmd: Box::new(cmd), path })
+                    .send(crate::deploy::Request::Activate { cmd: Box::new(cmd), path, seq })
                     .await;
             }
             Err(e) => {

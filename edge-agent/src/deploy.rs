@@ -160,6 +160,10 @@ pub enum Request {
         cmd: Box<VerifiedActivation>,
         /// The verified model file.
         path: Option<PathBuf>,
+        /// Order in which the agent accepted the command: downloads finish in any order, and a
+        /// command accepted before one already applied is stale (a rollback overtaking the
+        /// download it undoes).
+        seq: u64,
     },
 }
 
@@ -240,6 +244,7 @@ impl Supervisor {
         // The serving process's address, and the probe traffic sent to it.
         let mut endpoint: Option<std::net::SocketAddr> = None;
         let mut probe: Option<tokio::task::JoinHandle<()>> = None;
+        let mut latest_seq = 0;
         loop {
             // (Re)start the serving process when a model should be served.
             if child.is_none()
@@ -264,11 +269,18 @@ impl Supervisor {
             let deadline = pending.as_ref().map(|p| p.deadline);
             tokio::select! {
                 request = requests.recv() => {
-                    let Some(Request::Activate { cmd, path }) = request else {
+                    let Some(Request::Activate { cmd, path, seq }) = request else {
                         stop_probe(&mut probe);
                         if let Some(c) = child.take() { c.stop().await; }
                         return;
                     };
+                    if seq < latest_seq {
+                        warn!(command = %cmd.command_id, "activation superseded by a later command: not applied");
+                        let report = failed(&cmd, FailureKind::Internal, "superseded by a later activation command".into(), self.pointers.active());
+                        let _ = reports.send(Report::Activation(report)).await;
+                        continue;
+                    }
+                    latest_seq = seq;
                     if let Some(p) = &pending {
                         let report = failed(&cmd, FailureKind::Busy, format!("activation {} is in progress", p.cmd.command_id), self.pointers.active());
                         let _ = reports.send(Report::Activation(report)).await;
