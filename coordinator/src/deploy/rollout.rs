@@ -20,7 +20,7 @@ use std::time::Duration;
 use hone_common::clock::now_ms;
 use hone_common::topic::{self, CmdKind};
 use hone_common::wire::{
-    ActivateCommand, ActivationOutcome, ActivationReport, ArtifactRef, Message,
+    ActivateCommand, ActivationOutcome, ActivationReport, ArtifactRef, FailureKind, Message,
 };
 use tokio::sync::Notify;
 use tracing::{info, warn};
@@ -459,6 +459,12 @@ pub async fn record_activation(
             db.set_device_model(device, None, Some(active.as_deref()), &x.deployment_id, now)
                 .await?;
             info!(deployment = %x.deployment_id, %device, state, load_ms, "activation reported");
+        }
+        ActivationOutcome::Failed { kind: FailureKind::Busy, reason, .. } => {
+            // The agent was still activating an earlier command (a rollback sent during an
+            // activation): the command stays sent and is re-sent, until the timeout.
+            info!(deployment = %x.deployment_id, %device, %reason, "agent busy: the activation is re-sent");
+            return Ok(false);
         }
         ActivationOutcome::Failed { kind, reason, serving } => {
             let text = if rolling_back {
