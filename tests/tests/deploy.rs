@@ -453,6 +453,52 @@ fn an_agent_killed_during_an_activation_comes_back_serving_a_model_and_the_rollo
 }
 
 #[test]
+fn a_rollback_that_overtakes_an_activation_brings_the_previous_model_back() {
+    let f = fleet(Broker::Embedded(free_port()), None, &["x86-vm-2core"]);
+    let (m1, m1_path) = f.register(&models::mnist_cnn(4, 1), "cnn");
+    deploy_first(&f, &m1, "cnn");
+    let api = f.api();
+    // A model big enough that the rollback overtakes its download on the agent.
+    let m2 = api.register(&asset("open-nsfw-onnx"), "nsfw").unwrap();
+    let v = create(
+        &api,
+        json!({
+            "model": m2, "devices": "all", "gate": "error_rate<=0.05", "window_s": 2,
+            "min_requests": 5, "probe_rps": 20, "activation_timeout_s": 60,
+        }),
+    );
+    let id = v["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f.agents[0].log().contains("activation accepted") {
+        assert!(Instant::now() < deadline, "{}", f.logs());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (status, v) = api.post(&format!("/api/v1/deployments/{id}/rollback"), &json!({})).unwrap();
+    assert!((200..300).contains(&status), "{status} {v}");
+    let v = wait_deployment(&f, &id, Duration::from_secs(90), ended);
+    assert_eq!(v["state"], "rolled_back", "{v}\n{}", f.logs());
+    let a = &f.agents[0];
+    // Both commands end on the agent (the new model's download may finish after the rollback
+    // was applied): what it serves after both is the previous model.
+    let finished = "activation finished command";
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while a.log().lines().filter(|l| l.contains(finished) && l.contains(&id)).count() < 2 {
+        assert!(Instant::now() < deadline, "{}", a.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(active_artifact(a).as_deref(), Some(m1.as_str()), "{v}\n{}", a.log());
+    assert_serves(&endpoint(a), "cnn", &m1_path);
+    let models = api.get("/api/v1/device-models").unwrap();
+    assert_eq!(models[0]["active_model_id"], m1.as_str(), "{models}");
+    eprintln!(
+        "figure: the new model's activation was superseded: {}; found the agent busy: {}",
+        a.log().contains("superseded by a later command"),
+        f.coord.log().contains("agent busy: the activation is re-sent")
+    );
+}
+
+#[test]
 fn a_coordinator_restarted_mid_rollout_resumes_it() {
     coordinator_restart_scenario(Broker::Embedded(free_port()), None);
 }
