@@ -409,8 +409,11 @@ fn an_agent_killed_during_an_activation_comes_back_serving_a_model_and_the_rollo
         }),
     );
     let id = v["id"].as_str().unwrap().to_string();
+    let accepted = |a: &AgentProc| {
+        a.log().lines().any(|l| l.contains("activation accepted") && l.contains(&id))
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !f.agents[0].log().contains("activation accepted") {
+    while !accepted(&f.agents[0]) {
         assert!(Instant::now() < deadline, "{}", f.logs());
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -469,7 +472,7 @@ fn a_rollback_that_overtakes_an_activation_brings_the_previous_model_back() {
     );
     let id = v["id"].as_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !f.agents[0].log().contains("activation accepted") {
+    while !f.agents[0].log().lines().any(|l| l.contains("activation accepted") && l.contains(&id)) {
         assert!(Instant::now() < deadline, "{}", f.logs());
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -491,6 +494,24 @@ fn a_rollback_that_overtakes_an_activation_brings_the_previous_model_back() {
     assert_serves(&endpoint(a), "cnn", &m1_path);
     let models = api.get("/api/v1/device-models").unwrap();
     assert_eq!(models[0]["active_model_id"], m1.as_str(), "{models}");
+
+    // An operator's rollback of a finished deployment.
+    let (m3, _) = f.register(&models::mnist_cnn(4, 2), "cnn-v3");
+    let mut body = json!({
+        "model": m3, "devices": "all", "model_name": "cnn", "gate": "error_rate<=0.05",
+        "window_s": 2, "min_requests": 5, "probe_rps": 20, "activation_timeout_s": 60,
+    });
+    let v = create(&api, body.take());
+    let id3 = v["id"].as_str().unwrap().to_string();
+    let v = wait_deployment(&f, &id3, Duration::from_secs(90), ended);
+    assert_eq!(v["state"], "done", "{v}\n{}", f.logs());
+    assert_eq!(active_artifact(a).as_deref(), Some(m3.as_str()));
+    let (status, v) = api.post(&format!("/api/v1/deployments/{id3}/rollback"), &json!({})).unwrap();
+    assert!((200..300).contains(&status), "{status} {v}");
+    let v = wait_deployment(&f, &id3, Duration::from_secs(90), ended);
+    assert_eq!(v["state"], "rolled_back", "{v}\n{}", f.logs());
+    assert_eq!(active_artifact(a).as_deref(), Some(m1.as_str()));
+    assert_serves(&endpoint(a), "cnn", &m1_path);
     eprintln!(
         "figure: the new model's activation was superseded: {}; found the agent busy: {}",
         a.log().contains("superseded by a later command"),
