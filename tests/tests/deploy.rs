@@ -53,6 +53,15 @@ fn fleet_with(
     Fleet { dir, coord, agents }
 }
 
+impl Drop for Fleet {
+    /// `HONE_E2E_LOGS=1`: every process's log, also when the test passed.
+    fn drop(&mut self) {
+        if std::env::var_os("HONE_E2E_LOGS").is_some() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}
+
 impl Fleet {
     fn api(&self) -> Api {
         self.coord.api()
@@ -614,19 +623,19 @@ fn serving_goes_on_while_the_broker_is_down_and_telemetry_resumes_counting_dropp
 
 #[test]
 fn a_flood_of_hostile_requests_leaves_the_endpoint_serving_with_bounded_memory() {
-    let f = fleet(Broker::Embedded(free_port()), None, &["x86-vm-2core"]);
+    let mut f = fleet(Broker::Embedded(free_port()), None, &["x86-vm-2core"]);
     let (m, path) = f.register(&models::mnist_cnn(4, 1), "cnn");
     deploy_first(&f, &m, "cnn");
     let url = endpoint(&f.agents[0]);
     let client = http();
-    let big = vec![b'['; 8 << 20];
+    let deep = vec![b'['; 8 << 20];
     let bodies: Vec<(&str, Vec<u8>)> = vec![
         ("application/json", b"{not json".to_vec()),
         ("application/json", b"{\"inputs\": 5}".to_vec()),
         ("application/json", br#"{"inputs":[{"name":"x","shape":[1000000000,1000000000],"datatype":"FP32","data":[1]}]}"#.to_vec()),
         ("application/json", br#"{"inputs":[{"name":"x","shape":[1,1,28,28],"datatype":"INT64","data":[1]}]}"#.to_vec()),
         ("application/octet-stream", vec![0xff; 4096]),
-        ("application/json", big),
+        ("application/json", deep),
     ];
     let mut statuses = std::collections::BTreeMap::new();
     for round in 0..20 {
@@ -647,13 +656,22 @@ fn a_flood_of_hostile_requests_leaves_the_endpoint_serving_with_bounded_memory()
             }
         }
     }
+    // Over the 32 MiB body limit: refused as announced, never read.
+    let huge = vec![b' '; 40 << 20];
+    for target in ["/v1/infer", "/v2/models/cnn/infer"] {
+        for _ in 0..3 {
+            let r = client.post(format!("{url}{target}")).body(huge.clone()).send();
+            let status = r.map(|r| r.status().as_u16()).unwrap_or(0);
+            assert!(status == 413 || status == 0, "{status} for a 40 MiB body to {target}");
+            *statuses.entry(status).or_insert(0) += 1;
+        }
+    }
     eprintln!("statuses of hostile requests: {statuses:?}");
     assert_serves(&url, "cnn", &path);
-    let mut agents = f.agents;
-    assert!(agents[0].is_alive());
+    assert!(f.agents[0].is_alive());
     // The serving process is a child of the agent: its RSS, from /proc.
-    let child_rss = serving_child_rss(&agents[0]);
-    eprintln!("figure: agent RSS {:?}, serving process RSS {child_rss:?}", agents[0].rss_bytes());
+    let child_rss = serving_child_rss(&f.agents[0]);
+    eprintln!("figure: agent RSS {:?}, serving process RSS {child_rss:?}", f.agents[0].rss_bytes());
     if let Some(rss) = child_rss {
         assert!(rss < 512 << 20, "serving process RSS {rss} after the flood");
     }
