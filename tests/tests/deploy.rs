@@ -264,6 +264,10 @@ fn a_canary_passes_its_gate_on_live_traffic_then_a_broken_model_is_rolled_back()
         api.post("/api/v1/deployments", &json!({"id": id, "model": m1, "devices": "all"})).unwrap();
     assert_eq!(status, 200, "{again}");
     assert_eq!(again["id"], id.as_str());
+    // One rollout per device at a time.
+    let (status, busy) = api.post("/api/v1/deployments", &gate_request(&m1, "all")).unwrap();
+    assert_eq!(status, 409, "{busy}");
+    assert!(busy["error"].as_str().unwrap().contains(&id), "{busy}");
 
     // The canary activates; the rest wait for the gate.
     let v = wait_deployment(&f, &id, Duration::from_secs(60), |v| {
