@@ -311,7 +311,18 @@ impl Supervisor {
                     };
                     if child.is_none() {
                         match self.spawn().await {
-                            Ok(c) => child = Some(c),
+                            Ok(mut c) => {
+                                // A fresh process (the old one died and its restart was not
+                                // due yet): it serves the recorded model first, so that a new
+                                // model that fails to load leaves it serving, as reported.
+                                if let Some(active) = &previous
+                                    && let Err(e) = c.send(&activate_line("recover", active)).await
+                                {
+                                    warn!(error = %e, "cannot talk to the serving process");
+                                }
+                                restart_at = None;
+                                child = Some(c);
+                            }
                             Err(e) => {
                                 let report = failed(&cmd, FailureKind::Internal, format!("cannot start the serving process: {e}"), previous);
                                 let _ = reports.send(Report::Activation(report)).await;
