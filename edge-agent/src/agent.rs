@@ -68,9 +68,10 @@ struct ServingState {
     requests: Option<mpsc::Sender<crate::deploy::Request>>,
     /// Reports by command id, to answer redeliveries (newest last).
     reports: VecDeque<(String, Vec<u8>)>,
-    /// Telemetry waiting for the broker.
-    unsent: VecDeque<Vec<u8>>,
-    /// Windows dropped since the last one that went out.
+    /// Telemetry waiting for the broker (encoded when it goes out, so that only the first
+    /// one out carries the count of dropped windows).
+    unsent: VecDeque<Telemetry>,
+    /// Windows dropped and not yet reported in a window that went out.
     dropped: u64,
     seq: u64,
     /// Recent windows: (start ms, end ms, requests), to count what a benchmark shared the CPU
@@ -78,6 +79,10 @@ struct ServingState {
     recent: VecDeque<(u64, u64, u64)>,
     /// Job id → Unix ms when it started.
     job_started: HashMap<String, u64>,
+    /// Activations accepted by this process and not yet reported.
+    in_flight: std::collections::HashSet<String>,
+    /// Activations accepted so far (their order, for the supervisor).
+    accepted: u64,
 }
 
 impl ServingState {
@@ -188,6 +193,8 @@ pub async fn run(
         seq: 0,
         recent: VecDeque::new(),
         job_started: HashMap::new(),
+        in_flight: Default::default(),
+        accepted: 0,
     };
     if let Some(serve) = &config.serving {
         let (tx, rx) = mpsc::channel(8);
@@ -226,8 +233,19 @@ pub async fn run(
                 BusEvent::Connected { session_present } => {
                     backoff = Duration::from_millis(200);
                     connected = true;
-                    for payload in std::mem::take(&mut serving.unsent) {
-                        publish(&bus, &topic::evt(&config.device_id, EvtKind::Telemetry), payload, false);
+                    for mut telemetry in std::mem::take(&mut serving.unsent) {
+                        // Each drop is counted once, by the first window out after it.
+                        telemetry.dropped_windows = serving.dropped;
+                        match wire::encode(&Message::Telemetry(telemetry)) {
+                            Ok(payload) => {
+                                serving.dropped = 0;
+                                publish(&bus, &topic::evt(&config.device_id, EvtKind::Telemetry), payload, false);
+                            }
+                            Err(e) => {
+                                serving.dropped += 1;
+                                warn!(error = %e, "a telemetry window could not be encoded");
+                            }
+                        }
                     }
                     info!(session_present, "connected to broker");
                     match durable.pending() {
@@ -282,10 +300,15 @@ pub async fn run(
                 crate::deploy::Report::Activation(r) => {
                     info!(command = %r.command_id, deployment = %r.deployment_id, ok = matches!(r.outcome, ActivationOutcome::Active { .. }), "activation finished");
                     let payload = wire::encode(&Message::ActivationReport(r.clone()))?;
-                    serving.remember(&r.command_id, &payload);
+                    // A busy refusal is not the command's answer: its redelivery is tried again.
+                    if !matches!(r.outcome, ActivationOutcome::Failed { kind: FailureKind::Busy, .. }) {
+                        serving.remember(&r.command_id, &payload);
+                    }
+                    serving.in_flight.remove(&r.command_id);
                     publish(&bus, &topic::evt(&config.device_id, EvtKind::Activation), payload, false);
                 }
                 crate::deploy::Report::Window { active, window, thermal } => {
+                    let window = *window;
                     let end = window.window_start_ms + window.window_ms;
                     if serving.recent.len() >= 64 { serving.recent.pop_front(); }
                     serving.recent.push_back((window.window_start_ms, end, window.requests));
@@ -308,22 +331,23 @@ pub async fn run(
                         reading_source,
                         dropped_windows: serving.dropped,
                     };
-                    match wire::encode(&Message::Telemetry(telemetry)) {
-                        Ok(payload) if connected => {
-                            serving.dropped = 0;
-                            publish(&bus, &topic::evt(&config.device_id, EvtKind::Telemetry), payload, false);
-                        }
-                        Ok(payload) => {
-                            if serving.unsent.len() >= TELEMETRY_BUFFER {
-                                serving.unsent.pop_front();
-                                serving.dropped += 1;
+                    if connected {
+                        match wire::encode(&Message::Telemetry(telemetry)) {
+                            Ok(payload) => {
+                                serving.dropped = 0;
+                                publish(&bus, &topic::evt(&config.device_id, EvtKind::Telemetry), payload, false);
                             }
-                            serving.unsent.push_back(payload);
+                            Err(e) => {
+                                serving.dropped += 1;
+                                warn!(error = %e, "a telemetry window could not be encoded");
+                            }
                         }
-                        Err(e) => {
+                    } else {
+                        if serving.unsent.len() >= TELEMETRY_BUFFER {
+                            serving.unsent.pop_front();
                             serving.dropped += 1;
-                            warn!(error = %e, "a telemetry window could not be encoded");
                         }
+                        serving.unsent.push_back(telemetry);
                     }
                 }
             },
@@ -556,9 +580,17 @@ fn handle_activate(
             if let Some((_, payload)) = serving.reports.iter().find(|(id, _)| *id == cmd.command_id)
             {
                 publish(bus, &evt, payload.clone(), false);
+                debug!(command = %cmd.command_id, "duplicate activation: report sent again");
+                return Ok(());
             }
-            debug!(command = %cmd.command_id, "duplicate activation ignored");
-            return Ok(());
+            if serving.in_flight.contains(&cmd.command_id) {
+                debug!(command = %cmd.command_id, "duplicate activation ignored: in progress");
+                return Ok(());
+            }
+            // Seen by an earlier run of this agent that ended before it reported (killed
+            // mid-activation): activating again is idempotent and gives the coordinator its
+            // report.
+            info!(command = %cmd.command_id, "activation seen before a restart and never reported: doing it again");
         }
         Err(e) => {
             faults.record("recording a command id", &e);
@@ -584,13 +616,16 @@ fn handle_activate(
         );
     }
     info!(command = %cmd.command_id, deployment = %cmd.deployment_id, artifact = ?cmd.artifact.as_ref().map(|a| &a.artifact_id), "activation accepted");
+    serving.in_flight.insert(cmd.command_id.clone());
+    serving.accepted += 1;
+    let seq = serving.accepted;
     let (store, reports) = (store.clone(), activations.clone());
     tokio::spawn(async move {
         match store.fetch_activation(&cmd).await {
             Ok(fetched) => {
                 let path = fetched.map(|f| f.path);
                 let _ = requests
-                    .send(crate::deploy::Request::Activate { cmd: Box::new(cmd), path })
+                    .send(crate::deploy::Request::Activate { cmd: Box::new(cmd), path, seq })
                     .await;
             }
             Err(e) => {

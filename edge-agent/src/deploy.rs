@@ -160,6 +160,10 @@ pub enum Request {
         cmd: Box<VerifiedActivation>,
         /// The verified model file.
         path: Option<PathBuf>,
+        /// Order in which the agent accepted the command: downloads finish in any order, and a
+        /// command accepted before one already applied is stale (a rollback overtaking the
+        /// download it undoes).
+        seq: u64,
     },
 }
 
@@ -174,7 +178,7 @@ pub enum Report {
         /// What was served.
         active: Option<ActiveModel>,
         /// The window.
-        window: ServingWindow,
+        window: Box<ServingWindow>,
         /// Whether the emulated device was throttled (thermal model) at the window's end.
         thermal: Option<crate::throttle::ThermalPoint>,
     },
@@ -238,6 +242,10 @@ impl Supervisor {
         let mut pending: Option<Pending> = None;
         let mut restart_at: Option<Instant> = Some(Instant::now());
         let mut thermal_tick = tokio::time::interval(Duration::from_millis(250));
+        // The serving process's address, and the probe traffic sent to it.
+        let mut endpoint: Option<std::net::SocketAddr> = None;
+        let mut probe: Option<tokio::task::JoinHandle<()>> = None;
+        let mut latest_seq = 0;
         loop {
             // (Re)start the serving process when a model should be served.
             if child.is_none()
@@ -262,10 +270,18 @@ impl Supervisor {
             let deadline = pending.as_ref().map(|p| p.deadline);
             tokio::select! {
                 request = requests.recv() => {
-                    let Some(Request::Activate { cmd, path }) = request else {
+                    let Some(Request::Activate { cmd, path, seq }) = request else {
+                        stop_probe(&mut probe);
                         if let Some(c) = child.take() { c.stop().await; }
                         return;
                     };
+                    if seq < latest_seq {
+                        warn!(command = %cmd.command_id, "activation superseded by a later command: not applied");
+                        let report = failed(&cmd, FailureKind::Internal, "superseded by a later activation command".into(), self.pointers.active());
+                        let _ = reports.send(Report::Activation(report)).await;
+                        continue;
+                    }
+                    latest_seq = seq;
                     if let Some(p) = &pending {
                         let report = failed(&cmd, FailureKind::Busy, format!("activation {} is in progress", p.cmd.command_id), self.pointers.active());
                         let _ = reports.send(Report::Activation(report)).await;
@@ -274,6 +290,7 @@ impl Supervisor {
                     let previous = self.pointers.active();
                     let Some(path) = path else {
                         // Stop serving: the rollback of a first deployment.
+                        stop_probe(&mut probe);
                         if let Some(c) = child.take() { c.stop().await; }
                         let outcome = match self.pointers.switch(None) {
                             Ok(()) => ActivationOutcome::Active { load_ms: 0.0, warmup_ms: 0.0, previous: previous.map(|p| p.artifact_id) },
@@ -295,7 +312,18 @@ impl Supervisor {
                     };
                     if child.is_none() {
                         match self.spawn().await {
-                            Ok(c) => child = Some(c),
+                            Ok(mut c) => {
+                                // A fresh process (the old one died and its restart was not
+                                // due yet): it serves the recorded model first, so that a new
+                                // model that fails to load leaves it serving, as reported.
+                                if let Some(active) = &previous
+                                    && let Err(e) = c.send(&activate_line("recover", active)).await
+                                {
+                                    warn!(error = %e, "cannot talk to the serving process");
+                                }
+                                restart_at = None;
+                                child = Some(c);
+                            }
                             Err(e) => {
                                 let report = failed(&cmd, FailureKind::Internal, format!("cannot start the serving process: {e}"), previous);
                                 let _ = reports.send(Report::Activation(report)).await;
@@ -315,6 +343,7 @@ impl Supervisor {
                 event = next_event(&mut child) => match event {
                     Some(ChildEvent::Listening { addr, .. }) => {
                         info!(%addr, "serving endpoint listening");
+                        endpoint = Some(addr);
                         let _ = crate::outbox::write_atomic(&self.pointers.endpoint_file(), format!("http://{addr}\n").as_bytes());
                     }
                     Some(ChildEvent::Activated { id, load_ms, warmup_ms, .. }) => {
@@ -333,6 +362,14 @@ impl Supervisor {
                                 let _ = reports.send(Report::Activation(report_of(&p.cmd, outcome))).await;
                             }
                         }
+                        // A switch (or the recovery of the recorded model): probe what is served now.
+                        stop_probe(&mut probe);
+                        if let (Some(addr), Some(active)) = (endpoint, self.pointers.active())
+                            && active.probe_rps > 0
+                        {
+                            let token = self.config.token_file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()).map(|t| t.trim().to_string());
+                            probe = Some(tokio::spawn(send_probes(format!("http://{addr}"), active.model_name, active.probe_rps, token)));
+                        }
                     }
                     Some(ChildEvent::ActivationFailed { id, kind, reason, .. }) => {
                         if let Some(p) = pending.take_if(|p| p.cmd.command_id == id) {
@@ -345,11 +382,13 @@ impl Supervisor {
                     }
                     Some(ChildEvent::Window { window, .. }) => {
                         let thermal = child.as_ref().and_then(|c| self.thermal_point(c));
-                        let _ = reports.send(Report::Window { active: self.pointers.active(), window, thermal }).await;
+                        let _ = reports.send(Report::Window { active: self.pointers.active(), window: Box::new(window), thermal }).await;
                     }
                     Some(ChildEvent::Error { message }) => warn!(%message, "serving process error"),
                     None => {
                         // The serving process ended.
+                        stop_probe(&mut probe);
+                        endpoint = None;
                         if let Some(mut c) = child.take() {
                             let status = c.process.wait().await.map(|s| describe(&s)).unwrap_or_else(|e| e.to_string());
                             let oom = c.group.as_ref().is_some_and(Group::oom_killed);
@@ -368,6 +407,8 @@ impl Supervisor {
                 _ = sleep_until(deadline) => {
                     if let Some(p) = pending.take() {
                         warn!(artifact = %p.model.artifact_id, "activation timed out: restarting the serving process with the previous model");
+                        stop_probe(&mut probe);
+                        endpoint = None;
                         if let Some(c) = child.take() { c.stop().await; }
                         restart_at = Some(Instant::now());
                         let report = failed(&p.cmd, FailureKind::Timeout, format!("loading and warming up took longer than {} ms", p.cmd.timeout_ms), self.pointers.active());
@@ -440,6 +481,50 @@ impl Supervisor {
             started: Instant::now(),
             base_quota: limited.plan.quota_us,
         })
+    }
+}
+
+fn stop_probe(probe: &mut Option<tokio::task::JoinHandle<()>>) {
+    if let Some(p) = probe.take() {
+        p.abort();
+    }
+}
+
+/// Probe traffic: about `rps` synthetic requests per second (loadgen's inputs from the model's
+/// metadata) to the serving process's own endpoint, so that a quiet device still gives the
+/// canary gate requests to judge. One at a time: a model slower than the rate gets fewer
+/// probes, never a queue. Runs until aborted (a switch, the end of the serving process).
+async fn send_probes(base: String, model: String, rps: u32, token: Option<String>) {
+    let client = match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
+        Ok(c) => c,
+        Err(e) => return warn!(error = %e, "probe traffic: no HTTP client"),
+    };
+    let options = crate::loadgen::LoadgenOptions {
+        url: base.clone(),
+        model: Some(model.clone()),
+        rates: vec![f64::from(rps)],
+        duration: Duration::ZERO,
+        concurrency: 1,
+        token: token.clone(),
+        inputs: None,
+        binary: false,
+    };
+    let bodies = match crate::loadgen::prepare(&client, &base, &options).await {
+        Ok(b) if !b.is_empty() => b,
+        Ok(_) => return,
+        Err(e) => return warn!(error = %format!("{e:#}"), "probe traffic: cannot build requests"),
+    };
+    info!(%model, rps, "probe traffic started");
+    let target = format!("{base}/v2/models/{model}/infer");
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rps.max(1))));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    for i in 0usize.. {
+        tick.tick().await;
+        let request =
+            crate::loadgen::build_request(&client, &target, &bodies[i % bodies.len()], &token);
+        if let Ok(response) = request.send().await {
+            let _ = response.bytes().await;
+        }
     }
 }
 

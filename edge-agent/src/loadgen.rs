@@ -234,6 +234,33 @@ pub async fn run(options: &LoadgenOptions) -> anyhow::Result<Vec<RateReport>> {
     Ok(reports)
 }
 
+/// A POST of `prepared` to `target`, with the bearer token if any.
+pub(crate) fn build_request(
+    client: &reqwest::Client,
+    target: &str,
+    prepared: &Prepared,
+    token: &Option<String>,
+) -> reqwest::RequestBuilder {
+    let mut request = client
+        .post(target)
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            if prepared.header_length.is_some() {
+                "application/octet-stream"
+            } else {
+                "application/json"
+            },
+        )
+        .body(prepared.body.to_vec());
+    if let Some(n) = prepared.header_length {
+        request = request.header(HEADER_LENGTH, n);
+    }
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request
+}
+
 async fn run_rate(
     client: &reqwest::Client,
     target: &str,
@@ -252,24 +279,7 @@ async fn run_rate(
             dropped += 1;
             continue;
         };
-        let prepared = bodies[i % bodies.len()].clone();
-        let mut request = client
-            .post(target)
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                if prepared.header_length.is_some() {
-                    "application/octet-stream"
-                } else {
-                    "application/json"
-                },
-            )
-            .body(prepared.body.to_vec());
-        if let Some(n) = prepared.header_length {
-            request = request.header(HEADER_LENGTH, n);
-        }
-        if let Some(token) = &options.token {
-            request = request.bearer_auth(token);
-        }
+        let request = build_request(client, target, &bodies[i % bodies.len()], &options.token);
         tasks.spawn(async move {
             let _slot = slot;
             match request.send().await {
@@ -298,7 +308,7 @@ async fn run_rate(
 }
 
 /// The request bodies: the `--inputs` lines, or synthetic inputs from the model's metadata.
-async fn prepare(
+pub(crate) async fn prepare(
     client: &reqwest::Client,
     base: &str,
     options: &LoadgenOptions,

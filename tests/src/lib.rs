@@ -14,8 +14,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-/// Directory holding the built binaries.
+/// Directory holding the built binaries: `$HONE_BIN_DIR` if set (a copy of this checkout's
+/// binaries, when several checkouts share one `CARGO_TARGET_DIR` and overwrite each other's
+/// `target/debug/` binaries), else the folder cargo built them in.
 pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("HONE_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
     let exe = std::env::current_exe().expect("test executable path");
     // Tests run from target/debug/deps/e2e-HASH, harness binaries from target/debug/.
     let dir = exe.parent().expect("executable folder");
@@ -343,6 +348,11 @@ impl AgentProc {
     /// Its log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.pid()
     }
 
     /// Resident set size of the agent process, bytes (Linux).

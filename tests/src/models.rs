@@ -98,3 +98,85 @@ pub fn dynamic_image() -> Vec<u8> {
         value_info("y", &[Ok(-1), Ok(3), Err("?"), Err("?")]),
     )
 }
+
+/// A small MNIST-shaped CNN, untrained but deterministic: x f32[batch, 1, 28, 28] →
+/// Conv(`channels` 3×3, stride 2) → Relu → Flatten → MatMul → y f32[batch, 10]. `seed` varies
+/// the weights (two seeds: two different models of the same shape).
+pub fn mnist_cnn(channels: i64, seed: u64) -> Vec<u8> {
+    let weights = |n: i64, salt: u64| -> Vec<f32> {
+        (0..n as u64).map(|i| (((i * 31 + seed * 7 + salt) % 11) as f32 - 5.0) / 25.0).collect()
+    };
+    let int_list = |name: &str, v: &[i64]| pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Ints as i32,
+        ints: v.to_vec(),
+        ..Default::default()
+    };
+    let flat = channels * 13 * 13;
+    let inits = vec![
+        pb::TensorProto {
+            name: "Wc".into(),
+            dims: vec![channels, 1, 3, 3],
+            data_type: 1,
+            float_data: weights(channels * 9, 1),
+            ..Default::default()
+        },
+        pb::TensorProto {
+            name: "Bc".into(),
+            dims: vec![channels],
+            data_type: 1,
+            float_data: weights(channels, 2),
+            ..Default::default()
+        },
+        pb::TensorProto {
+            name: "Wf".into(),
+            dims: vec![flat, 10],
+            data_type: 1,
+            float_data: weights(flat * 10, 3),
+            ..Default::default()
+        },
+    ];
+    let nodes = vec![
+        pb::NodeProto {
+            name: "conv".into(),
+            op_type: "Conv".into(),
+            input: vec!["x".into(), "Wc".into(), "Bc".into()],
+            output: vec!["c".into()],
+            attribute: vec![int_list("kernel_shape", &[3, 3]), int_list("strides", &[2, 2])],
+            ..Default::default()
+        },
+        pb::NodeProto {
+            name: "act".into(),
+            op_type: "Relu".into(),
+            input: vec!["c".into()],
+            output: vec!["r".into()],
+            ..Default::default()
+        },
+        pb::NodeProto {
+            name: "flat".into(),
+            op_type: "Flatten".into(),
+            input: vec!["r".into()],
+            output: vec!["f".into()],
+            attribute: vec![pb::AttributeProto {
+                name: "axis".into(),
+                r#type: pb::attribute_proto::AttributeType::Int as i32,
+                i: 1,
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+        pb::NodeProto {
+            name: "fc".into(),
+            op_type: "MatMul".into(),
+            input: vec!["f".into(), "Wf".into()],
+            output: vec!["y".into()],
+            ..Default::default()
+        },
+    ];
+    model(
+        nodes,
+        inits,
+        value_info("x", &[Err("batch"), Ok(1), Ok(28), Ok(28)]),
+        value_info("y", &[Err("batch"), Ok(10)]),
+    )
+}

@@ -4,6 +4,7 @@
 mod campaign;
 mod corpus;
 mod demo;
+mod deploy;
 mod faults;
 mod hostile;
 mod pipeline;

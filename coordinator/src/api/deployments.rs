@@ -51,6 +51,7 @@ pub(super) async fn create(
     }
     let (id, created) = crate::deploy::create(&s.db, &req, now).await.map_err(|e| match e {
         CreateError::Invalid(m) => ApiError::BadRequest(m),
+        CreateError::Busy(m) => ApiError::Conflict(m),
         CreateError::Db(e) => ApiError::Internal(e.into()),
     })?;
     let d = s.db.deployment(&id).await?.ok_or_else(|| ApiError::NotFound(id.clone()))?;

@@ -237,6 +237,10 @@ pub enum CreateError {
     /// The request is wrong (400).
     #[error("{0}")]
     Invalid(String),
+    /// Some of the devices are in another deployment that has not ended (409): two rollouts
+    /// on one device would each believe their model is the one it serves.
+    #[error("{0}")]
+    Busy(String),
     /// The database failed.
     #[error(transparent)]
     Db(#[from] crate::db::DbError),
@@ -277,6 +281,23 @@ pub async fn create(
         )));
     }
     chosen.sort();
+    for other in db.deployments(true).await? {
+        let busy: Vec<String> = db
+            .deployment_devices(&other.id)
+            .await?
+            .into_iter()
+            .filter(|x| chosen.contains(&x.device_id))
+            .map(|x| x.device_id)
+            .collect();
+        if !busy.is_empty() {
+            return Err(CreateError::Busy(format!(
+                "{} in deployment {} ({}): wait for it to end, or roll it back",
+                busy.join(", "),
+                other.id,
+                other.state
+            )));
+        }
+    }
     let canary = req.canary.size(chosen.len());
     let current = db.device_models().await?;
     let plan: Vec<(String, i64, Option<String>)> = chosen

@@ -20,7 +20,7 @@ use std::time::Duration;
 use hone_common::clock::now_ms;
 use hone_common::topic::{self, CmdKind};
 use hone_common::wire::{
-    ActivateCommand, ActivationOutcome, ActivationReport, ArtifactRef, Message,
+    ActivateCommand, ActivationOutcome, ActivationReport, ArtifactRef, FailureKind, Message,
 };
 use tokio::sync::Notify;
 use tracing::{info, warn};
@@ -473,6 +473,12 @@ pub async fn record_activation(
                 .await?;
             info!(deployment = %x.deployment_id, %device, state, load_ms, "activation reported");
         }
+        ActivationOutcome::Failed { kind: FailureKind::Busy, reason, .. } => {
+            // The agent was still activating an earlier command (a rollback sent during an
+            // activation): the command stays sent and is re-sent, until the timeout.
+            info!(deployment = %x.deployment_id, %device, %reason, "agent busy: the activation is re-sent");
+            return Ok(false);
+        }
         ActivationOutcome::Failed { kind, reason, serving } => {
             let text = if rolling_back {
                 format!("rollback: {}: {reason}", kind.as_str())
@@ -490,4 +496,58 @@ pub async fn record_activation(
         }
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn db() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        (dir, Db::open(&url).await.unwrap())
+    }
+
+    fn report(command: &str, outcome: ActivationOutcome) -> ActivationReport {
+        ActivationReport {
+            command_id: command.into(),
+            deployment_id: "d".into(),
+            artifact_id: Some("m-new".into()),
+            outcome,
+            sent_at_ms: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_busy_refusal_leaves_the_command_sent_and_a_real_failure_fails_the_device() {
+        let (_dir, db) = db().await;
+        let plan = vec![("dev".to_string(), 0, Some("m-old".to_string()))];
+        assert!(
+            db.create_deployment("d", &serde_json::json!({}), "m-new", &plan, 1).await.unwrap()
+        );
+        db.mark_sent("d", "dev", "rolling_back", "c1", 2).await.unwrap();
+        let busy = ActivationOutcome::Failed {
+            kind: FailureKind::Busy,
+            reason: "activation c0 is in progress".into(),
+            serving: Some("m-new".into()),
+        };
+        assert!(!record_activation(&db, "dev", &report("c1", busy), 3).await.unwrap());
+        let row = db.deployment_device_by_command("c1").await.unwrap().unwrap();
+        assert_eq!(row.state, "rolling_back", "still sent: the rollout re-sends it");
+        let active = ActivationOutcome::Active { load_ms: 1.0, warmup_ms: 1.0, previous: None };
+        assert!(record_activation(&db, "dev", &report("c1", active), 4).await.unwrap());
+        let row = db.deployment_device_by_command("c1").await.unwrap().unwrap();
+        assert_eq!(row.state, "rolled_back");
+
+        db.mark_sent("d", "dev", "activating", "c2", 5).await.unwrap();
+        let invalid = ActivationOutcome::Failed {
+            kind: FailureKind::ModelInvalid,
+            reason: "no".into(),
+            serving: Some("m-old".into()),
+        };
+        assert!(record_activation(&db, "dev", &report("c2", invalid), 6).await.unwrap());
+        let row = db.deployment_device_by_command("c2").await.unwrap().unwrap();
+        assert_eq!(row.state, "failed");
+        assert!(row.reason.unwrap().starts_with("model_invalid"));
+    }
 }
