@@ -880,6 +880,8 @@ mod tests {
             seq: 0,
             recent: VecDeque::from([(0, 1000, 5), (1000, 2000, 7), (2000, 3000, 11)]),
             job_started: HashMap::new(),
+            in_flight: Default::default(),
+            accepted: 0,
         };
         assert_eq!(s.served_between(1500, 2500, true), Some(18), "windows 2 and 3");
         assert_eq!(s.served_between(3500, 4000, true), Some(0), "serving, but idle");

@@ -484,6 +484,10 @@ impl Supervisor {
     }
 }
 
+/// Probe traffic lasts this long after a switch: long enough for a canary gate (the default
+/// longest gate window is 3 minutes), not a load the device carries for ever.
+pub const PROBE_FOR: Duration = Duration::from_secs(600);
+
 fn stop_probe(probe: &mut Option<tokio::task::JoinHandle<()>>) {
     if let Some(p) = probe.take() {
         p.abort();
@@ -493,8 +497,11 @@ fn stop_probe(probe: &mut Option<tokio::task::JoinHandle<()>>) {
 /// Probe traffic: about `rps` synthetic requests per second (loadgen's inputs from the model's
 /// metadata) to the serving process's own endpoint, so that a quiet device still gives the
 /// canary gate requests to judge. One at a time: a model slower than the rate gets fewer
-/// probes, never a queue. Runs until aborted (a switch, the end of the serving process).
+/// probes, never a queue. Runs for [`PROBE_FOR`] at most, or until aborted (a switch, the end of
+/// the serving process). Probes carry [`crate::serve::kserve::PROBE_HEADER`]: their synthetic
+/// inputs stay out of the drift statistics.
 async fn send_probes(base: String, model: String, rps: u32, token: Option<String>) {
+    let started = Instant::now();
     let client = match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
         Ok(c) => c,
         Err(e) => return warn!(error = %e, "probe traffic: no HTTP client"),
@@ -520,8 +527,13 @@ async fn send_probes(base: String, model: String, rps: u32, token: Option<String
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     for i in 0usize.. {
         tick.tick().await;
+        if started.elapsed() > PROBE_FOR {
+            info!(%model, "probe traffic ended");
+            return;
+        }
         let request =
-            crate::loadgen::build_request(&client, &target, &bodies[i % bodies.len()], &token);
+            crate::loadgen::build_request(&client, &target, &bodies[i % bodies.len()], &token)
+                .header(crate::serve::kserve::PROBE_HEADER, "1");
         if let Ok(response) = request.send().await {
             let _ = response.bytes().await;
         }

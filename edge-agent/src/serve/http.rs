@@ -230,6 +230,7 @@ async fn infer(
                 .to_string(),
         ),
     };
+    let probe = headers.contains_key(super::kserve::PROBE_HEADER);
     let bytes = read_body(body, headers, shared.max_body_bytes).await?;
     let received = Instant::now();
     let running = shared
@@ -244,7 +245,11 @@ async fn infer(
         let answer = answer(&served, &bytes, header_length.as_deref())?;
         let latency_ms = received.elapsed().as_secs_f64() * 1e3;
         task_shared.with_window(|w| {
-            w.success(latency_ms, &answer.inputs, &answer.outputs, served.unknown_token_id)
+            if probe {
+                w.success(latency_ms, &[], &[], None)
+            } else {
+                w.success(latency_ms, &answer.inputs, &answer.outputs, served.unknown_token_id)
+            }
         });
         Ok::<_, ApiError>(answer.body)
     });

@@ -14,6 +14,11 @@ use serde::{Deserialize, Deserializer, Serialize};
 /// The header that gives the length of the JSON part of a body with binary tensors.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
+/// Marks the agent's own probe requests: they count as requests (and in latency), but their
+/// synthetic tensors stay out of the input and output statistics, so they never look like
+/// drift.
+pub const PROBE_HEADER: &str = "x-hone-probe";
+
 /// Element types the server accepts and returns (the KServe names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DataType {

@@ -546,3 +546,32 @@ async fn a_chunked_body_is_cut_off_at_the_limit() {
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
     assert_eq!(totals(&h.stop().await), (1, 1, 0));
 }
+
+#[tokio::test]
+async fn probe_requests_count_but_stay_out_of_the_input_statistics() {
+    struct Echo;
+    impl Engine for Echo {
+        fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
+            Ok(echo(inputs))
+        }
+    }
+    let h = Harness::start(window_config(), Some(fake(Echo))).await;
+    for _ in 0..3 {
+        let r = h
+            .client
+            .post(format!("{}/v1/infer", h.base))
+            .header(crate::serve::kserve::PROBE_HEADER, "1")
+            .json(&x([100.0, 100.0]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    assert_eq!(h.post("/v1/infer", x([1.0, 2.0])).await.0, 200);
+    let windows = h.stop().await;
+    assert_eq!(totals(&windows).0, 4, "probes are requests");
+    let seen: u64 = windows.iter().flat_map(|(_, w)| &w.inputs).map(|s| s.count).sum();
+    assert_eq!(seen, 2, "only the application's two values are in the statistics");
+    let max = windows.iter().flat_map(|(_, w)| &w.inputs).map(|s| s.max).fold(0.0, f64::max);
+    assert_eq!(max, 2.0, "the probes' values are not");
+}
