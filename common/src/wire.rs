@@ -259,6 +259,8 @@ pub struct ActivateCommand {
     /// Probe requests per second the agent sends to its own endpoint while this model is
     /// active (synthetic inputs), so a quiet device still gives its health gate traffic; 0: none.
     pub probe_rps: u32,
+    /// Seconds the probe traffic lasts after the switch (the canary gate's longest window).
+    pub probe_s: u32,
     /// Runtime the model was chosen for (`tract`); an agent without it refuses.
     pub runtime: String,
     /// Warm-up inferences before the switch.

@@ -293,6 +293,7 @@ fn activate() -> Message {
             expires_at_ms: 1000,
         }),
         probe_rps: 5,
+        probe_s: 60,
         runtime: "tract".into(),
         warmup: 3,
         symbols: vec![("n".into(), 1)],
@@ -310,6 +311,7 @@ fn activate_stop() -> Message {
         model_name: String::new(),
         artifact: None,
         probe_rps: 0,
+        probe_s: 0,
         runtime: "tract".into(),
         warmup: 0,
         symbols: vec![],
@@ -767,6 +769,7 @@ fn golden_activate() {
             "0a 687474703a2f2f632f61", //   url
             "e807",          //   expires_at_ms 1000
             "05",            // probe_rps
+            "3c",            // probe_s 60
             "05 7472616374", // runtime "tract"
             "03",            // warmup
             "01 01 6e 01",   // symbols [("n", 1)]
@@ -788,7 +791,7 @@ fn golden_activate_stop() {
             "02 6431",       // deployment_id "d1"
             "00",            // model_name ""
             "00",            // artifact None: stop serving
-            "00",            // probe_rps
+            "00 00",         // probe_rps, probe_s
             "05 7472616374", // runtime
             "00 00 00 00",   // warmup, symbols [], inputs {}, unknown_token_id None
             "01",            // timeout_ms

@@ -304,6 +304,7 @@ prop_compose! {
         model_name in text(),
         artifact in maybe(artifact_ref()),
         probe_rps in any::<u32>(),
+        probe_s in any::<u32>(),
         runtime in text(),
         warmup in any::<u32>(),
         symbols in prop::collection::vec((text(), any::<u64>()), 0..3),
@@ -315,7 +316,7 @@ prop_compose! {
         let inputs = InputShapes::new(inputs.into_iter().filter(|(n, _)| !n.trim().is_empty()))
             .expect("valid shapes");
         ActivateCommand {
-            command_id, deployment_id, model_name, artifact, probe_rps, runtime, warmup, symbols,
+            command_id, deployment_id, model_name, artifact, probe_rps, probe_s, runtime, warmup, symbols,
             inputs, unknown_token_id, timeout_ms, signature,
         }
     }

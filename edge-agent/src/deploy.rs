@@ -84,6 +84,9 @@ pub struct ActiveModel {
     pub unknown_token_id: Option<i64>,
     /// Probe requests per second.
     pub probe_rps: u32,
+    /// Seconds of probe traffic after the switch.
+    #[serde(default)]
+    pub probe_s: u32,
     /// When it became active, Unix ms.
     pub activated_at_ms: u64,
 }
@@ -308,6 +311,7 @@ impl Supervisor {
                         inputs: cmd.inputs.clone(),
                         unknown_token_id: cmd.unknown_token_id,
                         probe_rps: cmd.probe_rps,
+                        probe_s: cmd.probe_s,
                         activated_at_ms: 0,
                     };
                     if child.is_none() {
@@ -368,7 +372,7 @@ impl Supervisor {
                             && active.probe_rps > 0
                         {
                             let token = self.config.token_file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()).map(|t| t.trim().to_string());
-                            probe = Some(tokio::spawn(send_probes(format!("http://{addr}"), active.model_name, active.probe_rps, token)));
+                            probe = Some(tokio::spawn(send_probes(format!("http://{addr}"), active.model_name, active.probe_rps, Duration::from_secs(u64::from(active.probe_s)), token)));
                         }
                     }
                     Some(ChildEvent::ActivationFailed { id, kind, reason, .. }) => {
@@ -484,9 +488,9 @@ impl Supervisor {
     }
 }
 
-/// Probe traffic lasts this long after a switch: long enough for a canary gate (the default
-/// longest gate window is 3 minutes), not a load the device carries for ever.
-pub const PROBE_FOR: Duration = Duration::from_secs(600);
+/// Probe traffic never lasts longer than this after a switch, whatever the command asks: it
+/// is for a canary gate, not a load the device carries for ever.
+pub const PROBE_FOR: Duration = Duration::from_secs(3600);
 
 fn stop_probe(probe: &mut Option<tokio::task::JoinHandle<()>>) {
     if let Some(p) = probe.take() {
@@ -497,10 +501,17 @@ fn stop_probe(probe: &mut Option<tokio::task::JoinHandle<()>>) {
 /// Probe traffic: about `rps` synthetic requests per second (loadgen's inputs from the model's
 /// metadata) to the serving process's own endpoint, so that a quiet device still gives the
 /// canary gate requests to judge. One at a time: a model slower than the rate gets fewer
-/// probes, never a queue. Runs for [`PROBE_FOR`] at most, or until aborted (a switch, the end of
-/// the serving process). Probes carry [`crate::serve::kserve::PROBE_HEADER`]: their synthetic
-/// inputs stay out of the drift statistics.
-async fn send_probes(base: String, model: String, rps: u32, token: Option<String>) {
+/// probes, never a queue. Runs for `lasting` (the command's `probe_s`, at most [`PROBE_FOR`]), or
+/// until aborted (a switch, the end of the serving process). Probes carry
+/// [`crate::serve::kserve::PROBE_HEADER`]: their synthetic inputs stay out of the drift
+/// statistics.
+async fn send_probes(
+    base: String,
+    model: String,
+    rps: u32,
+    lasting: Duration,
+    token: Option<String>,
+) {
     let started = Instant::now();
     let client = match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
         Ok(c) => c,
@@ -527,7 +538,7 @@ async fn send_probes(base: String, model: String, rps: u32, token: Option<String
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     for i in 0usize.. {
         tick.tick().await;
-        if started.elapsed() > PROBE_FOR {
+        if started.elapsed() > lasting.min(PROBE_FOR) {
             info!(%model, "probe traffic ended");
             return;
         }
@@ -614,6 +625,7 @@ mod tests {
             inputs: Default::default(),
             unknown_token_id: None,
             probe_rps: 0,
+            probe_s: 0,
             activated_at_ms: 1,
         }
     }

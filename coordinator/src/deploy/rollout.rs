@@ -124,8 +124,17 @@ impl Rollout {
             "pending" => {
                 let command_id = ulid::Ulid::new().to_string();
                 self.db.mark_sent(&d.id, &x.device_id, "activating", &command_id, now).await?;
-                self.send(d, req, &x.device_id, &command_id, Some(&d.model_id), timeout_ms, now)
-                    .await?;
+                self.send(
+                    d,
+                    req,
+                    &x.device_id,
+                    &command_id,
+                    Some(&d.model_id),
+                    x.wave == 0,
+                    timeout_ms,
+                    now,
+                )
+                .await?;
                 info!(deployment = %d.id, device = %x.device_id, wave = x.wave, "activation sent");
             }
             "activating" => {
@@ -150,8 +159,17 @@ impl Rollout {
                     && let Some(cmd) = &x.command_id
                 {
                     self.db.touch_sent(&d.id, &x.device_id, now).await?;
-                    self.send(d, req, &x.device_id, cmd, Some(&d.model_id), timeout_ms, now)
-                        .await?;
+                    self.send(
+                        d,
+                        req,
+                        &x.device_id,
+                        cmd,
+                        Some(&d.model_id),
+                        x.wave == 0,
+                        timeout_ms,
+                        now,
+                    )
+                    .await?;
                 }
             }
             _ => {}
@@ -292,6 +310,7 @@ impl Rollout {
                         &x.device_id,
                         &command_id,
                         x.previous_model_id.as_deref(),
+                        false,
                         timeout_ms,
                         now,
                     )
@@ -322,6 +341,7 @@ impl Rollout {
                             &x.device_id,
                             cmd,
                             x.previous_model_id.as_deref(),
+                            false,
                             timeout_ms,
                             now,
                         )
@@ -373,6 +393,7 @@ impl Rollout {
         device: &str,
         command_id: &str,
         model: Option<&str>,
+        canary: bool,
         timeout_ms: i64,
         now: i64,
     ) -> anyhow::Result<()> {
@@ -412,7 +433,10 @@ impl Rollout {
             deployment_id: d.id.clone(),
             model_name: name,
             artifact,
-            probe_rps: if model == Some(d.model_id.as_str()) { req.probe_rps } else { 0 },
+            // Only the canary's gate needs traffic: it probes for the gate's longest window and a
+            // little more; the rest and rollbacks get none.
+            probe_rps: if canary && model == Some(d.model_id.as_str()) { req.probe_rps } else { 0 },
+            probe_s: (req.max_window() + req.activation_timeout_s.min(60.0)).ceil() as u32,
             runtime: "tract".into(),
             warmup: 3,
             symbols,

@@ -650,6 +650,7 @@ fn signed_activation(job: &JobCommand, seed: u8) -> ActivateCommand {
         model_name: "m".into(),
         artifact: Some(job.artifact.clone()),
         probe_rps: 0,
+        probe_s: 0,
         runtime: "tract".into(),
         warmup: 1,
         symbols: vec![],

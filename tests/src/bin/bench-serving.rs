@@ -100,16 +100,19 @@ fn main() -> anyhow::Result<()> {
     let rollout_s = start.elapsed().as_secs_f64();
     anyhow::ensure!(view["state"] == "done", "rollout ended {}: {}", view["state"], view["reason"]);
 
-    // One agent's endpoint, after the probe traffic of the deployment stopped mattering.
+    // One agent of the rest: the canary probes itself for its gate, the rest get no probes.
+    let measured = agents.last().expect("at least one agent");
     let endpoint =
-        std::fs::read_to_string(agents[0].state_dir.join("serving/endpoint"))?.trim().to_string();
-    let loadgen = |rates: &str, secs: f64| -> anyhow::Result<Value> {
-        json_of(
-            Command::new(bin("edge-agent"))
-                .args(["loadgen", "--url", &endpoint, "--rates", rates, "--duration"])
-                .arg(secs.to_string())
-                .arg("--json"),
-        )
+        std::fs::read_to_string(measured.state_dir.join("serving/endpoint"))?.trim().to_string();
+    let loadgen = |rates: &str, secs: f64, binary: bool| -> anyhow::Result<Value> {
+        let mut cmd = Command::new(bin("edge-agent"));
+        cmd.args(["loadgen", "--url", &endpoint, "--rates", rates, "--duration"])
+            .arg(secs.to_string())
+            .arg("--json");
+        if binary {
+            cmd.arg("--binary");
+        }
+        json_of(&mut cmd)
     };
     // The benchmark of the same model under the same profile, and HTTP at a low rate.
     let bench = json_of(
@@ -120,19 +123,26 @@ fn main() -> anyhow::Result<()> {
             .args(["--max-time-ms", "10000", "--json"])
             .env("HONE_CALIBRATION_DIR", std::env::temp_dir().join("hone-e2e-calibration")),
     )?;
-    let low = loadgen("5", duration)?;
-    let sweep = loadgen(&rates, duration)?;
+    let low = loadgen("5", duration, false)?;
+    let low_binary = loadgen("5", duration, true)?;
+    let sweep = loadgen(&rates, duration, false)?;
+    let sweep_binary = loadgen(&rates, duration, true)?;
+    let binary_p50 = low_binary["rates"][0]["p50_ms"].as_f64();
     let bench_p50 = bench["p50_ms"].as_f64();
     let http_p50 = low["rates"][0]["p50_ms"].as_f64();
-    let sustained = sweep["rates"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| r["p99_within_2x_p50"] == true && r["unavailable"] == 0)
-        .filter_map(|r| r["achieved_rps"].as_f64())
-        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+    let sustained_of = |sweep: &Value| {
+        sweep["rates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["p99_within_2x_p50"] == true && r["unavailable"] == 0)
+            .filter_map(|r| r["achieved_rps"].as_f64())
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
+    };
+    let sustained = sustained_of(&sweep);
+    let sustained_binary = sustained_of(&sweep_binary);
     let serving_rss = api
-        .get(&format!("/api/v1/devices/{}/telemetry", ids[0]))?
+        .get(&format!("/api/v1/devices/{}/telemetry", measured.device_id))?
         .as_array()
         .and_then(|w| w.iter().filter_map(|w| w["rss_bytes"].as_u64()).max());
     let agent_rss: Vec<u64> = agents.iter().filter_map(|a| a.rss_bytes()).collect();
@@ -146,8 +156,12 @@ fn main() -> anyhow::Result<()> {
         "bench_p50_ms": bench_p50,
         "http_p50_ms_at_5_rps": http_p50,
         "serving_overhead_ratio": http_p50.zip(bench_p50).map(|(h, b)| h / b),
+        "http_p50_ms_at_5_rps_binary": binary_p50,
+        "serving_overhead_ratio_binary": binary_p50.zip(bench_p50).map(|(h, b)| h / b),
         "sweep": sweep["rates"],
+        "sweep_binary": sweep_binary["rates"],
         "sustained_rps_p99_within_2x_p50": sustained,
+        "sustained_rps_p99_within_2x_p50_binary": sustained_binary,
         "agent_rss_bytes_idle": idle_rss,
         "agent_rss_bytes_serving": agent_rss,
         "serving_process_rss_bytes_max": serving_rss,
@@ -160,6 +174,9 @@ fn main() -> anyhow::Result<()> {
             "rollout_s",
             "bench_p50_ms",
             "http_p50_ms_at_5_rps",
+            "http_p50_ms_at_5_rps_binary",
+            "serving_overhead_ratio_binary",
+            "sustained_rps_p99_within_2x_p50_binary",
             "serving_overhead_ratio",
             "sustained_rps_p99_within_2x_p50",
             "serving_process_rss_bytes_max",
