@@ -784,7 +784,30 @@ fn a_slow_model_over_its_budget_and_drifting_inputs_raise_alerts_with_suggestion
         let s = api.get(&format!("/api/v1/suggestions/{sid}")).unwrap();
         assert!(s["request"].is_object(), "a ready request: {s}");
         assert!(!s["reason"].as_str().unwrap().is_empty(), "{s}");
+        assert_eq!(s["request"]["devices"], json!(["x86-vm-2core"]), "the device's class: {s}");
+        assert_eq!(s["request"]["data"], "mnist", "the reference data: {s}");
     }
+    // The latency suggestion asks for a tighter budget; the CLI lists the alerts and runs it.
+    let latency =
+        alerts.as_array().unwrap().iter().find(|x| x["rule"] == "latency_budget").unwrap();
+    let sid = latency["suggestion_id"].as_str().unwrap();
+    let s = api.get(&format!("/api/v1/suggestions/{sid}")).unwrap();
+    assert!(s["request"]["latency_budget_ms"].as_f64().unwrap() < 0.0001, "{s}");
+    let out = f.coord.cli().args(["alerts", "list", "--open"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("latency_budget") && text.contains(sid), "{text}");
+    let out = f
+        .coord
+        .cli()
+        .args(["compress", "--from-suggestion", sid, "--no-wait", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pipeline: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pid = pipeline["id"].as_str().unwrap();
+    assert_eq!(pipeline["request"]["from_suggestion"], sid, "{pipeline}");
+    let s = api.get(&format!("/api/v1/suggestions/{sid}")).unwrap();
+    assert_eq!(s["pipeline_id"], pid, "the suggestion records its pipeline");
     let metrics = http()
         .get(format!("{}/metrics", f.coord.api_url()))
         .bearer_auth(f.coord.token.clone().unwrap())
