@@ -93,6 +93,21 @@ impl ServingState {
         self.reports.push_back((command_id.to_string(), payload.to_vec()));
     }
 
+    /// Publishes a window. Each drop is counted once, by the first window out after it.
+    fn send(&mut self, bus: &BusHandle, device: &str, mut telemetry: Telemetry) {
+        telemetry.dropped_windows = self.dropped;
+        match wire::encode(&Message::Telemetry(telemetry)) {
+            Ok(payload) => {
+                self.dropped = 0;
+                publish(bus, &topic::evt(device, EvtKind::Telemetry), payload, false);
+            }
+            Err(e) => {
+                self.dropped += 1;
+                warn!(error = %e, "a telemetry window could not be encoded");
+            }
+        }
+    }
+
     /// Requests served in windows overlapping `[from, to]`; `None` if nothing was served.
     fn served_between(&self, from: u64, to: u64, serving: bool) -> Option<u64> {
         serving.then(|| {
@@ -233,19 +248,8 @@ pub async fn run(
                 BusEvent::Connected { session_present } => {
                     backoff = Duration::from_millis(200);
                     connected = true;
-                    for mut telemetry in std::mem::take(&mut serving.unsent) {
-                        // Each drop is counted once, by the first window out after it.
-                        telemetry.dropped_windows = serving.dropped;
-                        match wire::encode(&Message::Telemetry(telemetry)) {
-                            Ok(payload) => {
-                                serving.dropped = 0;
-                                publish(&bus, &topic::evt(&config.device_id, EvtKind::Telemetry), payload, false);
-                            }
-                            Err(e) => {
-                                serving.dropped += 1;
-                                warn!(error = %e, "a telemetry window could not be encoded");
-                            }
-                        }
+                    for telemetry in std::mem::take(&mut serving.unsent) {
+                        serving.send(&bus, &config.device_id, telemetry);
                     }
                     info!(session_present, "connected to broker");
                     match durable.pending() {
@@ -332,16 +336,7 @@ pub async fn run(
                         dropped_windows: serving.dropped,
                     };
                     if connected {
-                        match wire::encode(&Message::Telemetry(telemetry)) {
-                            Ok(payload) => {
-                                serving.dropped = 0;
-                                publish(&bus, &topic::evt(&config.device_id, EvtKind::Telemetry), payload, false);
-                            }
-                            Err(e) => {
-                                serving.dropped += 1;
-                                warn!(error = %e, "a telemetry window could not be encoded");
-                            }
-                        }
+                        serving.send(&bus, &config.device_id, telemetry);
                     } else {
                         if serving.unsent.len() >= TELEMETRY_BUFFER {
                             serving.unsent.pop_front();

@@ -401,7 +401,7 @@ async fn suggest(
                 .map(|a| a.iter().filter_map(|v| v.as_f64()).fold(0.0, f64::max))
                 .unwrap_or(budget);
             // The device runs slower than it was measured by worst/budget: aim that much lower.
-            let target = (budget * budget / worst.max(1e-9) * 100.0).round() / 100.0;
+            let target = three_digits(budget * budget / worst.max(1e-9));
             request["latency_budget_ms"] = json!(target);
             let throttled = f.figures["throttled_windows"].as_u64().unwrap_or(0) > 0;
             if throttled {
@@ -448,6 +448,15 @@ async fn suggest(
         pipeline_id: None,
         created_at_ms: now,
     })
+}
+
+/// `x` rounded to three significant digits (a budget stays positive however small).
+fn three_digits(x: f64) -> f64 {
+    if !(x > 0.0 && x.is_finite()) {
+        return x;
+    }
+    let scale = 10f64.powi(2 - x.log10().floor() as i32);
+    (x * scale).round() / scale
 }
 
 /// Merges raw rows into buckets of `bucket_ms` (per device and model): counts add up, the

@@ -29,18 +29,6 @@ fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
 fn json_of(cmd: &mut Command) -> anyhow::Result<Value> {
     let out = cmd.output()?;
     if !out.status.success() {
@@ -147,7 +135,7 @@ fn main() -> anyhow::Result<()> {
         .and_then(|w| w.iter().filter_map(|w| w["rss_bytes"].as_u64()).max());
     let agent_rss: Vec<u64> = agents.iter().filter_map(|a| a.rss_bytes()).collect();
     let out = json!({
-        "cpu": cpu_model(),
+        "cpu": coordinator::pipeline::runner::cpu_model(),
         "model": "corpus-ppocr-cls (PaddleOCR direction classifier), x = 1x3x48x192, synthetic inputs",
         "profile": profile,
         "emulation": bench["emulation_status"],

@@ -97,6 +97,13 @@ fn drift_needs_two_windows_far_from_the_reference() {
 }
 
 #[test]
+fn suggested_budgets_keep_three_digits_and_stay_positive() {
+    assert_eq!(three_digits(12.3456), 12.3);
+    assert_eq!(three_digits(0.000012345), 0.0000123);
+    assert!(three_digits(1e-12) > 0.0);
+}
+
+#[test]
 fn downsampling_adds_counts_and_keeps_the_worst_tail() {
     let rows = vec![
         window(0, 10, 0, Some(2.0)),
