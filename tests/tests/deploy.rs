@@ -305,6 +305,28 @@ fn a_canary_passes_its_gate_on_live_traffic_then_a_broken_model_is_rolled_back()
     let (status, _) = api.get_status(&format!("/api/v1/devices/{canary}/telemetry")).unwrap();
     assert_eq!(status, 200);
 
+    // Serving never waits for a benchmark: one measured on the canary while it serves says how
+    // many requests were served meanwhile (the other device serves too, so its figure is there,
+    // whatever it counted of the checks above).
+    let (stop, load) = background_load(url.clone(), "mnist-cnn".into(), 20.0);
+    let idle = f.agents.iter().find(|a| a.device_id != canary).unwrap().device_id.clone();
+    let c = api
+        .start_campaign(json!({
+            "models": [m1], "devices": format!("{canary},{idle}"),
+            "bench": {"warmup": 1, "max_iterations": 100000, "max_time_ms": 3000, "symbols": []},
+        }))
+        .unwrap();
+    let view = api.wait_campaign(&c, Duration::from_secs(120)).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.join().unwrap();
+    let line = |d: &str| {
+        view["lines"].as_array().unwrap().iter().find(|l| l["device"] == d).unwrap().clone()
+    };
+    let served = line(&canary)["served_requests"].as_u64();
+    assert!(served.is_some_and(|n| n > 0), "measured while serving: {view}");
+    assert_eq!(line(&idle)["state"], "done", "{view}");
+    assert!(line(&idle)["served_requests"].is_u64(), "a serving device says so: {view}");
+
     // A model whose artifact no longer matches its digest (tampered on the coordinator's disk):
     // the canary refuses it, the deployment rolls back with the agent's reason, and every device
     // still serves the first model.

@@ -69,6 +69,10 @@ pub struct Line {
     pub emulation: Option<String>,
     /// `cold`: process start to first inference, ms.
     pub cold_start_ms: Option<f64>,
+    /// Requests the device served to applications while this was measured (`None`: it was
+    /// not serving).
+    #[serde(default)]
+    pub served_requests: Option<u64>,
     /// Time from dispatch to acceptance by the agent, ms.
     pub dispatch_ms: Option<i64>,
     /// Time from dispatch to the result, ms (includes download and benchmark).
@@ -176,6 +180,7 @@ fn line(
                 hone_common::bench::EmulationStatus::None => "none".to_string(),
             }),
         cold_start_ms: r.and_then(|r| r.report["cold_start_ms"].as_f64()),
+        served_requests: r.and_then(|r| r.report["served_requests"].as_u64()),
         dispatch_ms: j.dispatched_at_ms.zip(j.accepted_at_ms).map(|(d, a)| a - d),
         turnaround_ms: r.zip(j.dispatched_at_ms).map(|(r, d)| r.received_at_ms - d),
     }

@@ -366,8 +366,9 @@ async fn run_pipeline(args: DemoArgs) -> anyhow::Result<i32> {
     Ok(if guided.state == "done" && winners == result.classes.len() && deployed_ok { 0 } else { 2 })
 }
 
-/// Deploys each class's winner to the class's agent (the canary is the whole class: one agent
-/// each), with probe traffic for the gate, then calls each endpoint with a short load.
+/// Follows the deployment the pipeline made for each class's winner (`compress --deploy`: the
+/// canary is the whole class, one agent each, with probe traffic for the gate), then calls each
+/// endpoint with a short load.
 async fn deploy_winners(
     fleet: &Fleet,
     guided: &PipelineView,
@@ -380,16 +381,25 @@ async fn deploy_winners(
     for class in &result.classes {
         let Some(winner) = &class.winner else { continue };
         let id = format!("{}-{}", guided.id, class.class);
-        let body = serde_json::json!({
-            "id": id, "model": winner.model, "devices": format!("profile:{}", class.class),
-            "pipeline": guided.id, "canary": "1", "gate": "error_rate<=0.05", "window_s": 5,
-            "min_requests": 5, "probe_rps": 2, "activation_timeout_s": 120,
-        });
-        let _: crate::api::DeploymentView = fleet.client.post("/api/v1/deployments", &body).await?;
+        let made = Instant::now();
+        while fleet
+            .client
+            .get::<crate::api::DeploymentView>(&format!("/api/v1/deployments/{id}"))
+            .await
+            .is_err()
+        {
+            if made.elapsed() > Duration::from_secs(60) {
+                bail!(
+                    "the pipeline did not deploy its {} winner (no deployment {id})",
+                    class.class
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         say(format!("demo: deploying {} ({}) to class {}", winner.name, winner.model, class.class));
         let view = super::deploy::follow(&fleet.client, &id, false).await?;
         let mut line = serde_json::json!({
-            "class": class.class, "deployment": id, "model": winner.model,
+            "class": class.class, "deployment": id, "model": view.deployment.model_id,
             "state": view.deployment.state, "reason": view.deployment.reason,
         });
         // An application's calls: a short fixed-rate load against the agent's endpoint.
@@ -463,7 +473,16 @@ async fn pipeline_loop(
         req.bench.max_time_ms = args.max_time_ms.min(3_000);
         Ok(req)
     };
-    let first = make(args.exhaustive)?;
+    let mut first = make(args.exhaustive)?;
+    if !args.no_deploy {
+        // `compress --deploy`: the runner deploys each class's winner when the pipeline ends.
+        let mut rollout = crate::deploy::DeployRequest::new("", "");
+        rollout.gate = "error_rate<=0.05".parse().map_err(anyhow::Error::msg)?;
+        rollout.window_s = 5.0;
+        rollout.min_requests = 5;
+        rollout.probe_rps = 2;
+        first.deploy = Some(rollout);
+    }
     let view: PipelineView = client.post("/api/v1/pipelines", &first).await?;
     say(format!(
         "demo: pipeline {} ({})",

@@ -273,3 +273,63 @@ async fn offline_devices_and_bad_requests_are_refused_before_anything_is_stored(
     assert!(db.deployments(false).await.unwrap().is_empty());
     t.finish().await;
 }
+
+#[tokio::test]
+async fn a_new_alert_is_posted_to_the_webhook_with_its_suggestion() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = testing::sqlite().await;
+    let db = &t.db;
+    db.apply_status(&status("a"), 1).await.unwrap();
+    let m = model(db, "hooked").await;
+    let mut req = DeployRequest::new(&m, "a");
+    req.latency_budget_ms = Some(4.0);
+    let (id, _) = create(db, &req, now()).await.unwrap();
+    // A webhook receiver: one HTTP request, its body sent on.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(4);
+    tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = sock.read(&mut chunk).await.unwrap();
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len: usize = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    let _ = sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+                    let _ = tx.send(text[end + 4..].to_string()).await;
+                    return;
+                }
+            }
+            if n == 0 {
+                return;
+            }
+        }
+    });
+    let monitor = Monitor { webhook: Some(url) };
+    for i in 0..3u64 {
+        // Medians of 10 ms against a 4 ms budget, three windows in a row.
+        let mut w = window("a", &m, &id, 30, 20.0);
+        w.window.window_start_ms += i * 1000;
+        let opened = monitor.ingest(db, "a", &w, now()).await.unwrap();
+        assert_eq!(opened.len(), usize::from(i == 2), "the third window opens the alert");
+    }
+    let body = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["alert"]["rule"], "latency_budget", "{v}");
+    assert_eq!(v["alert"]["device_id"], "a");
+    let target = v["suggestion"]["request"]["latency_budget_ms"].as_f64().unwrap();
+    assert!((target - 1.6).abs() < 1e-9, "4 × 4 / 10 ms: {v}");
+    assert_eq!(v["suggestion"]["class"], "rpi4");
+    t.finish().await;
+}
