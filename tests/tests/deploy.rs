@@ -839,3 +839,132 @@ fn a_slow_model_over_its_budget_and_drifting_inputs_raise_alerts_with_suggestion
         .unwrap();
     assert!(metrics.contains("hone_serving_"), "{metrics}");
 }
+
+/// A device made slower by its profile breaches a latency budget its faster sibling keeps, and
+/// one serving along the profile's thermal model (`--serve-thermal`, sped up) throttles: both
+/// raise their alerts, from live telemetry.
+#[test]
+fn a_slower_device_breaches_the_budget_and_a_hot_one_throttles() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord =
+        CoordinatorProc::start(&dir.path().join("coord"), Broker::Embedded(free_port()), None)
+            .unwrap();
+    let api = coord.api();
+    let root = dir.path().join("agents");
+    let fast_id = unique("e2e-fast");
+    let slow_id = unique("e2e-slow");
+    let fast = AgentProc::start_with(
+        &coord,
+        &root,
+        &fast_id,
+        &["--profile", "x86-vm-2core", "--telemetry-window-s", WINDOW_S],
+        3,
+    )
+    .unwrap();
+    let slow = AgentProc::start_with(
+        &coord,
+        &root,
+        &slow_id,
+        &[
+            "--profile",
+            "rpi4",
+            "--telemetry-window-s",
+            WINDOW_S,
+            "--serve-thermal",
+            "--thermal-time-scale",
+            "100",
+        ],
+        3,
+    )
+    .unwrap();
+    for id in [&fast_id, &slow_id] {
+        api.wait_device(id, true, Duration::from_secs(30)).unwrap();
+    }
+    // A real model that takes milliseconds (a CPU quota shows on it): PaddleOCR's classifier.
+    let m = api.register_with_inputs(&asset("corpus-ppocr-cls"), "cnn", "x=1x3x48x192").unwrap();
+    // Binary-data requests: the server's latency is the model's, not JSON parsing.
+    let load = |url: &str| {
+        let out = std::process::Command::new(bin("edge-agent"))
+            .args(["loadgen", "--url", url, "--model", "cnn", "--binary", "--rate", "10"])
+            .args(["--duration", "2", "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    // What each device class measures for this model: the budget sits between the two.
+    let c = api
+        .start_campaign(json!({
+            "models": [m], "devices": format!("{fast_id},{slow_id}"),
+            "bench": {"warmup": 3, "max_iterations": 200, "max_time_ms": 3000, "symbols": []},
+        }))
+        .unwrap();
+    let view = api.wait_campaign(&c, Duration::from_secs(180)).unwrap();
+    let p50 = |d: &str| {
+        view["lines"].as_array().unwrap().iter().find(|l| l["device"] == d).unwrap()["p50_ms"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{view}"))
+    };
+    let (fast_ms, slow_ms) = (p50(&fast_id), p50(&slow_id));
+    assert!(slow_ms > 2.0 * fast_ms, "the rpi4 profile is slower: {slow_ms} vs {fast_ms} ms");
+    let budget = (fast_ms * slow_ms).sqrt();
+    let v = create(
+        &api,
+        json!({
+            "model": m, "devices": format!("{fast_id},{slow_id}"), "canary": "1",
+            "gate": "error_rate<=0.05", "window_s": 2, "min_requests": 5, "probe_rps": 5,
+            "latency_budget_ms": budget, "activation_timeout_s": 60,
+        }),
+    );
+    let id = v["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let v = deployment(&api, &id);
+        if ended(&v) {
+            assert_eq!(v["state"], "done", "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (fast_url, slow_url) = (endpoint(&fast), endpoint(&slow));
+    let rules = |device: &str| -> Vec<String> {
+        api.get("/api/v1/alerts")
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["device_id"] == device)
+            .map(|a| a["rule"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        load(&fast_url);
+        load(&slow_url);
+        let slow_rules = rules(&slow_id);
+        if slow_rules.iter().any(|r| r == "latency_budget")
+            && slow_rules.iter().any(|r| r == "throttling")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alerts on the slow device: {slow_rules:?} (budget {budget:.2} ms)\n{}\n{}",
+            slow.log(),
+            coord.log()
+        );
+    }
+    assert!(
+        !rules(&fast_id).iter().any(|r| r == "latency_budget"),
+        "the fast device keeps the {budget:.2} ms budget: {:?}",
+        api.get(&format!("/api/v1/devices/{fast_id}/telemetry")).unwrap()
+    );
+    // The throttled windows say where their clock and temperature come from.
+    let series = api.get(&format!("/api/v1/devices/{slow_id}/telemetry")).unwrap();
+    let hot: Vec<&Value> =
+        series.as_array().unwrap().iter().filter(|w| w["throttled"] == 1).collect();
+    assert!(!hot.is_empty(), "{series}");
+    assert!(hot.iter().all(|w| w["reading_source"] == "modelled"), "{series}");
+    let clock = hot.last().unwrap()["clock_mhz"].as_i64().unwrap();
+    assert!(clock < 1500, "below the rpi4 nominal 1500 MHz: {clock} MHz");
+}
