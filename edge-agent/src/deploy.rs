@@ -525,7 +525,8 @@ async fn send_probes(
         concurrency: 1,
         token: token.clone(),
         inputs: None,
-        binary: false,
+        // Binary tensors: the probe costs what the model costs, not JSON parsing.
+        binary: true,
     };
     let bodies = match crate::loadgen::prepare(&client, &base, &options).await {
         Ok(b) if !b.is_empty() => b,
