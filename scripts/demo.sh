@@ -3,7 +3,8 @@
 # the embedded defaults (embedded MQTT broker, SQLite, one local agent per device class): Yahoo
 # open_nsfw is measured on rpi4 and x86-vm-2core, pruned into a grid of candidates per class,
 # validated against the parent on real photos, the predictor's best candidates measured on the
-# agents, a winner chosen per class, and hone-report.html written. Extra arguments go to
+# agents, a winner chosen per class, hone-report.html written, and each winner deployed to its
+# class's agent (canary gate on probe traffic), served over HTTP and called. Extra arguments go to
 # `coordinator demo` (e.g. --json, --exhaustive, --compare-exhaustive, --campaign).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
