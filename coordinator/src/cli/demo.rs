@@ -402,7 +402,8 @@ async fn deploy_winners(
             "class": class.class, "deployment": id, "model": view.deployment.model_id,
             "state": view.deployment.state, "reason": view.deployment.reason,
         });
-        // An application's calls: a short fixed-rate load against the agent's endpoint.
+        // An application's calls: a short fixed-rate load against the agent's endpoint, binary
+        // tensors (a 224x224x3 image is megabytes of JSON).
         let endpoint = fleet
             .data_dir
             .join("agents")
@@ -412,7 +413,17 @@ async fn deploy_winners(
             && let Ok(url) = std::fs::read_to_string(&endpoint)
         {
             let run = tokio::process::Command::new(&agent)
-                .args(["loadgen", "--url", url.trim(), "--rate", "2", "--duration", "3", "--json"])
+                .args([
+                    "loadgen",
+                    "--url",
+                    url.trim(),
+                    "--binary",
+                    "--rate",
+                    "2",
+                    "--duration",
+                    "3",
+                    "--json",
+                ])
                 .output()
                 .await;
             if let Ok(o) = run
