@@ -333,3 +333,58 @@ async fn a_new_alert_is_posted_to_the_webhook_with_its_suggestion() {
     assert_eq!(v["suggestion"]["class"], "rpi4");
     t.finish().await;
 }
+
+#[tokio::test]
+async fn after_a_rollback_the_restored_model_is_judged_by_its_own_deployment() {
+    let t = testing::sqlite().await;
+    let db = &t.db;
+    db.apply_status(&status("a"), 1).await.unwrap();
+    let r = rollout(db);
+    // m1 with a generous budget, done on `a`.
+    let m1 = model(db, "first").await;
+    let mut req = DeployRequest::new(&m1, "a");
+    req.id = Some("dep1".into());
+    req.latency_budget_ms = Some(100.0);
+    req.gate = "none".parse().unwrap();
+    req.window_s = 0.01;
+    req.min_requests = 1;
+    create(db, &req, now()).await.unwrap();
+    r.tick().await.unwrap();
+    assert!(report(db, "dep1", "a", active()).await);
+    let monitor = Monitor::default();
+    monitor.ingest(db, "a", &window("a", &m1, "dep1", 5, 20.0), now()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    r.tick().await.unwrap();
+    assert_eq!(state(db, "dep1").await, "done");
+    // m2 with a tight budget, rolled back by the operator: the agent serves m1 again, and
+    // tags its windows with dep2 (the deployment whose rollback activated it).
+    let m2 = model(db, "second").await;
+    let mut req2 = DeployRequest::new(&m2, "a");
+    req2.id = Some("dep2".into());
+    req2.latency_budget_ms = Some(1.0);
+    create(db, &req2, now()).await.unwrap();
+    r.tick().await.unwrap();
+    assert!(report(db, "dep2", "a", active()).await);
+    assert!(rollback(db, "dep2", "by hand", now()).await.unwrap());
+    r.tick().await.unwrap();
+    assert!(report(db, "dep2", "a", active()).await);
+    r.tick().await.unwrap();
+    assert_eq!(state(db, "dep2").await, "rolled_back");
+    for i in 1..=3u64 {
+        // Medians of 10 ms: over dep2's 1 ms budget, well within dep1's 100 ms.
+        let mut w = window("a", &m1, "dep2", 30, 20.0);
+        w.window.window_start_ms += i * 1000;
+        let opened = monitor.ingest(db, "a", &w, now()).await.unwrap();
+        assert!(opened.is_empty(), "m1 is judged by dep1's budget: {opened:?}");
+    }
+    // The same windows of m2 under dep2 would breach.
+    for i in 4..=6u64 {
+        let mut w = window("a", &m2, "dep2", 30, 20.0);
+        w.window.window_start_ms += i * 1000;
+        monitor.ingest(db, "a", &w, now()).await.unwrap();
+    }
+    let alerts = db.alerts(true).await.unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].deployment_id.as_deref(), Some("dep2"));
+    t.finish().await;
+}

@@ -256,7 +256,8 @@ impl Monitor {
             .into_iter()
             .filter(|w| w.resolution_ms == row.resolution_ms && w.model_id == row.model_id)
             .collect();
-        let ctx = self.context(db, device, t).await?;
+        let deployment = deployment_of(db, device, t).await?;
+        let ctx = self.context(db, device, t, deployment.as_ref()).await?;
         let findings = evaluate(&windows, &ctx);
         let mut opened = Vec::new();
         let class = db.device(device).await?.and_then(|d| d.profile);
@@ -272,7 +273,7 @@ impl Monitor {
                         device_id: device.to_string(),
                         class: class.clone(),
                         model_id: t.artifact_id.clone(),
-                        deployment_id: t.deployment_id.clone(),
+                        deployment_id: deployment.as_ref().map(|d| d.id.clone()),
                         rule: rule.to_string(),
                         message: f.message.clone(),
                         figures: f.figures.clone(),
@@ -301,12 +302,14 @@ impl Monitor {
         Ok(opened)
     }
 
-    async fn context(&self, db: &Db, device: &str, t: &Telemetry) -> anyhow::Result<Context> {
+    async fn context(
+        &self,
+        db: &Db,
+        device: &str,
+        t: &Telemetry,
+        deployment: Option<&crate::db::DeploymentRow>,
+    ) -> anyhow::Result<Context> {
         let mut ctx = Context::default();
-        let deployment = match &t.deployment_id {
-            Some(id) => db.deployment(id).await?,
-            None => None,
-        };
         let req: Option<DeployRequest> =
             deployment.as_ref().and_then(|d| serde_json::from_value(d.request.clone()).ok());
         ctx.latency_budget_ms = req.as_ref().and_then(|r| r.latency_budget_ms);
@@ -347,6 +350,34 @@ impl Monitor {
             }
         });
     }
+}
+
+/// The deployment whose rules apply to a window: the one the agent names, unless that one's
+/// model is not what was served (a rollback re-activates the previous model under the
+/// rolled-back deployment's id); then the newest deployment of the served model that finished on
+/// this device.
+async fn deployment_of(
+    db: &Db,
+    device: &str,
+    t: &Telemetry,
+) -> anyhow::Result<Option<crate::db::DeploymentRow>> {
+    let named = match &t.deployment_id {
+        Some(id) => db.deployment(id).await?,
+        None => None,
+    };
+    let Some(served) = &t.artifact_id else { return Ok(named) };
+    if named.as_ref().is_some_and(|d| &d.model_id == served) {
+        return Ok(named);
+    }
+    for d in db.deployments(false).await? {
+        if &d.model_id == served
+            && d.state == "done"
+            && db.deployment_devices(&d.id).await?.iter().any(|x| x.device_id == device)
+        {
+            return Ok(Some(d));
+        }
+    }
+    Ok(None)
 }
 
 /// The suggestion for an alert: a pipeline request for the device's class, built from the
