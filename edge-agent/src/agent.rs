@@ -19,8 +19,8 @@ use anyhow::Context;
 use ed25519_dalek::VerifyingKey;
 use hone_common::topic::{self, CmdKind, EvtKind, Topic};
 use hone_common::wire::{
-    self, ActivateCommand, ActivationOutcome, ActivationReport, FailureKind, JobAccepted,
-    JobCommand, JobResult, Message, Outcome, Telemetry,
+    self, ActivateCommand, ActivationOutcome, FailureKind, JobAccepted, JobCommand, JobResult,
+    Message, Outcome, Telemetry,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -551,13 +551,10 @@ fn handle_activate(
 ) -> anyhow::Result<()> {
     let evt = topic::evt(&config.device_id, EvtKind::Activation);
     let refuse = |cmd: &ActivateCommand, kind: FailureKind, reason: String| -> anyhow::Result<()> {
-        let report = ActivationReport {
-            command_id: cmd.command_id.clone(),
-            deployment_id: cmd.deployment_id.clone(),
-            artifact_id: cmd.artifact.as_ref().map(|a| a.artifact_id.clone()),
-            outcome: ActivationOutcome::Failed { kind, reason, serving: None },
-            sent_at_ms: now_ms(),
-        };
+        let report = crate::deploy::report_of(
+            cmd,
+            ActivationOutcome::Failed { kind, reason, serving: None },
+        );
         publish(bus, &evt, wire::encode(&Message::ActivationReport(report))?, false);
         Ok(())
     };
@@ -625,17 +622,14 @@ fn handle_activate(
             }
             Err(e) => {
                 warn!(command = %cmd.command_id, error = %e, "activation artifact rejected");
-                let report = ActivationReport {
-                    command_id: cmd.command_id.clone(),
-                    deployment_id: cmd.deployment_id.clone(),
-                    artifact_id: cmd.artifact.as_ref().map(|a| a.artifact_id.clone()),
-                    outcome: ActivationOutcome::Failed {
+                let report = crate::deploy::report_of(
+                    &cmd,
+                    ActivationOutcome::Failed {
                         kind: e.kind(),
                         reason: e.to_string(),
                         serving: None,
                     },
-                    sent_at_ms: now_ms(),
-                };
+                );
                 let _ = reports.send(crate::deploy::Report::Activation(report)).await;
             }
         }

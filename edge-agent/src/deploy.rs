@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use hone_common::serving::ServingWindow;
-use hone_common::wire::{ActivationOutcome, ActivationReport, FailureKind};
+use hone_common::wire::{ActivateCommand, ActivationOutcome, ActivationReport, FailureKind};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
@@ -579,7 +579,8 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-fn report_of(cmd: &VerifiedActivation, outcome: ActivationOutcome) -> ActivationReport {
+/// The report of an activation command (verified or not: a refusal answers too).
+pub fn report_of(cmd: &ActivateCommand, outcome: ActivationOutcome) -> ActivationReport {
     ActivationReport {
         command_id: cmd.command_id.clone(),
         deployment_id: cmd.deployment_id.clone(),

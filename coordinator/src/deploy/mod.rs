@@ -335,10 +335,19 @@ pub fn served_name(name: &str) -> String {
     if n.is_empty() { "model".into() } else { n }
 }
 
-/// Starts rolling a deployment back (by the operator, or after a `done` rollout went bad):
-/// `false` if it is already rolling back or rolled back.
+/// Starts rolling a deployment back (the gate failed, a device could not activate, or an
+/// operator asked): `false` if it is already rolling back or rolled back. Every device of the
+/// deployment should serve its previous model again, whatever it serves now: the rollout then
+/// sends it back where needed.
 pub async fn rollback(db: &Db, id: &str, reason: &str, now_ms: i64) -> crate::db::Result<bool> {
-    db.begin_rollback(id, reason, now_ms).await
+    if !db.begin_rollback(id, reason, now_ms).await? {
+        return Ok(false);
+    }
+    for x in db.deployment_devices(id).await? {
+        db.set_device_model(&x.device_id, Some(x.previous_model_id.as_deref()), None, id, now_ms)
+            .await?;
+    }
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -138,39 +138,11 @@ impl Rollout {
                 info!(deployment = %d.id, device = %x.device_id, wave = x.wave, "activation sent");
             }
             "activating" => {
-                let sent = x.sent_at_ms.unwrap_or(now);
-                let first = self.first_sent(x);
-                if now - first > timeout_ms + RESEND_MS {
-                    self.db
-                        .set_device_state(
-                            &d.id,
-                            &x.device_id,
-                            "failed",
-                            Some(&format!(
-                                "no activation report within {:.0} s (device offline or stuck)",
-                                req.activation_timeout_s
-                            )),
-                            None,
-                            now,
-                        )
-                        .await?;
-                    self.wake.notify_one();
-                } else if now - sent > RESEND_MS
-                    && let Some(cmd) = &x.command_id
-                {
-                    self.db.touch_sent(&d.id, &x.device_id, now).await?;
-                    self.send(
-                        d,
-                        req,
-                        &x.device_id,
-                        cmd,
-                        Some(&d.model_id),
-                        x.wave == 0,
-                        timeout_ms,
-                        now,
-                    )
-                    .await?;
-                }
+                let why = format!(
+                    "no activation report within {:.0} s (device offline or stuck)",
+                    req.activation_timeout_s
+                );
+                self.awaiting(d, req, x, Some(&d.model_id), x.wave == 0, &why, now).await?;
             }
             _ => {}
         }
@@ -186,6 +158,33 @@ impl Rollout {
             .map(|u| u.timestamp_ms() as i64)
             .or(x.sent_at_ms)
             .unwrap_or(0)
+    }
+
+    /// A device whose command has no report yet: it fails with `why` once the activation
+    /// timeout passed since the first send, else the same command is re-sent every
+    /// [`RESEND_MS`].
+    #[allow(clippy::too_many_arguments)]
+    async fn awaiting(
+        &self,
+        d: &DeploymentRow,
+        req: &DeployRequest,
+        x: &DeploymentDeviceRow,
+        model: Option<&str>,
+        canary: bool,
+        why: &str,
+        now: i64,
+    ) -> anyhow::Result<()> {
+        let timeout_ms = (req.activation_timeout_s * 1000.0) as i64;
+        if now - self.first_sent(x) > timeout_ms + RESEND_MS {
+            self.db.set_device_state(&d.id, &x.device_id, "failed", Some(why), None, now).await?;
+            self.wake.notify_one();
+        } else if now - x.sent_at_ms.unwrap_or(now) > RESEND_MS
+            && let Some(cmd) = &x.command_id
+        {
+            self.db.touch_sent(&d.id, &x.device_id, now).await?;
+            self.send(d, req, &x.device_id, cmd, model, canary, timeout_ms, now).await?;
+        }
+        Ok(())
     }
 
     async fn judge_canary(
@@ -249,7 +248,7 @@ impl Rollout {
         now: i64,
     ) -> anyhow::Result<()> {
         warn!(deployment = %d.id, %reason, "rolling back");
-        self.db.begin_rollback(&d.id, reason, now).await?;
+        super::rollback(&self.db, &d.id, reason, now).await?;
         self.wake.notify_one();
         Ok(())
     }
@@ -278,15 +277,6 @@ impl Rollout {
                             now,
                         )
                         .await?;
-                    self.db
-                        .set_device_model(
-                            &x.device_id,
-                            Some(x.previous_model_id.as_deref()),
-                            None,
-                            &d.id,
-                            now,
-                        )
-                        .await?;
                 }
                 // It may have switched: send it back.
                 "active" | "activating" => {
@@ -294,15 +284,6 @@ impl Rollout {
                     let command_id = ulid::Ulid::new().to_string();
                     self.db
                         .mark_sent(&d.id, &x.device_id, "rolling_back", &command_id, now)
-                        .await?;
-                    self.db
-                        .set_device_model(
-                            &x.device_id,
-                            Some(x.previous_model_id.as_deref()),
-                            None,
-                            &d.id,
-                            now,
-                        )
                         .await?;
                     self.send(
                         d,
@@ -319,50 +300,12 @@ impl Rollout {
                 }
                 "rolling_back" => {
                     done = false;
-                    let first = self.first_sent(x);
-                    if now - first > timeout_ms + RESEND_MS {
-                        self.db
-                            .set_device_state(
-                                &d.id,
-                                &x.device_id,
-                                "failed",
-                                Some("no report of the rollback within the activation timeout"),
-                                None,
-                                now,
-                            )
-                            .await?;
-                    } else if now - x.sent_at_ms.unwrap_or(now) > RESEND_MS
-                        && let Some(cmd) = &x.command_id
-                    {
-                        self.db.touch_sent(&d.id, &x.device_id, now).await?;
-                        self.send(
-                            d,
-                            req,
-                            &x.device_id,
-                            cmd,
-                            x.previous_model_id.as_deref(),
-                            false,
-                            timeout_ms,
-                            now,
-                        )
+                    let why = "no report of the rollback within the activation timeout";
+                    self.awaiting(d, req, x, x.previous_model_id.as_deref(), false, why, now)
                         .await?;
-                    }
                 }
                 "failed" if x.reason.as_deref().is_some_and(|r| r.starts_with("rollback")) => {
                     failed.push(x.device_id.clone());
-                }
-                // The activation failed: the device kept its model, which is what it should
-                // serve again.
-                "failed" => {
-                    self.db
-                        .set_device_model(
-                            &x.device_id,
-                            Some(x.previous_model_id.as_deref()),
-                            None,
-                            &d.id,
-                            now,
-                        )
-                        .await?;
                 }
                 // `failed` activations left the previous model in place; `rolled_back` and
                 // `skipped` are done.
