@@ -5,6 +5,8 @@
 //!   runtime and precision) out.
 //! - [`prune`]: dependency-aware structured pruning (groups, importance, allocation, cutting,
 //!   side-by-side latency, recovery fine-tune, the `--target-speedup` search).
+//! - [`distill`]: knowledge distillation (students made from the teacher or given, forward,
+//!   reverse and skew KL, hidden-state, attention and attribution losses, teacher assistants).
 //! - [`predict`]: latency prediction per device class from the fleet's measurements, to rank
 //!   candidates before they are measured.
 
@@ -42,6 +44,7 @@ macro_rules! named_enum {
     };
 }
 
+pub mod distill;
 pub mod method;
 pub mod predict;
 pub mod prune;

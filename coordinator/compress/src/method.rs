@@ -111,12 +111,13 @@ pub trait CompressionMethod: Send + Sync {
 }
 
 /// The methods a pipeline can run, by name.
-pub const METHOD_NAMES: &[&str] = &["prune"];
+pub const METHOD_NAMES: &[&str] = &["prune", "distill"];
 
 /// The method called `name`, with its default search space.
 pub fn method(name: &str) -> anyhow::Result<Box<dyn CompressionMethod>> {
     match name {
         "prune" => Ok(Box::new(PruneMethod::new(PruneGrid::default()))),
+        "distill" => Ok(Box::new(DistillMethod::default())),
         other => bail!("unknown compression method `{other}`: one of {}", METHOD_NAMES.join(", ")),
     }
 }
@@ -246,4 +247,124 @@ impl CompressionMethod for PruneMethod {
             }),
         })
     }
+}
+
+/// The settings of one distilled candidate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DistillSettings {
+    /// Share of the teacher's layers the student keeps (at least one; 1: all).
+    pub layers: f64,
+    /// Share of the prunable width it keeps (1: all).
+    pub width: f64,
+    /// The output divergence.
+    pub loss: hone_learn::train::kd::Divergence,
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Kept widths are multiples of this (the class's f32 SIMD width).
+    pub round_to: usize,
+}
+
+/// Knowledge distillation ([`crate::distill`]) as a pipeline method: students made from the
+/// parent (fewer layers and/or narrower), each trained against the parent.
+#[derive(Debug, Clone)]
+pub struct DistillMethod {
+    /// `(layers, width)` shares of the students.
+    pub students: Vec<(f64, f64)>,
+    /// The output divergence.
+    pub loss: hone_learn::train::kd::Divergence,
+    /// Optimizer steps per student.
+    pub steps: usize,
+    /// Examples per step.
+    pub batch_size: usize,
+}
+
+impl Default for DistillMethod {
+    /// Four students: half the layers; a third of the layers; a third at half width; all
+    /// layers at half width (the one a model without named layers can make). 200 steps of 32
+    /// examples each, forward KL at temperature 2 mixed half and half with the labels.
+    fn default() -> Self {
+        DistillMethod {
+            students: vec![(0.5, 1.0), (1.0 / 3.0, 1.0), (1.0 / 3.0, 0.5), (1.0, 0.5)],
+            loss: hone_learn::train::kd::Divergence::Fkl,
+            steps: 200,
+            batch_size: 32,
+        }
+    }
+}
+
+impl CompressionMethod for DistillMethod {
+    fn name(&self) -> &'static str {
+        "distill"
+    }
+
+    fn grid(&self, target: &Target) -> Vec<serde_json::Value> {
+        self.students
+            .iter()
+            .map(|&(layers, width)| {
+                let s = DistillSettings {
+                    layers,
+                    width,
+                    loss: self.loss,
+                    steps: self.steps,
+                    round_to: target.simd_width,
+                };
+                serde_json::to_value(s).expect("settings serialise")
+            })
+            .collect()
+    }
+
+    fn compress(
+        &self,
+        ctx: &MethodContext<'_>,
+        settings: &serde_json::Value,
+    ) -> anyhow::Result<Candidate> {
+        use crate::distill::{DistillConfig, Layers, StudentSpec, blocks::Blocks, distill_on};
+        let s: DistillSettings = serde_json::from_value(settings.clone())
+            .context("distillation settings: layers, width, loss, steps, round_to")?;
+        let started = std::time::Instant::now();
+        let parent = hone_graph::Graph::load(ctx.parent)?;
+        let layers = if s.layers < 1.0 {
+            let total = Blocks::find(&parent)?.len();
+            Some(Layers::Count(((s.layers * total as f64).round() as usize).clamp(1, total)))
+        } else {
+            None
+        };
+        let mut cfg = DistillConfig::new(
+            ctx.parent.to_path_buf(),
+            ctx.data.name().to_owned(),
+            ctx.out.to_path_buf(),
+        );
+        cfg.student = StudentSpec::Derived { layers, width: (s.width < 1.0).then_some(s.width) };
+        cfg.loss.divergence = s.loss;
+        cfg.steps = s.steps;
+        cfg.batch_size = self.batch_size;
+        cfg.round_to = s.round_to.max(1);
+        cfg.inputs = ctx.inputs.clone();
+        cfg.latency_seconds = 1.0;
+        cfg.test_limit = Some(256);
+        cfg.work_dir = ctx.out.with_extension("distill");
+        let report = distill_on(&cfg, ctx.data, &tracing_free_progress)?;
+        Ok(Candidate {
+            model: ctx.out.to_path_buf(),
+            method: self.name(),
+            settings: settings.clone(),
+            runtime: Runtime::Tract,
+            precision: Precision::F32,
+            report: serde_json::json!({
+                "params_before": report.teacher.params,
+                "params_after": report.student.params,
+                "layers": report.student.layers,
+                "accuracy_retained": report.accuracy_retained,
+                "agreement": report.agreement,
+                "coordinator_speedup": report.speedup,
+                "steps": report.stages.iter().map(|s| s.summary.steps).sum::<usize>(),
+                "seconds": started.elapsed().as_secs_f64(),
+            }),
+        })
+    }
+}
+
+/// Progress of a method inside the pipeline goes to stderr (the engine crates do not log).
+fn tracing_free_progress(m: &str) {
+    eprintln!("distill: {m}");
 }

@@ -54,6 +54,9 @@ pub(super) enum Command {
     Train(crate::cli::learn::TrainArgs),
     /// Structured pruning: remove whole neurons, channels and heads; measure the speedup in tract.
     Prune(crate::cli::prune::PruneArgs),
+    /// Knowledge distillation: a smaller student learns from the teacher (forward, reverse or
+    /// skew KL; hidden states, attention maps, attributions; teacher assistants).
+    Distill(Box<crate::cli::distill::DistillArgs>),
     /// Fold constant and static-shape subgraphs into initializers (no data, no retraining).
     Fold(crate::cli::graph::FoldArgs),
     /// The compression pipeline: candidates measured on the fleet choose the winner per class.

@@ -13,6 +13,7 @@ mod args;
 mod client;
 pub mod demo;
 mod deploy;
+pub mod distill;
 mod fleet;
 pub mod graph;
 pub mod learn;
@@ -34,9 +35,16 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     if matches!(
         cli.command,
-        Command::Baseline { .. } | Command::Train(_) | Command::Prune(_) | Command::ExecBench(_)
+        Command::Baseline { .. }
+            | Command::Train(_)
+            | Command::Prune(_)
+            | Command::ExecBench(_)
+            | Command::Distill(_)
     ) {
-        learn_threads();
+        // The attribution loss differentiates a gradient: candle keeps gradient graphs only
+        // with this variable, read once per thread.
+        let second_order = matches!(&cli.command, Command::Distill(a) if a.attribution);
+        learn_threads(second_order);
     }
     let entry = hone_process::Entry {
         default_filter: "coordinator=info,rumqttd=off,warn",
@@ -100,14 +108,17 @@ fn busy_elsewhere() -> Option<f64> {
 /// Applies [`learn_environment`]: candle reads these variables once, so the process re-executes
 /// itself with them (the safe way to set a variable for a running process); `HONE_LEARN_ENV`
 /// marks the second run. If that fails, the command runs with candle's defaults.
-fn learn_threads() {
+fn learn_threads(second_order: bool) {
     use std::os::unix::process::CommandExt as _;
     if std::env::var_os("HONE_LEARN_ENV").is_some() {
         return;
     }
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let load = busy_elsewhere();
-    let env = learn_environment(cores, load, |k| std::env::var_os(k).is_some());
+    let mut env = learn_environment(cores, load, |k| std::env::var_os(k).is_some());
+    if second_order && std::env::var_os("CANDLE_GRAD_DO_NOT_DETACH").is_none() {
+        env.push(("CANDLE_GRAD_DO_NOT_DETACH", "1".to_string()));
+    }
     if env.is_empty() {
         return;
     }
@@ -130,6 +141,7 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Devices { command } => fleet::devices(command).await,
         Command::Baseline { command } => learn::baseline(command).await,
         Command::Prune(args) => prune::run(args).await,
+        Command::Distill(args) => distill::run(*args).await,
         Command::Eval(args) => learn::eval(args).await,
         Command::ExecBench(args) => learn::run_exec_bench(args).await,
         Command::Train(args) => learn::train(args).await,

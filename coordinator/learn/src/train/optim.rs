@@ -164,6 +164,36 @@ impl AdamW {
     }
 }
 
+impl AdamW {
+    /// The moments of every parameter that has them, as `m/{name}` and `v/{name}`, for a
+    /// checkpoint (see [`AdamW::load_state`]).
+    pub fn state(&self) -> std::collections::HashMap<String, Tensor> {
+        let mut out = std::collections::HashMap::new();
+        for ((name, _), state) in self.params.iter().zip(&self.moments) {
+            if let Some((m, v)) = state {
+                out.insert(format!("m/{name}"), m.clone());
+                out.insert(format!("v/{name}"), v.clone());
+            }
+        }
+        out
+    }
+
+    /// Restores moments saved by [`AdamW::state`] (entries of other names are ignored, and a
+    /// moment whose shape no longer fits its parameter is dropped) and the step count.
+    pub fn load_state(&mut self, saved: &std::collections::HashMap<String, Tensor>, steps: u64) {
+        for ((name, var), state) in self.params.iter().zip(&mut self.moments) {
+            if let (Some(m), Some(v)) =
+                (saved.get(&format!("m/{name}")), saved.get(&format!("v/{name}")))
+                && m.dims() == var.dims()
+                && v.dims() == var.dims()
+            {
+                *state = Some((m.clone(), v.clone()));
+            }
+        }
+        self.steps = steps;
+    }
+}
+
 impl Optimizer for AdamW {
     fn step_with(
         &mut self,
@@ -299,5 +329,28 @@ mod tests {
         let mut opt = OptimizerConfig::adamw(0.1).build_for(vec![("w".into(), w.clone())]);
         opt.step_with(&|_| None, 0.1).unwrap();
         close(&vec_of(&w), &[1.0]);
+    }
+
+    #[test]
+    fn adamw_resumed_from_its_state_continues_exactly() {
+        let grad = |_: &str| Some(t(&[0.5, -1.0, 2.0]));
+        let a = var(&[1.0, 2.0, 3.0]);
+        let mut one = AdamW::new(vec![("w".into(), a.clone())], 0.9, 0.999, 1e-8, 0.0);
+        for _ in 0..3 {
+            one.step_with(&grad, 0.1).unwrap();
+        }
+        let before = vec_of(&a);
+        let b = var(&before);
+        let mut two = AdamW::new(vec![("w".into(), b.clone())], 0.9, 0.999, 1e-8, 0.0);
+        two.load_state(&one.state(), one.steps());
+        let other = |_: &str| Some(t(&[-3.0, 0.25, 1.0]));
+        one.step_with(&other, 0.1).unwrap();
+        two.step_with(&other, 0.1).unwrap();
+        assert_eq!(vec_of(&a), vec_of(&b));
+        // Without the state, the fourth step differs (the moments start over).
+        let c = var(&before);
+        let mut fresh = AdamW::new(vec![("w".into(), c.clone())], 0.9, 0.999, 1e-8, 0.0);
+        fresh.step_with(&other, 0.1).unwrap();
+        assert_ne!(vec_of(&c), vec_of(&a));
     }
 }

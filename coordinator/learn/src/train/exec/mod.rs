@@ -341,6 +341,29 @@ impl Executor {
         I: IntoIterator<Item = (S, Tensor)>,
         S: Into<String>,
     {
+        self.run_overriding(inputs, Vec::new(), outputs)
+    }
+
+    /// [`Executor::run`] with some intermediate values given instead of computed: a node whose
+    /// every output is in `overrides` is skipped, and its consumers read the given tensor (an
+    /// interpolated embedding for integrated gradients, say). Gradients flow into the given
+    /// tensors when they are part of an autograd graph.
+    pub fn run_overriding<I, S>(
+        &self,
+        inputs: I,
+        overrides: Vec<(String, Tensor)>,
+        outputs: &[&str],
+    ) -> Result<HashMap<String, Tensor>, ExecError>
+    where
+        I: IntoIterator<Item = (S, Tensor)>,
+        S: Into<String>,
+    {
+        for (name, _) in &overrides {
+            if !self.produced.contains_key(name) {
+                return Err(ExecError::UnknownValue(name.clone()));
+            }
+        }
+        let overridden: HashSet<String> = overrides.iter().map(|(n, _)| n.clone()).collect();
         let mut env: HashMap<String, Tensor> = HashMap::new();
         for (name, t) in inputs {
             let name = name.into();
@@ -356,6 +379,7 @@ impl Executor {
         for (name, t) in &self.constants {
             env.entry(name.clone()).or_insert_with(|| t.clone());
         }
+        env.extend(overrides);
         for o in outputs {
             if !env.contains_key(*o) && !self.produced.contains_key(*o) {
                 return Err(ExecError::UnknownValue((*o).to_string()));
@@ -374,6 +398,11 @@ impl Executor {
 
         for (ix, node) in self.nodes.iter().enumerate() {
             if !protos_live[ix] {
+                continue;
+            }
+            if !overridden.is_empty()
+                && node.outputs.iter().filter(|o| !o.is_empty()).all(|o| overridden.contains(o))
+            {
                 continue;
             }
             let label = &self.labels[ix];

@@ -68,3 +68,35 @@ fn frozen_initializers_get_no_gradient_and_intermediate_values_can_be_read() {
     let grads = exec.backward(&y.sum_all().unwrap()).unwrap();
     assert_eq!(grads.of(input.as_tensor()).unwrap().dims(), [8, 3]);
 }
+
+#[test]
+fn an_overridden_value_replaces_its_producer_and_carries_gradients() {
+    let case = mlp();
+    let exec = Executor::new(&case.graph).unwrap();
+    let plain = exec.run([("x", x(&case))], &["h", "y"]).unwrap();
+    // Giving `h` as computed reproduces `y`; giving zeros makes `y` the bias `b2` alone.
+    let same = exec
+        .run_overriding([("x", x(&case))], vec![("h".into(), plain["h"].clone())], &["y"])
+        .unwrap();
+    let diff = (&same["y"] - &plain["y"]).unwrap().abs().unwrap().max_all().unwrap();
+    assert_eq!(diff.to_vec0::<f32>().unwrap(), 0.0);
+    let h = candle_core::Var::from_tensor(&plain["h"].zeros_like().unwrap()).unwrap();
+    let zeroed = exec
+        .run_overriding([("x", x(&case))], vec![("h".into(), h.as_tensor().clone())], &["y"])
+        .unwrap();
+    let b2 = exec.parameter("b2").unwrap().as_tensor().to_vec1::<f32>().unwrap();
+    for row in zeroed["y"].to_vec2::<f32>().unwrap() {
+        assert_eq!(row, b2);
+    }
+    // The gradient reaches the given tensor (integrated gradients need it), and not `w1`,
+    // whose node was skipped.
+    let grads = exec.backward(&zeroed["y"].sum_all().unwrap()).unwrap();
+    assert!(grads.of(h.as_tensor()).is_some());
+    assert!(grads.get("w1").is_none());
+    let err = exec.run_overriding(
+        [("x", x(&case))],
+        vec![("nope".into(), h.as_tensor().clone())],
+        &["y"],
+    );
+    assert!(err.is_err());
+}

@@ -1,0 +1,251 @@
+//! Distillation on the real MiniLM-L3: layer blocks, students made from the teacher, a short
+//! resumable run, and the attribution loss's second-order gradient.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use candle_core::{DType, Tensor};
+use hone_graph::Graph;
+use hone_learn::data::Part;
+use hone_learn::eval::EvalData;
+use hone_learn::train::exec::Executor;
+use hone_learn::train::kd::{Divergence, KdLoss};
+
+use super::attribution::{Attributions, attribution_loss, embedding_value};
+use super::blocks::{Blocks, keep_blocks};
+use super::*;
+
+fn minilm_path() -> PathBuf {
+    hone_assets::path("minilm-l3-onnx").unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn minilm() -> Graph {
+    Graph::load(minilm_path()).unwrap()
+}
+
+/// A small sentiment teacher: MiniLM-L3 with a linear head trained on 300 movie-review
+/// sentences (frozen encoder), built once per test binary.
+fn teacher() -> &'static Path {
+    static T: OnceLock<PathBuf> = OnceLock::new();
+    T.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("hone-distill-teacher-{}", std::process::id()));
+        let mut o = hone_learn::baseline::MinilmOptions::new(dir);
+        o.limit = Some(300);
+        o.epochs = 8;
+        o.finetune_epochs = 0;
+        o.progress = false;
+        hone_learn::baseline::minilm_sentiment(&o).unwrap().model
+    })
+}
+
+fn vader() -> EvalData {
+    EvalData::load("vader").unwrap()
+}
+
+#[test]
+fn minilm_has_three_stacked_blocks_with_one_attention_map_each() {
+    let b = Blocks::find(&minilm()).unwrap();
+    assert_eq!(b.len(), 3);
+    for (i, blk) in b.blocks.iter().enumerate() {
+        assert_eq!(blk.index, i);
+        assert_eq!(blk.attention.len(), 1, "{blk:?}");
+        if i > 0 {
+            assert_eq!(blk.entry, b.blocks[i - 1].exit);
+        }
+    }
+}
+
+/// Dropping blocks 1 and 2 must give exactly what the teacher gives when block 2's output is
+/// replaced by block 0's: the rewiring is the only change.
+#[test]
+fn a_student_keeping_block_0_computes_the_teacher_with_blocks_1_and_2_bypassed() {
+    let g = minilm();
+    let b = Blocks::find(&g).unwrap();
+    let student = keep_blocks(&g, &[0]).unwrap();
+    assert!(crate::prune::param_count(&student) < crate::prune::param_count(&g));
+    assert_eq!(Blocks::find(&student).unwrap().len(), 1);
+    let data = vader();
+    let batch = data.batch(&g, &[0, 1, 2, 3]).unwrap();
+    let te = Executor::with_trainable(&g, |_| false).unwrap();
+    let se = Executor::with_trainable(&student, |_| false).unwrap();
+    // The token embeddings (block 2's output, a graph output); MiniLM's first output is
+    // mask-derived and does not depend on the layers.
+    let out = b.blocks[2].exit.clone();
+    let exit0 = te.run(batch.inputs.iter().cloned(), &[b.blocks[0].exit.as_str()]).unwrap();
+    let bypassed = te
+        .run_overriding(
+            batch.inputs.iter().cloned(),
+            vec![(b.blocks[2].exit.clone(), exit0[&b.blocks[0].exit].clone())],
+            &[out.as_str()],
+        )
+        .unwrap();
+    let got = se.run(batch.inputs.iter().cloned(), &[out.as_str()]).unwrap();
+    let full = te.run(batch.inputs.iter().cloned(), &[out.as_str()]).unwrap();
+    let diff = |a: &Tensor, b: &Tensor| -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_vec0()
+            .unwrap()
+    };
+    assert!(diff(&got[&out], &bypassed[&out]) < 1e-5);
+    let changed = diff(&got[&out], &full[&out]);
+    assert!(changed > 1e-2, "dropping two layers must change `{out}`: {changed}");
+    // tract runs the student too.
+    let dir = tempdir("keep");
+    student.save_gated(dir.join("s.onnx"), &Default::default()).unwrap();
+}
+
+#[test]
+fn keeping_blocks_refuses_what_does_not_exist() {
+    let g = minilm();
+    assert!(keep_blocks(&g, &[]).is_err());
+    let err = keep_blocks(&g, &[3]).unwrap_err();
+    assert!(err.to_string().contains("3 blocks"), "{err}");
+    // A model without named blocks.
+    let cnn = hone_learn::baseline::fashion_cnn_spec(7).build().unwrap().graph;
+    assert!(Blocks::find(&cnn).is_err());
+}
+
+#[test]
+fn assistants_are_spaced_geometrically_and_only_for_large_gaps() {
+    assert!(plan_assistants(Assistants::Auto, 3, 1, 0.5, 2.0).is_empty());
+    assert_eq!(plan_assistants(Assistants::Auto, 3, 1, 0.5, 6.0), vec![(2, 0.5f64.sqrt())]);
+    let three = plan_assistants(Assistants::Auto, 30, 4, 0.25, 30.0);
+    assert_eq!(three.len(), 3, "{three:?}");
+    assert!(three.windows(2).all(|w| w[0].0 >= w[1].0 && w[0].1 > w[1].1), "{three:?}");
+    assert_eq!(plan_assistants(Assistants::Count(0), 30, 4, 0.25, 40.0), vec![]);
+    assert_eq!(plan_assistants(Assistants::Count(1), 3, 1, 1.0, 1.5), vec![(2, 1.0)]);
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("hone-distill-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn small_config(out: PathBuf, steps: usize) -> DistillConfig {
+    let mut c = DistillConfig::new(teacher().to_path_buf(), "vader".into(), out);
+    c.student = StudentSpec::Derived { layers: Some(Layers::Count(1)), width: Some(0.5) };
+    c.loss = KdLoss { temperature: 2.0, ..KdLoss::new(Divergence::Fkl) };
+    c.steps = steps;
+    c.batch_size = 8;
+    c.lr = 3e-4;
+    c.train_limit = Some(96);
+    c.test_limit = Some(64);
+    c.latency_seconds = 0.5;
+    c.seq_len = 32;
+    c.checkpoint_every = 4;
+    c.hidden_weight = 1.0;
+    c.attention_weight = 1.0;
+    c
+}
+
+/// A short run writes a smaller, faster student that tract runs, learns (its loss falls), and
+/// resumes from its checkpoint when run again with more steps.
+#[test]
+fn a_short_distillation_learns_writes_a_faster_student_and_resumes() {
+    let dir = tempdir("run");
+    let out = dir.join("student.onnx");
+    let first = distill(&small_config(out.clone(), 8), &|_| {}).unwrap();
+    assert!(out.exists());
+    assert!(first.student.params < first.teacher.params);
+    assert!(first.student.params_no_embeddings * 2 < first.teacher.params_no_embeddings);
+    assert_eq!(first.student.layers, Some(1));
+    assert_eq!(first.teacher.layers, Some(3));
+    assert!(first.speedup > 1.0, "a 1-layer half-width student must be faster: {}", first.speedup);
+    let stage = &first.stages[0];
+    assert_eq!(stage.summary.steps, 8);
+    assert_eq!(stage.summary.resumed_from, 0);
+    let names: Vec<&str> = stage.summary.final_terms.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["fkl", "ce", "hidden", "attention"]);
+    // Run again asking for 12 steps: the stage resumes at its last checkpoint (8).
+    let again = distill(&small_config(out.clone(), 12), &|_| {}).unwrap();
+    assert_eq!(again.stages[0].summary.resumed_from, 8);
+    assert_eq!(again.stages[0].summary.steps, 12);
+    assert!(again.agreement > 0.5, "{}", again.agreement);
+    // The distillation loss falls over a longer run.
+    let dir2 = tempdir("learn");
+    let mut c = small_config(dir2.join("s.onnx"), 24);
+    c.hidden_weight = 0.0;
+    c.attention_weight = 0.0;
+    c.ce_weight = 0.0;
+    let r = distill(&c, &|_| {}).unwrap();
+    let s = &r.stages[0].summary;
+    assert!(s.final_loss < s.first_loss, "loss {} → {}", s.first_loss, s.final_loss);
+}
+
+/// Without second-order gradients the attribution loss refuses to run (it would train nothing);
+/// with them (a child process with `CANDLE_GRAD_DO_NOT_DETACH=1`), its gradient reaches the
+/// student's weights and a step against it lowers it.
+#[test]
+fn the_attribution_loss_needs_and_uses_second_order_gradients() {
+    if std::env::var_os("HONE_SECOND_ORDER_CHILD").is_none() {
+        let g = keep_blocks(&minilm(), &[0]).unwrap();
+        let data = vader();
+        let batch = data.batch(&g, &[0, 1]).unwrap();
+        let exec = Executor::new(&g).unwrap();
+        let targets = vec![vec![(0u32, vec![0.1f32; 4])]; 2];
+        if !attribution::second_order_enabled() {
+            let err = attribution_loss(&exec, &g, &batch, &targets, 1).unwrap_err();
+            assert!(err.to_string().contains("CANDLE_GRAD_DO_NOT_DETACH"), "{err}");
+        }
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "distill::tests::the_attribution_loss_needs_and_uses_second_order_gradients",
+                "--nocapture",
+            ])
+            .env("HONE_SECOND_ORDER_CHILD", "1")
+            .env("CANDLE_GRAD_DO_NOT_DETACH", "1")
+            .status()
+            .unwrap();
+        assert!(status.success(), "the second-order child failed");
+        return;
+    }
+    let t = Graph::load(teacher()).unwrap();
+    let s = keep_blocks(&t, &[0]).unwrap();
+    assert!(embedding_value(&t).is_some());
+    let data = vader();
+    let idx: Vec<usize> = data.examples(Part::Train, Some(4), None);
+    let te = Executor::with_trainable(&t, |_| false).unwrap();
+    let mut cache = Attributions::open(None, 4, 1).unwrap();
+    let targets = cache.get_or_compute(&te, &t, &data, &idx).unwrap();
+    assert_eq!(cache.len(), 4);
+    assert!(targets.iter().all(|ex| ex.len() == 1 && ex[0].1.iter().any(|v| *v != 0.0)));
+    let batch = data.batch(&s, &idx).unwrap();
+    let exec = Executor::new(&s).unwrap();
+    let loss = |exec: &Executor| attribution_loss(exec, &s, &batch, &targets, 1).unwrap();
+    let before = loss(&exec);
+    let grads = exec.backward(&before).unwrap();
+    let moved: usize = grads
+        .iter()
+        .filter(|(_, g)| {
+            g.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+                .to_vec0::<f32>()
+                .unwrap()
+                > 0.0
+        })
+        .count();
+    assert!(moved > 0, "no weight received a second-order gradient");
+    let lr = 1e-3;
+    for (name, var) in exec.parameters() {
+        if let Some(g) = grads.get(name) {
+            var.set(&(var.as_tensor() - g.affine(lr, 0.0).unwrap()).unwrap()).unwrap();
+        }
+    }
+    let after = loss(&exec);
+    let (b, a) = (before.to_vec0::<f32>().unwrap(), after.to_vec0::<f32>().unwrap());
+    assert!(a < b, "a step against the gradient must lower the attribution loss: {b} → {a}");
+}

@@ -1,0 +1,234 @@
+//! `coordinator distill`: the arguments, a blocking thread for the run
+//! ([`hone_compress::distill::distill`]), and the printing.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use hone_common::shapes::InputShapes;
+use hone_compress::distill::{
+    Assistants, AttributionConfig, DistillConfig, DistillReport, Layers, StudentSpec, distill,
+};
+use hone_learn::train::kd::{Divergence, KdLoss};
+
+use super::learn::blocking;
+
+/// Arguments of `coordinator distill`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DistillArgs {
+    /// The teacher (ONNX).
+    #[arg(long)]
+    pub teacher: PathBuf,
+    /// Your own student (ONNX, same inputs and outputs as the teacher).
+    #[arg(long, conflicts_with_all = ["student_layers", "student_width"])]
+    pub student: Option<PathBuf>,
+    /// A student made from the teacher with K of its layers (spread: first, last, evenly
+    /// between), or the listed teacher layers `I,J,…`.
+    #[arg(long)]
+    pub student_layers: Option<Layers>,
+    /// A student keeping this fraction of the teacher's prunable width (heads, FFN neurons),
+    /// through Hone's structured pruning.
+    #[arg(long)]
+    pub student_width: Option<f64>,
+    /// Data: a built-in set (vader, fashion-mnist, mnist) or your own (docs/data.md).
+    #[arg(long)]
+    pub data: String,
+    /// Output divergence: fkl (forward KL), rkl (reverse KL), skl (skew KL), srkl (skew
+    /// reverse KL).
+    #[arg(long, default_value = "fkl")]
+    pub loss: Divergence,
+    /// Skew of skl and srkl (DistiLLM's α).
+    #[arg(long, default_value_t = 0.1)]
+    pub alpha: f64,
+    /// Softening temperature of the output divergence.
+    #[arg(long, default_value_t = 2.0)]
+    pub temperature: f64,
+    /// Weight of hard-label cross-entropy (labelled data); the divergence gets 1 − this.
+    #[arg(long, default_value_t = 0.5)]
+    pub ce_weight: f64,
+    /// Weight of the hidden-state loss (student layers through a learned projection against
+    /// their mapped teacher layers).
+    #[arg(long, default_value_t = 0.0)]
+    pub hidden_weight: f64,
+    /// Weight of the attention-map loss (head-averaged maps, KL per row).
+    #[arg(long, default_value_t = 0.0)]
+    pub attention_weight: f64,
+    /// Attribution-based distillation (AD-KD): match the teacher's integrated-gradients
+    /// attribution over input tokens.
+    #[arg(long)]
+    pub attribution: bool,
+    /// Weight of the attribution loss.
+    #[arg(long, default_value_t = 1.0)]
+    pub attribution_weight: f64,
+    /// Integration steps of the teacher's attribution (computed once per example, cached).
+    #[arg(long, default_value_t = 16)]
+    pub attribution_steps: usize,
+    /// Integration steps of the student's attribution (every step).
+    #[arg(long, default_value_t = 1)]
+    pub attribution_student_steps: usize,
+    /// Top classes attributed per example.
+    #[arg(long, default_value_t = 1)]
+    pub attribution_classes: usize,
+    /// Teacher assistants between teacher and student: auto, or a number (0: direct).
+    #[arg(long, default_value = "0")]
+    pub assistants: Assistants,
+    /// Optimizer steps in all (split evenly over the stages).
+    #[arg(long, default_value_t = 300)]
+    pub steps: usize,
+    /// Examples per step.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Peak learning rate (10 % warm-up, then linear decay).
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f64,
+    /// Seed of the batch order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Train on at most this many training examples.
+    #[arg(long)]
+    pub train_limit: Option<usize>,
+    /// Evaluate on at most this many test examples (default: all).
+    #[arg(long)]
+    pub test_limit: Option<usize>,
+    /// Sequence length of text models for the latency figure (batch 1).
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    /// Seconds of side-by-side latency measurement.
+    #[arg(long, default_value_t = 6.0)]
+    pub latency_seconds: f64,
+    /// Kept widths are multiples of this (the target's f32 SIMD width).
+    #[arg(long, default_value_t = 8)]
+    pub round_to: usize,
+    /// Shape of an input whose declared shape is not fixed, NAME=DIMS (repeatable).
+    #[arg(long = "input", value_name = "NAME=DIMS")]
+    pub inputs: Vec<String>,
+    /// Checkpoints and caches (default: OUT with extension `.distill`); a run started again
+    /// over it resumes.
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Steps between checkpoints.
+    #[arg(long, default_value_t = 50)]
+    pub checkpoint_every: usize,
+    /// Where to write the student (ONNX).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl DistillArgs {
+    /// The engine's settings.
+    pub fn config(self) -> anyhow::Result<DistillConfig> {
+        let mut c = DistillConfig::new(self.teacher, self.data, self.out);
+        c.student = match self.student {
+            Some(p) => StudentSpec::Model(p),
+            None => {
+                if self.student_layers.is_none() && self.student_width.is_none() {
+                    bail!(
+                        "choose a student: --student S.onnx, --student-layers K or --student-width F"
+                    );
+                }
+                StudentSpec::Derived { layers: self.student_layers, width: self.student_width }
+            }
+        };
+        c.loss = KdLoss { divergence: self.loss, temperature: self.temperature, alpha: self.alpha };
+        c.loss.check()?;
+        if !(0.0..=1.0).contains(&self.ce_weight) {
+            bail!("--ce-weight must be in [0, 1], got {}", self.ce_weight);
+        }
+        c.ce_weight = self.ce_weight;
+        c.hidden_weight = self.hidden_weight;
+        c.attention_weight = self.attention_weight;
+        c.attribution = self.attribution.then_some(AttributionConfig {
+            weight: self.attribution_weight,
+            steps: self.attribution_steps,
+            student_steps: self.attribution_student_steps,
+            classes: self.attribution_classes,
+        });
+        c.assistants = self.assistants;
+        c.steps = self.steps;
+        c.batch_size = self.batch_size;
+        c.lr = self.lr;
+        c.seed = self.seed;
+        c.train_limit = self.train_limit;
+        c.test_limit = self.test_limit;
+        c.seq_len = self.seq_len;
+        c.latency_seconds = self.latency_seconds;
+        c.round_to = self.round_to;
+        c.inputs = InputShapes::parse_all(&self.inputs)?;
+        if let Some(w) = self.work_dir {
+            c.work_dir = w;
+        }
+        c.checkpoint_every = self.checkpoint_every;
+        Ok(c)
+    }
+}
+
+/// Runs `coordinator distill`.
+pub async fn run(args: DistillArgs) -> anyhow::Result<i32> {
+    let json = args.json;
+    let config = args.config()?;
+    let report = blocking(move || distill(&config, &|m| eprintln!("{m}"))).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(0)
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or("-".into(), |a| format!("{:.2} %", a * 100.0))
+}
+
+fn print_report(r: &DistillReport) {
+    println!("{} → {}", r.config.teacher.display(), r.out.display());
+    println!("               teacher        student");
+    println!(
+        "  params   {:>11} {:>14}   ({:.2}x smaller)",
+        r.teacher.params, r.student.params, r.size_ratio
+    );
+    println!(
+        "  no emb.  {:>11} {:>14}",
+        r.teacher.params_no_embeddings, r.student.params_no_embeddings
+    );
+    if let (Some(t), Some(s)) = (r.teacher.layers, r.student.layers) {
+        println!("  layers   {t:>11} {s:>14}");
+    }
+    println!(
+        "  accuracy {:>11} {:>14}   (before training {})",
+        pct(r.teacher.accuracy),
+        pct(r.student.accuracy),
+        pct(r.accuracy_before)
+    );
+    println!(
+        "  latency  {:>8.2} ms {:>11.2} ms   ({:.2}x faster; tract, batch 1, seq {}, {})",
+        r.teacher.latency_ms, r.student.latency_ms, r.speedup, r.seq_len, r.cpu
+    );
+    println!(
+        "  agreement with the teacher {:.2} % on {} test examples",
+        r.agreement * 100.0,
+        r.test_examples
+    );
+    for s in &r.stages {
+        println!(
+            "  stage {} → {}: {} steps ({} resumed), loss {:.4} → {:.4}, {:.0} s, accuracy {}",
+            s.from,
+            s.to,
+            s.summary.steps,
+            s.summary.resumed_from,
+            s.summary.first_loss,
+            s.summary.final_loss,
+            s.summary.seconds,
+            pct(s.accuracy)
+        );
+    }
+    if let Some((secs, n)) = r.attribution {
+        println!("  teacher attributions: {n} examples, {secs:.0} s");
+    }
+    println!(
+        "  {:.0} s in all, peak RSS {} MB",
+        r.seconds,
+        r.peak_rss_bytes.map_or(0, |b| b / 1_000_000)
+    );
+}
