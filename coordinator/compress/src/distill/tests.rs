@@ -249,3 +249,44 @@ fn the_attribution_loss_needs_and_uses_second_order_gradients() {
     let (b, a) = (before.to_vec0::<f32>().unwrap(), after.to_vec0::<f32>().unwrap());
     assert!(a < b, "a step against the gradient must lower the attribution loss: {b} → {a}");
 }
+
+/// Distillation behind the pipeline's one trait: a student per grid setting, written where the
+/// pipeline asked; a model without named layers fails the layer settings with the reason.
+#[test]
+fn the_pipeline_method_makes_a_distilled_candidate() {
+    use crate::method::{CompressionMethod, DistillMethod, MethodContext, Target};
+    let method = DistillMethod { steps: 4, batch_size: 8, ..DistillMethod::default() };
+    let target = Target { class: "x86-vm-2core".into(), simd_width: 8 };
+    let grid = method.grid(&target);
+    assert_eq!(grid.len(), 4);
+    let data = vader().with_seq_len(None);
+    let dir = tempdir("method");
+    let out = dir.join("c.onnx");
+    let inputs = Default::default();
+    let ctx = MethodContext {
+        parent: teacher(),
+        data: &data,
+        inputs: &inputs,
+        target: &target,
+        out: &out,
+    };
+    let c = method.compress(&ctx, &grid[2]).unwrap();
+    assert_eq!(c.method, "distill");
+    assert!(out.exists());
+    assert_eq!(c.report["layers"], 1);
+    assert!(c.report["params_after"].as_u64() < c.report["params_before"].as_u64());
+    // A CNN has no named layers: the layer settings fail with the reason.
+    let cnn = hone_learn::baseline::fashion_cnn_spec(7).build().unwrap().graph;
+    let cnn_path = dir.join("cnn.onnx");
+    cnn.save(&cnn_path).unwrap();
+    let fm = EvalData::load("fashion-mnist").unwrap();
+    let ctx = MethodContext {
+        parent: &cnn_path,
+        data: &fm,
+        inputs: &inputs,
+        target: &target,
+        out: &dir.join("d.onnx"),
+    };
+    let err = method.compress(&ctx, &grid[0]).unwrap_err();
+    assert!(format!("{err:#}").contains("no repeated blocks"), "{err:#}");
+}
