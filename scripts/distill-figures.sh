@@ -13,7 +13,7 @@ if [[ "${1:-}" == "--quick" ]]; then steps=20; shift; fi
 : "${CARGO_TARGET_DIR:=$PWD/target}"
 out="${1:-$CARGO_TARGET_DIR/distill-figures}"
 mkdir -p "$out"
-bin="$CARGO_TARGET_DIR/debug/coordinator"
+bin="${HONE_COORDINATOR:-$CARGO_TARGET_DIR/debug/coordinator}"
 [[ -x "$bin" ]] || cargo build -q -p coordinator
 teacher="$out/teacher/model.onnx"
 if [[ ! -f "$teacher" ]]; then
