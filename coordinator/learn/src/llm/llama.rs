@@ -123,21 +123,24 @@ impl LlamaConfig {
         {
             return bad("every size must be at least 1".into());
         }
-        if self.hidden % self.heads != 0 || self.head_dim() % 2 != 0 {
+        if !self.hidden.is_multiple_of(self.heads) || !self.head_dim().is_multiple_of(2) {
             return bad(format!(
                 "hidden {} must split into {} heads of even width",
                 self.hidden, self.heads
             ));
         }
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             return bad(format!(
                 "{} query heads do not share {} KV heads evenly",
                 self.heads, self.kv_heads
             ));
         }
-        if !(self.rope_base > 1.0 && self.rope_base.is_finite())
-            || !(self.rms_eps > 0.0 && self.rms_eps < 1.0)
-        {
+        // Written so that NaN fails.
+        let in_range = self.rope_base > 1.0
+            && self.rope_base.is_finite()
+            && self.rms_eps > 0.0
+            && self.rms_eps < 1.0;
+        if !in_range {
             return bad("rope_base must exceed 1 and rms_eps lie in (0, 1)".into());
         }
         Ok(())
@@ -319,14 +322,13 @@ impl LlamaWeights {
             (0..n).map(|_| (rng.next_f32() * 2.0 - 1.0) * bound).collect()
         };
         let embed = draw(c.vocab * c.hidden);
-        let layers =
-            (0..c.layers)
-                .map(|_| {
-                    let f = layer_shapes(c)
-                        .map(|(r, cols)| if cols == 0 { vec![1.0; r] } else { draw(r * cols) });
-                    LayerWeights::from_fields(f)
-                })
-                .collect();
+        let layers = (0..c.layers)
+            .map(|_| {
+                let f = layer_shapes(c)
+                    .map(|(r, cols)| if cols == 0 { vec![1.0; r] } else { draw(r * cols) });
+                LayerWeights::from_fields(f)
+            })
+            .collect();
         Ok(LlamaWeights { embed, layers, norm: vec![1.0; c.hidden] })
     }
 
