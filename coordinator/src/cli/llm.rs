@@ -104,6 +104,7 @@ async fn import(a: ImportArgs) -> anyhow::Result<i32> {
 }
 
 async fn generate(a: GenerateArgs) -> anyhow::Result<i32> {
+    let json = a.json;
     let v = super::learn::blocking(move || {
         let dir = ModelDir::open(&a.model)?;
         let prompt = if a.chat {
@@ -128,13 +129,10 @@ async fn generate(a: GenerateArgs) -> anyhow::Result<i32> {
             "prefill_ms": g.prefill_ms,
             "decode_steps": g.decode_steps,
             "decode_tokens_per_s": g.decode_tokens_per_s(),
-            "json": a.json,
         }))
     })
     .await?;
-    if v["json"] == true {
-        let mut v = v;
-        v.as_object_mut().map(|o| o.remove("json"));
+    if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!("{}", v["text"].as_str().unwrap_or(""));
