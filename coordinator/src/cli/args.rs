@@ -59,6 +59,11 @@ pub(super) enum Command {
     Distill(Box<crate::cli::distill::DistillArgs>),
     /// Fold constant and static-shape subgraphs into initializers (no data, no retraining).
     Fold(crate::cli::graph::FoldArgs),
+    /// Generative language models: import a GGUF Llama into ONNX, generate with tract.
+    Llm {
+        #[command(subcommand)]
+        command: crate::cli::llm::LlmCmd,
+    },
     /// The compression pipeline: candidates measured on the fleet choose the winner per class.
     Compress(Box<crate::cli::pipeline::CompressArgs>),
     /// Compression pipelines: show, list, cancel.

@@ -17,6 +17,7 @@ pub mod distill;
 mod fleet;
 pub mod graph;
 pub mod learn;
+pub mod llm;
 mod pipeline;
 mod print;
 mod progress;
@@ -146,6 +147,7 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::ExecBench(args) => learn::run_exec_bench(args).await,
         Command::Train(args) => learn::train(args).await,
         Command::Fold(args) => graph::run(args).await,
+        Command::Llm { command } => llm::run(command).await,
         Command::Compress(args) => pipeline::compress(*args).await,
         Command::Pipeline { command } => pipeline::pipeline(command).await,
         Command::Report(args) => pipeline::report(args).await,
