@@ -22,7 +22,8 @@ if [[ ! -f "$teacher" ]]; then
     > "$out/teacher.json" 2> "$out/teacher.log"
 fi
 common=(--teacher "$teacher" --data vader --student-layers 1 --student-width 0.5
-        --steps "$steps" --batch-size 32 --lr 3e-4 --train-limit 2000 --checkpoint-every 50 --json)
+        --batch-size 32 --lr 3e-4 --checkpoint-every 50 --json)
+full=(--steps "$steps" --train-limit 2000)
 run() {
   local name=$1; shift
   [[ -f "$out/$name.json" ]] && return 0
@@ -32,15 +33,19 @@ run() {
   mv "$out/$name.json.tmp" "$out/$name.json"
   echo "   $((SECONDS - t0)) s" >&2
 }
-run ce-only --ce-weight 1.0
-run kd --loss fkl --temperature 2 --ce-weight 0.5
-run kd-attribution --loss fkl --temperature 2 --ce-weight 0.5 --attribution --attribution-steps 8
-run kd-chain --loss fkl --temperature 2 --ce-weight 0.5 --assistants auto
+run ce-only --ce-weight 1.0 "${full[@]}"
+run kd --loss fkl --temperature 2 --ce-weight 0.5 "${full[@]}"
+run kd-chain --loss fkl --temperature 2 --ce-weight 0.5 --assistants auto "${full[@]}"
+# Attribution costs a second-order backward per step and 16 teacher passes per example (cached):
+# it is compared with plain KD at a smaller equal budget (a third of the steps, 600 sentences).
+small=(--steps "$((steps / 3))" --train-limit 600)
+run kd-small --loss fkl --temperature 2 --ce-weight 0.5 "${small[@]}"
+run kd-attribution-small --loss fkl --temperature 2 --ce-weight 0.5 --attribution --attribution-steps 16 "${small[@]}"
 python3 - "$out" <<'EOF'
 import json, sys, pathlib
 out = pathlib.Path(sys.argv[1])
 rows = []
-for name in ["ce-only", "kd", "kd-attribution", "kd-chain"]:
+for name in ["ce-only", "kd", "kd-chain", "kd-small", "kd-attribution-small"]:
     p = out / f"{name}.json"
     if not p.exists():
         continue

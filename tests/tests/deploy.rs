@@ -906,7 +906,9 @@ fn a_slower_device_breaches_the_budget_and_a_hot_one_throttles() {
     };
     let (fast_ms, slow_ms) = (p50(&fast_id), p50(&slow_id));
     assert!(slow_ms > 2.0 * fast_ms, "the rpi4 profile is slower: {slow_ms} vs {fast_ms} ms");
-    let budget = (fast_ms * slow_ms).sqrt();
+    // Nearer the slow device's figure than the fast one's: the fast device keeps headroom on a
+    // busy host, and the slow one (throttled further by its thermal model) still breaches.
+    let budget = fast_ms.powf(0.3) * slow_ms.powf(0.7);
     let v = create(
         &api,
         json!({

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use hone_common::shapes::InputShapes;
+use hone_compress::distill::lm::{LmConfig, LmReport, LmStudent, distill_lm};
 use hone_compress::distill::{
     Assistants, AttributionConfig, DistillConfig, DistillReport, Layers, StudentSpec, distill,
 };
@@ -108,7 +109,39 @@ pub struct DistillArgs {
     /// Steps between checkpoints.
     #[arg(long, default_value_t = 50)]
     pub checkpoint_every: usize,
-    /// Where to write the student (ONNX).
+    /// Generative teachers (a folder from `coordinator llm import`): the student's residual
+    /// width, for a fresh student with the teacher's tokenizer (with --student-layers K as its
+    /// depth; without it, --student-layers I,J keeps teacher layers).
+    #[arg(long)]
+    pub student_hidden: Option<usize>,
+    /// Generative: the fresh student's query heads.
+    #[arg(long, default_value_t = 4)]
+    pub student_heads: usize,
+    /// Generative: the fresh student's key/value heads.
+    #[arg(long, default_value_t = 2)]
+    pub student_kv_heads: usize,
+    /// Generative: the fresh student's MLP width.
+    #[arg(long, default_value_t = 768)]
+    pub student_ffn: usize,
+    /// Generative: training tokens of the corpus.
+    #[arg(long, default_value_t = 250_000)]
+    pub tokens: usize,
+    /// Generative: held-out tokens evaluated.
+    #[arg(long, default_value_t = 16_384)]
+    pub eval_tokens: usize,
+    /// Generative: tokens per training sequence.
+    #[arg(long, default_value_t = 128)]
+    pub train_seq_len: usize,
+    /// Generative: teacher tokens cached per position (the rest is one tail bucket).
+    #[arg(long, default_value_t = 32)]
+    pub top_k: usize,
+    /// Generative: prompts of the text samples (repeatable).
+    #[arg(long = "prompt")]
+    pub prompts: Vec<String>,
+    /// Generative: tokens generated per sample.
+    #[arg(long, default_value_t = 24)]
+    pub sample_tokens: usize,
+    /// Where to write the student (ONNX; a model folder for generative teachers).
     #[arg(long)]
     pub out: PathBuf,
     /// Print the result as JSON.
@@ -164,9 +197,74 @@ impl DistillArgs {
     }
 }
 
+impl DistillArgs {
+    /// The settings of a generative distillation (the teacher is a model folder).
+    fn lm_config(self) -> anyhow::Result<LmConfig> {
+        let student = match (self.student_hidden, &self.student_layers) {
+            (Some(hidden), layers) => LmStudent::Fresh {
+                hidden,
+                layers: match layers {
+                    Some(Layers::Count(k)) => *k,
+                    None => 4,
+                    Some(Layers::Indices(_)) => {
+                        bail!("a fresh student takes a layer count (--student-layers K)")
+                    }
+                },
+                heads: self.student_heads,
+                kv_heads: self.student_kv_heads,
+                ffn: self.student_ffn,
+            },
+            (None, Some(Layers::Indices(v))) => LmStudent::Layers(v.clone()),
+            (None, Some(Layers::Count(k))) => LmStudent::Layers((0..*k).collect()),
+            (None, None) => {
+                bail!(
+                    "choose a student: --student-hidden H [--student-layers K], or --student-layers I,J"
+                )
+            }
+        };
+        if self.data != "sotu" {
+            bail!("a generative teacher distils on the SOTU corpus (--data sotu)");
+        }
+        let work_dir = self.work_dir.unwrap_or_else(|| self.out.with_extension("distill"));
+        Ok(LmConfig {
+            teacher: self.teacher,
+            student,
+            loss: KdLoss { divergence: self.loss, temperature: 1.0, alpha: self.alpha },
+            ce_weight: self.ce_weight,
+            tokens: self.tokens,
+            eval_tokens: self.eval_tokens,
+            seq_len: self.train_seq_len,
+            top_k: self.top_k,
+            steps: self.steps,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            seed: self.seed,
+            checkpoint_every: self.checkpoint_every,
+            out: self.out,
+            work_dir,
+            prompts: if self.prompts.is_empty() {
+                vec!["The State of the Union".into(), "Our economy".into()]
+            } else {
+                self.prompts
+            },
+            sample_tokens: self.sample_tokens,
+        })
+    }
+}
+
 /// Runs `coordinator distill`.
 pub async fn run(args: DistillArgs) -> anyhow::Result<i32> {
     let json = args.json;
+    if args.teacher.is_dir() {
+        let config = args.lm_config()?;
+        let report = blocking(move || distill_lm(&config, &|m| eprintln!("{m}"))).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print_lm(&report);
+        }
+        return Ok(0);
+    }
     let config = args.config()?;
     let report = blocking(move || distill(&config, &|m| eprintln!("{m}"))).await?;
     if json {
@@ -231,4 +329,35 @@ fn print_report(r: &DistillReport) {
         r.seconds,
         r.peak_rss_bytes.map_or(0, |b| b / 1_000_000)
     );
+}
+
+fn print_lm(r: &LmReport) {
+    println!("{} → {}", r.config.teacher.display(), r.out.display());
+    println!(
+        "  params      {:>12} → {:>12}   ({:.2}x smaller)",
+        r.teacher_params, r.student_params, r.size_ratio
+    );
+    println!(
+        "  perplexity  {:>12.2} → {:>12.2}   (held out, {} positions)",
+        r.teacher_perplexity, r.student_perplexity, r.eval_positions
+    );
+    println!("  agreement with the teacher's next token {:.2} %", r.agreement * 100.0);
+    println!(
+        "  decode      {:>9.1} t/s → {:>9.1} t/s (tract, {})",
+        r.teacher_decode_tokens_per_s, r.student_decode_tokens_per_s, r.cpu
+    );
+    println!(
+        "  {} steps ({} resumed), loss {:.4} → {:.4}, {:.0} s ({:.0} tokens/s); teacher cache {:.0} s, tail mass {:.3}",
+        r.steps,
+        r.resumed_from,
+        r.first_loss,
+        r.final_loss,
+        r.train_s,
+        r.train_tokens_per_s,
+        r.teacher_cache_s,
+        r.mean_tail_mass
+    );
+    for s in &r.samples {
+        println!("  {:?}\n    teacher: {:?}\n    student: {:?}", s.prompt, s.teacher, s.student);
+    }
 }

@@ -5,6 +5,8 @@
 //! - [`blocks`]: the teacher's layers, found from node names, and students keeping some of them;
 //! - [`train`]: one stage (teacher → student), its losses and its checkpoints;
 //! - [`attribution`]: integrated-gradients attribution (AD-KD);
+//! - [`lm`]: generative models (a Llama from `llm import`) on the SOTU corpus, against the
+//!   teacher's cached top-k;
 //! - this module: making the student (fewer layers, narrower through Hone's own pruning, or the
 //!   user's ONNX), the chain through teacher assistants (TAKD), and the evaluation: sizes,
 //!   accuracy and agreement by tract, and tract latency of teacher and student side by side.
@@ -18,6 +20,7 @@
 
 pub mod attribution;
 pub mod blocks;
+pub mod lm;
 pub mod train;
 
 use std::path::{Path, PathBuf};
