@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Measures the generative figures of docs/distill.md: SmolLM2-135M-Instruct (imported from its
+# GGUF, dequantised Q4_1) as teacher, a fresh 22 M student (hidden 256, 12 layers, 4 query and
+# 2 KV heads, FFN 768, the teacher's tokenizer and tied embedding) on the SOTU corpus, with
+# cross-entropy alone and each divergence, on the same tokens and steps.
+# Usage: scripts/lm-distill-figures.sh [STEPS] [OUT]   (defaults: 60 steps of 4 x 128 tokens;
+# OUT: $CARGO_TARGET_DIR/lm-figures). Runs already in OUT are kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+steps=${1:-60}
+: "${CARGO_TARGET_DIR:=$PWD/target}"
+out="${2:-$CARGO_TARGET_DIR/lm-figures}"
+mkdir -p "$out"
+bin="${HONE_COORDINATOR:-$CARGO_TARGET_DIR/debug/coordinator}"
+[[ -x "$bin" ]] || cargo build -q -p coordinator
+[[ -f "$out/smollm2/model.onnx" ]] || "$bin" llm import --out "$out/smollm2" --json > "$out/import.json"
+tokens=$((steps * 4 * 129))
+common=(--teacher "$out/smollm2" --data sotu --student-hidden 256 --student-layers 12
+        --student-heads 4 --student-kv-heads 2 --student-ffn 768 --tokens "$tokens"
+        --eval-tokens 4128 --train-seq-len 128 --top-k 32 --steps "$steps" --batch-size 4
+        --lr 1e-3 --seed 0 --checkpoint-every 20 --prompt "The State of the Union is"
+        --sample-tokens 16 --json)
+run() {
+  local name=$1; shift
+  [[ -f "$out/$name.json" ]] && return 0
+  echo "== $name" >&2
+  local t0=$SECONDS
+  # One work folder for every divergence, so the teacher's top-k is computed once.
+  "$bin" distill "${common[@]}" --out "$out/$name" --work-dir "$out/work-$name" "$@" \
+    > "$out/$name.json.tmp" 2> "$out/$name.log"
+  mv "$out/$name.json.tmp" "$out/$name.json"
+  echo "   $((SECONDS - t0)) s" >&2
+}
+run ce --ce-weight 1
+for loss in rkl skl fkl srkl; do
+  mkdir -p "$out/work-$loss"
+  [[ -f "$out/work-rkl/teacher-topk.bin" && ! -f "$out/work-$loss/teacher-topk.bin" ]] &&
+    cp "$out/work-rkl/teacher-topk.bin" "$out/work-$loss/"
+  run "$loss" --loss "$loss" --ce-weight 0
+done
+python3 - "$out" <<'PY'
+import json, sys, pathlib
+out = pathlib.Path(sys.argv[1])
+print(f"{'run':<6}{'params':>11}{'ratio':>7}{'ppl':>10}{'teacher ppl':>12}{'agree %':>9}{'train s':>9}{'tok/s':>7}")
+for name in ["ce", "rkl", "skl", "fkl", "srkl"]:
+    p = out / f"{name}.json"
+    if not p.exists():
+        continue
+    r = json.loads(p.read_text())
+    print(f"{name:<6}{r['student_params']:>11}{r['size_ratio']:>7.2f}{r['student_perplexity']:>10.1f}"
+          f"{r['teacher_perplexity']:>12.2f}{r['agreement']*100:>9.2f}{r['train_s']:>9.0f}{r['train_tokens_per_s']:>7.0f}")
+    for s in r["samples"]:
+        print(f"    {s['prompt']!r} -> student {s['student']!r}")
+PY
