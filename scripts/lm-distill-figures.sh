@@ -38,9 +38,36 @@ for loss in rkl skl fkl srkl; do
     cp "$out/work-rkl/teacher-topk.bin" "$out/work-$loss/"
   run "$loss" --loss "$loss" --ce-weight 0
 done
+# One decode step (1 new token after 127 cached) of teacher and student under device profiles.
+agent="${HONE_EDGE_AGENT:-$CARGO_TARGET_DIR/debug/edge-agent}"
+[[ -x "$agent" ]] || cargo build -q -p edge-agent
+for m in smollm2 rkl; do
+  for p in rpi4 rpi5; do
+    [[ -f "$out/bench-$m-$p.json" ]] || "$agent" bench --model "$out/$m/model.onnx" --symbol batch=1 \
+      --symbol seq=1 --symbol past=127 --symbol total=128 --profile "$p" --iterations 50 \
+      --max-time-ms 8000 --json > "$out/bench-$m-$p.json"
+  done
+done
 python3 - "$out" <<'PY'
 import json, sys, pathlib
 out = pathlib.Path(sys.argv[1])
+def find(o, k):
+    if isinstance(o, dict):
+        if k in o:
+            return o[k]
+        o = list(o.values())
+    if isinstance(o, list):
+        for v in o:
+            f = find(v, k)
+            if f is not None:
+                return f
+    return None
+for m in ["smollm2", "rkl"]:
+    for p in ["rpi4", "rpi5"]:
+        f = out / f"bench-{m}-{p}.json"
+        if f.exists():
+            ms = find(json.loads(f.read_text()), "p50_ms")
+            print(f"decode step {m:<8} {p}: {ms:.1f} ms, {1000 / ms:.1f} tokens/s")
 print(f"{'run':<6}{'params':>11}{'ratio':>7}{'ppl':>10}{'teacher ppl':>12}{'agree %':>9}{'train s':>9}{'tok/s':>7}")
 for name in ["ce", "rkl", "skl", "fkl", "srkl"]:
     p = out / f"{name}.json"
