@@ -44,6 +44,20 @@ macro_rules! named_enum {
     };
 }
 
+/// The CPU's model name (from `/proc/cpuinfo`; the architecture where there is none), named
+/// beside every figure.
+pub fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_owned())
+}
+
 pub mod distill;
 pub mod method;
 pub mod predict;

@@ -1109,7 +1109,7 @@ impl Runner {
             device_measurements: total,
             wall_seconds: (now_i64() - d.row.created_at_ms) as f64 / 1000.0,
             report: None,
-            coordinator_cpu: cpu_model(),
+            coordinator_cpu: cpu_name(),
         })
     }
 }
@@ -1161,17 +1161,7 @@ fn emulation_word(report: &serde_json::Value) -> Option<String> {
 }
 
 /// The coordinator's CPU model, for provenance.
-pub fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_owned())
-}
+pub use hone_compress::cpu_name;
 
 fn now_i64() -> i64 {
     now_ms() as i64

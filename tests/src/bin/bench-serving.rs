@@ -135,7 +135,7 @@ fn main() -> anyhow::Result<()> {
         .and_then(|w| w.iter().filter_map(|w| w["rss_bytes"].as_u64()).max());
     let agent_rss: Vec<u64> = agents.iter().filter_map(|a| a.rss_bytes()).collect();
     let out = json!({
-        "cpu": coordinator::pipeline::runner::cpu_model(),
+        "cpu": coordinator::pipeline::runner::cpu_name(),
         "model": "corpus-ppocr-cls (PaddleOCR direction classifier), x = 1x3x48x192, synthetic inputs",
         "profile": profile,
         "emulation": bench["emulation_status"],

@@ -38,6 +38,7 @@ use hone_learn::train::exec::Executor;
 use hone_learn::train::kd::{KdLoss, TopK, kd_loss};
 use hone_learn::train::loss::{cross_entropy, log_softmax};
 use hone_learn::train::optim::{AdamW, Optimizer};
+use hone_learn::train::schedule::linear_warmup_decay;
 
 /// The student of a language-model distillation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -506,11 +507,7 @@ pub fn distill_lm(cfg: &LmConfig, progress: &dyn Fn(&str)) -> anyhow::Result<LmR
             bail!("the loss is {value} at step {step}: lower the learning rate");
         }
         let grads = exec.backward(&loss)?;
-        let lr = if step < warm {
-            cfg.lr * (step + 1) as f64 / warm as f64
-        } else {
-            cfg.lr * (cfg.steps - step) as f64 / (cfg.steps - warm).max(1) as f64
-        };
+        let lr = linear_warmup_decay(cfg.lr, step, cfg.steps, warm);
         opt.step(&grads, lr)?;
         state.losses.push(value);
         state.step += 1;
@@ -589,7 +586,7 @@ pub fn distill_lm(cfg: &LmConfig, progress: &dyn Fn(&str)) -> anyhow::Result<LmR
         student_decode_tokens_per_s: mean(&s_rate),
         samples,
         peak_rss_bytes: hone_learn::train::fit::peak_rss_bytes(),
-        cpu: super::cpu_name(),
+        cpu: crate::cpu_name(),
         config: cfg.clone(),
     })
 }

@@ -282,19 +282,6 @@ pub struct DistillReport {
     pub config: DistillConfig,
 }
 
-/// The CPU's model name, from `/proc/cpuinfo`.
-pub fn cpu_name() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|v| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_owned())
-}
-
 /// Makes a student from `teacher`: keeps the chosen layers, then cuts the width.
 pub fn derive_student(
     teacher: &Graph,
@@ -577,7 +564,7 @@ pub fn distill_on(
         seconds: started.elapsed().as_secs_f64(),
         peak_rss_bytes: hone_learn::train::fit::peak_rss_bytes(),
         seq_len: cfg.seq_len,
-        cpu: cpu_name(),
+        cpu: crate::cpu_name(),
         config: cfg.clone(),
     })
 }

@@ -34,9 +34,11 @@ use hone_learn::train::exec::Executor;
 use hone_learn::train::kd::{KdLoss, Teacher, kd_loss};
 use hone_learn::train::loss::cross_entropy;
 use hone_learn::train::optim::{AdamW, Optimizer};
+use hone_learn::train::schedule::linear_warmup_decay;
 
 use super::attribution::{Attributions, attribution_loss};
 use super::blocks::Blocks;
+use crate::prune::finetune::trainable;
 use crate::prune::importance::logits_value;
 
 /// Settings of one stage.
@@ -96,20 +98,6 @@ struct State {
     losses: Vec<f64>,
     terms: Vec<Vec<(String, f64)>>,
     seconds: f64,
-}
-
-/// Trainable initializers of a student: floats with more than one element, not an embedding
-/// table (embeddings stay as the teacher's).
-fn trainable(graph: &Graph) -> std::collections::HashSet<String> {
-    let tables = crate::prune::embedding_tables(graph);
-    graph
-        .graph_proto()
-        .initializer
-        .iter()
-        .filter(|t| t.data_type == 1 && t.dims.iter().product::<i64>() > 1)
-        .filter(|t| !tables.contains(t.name.as_str()))
-        .map(|t| t.name.clone())
-        .collect()
 }
 
 /// The map from student blocks to teacher blocks.
@@ -396,11 +384,7 @@ pub fn train_stage(
                 None => grads.get(name).cloned(),
             }
         };
-        let lr = if step < warm {
-            cfg.lr * (step + 1) as f64 / warm as f64
-        } else {
-            cfg.lr * (cfg.steps - step) as f64 / (cfg.steps - warm).max(1) as f64
-        };
+        let lr = linear_warmup_decay(cfg.lr, step, cfg.steps, warm);
         opt.step_with(&store_grad, lr)?;
         let mut row = Vec::with_capacity(terms.len());
         for (n, t) in &terms {

@@ -14,6 +14,7 @@ use hone_learn::train::TrainError;
 use hone_learn::train::exec::Executor;
 use hone_learn::train::loss::{cross_entropy, log_softmax};
 use hone_learn::train::optim::OptimizerConfig;
+use hone_learn::train::schedule::linear_warmup_decay;
 
 use super::importance::logits_value;
 
@@ -45,8 +46,9 @@ pub struct FinetuneSummary {
     pub trainable_params: usize,
 }
 
-/// Trainable initializers: floats with more than one element, not read as an embedding table.
-fn trainable(graph: &Graph) -> HashSet<String> {
+/// Trainable initializers: floats with more than one element, not read as an embedding table
+/// (the recovery fine-tune and distillation students train these).
+pub(crate) fn trainable(graph: &Graph) -> HashSet<String> {
     let tables = super::embedding_tables(graph);
     graph
         .graph_proto()
@@ -108,11 +110,7 @@ pub fn finetune(
             return Err(TrainError::config(format!("the loss is {value} at step {step}")));
         }
         let grads = exec.backward(&loss)?;
-        let lr = if step < warm {
-            cfg.lr * (step + 1) as f64 / warm as f64
-        } else {
-            cfg.lr * (cfg.steps - step) as f64 / (cfg.steps - warm).max(1) as f64
-        };
+        let lr = linear_warmup_decay(cfg.lr, step, cfg.steps, warm);
         opt.step(&grads, lr)?;
         losses.push(value);
         samples += labels.len();

@@ -14,6 +14,16 @@ pub struct LrSchedule {
     pub min_ratio: f64,
 }
 
+/// Linear warm-up over `warmup` steps to `peak`, then linear decay towards 0 at step `steps`:
+/// the learning rate of `step` (0-based). Fine-tunes and distillations use it.
+pub fn linear_warmup_decay(peak: f64, step: usize, steps: usize, warmup: usize) -> f64 {
+    if step < warmup {
+        peak * (step + 1) as f64 / warmup as f64
+    } else {
+        peak * steps.saturating_sub(step) as f64 / steps.saturating_sub(warmup).max(1) as f64
+    }
+}
+
 impl LrSchedule {
     /// A constant learning rate.
     pub fn constant(lr: f64) -> LrSchedule {
