@@ -2,12 +2,13 @@
 # Measures the generative figures of docs/distill.md: SmolLM2-135M-Instruct (imported from its
 # GGUF, dequantised Q4_1) as teacher, a fresh 22 M student (hidden 256, 12 layers, 4 query and
 # 2 KV heads, FFN 768, the teacher's tokenizer and tied embedding) on the SOTU corpus, with
-# cross-entropy alone and each divergence, on the same tokens and steps.
-# Usage: scripts/lm-distill-figures.sh [STEPS] [OUT]   (defaults: 60 steps of 4 x 128 tokens;
-# OUT: $CARGO_TARGET_DIR/lm-figures). Runs already in OUT are kept.
+# cross-entropy alone and each divergence (mixed half and half with cross-entropy; reverse and
+# skew forms with their default 10 % of on-policy steps), on the same tokens and steps.
+# Usage: scripts/lm-distill-figures.sh [STEPS] [OUT]   (defaults: 125 steps of 4 x 128 tokens,
+# one pass over 64,500 tokens; OUT: $CARGO_TARGET_DIR/lm-figures). Runs already in OUT are kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-steps=${1:-60}
+steps=${1:-125}
 : "${CARGO_TARGET_DIR:=$PWD/target}"
 out="${2:-$CARGO_TARGET_DIR/lm-figures}"
 mkdir -p "$out"
@@ -36,7 +37,7 @@ for loss in rkl skl fkl srkl; do
   mkdir -p "$out/work-$loss"
   [[ -f "$out/work-rkl/teacher-topk.bin" && ! -f "$out/work-$loss/teacher-topk.bin" ]] &&
     cp "$out/work-rkl/teacher-topk.bin" "$out/work-$loss/"
-  run "$loss" --loss "$loss" --ce-weight 0
+  run "$loss" --loss "$loss" --ce-weight 0.5
 done
 # One decode step (1 new token after 127 cached) of teacher and student under device profiles.
 agent="${HONE_EDGE_AGENT:-$CARGO_TARGET_DIR/debug/edge-agent}"
@@ -68,14 +69,15 @@ for m in ["smollm2", "rkl"]:
         if f.exists():
             ms = find(json.loads(f.read_text()), "p50_ms")
             print(f"decode step {m:<8} {p}: {ms:.1f} ms, {1000 / ms:.1f} tokens/s")
-print(f"{'run':<6}{'params':>11}{'ratio':>7}{'ppl':>10}{'teacher ppl':>12}{'agree %':>9}{'train s':>9}{'tok/s':>7}")
+print(f"{'run':<6}{'params':>11}{'ratio':>7}{'ppl':>10}{'teacher ppl':>12}{'agree %':>9}{'train s':>9}{'tok/s':>7}{'on-pol':>7}")
 for name in ["ce", "rkl", "skl", "fkl", "srkl"]:
     p = out / f"{name}.json"
     if not p.exists():
         continue
     r = json.loads(p.read_text())
     print(f"{name:<6}{r['student_params']:>11}{r['size_ratio']:>7.2f}{r['student_perplexity']:>10.1f}"
-          f"{r['teacher_perplexity']:>12.2f}{r['agreement']*100:>9.2f}{r['train_s']:>9.0f}{r['train_tokens_per_s']:>7.0f}")
+          f"{r['teacher_perplexity']:>12.2f}{r['agreement']*100:>9.2f}{r['train_s']:>9.0f}{r['train_tokens_per_s']:>7.0f}"
+          f"{r.get('on_policy_steps', 0):>7}")
     for s in r["samples"]:
         print(f"    {s['prompt']!r} -> student {s['student']!r}")
 PY

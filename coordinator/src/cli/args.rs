@@ -57,6 +57,9 @@ pub(super) enum Command {
     /// Knowledge distillation: a smaller student learns from the teacher (forward, reverse or
     /// skew KL; hidden states, attention maps, attributions; teacher assistants).
     Distill(Box<crate::cli::distill::DistillArgs>),
+    /// What distilling a 3B model into a 0.5B one costs here: a Llama-3.2-3B-shaped teacher
+    /// (random bf16, streamed from disk) and a 0.5B student, measured and extrapolated.
+    DistillScale(crate::cli::distill::ScaleArgs),
     /// Fold constant and static-shape subgraphs into initializers (no data, no retraining).
     Fold(crate::cli::graph::FoldArgs),
     /// Generative language models: import a GGUF Llama into ONNX, generate with tract.

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use hone_common::shapes::InputShapes;
+use hone_compress::distill::attribution::AttributionGradient;
 use hone_compress::distill::lm::{LmConfig, LmReport, LmStudent, distill_lm};
+use hone_compress::distill::scale::{ScaleConfig, scale_study};
 use hone_compress::distill::{
     Assistants, AttributionConfig, DistillConfig, DistillReport, Layers, StudentSpec, distill,
 };
@@ -69,6 +71,11 @@ pub struct DistillArgs {
     /// Top classes attributed per example.
     #[arg(long, default_value_t = 1)]
     pub attribution_classes: usize,
+    /// How the attribution loss's gradient is taken: first-order (a directional finite
+    /// difference, two more forward passes) or exact (second-order gradients, about 100x
+    /// slower a step).
+    #[arg(long, default_value = "first-order")]
+    pub attribution_gradient: AttributionGradient,
     /// Teacher assistants between teacher and student: auto, or a number (0: direct).
     #[arg(long, default_value = "0")]
     pub assistants: Assistants,
@@ -114,6 +121,12 @@ pub struct DistillArgs {
     /// depth; without it, --student-layers I,J keeps teacher layers).
     #[arg(long)]
     pub student_hidden: Option<usize>,
+    /// Generative: make the student by pruning the teacher Minitron-style (its blocks evenly
+    /// spread, residual channels, query heads and MLP neurons by activation importance on
+    /// calibration text) to --student-hidden, --student-layers K, --student-heads and
+    /// --student-ffn, instead of a fresh one.
+    #[arg(long)]
+    pub student_pruned: bool,
     /// Generative: the fresh student's query heads.
     #[arg(long, default_value_t = 4)]
     pub student_heads: usize,
@@ -141,6 +154,11 @@ pub struct DistillArgs {
     /// Generative: tokens generated per sample.
     #[arg(long, default_value_t = 24)]
     pub sample_tokens: usize,
+    /// Generative: share of steps trained on student-generated sequences (at most 0.15; they
+    /// fall in the second half of training). Default: 0.1 with rkl, skl and srkl (MiniLLM and
+    /// DistiLLM train on the student's own text), 0 with fkl and cross-entropy alone.
+    #[arg(long)]
+    pub on_policy: Option<f64>,
     /// Where to write the student (ONNX; a model folder for generative teachers).
     #[arg(long)]
     pub out: PathBuf,
@@ -177,6 +195,7 @@ impl DistillArgs {
             steps: self.attribution_steps,
             student_steps: self.attribution_student_steps,
             classes: self.attribution_classes,
+            gradient: self.attribution_gradient,
         });
         c.assistants = self.assistants;
         c.steps = self.steps;
@@ -201,6 +220,18 @@ impl DistillArgs {
     /// The settings of a generative distillation (the teacher is a model folder).
     fn lm_config(self) -> anyhow::Result<LmConfig> {
         let student = match (self.student_hidden, &self.student_layers) {
+            (Some(hidden), Some(Layers::Count(layers))) if self.student_pruned => {
+                LmStudent::Pruned {
+                    layers: *layers,
+                    hidden,
+                    heads: self.student_heads,
+                    ffn: self.student_ffn,
+                }
+            }
+            _ if self.student_pruned => bail!(
+                "--student-pruned takes --student-hidden H and --student-layers K (a count), with \
+                 --student-heads and --student-ffn"
+            ),
             (Some(hidden), layers) => LmStudent::Fresh {
                 hidden,
                 layers: match layers {
@@ -236,6 +267,9 @@ impl DistillArgs {
             seq_len: self.train_seq_len,
             top_k: self.top_k,
             steps: self.steps,
+            on_policy: self.on_policy.unwrap_or(
+                if self.ce_weight < 1.0 && self.loss != Divergence::Fkl { 0.1 } else { 0.0 },
+            ),
             batch_size: self.batch_size,
             lr: self.lr,
             seed: self.seed,
@@ -357,7 +391,126 @@ fn print_lm(r: &LmReport) {
         r.teacher_cache_s,
         r.mean_tail_mass
     );
+    if r.on_policy_steps > 0 {
+        println!("  on-policy steps {} ({:.0} s)", r.on_policy_steps, r.on_policy_s);
+    }
     for s in &r.samples {
         println!("  {:?}\n    teacher: {:?}\n    student: {:?}", s.prompt, s.teacher, s.student);
     }
+}
+
+/// Arguments of `coordinator distill-scale`.
+#[derive(Debug, clap::Args)]
+pub struct ScaleArgs {
+    /// Where the teacher's bf16 weights (6.4 GB, written once and reused) and its top-k go.
+    #[arg(long)]
+    pub work_dir: PathBuf,
+    /// Teacher sequences per batch.
+    #[arg(long, default_value_t = 2)]
+    pub teacher_seqs: usize,
+    /// Teacher batches timed.
+    #[arg(long, default_value_t = 2)]
+    pub teacher_batches: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    /// Teacher tokens kept per position.
+    #[arg(long, default_value_t = 64)]
+    pub top_k: usize,
+    /// Sequences per student step (at most --teacher-seqs).
+    #[arg(long, default_value_t = 2)]
+    pub student_seqs: usize,
+    /// The two student depths timed, `A,B` (extrapolated to the full 24 blocks).
+    #[arg(long, default_value = "2,4")]
+    pub slices: String,
+    /// Steps timed per slice, after one warm-up step.
+    #[arg(long, default_value_t = 2)]
+    pub timed_steps: usize,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `coordinator distill-scale`.
+pub async fn run_scale(a: ScaleArgs) -> anyhow::Result<i32> {
+    let mut cfg = ScaleConfig::new(a.work_dir);
+    cfg.teacher_seqs = a.teacher_seqs;
+    cfg.teacher_batches = a.teacher_batches;
+    cfg.seq_len = a.seq_len;
+    cfg.top_k = a.top_k;
+    cfg.student_seqs = a.student_seqs;
+    cfg.timed_steps = a.timed_steps;
+    let parts: Vec<usize> = a
+        .slices
+        .split(',')
+        .map(|p| p.trim().parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("--slices takes two depths A,B: {e}"))?;
+    cfg.slices = parts
+        .try_into()
+        .map_err(|v: Vec<usize>| anyhow::anyhow!("--slices takes two depths A,B, got {v:?}"))?;
+    let r = blocking(move || scale_study(&cfg, &|m| eprintln!("{m}"))).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(0);
+    }
+    let gb = |b: u64| b as f64 / 1e9;
+    println!(
+        "teacher {} parameters (Llama-3.2-3B shapes, random bf16 streamed from the page cache, {:.1} GB) → student {} ({:.2}x fewer)",
+        r.teacher_params,
+        gb(r.teacher_file_bytes),
+        r.student_params,
+        r.size_ratio
+    );
+    println!(
+        "  teacher: {:.2} tokens/s ({} tokens a batch, {:?} s), peak RSS {:.1} GB, top-k on disk {} B/token",
+        r.teacher_tokens_per_s,
+        r.teacher_batch_tokens,
+        r.teacher_batch_s.iter().map(|s| (s * 10.0).round() / 10.0).collect::<Vec<_>>(),
+        gb(r.teacher_peak_rss_bytes.unwrap_or(0)),
+        r.topk_bytes_per_token
+    );
+    for s in &r.slices {
+        println!(
+            "  student slice of {} blocks ({} parameters): {:.2} s a step, RSS {:.1} GB",
+            s.layers,
+            s.params,
+            s.step_s,
+            gb(s.rss_bytes.unwrap_or(0))
+        );
+    }
+    println!(
+        "  full student step (extrapolated): {:.2} s for {} tokens = {:.1} tokens/s ({:.3} s a block + {:.2} s outside)",
+        r.student_step_s,
+        r.student_step_tokens,
+        r.student_tokens_per_s,
+        r.per_layer_step_s,
+        r.fixed_step_s
+    );
+    println!(
+        "  full student training memory (extrapolated): {:.1} GB (weights, gradients and AdamW alone: {:.1} GB)",
+        gb(r.student_train_rss_estimate_bytes.unwrap_or(0)),
+        gb(r.student_state_floor_bytes)
+    );
+    println!(
+        "  {:>14} {:>12} {:>12} {:>10} {:>12}",
+        "tokens", "teacher h", "student h", "days", "cache GB"
+    );
+    for run in &r.runs {
+        println!(
+            "  {:>14} {:>12.1} {:>12.1} {:>10.1} {:>12.1}",
+            run.tokens,
+            run.teacher_hours,
+            run.student_hours,
+            run.total_days,
+            gb(run.cache_bytes)
+        );
+    }
+    println!(
+        "  {:.0} s in all, peak RSS {:.1} GB, {}",
+        r.total_s,
+        gb(r.peak_rss_bytes.unwrap_or(0)),
+        r.cpu
+    );
+    Ok(0)
 }

@@ -41,10 +41,14 @@ pub fn main() -> i32 {
             | Command::Prune(_)
             | Command::ExecBench(_)
             | Command::Distill(_)
+            | Command::DistillScale(_)
     ) {
         // The attribution loss differentiates a gradient: candle keeps gradient graphs only
         // with this variable, read once per thread.
-        let second_order = matches!(&cli.command, Command::Distill(a) if a.attribution);
+        let second_order = matches!(&cli.command, Command::Distill(a)
+            if a.attribution
+                && a.attribution_gradient
+                    == hone_compress::distill::attribution::AttributionGradient::Exact);
         learn_threads(second_order);
     }
     let entry = hone_process::Entry {
@@ -143,6 +147,7 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Baseline { command } => learn::baseline(command).await,
         Command::Prune(args) => prune::run(args).await,
         Command::Distill(args) => distill::run(*args).await,
+        Command::DistillScale(args) => distill::run_scale(args).await,
         Command::Eval(args) => learn::eval(args).await,
         Command::ExecBench(args) => learn::run_exec_bench(args).await,
         Command::Train(args) => learn::train(args).await,

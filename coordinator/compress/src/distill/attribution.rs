@@ -10,12 +10,13 @@
 //!
 //! The teacher's attributions (`m` = 16 by default, for its top-K classes) are computed once
 //! per example and cached ([`Attributions`], on disk as JSON beside the checkpoints). The
-//! student's are computed at every step with fewer steps (1 by default, the midpoint `α = ½`) and
-//! must be differentiable with respect to its weights: the loss is a function of a gradient,
-//! so its own gradient is a second-order one. candle computes it when the gradient graph is kept
-//! (`CANDLE_GRAD_DO_NOT_DETACH=1`, read once per thread at its first backward pass); `coordinator
-//! distill --attribution` restarts itself with it set, and [`attribution_loss`] refuses to run
-//! without it rather than silently train nothing.
+//! student's are computed at every step with fewer steps (1 by default, the midpoint `α = ½`).
+//! The loss is a function of a gradient, so its own gradient is a second-order one, taken one
+//! of two ways ([`AttributionGradient`]): exactly, by candle's second-order gradients
+//! (`CANDLE_GRAD_DO_NOT_DETACH=1`, read once per thread at its first backward pass, which
+//! `coordinator distill --attribution-gradient exact` sets by restarting itself), or, by
+//! default, through a first-order surrogate with the same gradient up to O(ε²): a directional
+//! finite difference of the logits, two more forward passes instead of a second-order graph.
 //!
 //! The loss is `mean over examples and classes of ‖â_s − â_t‖²`, each attribution normalised to
 //! unit length over the real tokens.
@@ -30,6 +31,7 @@ use candle_core::{D, DType, Device, Tensor, Var};
 use hone_graph::Graph;
 use hone_learn::eval::{EvalBatch, EvalData};
 use hone_learn::train::exec::Executor;
+use serde::{Deserialize, Serialize};
 
 use crate::prune::importance::logits_value;
 
@@ -278,27 +280,61 @@ pub fn second_order_enabled() -> bool {
     std::env::var("CANDLE_GRAD_DO_NOT_DETACH").is_ok_and(|v| v == "1" || v == "true")
 }
 
+/// How the attribution loss's gradient with respect to the student's weights is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttributionGradient {
+    /// Exactly, by differentiating the student's attribution (a gradient) again: candle's
+    /// second-order gradients (`CANDLE_GRAD_DO_NOT_DETACH=1`), which keep every backward
+    /// pass's graph and made a step about 100× slower than plain KD here.
+    Exact,
+    /// By a first-order surrogate with the same gradient up to O(ε²) (the default): with `w =
+    /// ∂L/∂a` at the current attribution `a`, the gradient of `L` is that of `Σ w·a`, and `Σ_t
+    /// w_t·a_t = Σ_t w_t e_t·∇_t z(x)` is the derivative of `z` at `x` along `u_t = w_t·e_t`,
+    /// taken as `(z(x + εu) − z(x − εu)) / 2ε`. Two more forward passes of the interpolated
+    /// batch, no second-order graph.
+    #[default]
+    FirstOrder,
+}
+
+impl std::str::FromStr for AttributionGradient {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "exact" => Ok(AttributionGradient::Exact),
+            "first-order" => Ok(AttributionGradient::FirstOrder),
+            _ => Err(format!("`{s}`: exact or first-order")),
+        }
+    }
+}
+
 /// The attribution loss of the student on `batch` against the teacher's `targets` (one entry
-/// per example, in batch order), with `steps` integration steps for the student.
+/// per example, in batch order), with `steps` integration steps for the student, and its
+/// gradient taken as `gradient` says.
 pub fn attribution_loss(
     exec: &Executor,
     student: &Graph,
     batch: &EvalBatch,
     targets: &[ExampleAttribution],
     steps: usize,
+    gradient: AttributionGradient,
 ) -> anyhow::Result<Tensor> {
-    if !second_order_enabled() {
+    let exact = gradient == AttributionGradient::Exact;
+    if exact && !second_order_enabled() {
         bail!(
-            "the attribution loss needs second-order gradients: run with \
-             CANDLE_GRAD_DO_NOT_DETACH=1 (`coordinator distill --attribution` sets it itself)"
+            "the exact attribution gradient needs second-order gradients: run with \
+             CANDLE_GRAD_DO_NOT_DETACH=1 (`coordinator distill --attribution-gradient exact` \
+             sets it itself)"
         );
     }
     let k = targets.first().map_or(0, Vec::len);
     if k == 0 || targets.iter().any(|t| t.len() != k) {
         bail!("every example needs the same number of attributed classes");
     }
+    let steps = steps.max(1);
     let picks: Vec<Vec<u32>> = (0..k).map(|r| targets.iter().map(|t| t[r].0).collect()).collect();
-    let ig = ig_pass(exec, student, batch, steps.max(1), &picks)?;
+    let ig = ig_pass(exec, student, batch, steps, &picks)?;
     let (b, s, _) = ig.embedding.dims3()?;
     if b != targets.len() {
         bail!("{} attribution targets for a batch of {b}", targets.len());
@@ -311,12 +347,14 @@ pub fn attribution_loss(
         }
     }
     let mask = Tensor::from_vec(mask, (b, s), &Device::Cpu)?;
-    let mut total: Option<Tensor> = None;
+    let mut exact_total: Option<Tensor> = None;
+    let (mut value, mut surrogate) = (0f64, None::<Tensor>);
     for (r, g) in ig.gradients.iter().enumerate() {
-        if !g.track_op() {
+        if exact && !g.track_op() {
             bail!("the student's attribution carries no gradient (second-order gradients are off)");
         }
-        let a_s = ((&ig.embedding * g)?.sum(D::Minus1)?.to_dtype(DType::F32)? * &mask)?;
+        let g = if exact { g.clone() } else { g.detach() };
+        let a_s = ((&ig.embedding * &g)?.sum(D::Minus1)?.to_dtype(DType::F32)? * &mask)?;
         let mut t = vec![0f32; b * s];
         for (row, ex) in targets.iter().enumerate() {
             let v = &ex[r].1;
@@ -331,15 +369,94 @@ pub fn attribution_loss(
             t[row * s..row * s + v.len()].copy_from_slice(v);
         }
         let a_t = Tensor::from_vec(t, (b, s), &Device::Cpu)?;
-        let unit = |a: &Tensor| -> anyhow::Result<Tensor> {
-            let n = a.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-8, f64::MAX)?;
-            Ok(a.broadcast_div(&n)?)
+        if exact {
+            let term = unit_mse(&a_s, &a_t)?;
+            exact_total = Some(match exact_total {
+                None => term,
+                Some(acc) => (acc + term)?,
+            });
+            continue;
+        }
+        // w = ∂L/∂a at the student's attribution, by a backward pass over the small graph.
+        let a_var = Var::from_tensor(&a_s)?;
+        let term = unit_mse(a_var.as_tensor(), &a_t)?;
+        value += f64::from(term.to_scalar::<f32>()?);
+        let w = term.backward()?.get(a_var.as_tensor()).context("no gradient for w")?.clone();
+        let e = &ig.embedding;
+        let u = e.broadcast_mul(&w.to_dtype(e.dtype())?.unsqueeze(D::Minus1)?)?;
+        let norm = |x: &Tensor| -> anyhow::Result<f64> {
+            Ok(f64::from(x.to_dtype(DType::F32)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?))
         };
-        let term = (unit(&a_s)? - unit(&a_t)?)?.sqr()?.sum(D::Minus1)?.mean_all()?;
-        total = Some(match total {
-            None => term,
-            Some(acc) => (acc + term)?,
+        let (un, en) = (norm(&u)?, norm(e)?);
+        if un == 0.0 || en == 0.0 {
+            continue;
+        }
+        // A step of 1e-3 of the embeddings' size along u.
+        let eps = 1e-3 * en / un;
+        let mut points = Vec::with_capacity(2 * steps);
+        for sign in [1.0, -1.0] {
+            for i in 0..steps {
+                points.push(
+                    (e.affine((i as f64 + 0.5) / steps as f64, 0.0)?
+                        + u.affine(sign * eps, 0.0)?)?,
+                );
+            }
+        }
+        let sur =
+            class_sum(exec, student, batch, Tensor::cat(&points, 0)?, &picks[r], 2 * steps, |j| {
+                (if j < steps { 1.0 } else { -1.0 }) / (2.0 * eps * steps as f64)
+            })?;
+        surrogate = Some(match surrogate {
+            None => sur,
+            Some(acc) => (acc + sur)?,
         });
     }
-    Ok(total.expect("k > 0").affine(1.0 / k as f64, 0.0)?)
+    if exact {
+        return Ok(exact_total.expect("k > 0").affine(1.0 / k as f64, 0.0)?);
+    }
+    let value = Tensor::new(value as f32 / k as f32, &Device::Cpu)?;
+    Ok(match surrogate {
+        // The loss's value, with the surrogate's gradient.
+        Some(sur) => {
+            let sur = sur.affine(1.0 / k as f64, 0.0)?;
+            ((sur.detach() * -1.0)? + &sur)?.add(&value)?
+        }
+        None => value,
+    })
+}
+
+/// `mean over examples of ‖â_s − â_t‖²`, each attribution normalised to unit length.
+fn unit_mse(a_s: &Tensor, a_t: &Tensor) -> anyhow::Result<Tensor> {
+    let unit = |a: &Tensor| -> anyhow::Result<Tensor> {
+        let n = a.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-8, f64::MAX)?;
+        Ok(a.broadcast_div(&n)?)
+    };
+    Ok((unit(a_s)? - unit(a_t)?)?.sqr()?.sum(D::Minus1)?.mean_all()?)
+}
+
+/// `Σ_j weight(j) · Σ_rows z_{row, class(row)}` over `m` copies of the batch run with the
+/// token embeddings `x` (`[m·B, S, D]`) in place of the lookup; copy `j` has weight `weight(j)`.
+fn class_sum(
+    exec: &Executor,
+    graph: &Graph,
+    batch: &EvalBatch,
+    x: Tensor,
+    classes: &[u32],
+    m: usize,
+    weight: impl Fn(usize) -> f64,
+) -> anyhow::Result<Tensor> {
+    let emb = embedding_value(graph).context("no token-embedding lookup")?;
+    let logits = logits_value(graph).context("the model has no output")?;
+    let out = exec.run_overriding(repeat_inputs(batch, m)?, vec![(emb, x)], &[logits.as_str()])?;
+    let z = out.get(&logits).context("logits")?;
+    let z = if z.rank() > 2 { z.flatten_from(1)? } else { z.clone() };
+    let (b, c) = (classes.len(), z.dim(1)?);
+    let mut sel = vec![0f32; m * b * c];
+    for j in 0..m {
+        for (row, &k) in classes.iter().enumerate() {
+            sel[(j * b + row) * c + k as usize] = weight(j) as f32;
+        }
+    }
+    let sel = Tensor::from_vec(sel, (m * b, c), &Device::Cpu)?.to_dtype(z.dtype())?;
+    Ok((&z * sel)?.sum_all()?.to_dtype(DType::F32)?)
 }

@@ -18,8 +18,13 @@
 //! - **Figures**: held-out perplexity of student and teacher, top-1 agreement with the teacher's
 //!   next token, samples of greedy text from both, decode tokens/s of both in tract.
 //!
-//! On-policy steps (sequences the student generates, which MiniLLM and DistiLLM use with the
-//! reverse forms) are not implemented yet: every divergence here trains on the corpus.
+//! - **On-policy steps** (`on_policy`, at most [`MAX_ON_POLICY`] of the steps): the student
+//!   continues the first half of a training sequence by sampling (temperature 1) from its
+//!   current weights, planned in tract with its KV cache; the teacher scores the whole
+//!   sequence with tract, and the step trains on the divergence alone (there is no true next
+//!   token for generated text). MiniLLM (reverse KL) and DistiLLM (skew forms) train on such
+//!   student-generated sequences; as in DistiLLM's adaptive schedule, which uses them more as
+//!   the student improves, they all fall in the second half of training, evenly spaced.
 
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
@@ -32,9 +37,9 @@ use serde::{Deserialize, Serialize};
 use hone_learn::data::{Part, SplitMix64};
 use hone_learn::llm::{
     CARD_FILE, GraphForm, KvCache, LlamaConfig, LlamaWeights, ModelCard, ModelDir, TOKENIZER_FILE,
-    TRAIN_FILE, build_graph,
+    TRAIN_FILE, TractLlama, build_graph,
 };
-use hone_learn::train::exec::Executor;
+use hone_learn::train::exec::{Executor, Gradients};
 use hone_learn::train::kd::{KdLoss, TopK, kd_loss};
 use hone_learn::train::loss::{cross_entropy, log_softmax};
 use hone_learn::train::optim::{AdamW, Optimizer};
@@ -59,6 +64,154 @@ pub enum LmStudent {
     },
     /// The teacher's blocks `keep`, initialised from it.
     Layers(Vec<usize>),
+    /// The teacher pruned Minitron-style: `layers` of its blocks, evenly spread, narrowed to
+    /// `hidden` residual channels, `heads` query heads a block (every key/value head kept) and
+    /// `ffn` MLP neurons, chosen by their activations on calibration sequences
+    /// ([`width_importance`]).
+    Pruned {
+        /// Blocks kept.
+        layers: usize,
+        /// Residual channels kept (`heads ×` the teacher's head width).
+        hidden: usize,
+        /// Query heads kept per block (a multiple of the teacher's key/value heads).
+        heads: usize,
+        /// MLP neurons kept per block.
+        ffn: usize,
+    },
+}
+
+/// Calibration sequences for [`width_importance`].
+const CALIBRATION_SEQS: usize = 8;
+
+/// Activation importance of a Llama's widths on `seqs` (Minitron's criteria): each residual
+/// channel by the mean magnitude of both norms' outputs summed over the blocks, each query
+/// head by the mean L2 norm of its attention output, each MLP neuron by the mean magnitude of
+/// its gated activation. Returns `(hidden [hidden], heads [layers][heads], ffn [layers][ffn])`.
+#[allow(clippy::type_complexity)]
+pub fn width_importance(
+    graph: &hone_graph::Graph,
+    c: &LlamaConfig,
+    seqs: &[&[u32]],
+) -> anyhow::Result<(Vec<f64>, Vec<Vec<f64>>, Vec<Vec<f64>>)> {
+    let exec = Executor::with_trainable(graph, |_| false)?;
+    let hd = c.head_dim();
+    let mut hidden = vec![0f64; c.hidden];
+    let mut heads = vec![vec![0f64; c.heads]; c.layers];
+    let mut ffn = vec![vec![0f64; c.ffn]; c.layers];
+    let mut names = Vec::new();
+    for i in 0..c.layers {
+        for v in ["attn_norm.scaled", "ffn_norm.scaled", "attend.merge", "gated"] {
+            names.push(format!("layers.{i}.{v}"));
+        }
+    }
+    let wanted: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut tokens = 0usize;
+    for seq in seqs {
+        let ids: Vec<i64> = seq.iter().map(|&t| i64::from(t)).collect();
+        let x = Tensor::from_vec(ids, (1, seq.len()), &Device::Cpu)?;
+        let out = exec.run([("input_ids", x)], &wanted)?;
+        let rows = |name: &str| -> anyhow::Result<Vec<Vec<f32>>> {
+            let t = out.get(name).with_context(|| format!("no value `{name}`"))?;
+            Ok(t.flatten_to(1)?.to_dtype(DType::F32)?.to_vec2()?)
+        };
+        for i in 0..c.layers {
+            for norm in ["attn_norm.scaled", "ffn_norm.scaled"] {
+                for r in rows(&format!("layers.{i}.{norm}"))? {
+                    for (acc, v) in hidden.iter_mut().zip(&r) {
+                        *acc += f64::from(v.abs());
+                    }
+                }
+            }
+            for r in rows(&format!("layers.{i}.attend.merge"))? {
+                for (h, acc) in heads[i].iter_mut().enumerate() {
+                    *acc += r[h * hd..(h + 1) * hd]
+                        .iter()
+                        .map(|v| f64::from(v * v))
+                        .sum::<f64>()
+                        .sqrt();
+                }
+            }
+            for r in rows(&format!("layers.{i}.gated"))? {
+                for (acc, v) in ffn[i].iter_mut().zip(&r) {
+                    *acc += f64::from(v.abs());
+                }
+            }
+        }
+        tokens += seq.len();
+    }
+    let n = tokens.max(1) as f64;
+    let scale = |v: &mut Vec<f64>| v.iter_mut().for_each(|x| *x /= n);
+    scale(&mut hidden);
+    heads.iter_mut().for_each(scale);
+    ffn.iter_mut().for_each(scale);
+    Ok((hidden, heads, ffn))
+}
+
+/// The indices of the `k` largest of `v`, ascending.
+fn top(v: &[f64], k: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..v.len()).collect();
+    order.sort_by(|&a, &b| v[b].total_cmp(&v[a]).then(a.cmp(&b)));
+    let mut keep: Vec<usize> = order.into_iter().take(k).collect();
+    keep.sort_unstable();
+    keep
+}
+
+/// The teacher pruned to a [`LmStudent::Pruned`] shape (see there), importance measured on
+/// `calibration`.
+fn pruned_student(
+    graph: &hone_graph::Graph,
+    tc: &LlamaConfig,
+    (layers, hidden, heads, ffn): (usize, usize, usize, usize),
+    calibration: &[&[u32]],
+) -> anyhow::Result<(LlamaConfig, LlamaWeights)> {
+    if layers == 0
+        || layers > tc.layers
+        || heads == 0
+        || heads > tc.heads
+        || ffn == 0
+        || ffn > tc.ffn
+    {
+        bail!(
+            "a pruned student keeps 1 to {} blocks, 1 to {} heads and 1 to {} MLP neurons",
+            tc.layers,
+            tc.heads,
+            tc.ffn
+        );
+    }
+    if !heads.is_multiple_of(tc.kv_heads) || hidden != heads * tc.head_dim() {
+        bail!(
+            "a pruned student keeps every one of the teacher's {} key/value heads, so its query \
+             heads are a multiple of {} and its width is heads × {} (the teacher's head width): \
+             --student-heads {} gives --student-hidden {}",
+            tc.kv_heads,
+            tc.kv_heads,
+            tc.head_dim(),
+            heads,
+            heads * tc.head_dim()
+        );
+    }
+    let (hi, he, fi) = width_importance(graph, tc, calibration)?;
+    let keep = super::blocks::spread(layers, tc.layers);
+    let w = LlamaWeights::from_graph(graph, tc)?;
+    let (dc, dw) = w.select_layers(tc, &keep)?;
+    let group = tc.heads / tc.kv_heads;
+    let per_group = heads / tc.kv_heads;
+    let head_keep: Vec<Vec<usize>> = keep
+        .iter()
+        .map(|&l| {
+            let mut v: Vec<usize> = (0..tc.kv_heads)
+                .flat_map(|g| {
+                    top(&he[l][g * group..(g + 1) * group], per_group)
+                        .into_iter()
+                        .map(move |q| g * group + q)
+                })
+                .collect();
+            v.sort_unstable();
+            v
+        })
+        .collect();
+    let ffn_keep: Vec<Vec<usize>> = keep.iter().map(|&l| top(&fi[l], ffn)).collect();
+    Ok(dw.narrow(&dc, &top(&hi, hidden), &head_keep, &ffn_keep)?)
 }
 
 /// Settings of a language-model distillation.
@@ -82,6 +235,9 @@ pub struct LmConfig {
     pub top_k: usize,
     /// Optimizer steps.
     pub steps: usize,
+    /// Share of the steps trained on student-generated sequences (0 to [`MAX_ON_POLICY`]).
+    #[serde(default)]
+    pub on_policy: f64,
     /// Sequences per step.
     pub batch_size: usize,
     /// Peak learning rate (5 % warm-up, then linear decay).
@@ -140,6 +296,11 @@ pub struct LmReport {
     pub teacher_tokens_per_s: Option<f64>,
     /// Steps run in all, and resumed from.
     pub steps: usize,
+    /// Steps (of this run) trained on student-generated sequences, and their seconds (sampling
+    /// and the teacher's scoring included).
+    pub on_policy_steps: usize,
+    /// See `on_policy_steps`.
+    pub on_policy_s: f64,
     /// See `steps`.
     pub resumed_from: usize,
     /// Mean loss of the first and last tenth of the steps.
@@ -180,12 +341,90 @@ pub fn corpus_tokens(dir: &ModelDir, part: Part, limit: usize) -> anyhow::Result
     Ok(out)
 }
 
+/// The largest share of on-policy steps: each costs several off-policy ones (the student
+/// samples half a sequence token by token, the teacher scores it).
+pub const MAX_ON_POLICY: f64 = 0.15;
+
+/// Whether step `step` (0-based) of `steps` trains on student-generated sequences: about
+/// `share · steps` of them, evenly spaced over the second half.
+pub fn is_on_policy(step: usize, steps: usize, share: f64) -> bool {
+    let half = steps / 2;
+    if share <= 0.0 || step < half {
+        return false;
+    }
+    let rate = share * steps as f64 / (steps - half).max(1) as f64;
+    let i = (step - half) as f64;
+    ((i + 1.0) * rate).floor() > (i * rate).floor()
+}
+
+/// Draws an index from the softmax of `logits` (temperature 1).
+fn sample(logits: &[f32], rng: &mut SplitMix64) -> u32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let total: f64 = logits.iter().map(|&x| f64::from((x - max).exp())).sum();
+    let mut u = f64::from(rng.next_f32()) * total;
+    for (i, &x) in logits.iter().enumerate() {
+        u -= f64::from((x - max).exp());
+        if u <= 0.0 {
+            return i as u32;
+        }
+    }
+    (logits.len() - 1) as u32
+}
+
+/// The student's continuations of the first halves of `seqs` to `len` tokens each, sampled
+/// from its current weights (`w`) planned in tract with the KV cache.
+fn student_continuations(
+    c: &LlamaConfig,
+    w: &LlamaWeights,
+    seqs: &[&[u32]],
+    len: usize,
+    rng: &mut SplitMix64,
+) -> anyhow::Result<Vec<Vec<u32>>> {
+    let tract = TractLlama::new(build_graph(c, w, GraphForm::KvCache)?.proto(), c)?;
+    let prefix = (len / 2).max(1);
+    let mut out = Vec::with_capacity(seqs.len());
+    for seq in seqs {
+        let mut ids = seq[..prefix].to_vec();
+        let (mut logits, mut cache) = tract.forward(&ids, KvCache::empty(c))?;
+        while ids.len() < len {
+            let next = sample(&logits[logits.len() - c.vocab..], rng);
+            ids.push(next);
+            if ids.len() == len {
+                break;
+            }
+            (logits, cache) = tract.forward(&[next], cache)?;
+        }
+        out.push(ids);
+    }
+    Ok(out)
+}
+
 /// Non-overlapping sequences of `len + 1` tokens.
 fn sequences(tokens: &[u32], len: usize) -> Vec<&[u32]> {
     tokens.chunks_exact(len + 1).collect()
 }
 
 const MAGIC: &[u8; 8] = b"HONEKD1\0";
+
+/// The header of a top-k cache file: magic, `k` and the sequence length.
+pub(crate) fn cache_header(k: usize, len: usize) -> Vec<u8> {
+    let mut h = MAGIC.to_vec();
+    h.extend((k as u32).to_le_bytes());
+    h.extend((len as u32).to_le_bytes());
+    h
+}
+
+/// One sequence's record in a top-k cache file: its indices, then its log-probabilities.
+pub(crate) fn cache_record(top: &TopK) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(top.indices.len() * 8);
+    for v in &top.indices {
+        bytes.extend(v.to_le_bytes());
+    }
+    for v in &top.logprobs {
+        bytes.extend(v.to_le_bytes());
+    }
+    bytes
+}
 
 /// The teacher's cached top-k, read back.
 struct Cache {
@@ -210,12 +449,7 @@ fn teacher_cache(
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
     let mut size = file.metadata()?.len();
-    let header = {
-        let mut h = MAGIC.to_vec();
-        h.extend((k as u32).to_le_bytes());
-        h.extend((len as u32).to_le_bytes());
-        h
-    };
+    let header = cache_header(k, len);
     let mut existing = vec![0u8; header.len()];
     let fits = size >= header.len() as u64 && {
         file.seek(SeekFrom::Start(0))?;
@@ -244,15 +478,7 @@ fn teacher_cache(
         for (i, seq) in seqs.iter().enumerate().skip(done) {
             let (logits, _) = tract.forward(&seq[..len], KvCache::empty(&teacher.card.config))?;
             let t = Tensor::from_vec(logits, (len, vocab), &Device::Cpu)?;
-            let top = TopK::of(&t, k)?;
-            let mut bytes = Vec::with_capacity(per_seq as usize);
-            for v in &top.indices {
-                bytes.extend(v.to_le_bytes());
-            }
-            for v in &top.logprobs {
-                bytes.extend(v.to_le_bytes());
-            }
-            file.write_all(&bytes)?;
+            file.write_all(&cache_record(&TopK::of(&t, k)?))?;
             let n = i + 1 - done;
             if n.is_multiple_of(10) || i + 1 == seqs.len() {
                 let r = (n * len) as f64 / started.elapsed().as_secs_f64().max(1e-9);
@@ -297,6 +523,7 @@ fn make_student(
     teacher: &ModelDir,
     spec: &LmStudent,
     seed: u64,
+    calibration: &[&[u32]],
 ) -> anyhow::Result<(LlamaConfig, LlamaWeights)> {
     let tc = &teacher.card.config;
     match spec {
@@ -317,6 +544,10 @@ fn make_student(
             let graph = hone_graph::Graph::load(teacher.dir.join(TRAIN_FILE))?;
             let w = LlamaWeights::from_graph(&graph, tc)?;
             Ok(w.select_layers(tc, keep)?)
+        }
+        LmStudent::Pruned { layers, hidden, heads, ffn } => {
+            let graph = hone_graph::Graph::load(teacher.dir.join(TRAIN_FILE))?;
+            pruned_student(&graph, tc, (*layers, *hidden, *heads, *ffn), calibration)
         }
     }
 }
@@ -391,6 +622,82 @@ fn write_student(
     Ok(())
 }
 
+/// What an on-policy step works with.
+struct OnPolicyStep<'a> {
+    exec: &'a Executor,
+    graph: &'a mut hone_graph::Graph,
+    student: &'a LlamaConfig,
+    /// The teacher planned in tract, on the first on-policy step.
+    teacher: &'a mut Option<TractLlama>,
+    teacher_dir: &'a ModelDir,
+    k: usize,
+    loss: &'a KdLoss,
+    len: usize,
+}
+
+/// One on-policy step's loss and gradients: the student continues the first halves of
+/// `seqs`, the teacher's top-k is computed on the results, and the divergence is taken over
+/// every position.
+fn on_policy_step(
+    s: OnPolicyStep<'_>,
+    seqs: &[&[u32]],
+    rng: &mut SplitMix64,
+) -> anyhow::Result<(f64, Gradients)> {
+    s.exec.write_back(s.graph)?;
+    let w = LlamaWeights::from_graph(s.graph, s.student)?;
+    let generated = student_continuations(s.student, &w, seqs, s.len, rng)?;
+    if s.teacher.is_none() {
+        *s.teacher = Some(s.teacher_dir.tract()?);
+    }
+    let teacher = s.teacher.as_ref().expect("planned above");
+    let vocab = s.teacher_dir.card.config.vocab;
+    let (mut indices, mut logprobs) = (Vec::new(), Vec::new());
+    for g in &generated {
+        let (logits, _) = teacher.forward(g, KvCache::empty(&s.teacher_dir.card.config))?;
+        let top = TopK::of(&Tensor::from_vec(logits, (s.len, vocab), &Device::Cpu)?, s.k)?;
+        indices.extend(top.indices);
+        logprobs.extend(top.logprobs);
+    }
+    let ids: Vec<i64> = generated.iter().flatten().map(|&t| i64::from(t)).collect();
+    let x = Tensor::from_vec(ids, (generated.len(), s.len), &Device::Cpu)?;
+    let out = s.exec.run([("input_ids", x)], &["logits"])?;
+    let rows = out["logits"].flatten_to(1)?;
+    let top = TopK { k: s.k, indices, logprobs };
+    let loss = kd_loss(&rows, &top.teacher(&Device::Cpu)?, s.loss, None)?;
+    let value = f64::from(loss.to_scalar::<f32>()?);
+    if !value.is_finite() {
+        bail!("the on-policy loss is {value}: lower the learning rate");
+    }
+    Ok((value, s.exec.backward(&loss)?))
+}
+
+/// Writes a checkpoint when one is due (every `checkpoint_every` steps and at the end).
+fn checkpoint(
+    cfg: &LmConfig,
+    exec: &Executor,
+    graph: &mut hone_graph::Graph,
+    opt: &AdamW,
+    state: &LmState,
+    state_path: &Path,
+) -> anyhow::Result<()> {
+    if cfg.checkpoint_every == 0
+        || !(state.step.is_multiple_of(cfg.checkpoint_every) || state.step == cfg.steps)
+    {
+        return Ok(());
+    }
+    exec.write_back(graph)?;
+    let tmp = cfg.work_dir.join("student.onnx.tmp");
+    graph.save(&tmp)?;
+    std::fs::rename(&tmp, cfg.work_dir.join("student.onnx"))?;
+    let tmp = cfg.work_dir.join("state.safetensors.tmp");
+    candle_core::safetensors::save(&opt.state(), &tmp)?;
+    std::fs::rename(&tmp, cfg.work_dir.join("state.safetensors"))?;
+    let tmp = cfg.work_dir.join("lm-state.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(state)?)?;
+    std::fs::rename(&tmp, state_path)?;
+    Ok(())
+}
+
 /// Where a run stands (`lm-state.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct LmState {
@@ -410,6 +717,17 @@ pub fn distill_lm(cfg: &LmConfig, progress: &dyn Fn(&str)) -> anyhow::Result<LmR
                 "a language-model distillation runs at temperature 1 (the cached top-k cannot be re-softened)"
             );
         }
+    }
+    if !(0.0..=MAX_ON_POLICY).contains(&cfg.on_policy) {
+        bail!(
+            "the share of on-policy steps must be in [0, {MAX_ON_POLICY}], got {}",
+            cfg.on_policy
+        );
+    }
+    if cfg.on_policy > 0.0 && cfg.ce_weight >= 1.0 {
+        bail!(
+            "on-policy steps need a teacher: cross-entropy alone has no target for generated text"
+        );
     }
     let teacher = ModelDir::open(&cfg.teacher).with_context(|| {
         format!("the teacher model folder {} (coordinator llm import)", cfg.teacher.display())
@@ -443,7 +761,11 @@ pub fn distill_lm(cfg: &LmConfig, progress: &dyn Fn(&str)) -> anyhow::Result<LmR
         tails.iter().map(|v| f64::from(*v)).sum::<f64>() / tails.len().max(1) as f64
     });
 
-    let (sc, sw) = make_student(&teacher, &cfg.student, cfg.seed)?;
+    if matches!(cfg.student, LmStudent::Pruned { .. }) {
+        progress("pruning the teacher to the student's shape (activation importance)");
+    }
+    let calibration: Vec<&[u32]> = train.iter().take(CALIBRATION_SEQS).map(|s| &s[..len]).collect();
+    let (sc, sw) = make_student(&teacher, &cfg.student, cfg.seed, &calibration)?;
     let mut graph = build_graph(&sc, &sw, GraphForm::Train)?;
     let state_path = cfg.work_dir.join("lm-state.json");
     let mut state = LmState { step: 0, losses: Vec::new() };
@@ -471,10 +793,44 @@ pub fn distill_lm(cfg: &LmConfig, progress: &dyn Fn(&str)) -> anyhow::Result<LmR
     let warm = (cfg.steps / 20).max(1);
     let started = Instant::now();
     let mut tokens_seen = 0usize;
+    let (mut on_policy_steps, mut on_policy_s, mut teacher_tract) = (0usize, 0f64, None);
     while state.step < cfg.steps {
         let step = state.step;
         let picks: Vec<usize> =
             (0..cfg.batch_size).map(|i| order[(step * cfg.batch_size + i) % order.len()]).collect();
+        if let Some(c) = cache.as_ref().filter(|_| is_on_policy(step, cfg.steps, cfg.on_policy)) {
+            let t0 = Instant::now();
+            let value = on_policy_step(
+                OnPolicyStep {
+                    exec: &exec,
+                    graph: &mut graph,
+                    student: &sc,
+                    teacher: &mut teacher_tract,
+                    teacher_dir: &teacher,
+                    k: c.k,
+                    loss: &cfg.loss,
+                    len,
+                },
+                &picks.iter().map(|&p| train[p]).collect::<Vec<_>>(),
+                &mut SplitMix64::new(cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            )?;
+            let lr = linear_warmup_decay(cfg.lr, step, cfg.steps, warm);
+            opt.step(&value.1, lr)?;
+            on_policy_steps += 1;
+            on_policy_s += t0.elapsed().as_secs_f64();
+            state.losses.push(value.0);
+            state.step += 1;
+            tokens_seen += picks.len() * len;
+            progress(&format!(
+                "step {}/{}: on-policy, loss {:.4} ({:.1} s)",
+                state.step,
+                cfg.steps,
+                value.0,
+                t0.elapsed().as_secs_f64()
+            ));
+            checkpoint(cfg, &exec, &mut graph, &opt, &state, &state_path)?;
+            continue;
+        }
         let mut ids = Vec::with_capacity(picks.len() * len);
         let mut targets = Vec::with_capacity(picks.len() * len);
         for &p in &picks {
@@ -519,20 +875,7 @@ pub fn distill_lm(cfg: &LmConfig, progress: &dyn Fn(&str)) -> anyhow::Result<LmR
                 state.step, cfg.steps
             ));
         }
-        if cfg.checkpoint_every > 0
-            && (state.step.is_multiple_of(cfg.checkpoint_every) || state.step == cfg.steps)
-        {
-            exec.write_back(&mut graph)?;
-            let tmp = cfg.work_dir.join("student.onnx.tmp");
-            graph.save(&tmp)?;
-            std::fs::rename(&tmp, cfg.work_dir.join("student.onnx"))?;
-            let tmp = cfg.work_dir.join("state.safetensors.tmp");
-            candle_core::safetensors::save(&opt.state(), &tmp)?;
-            std::fs::rename(&tmp, cfg.work_dir.join("state.safetensors"))?;
-            let tmp = cfg.work_dir.join("lm-state.json.tmp");
-            std::fs::write(&tmp, serde_json::to_vec(&state)?)?;
-            std::fs::rename(&tmp, &state_path)?;
-        }
+        checkpoint(cfg, &exec, &mut graph, &opt, &state, &state_path)?;
     }
     exec.write_back(&mut graph)?;
     let train_s = started.elapsed().as_secs_f64();
@@ -577,6 +920,8 @@ pub fn distill_lm(cfg: &LmConfig, progress: &dyn Fn(&str)) -> anyhow::Result<LmR
         teacher_cache_s: cache_s,
         teacher_tokens_per_s: teacher_rate,
         steps: state.step,
+        on_policy_steps,
+        on_policy_s,
         resumed_from,
         first_loss: mean(&state.losses[..tenth.min(state.losses.len())]),
         final_loss: mean(&state.losses[state.losses.len().saturating_sub(tenth)..]),
@@ -659,6 +1004,7 @@ mod tests {
             seq_len: 32,
             top_k: 8,
             steps,
+            on_policy: 0.0,
             batch_size: 2,
             lr: 3e-3,
             seed: 1,
@@ -704,6 +1050,79 @@ mod tests {
                 .unwrap();
         assert_eq!(ce.teacher_cache_s, 0.0);
         assert!(ce.final_loss < ce.first_loss, "{} → {}", ce.first_loss, ce.final_loss);
+        // On-policy steps: the student samples, the teacher scores, the step trains.
+        let mut on = config(&root, hone_learn::train::kd::Divergence::Srkl, 0.0, 8);
+        on.on_policy = 0.15;
+        on.work_dir = root.join("work-on-policy");
+        let on = distill_lm(&on, &|_| {}).unwrap();
+        assert_eq!(on.on_policy_steps, (0..8).filter(|&s| is_on_policy(s, 8, 0.15)).count());
+        assert!(on.on_policy_steps >= 1 && on.on_policy_s > 0.0);
+        assert!(on.student_perplexity.is_finite());
+        // Cross-entropy alone cannot train on generated text; more than the bound is refused.
+        let mut bad = config(&root, hone_learn::train::kd::Divergence::Fkl, 1.0, 4);
+        bad.on_policy = 0.1;
+        assert!(distill_lm(&bad, &|_| {}).unwrap_err().to_string().contains("need a teacher"));
+        bad.ce_weight = 0.0;
+        bad.on_policy = 0.5;
+        assert!(distill_lm(&bad, &|_| {}).unwrap_err().to_string().contains("on-policy"));
         let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// A Minitron-style student: neurons that never fire are never kept, the student has the
+    /// asked shape, and it trains and is written like any other.
+    #[test]
+    fn a_pruned_student_keeps_what_fires_and_trains() {
+        let root = std::env::temp_dir().join(format!("hone-lm-pruned-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let teacher = tiny_teacher(&root.join("teacher"));
+        let c = teacher.card.config.clone();
+        let mut graph = hone_graph::Graph::load(teacher.dir.join(TRAIN_FILE)).unwrap();
+        // Silence half of block 0's MLP neurons: a zero gate column gives silu(0) = 0.
+        let mut w = LlamaWeights::from_graph(&graph, &c).unwrap();
+        for n in (0..c.ffn).filter(|n| n % 2 == 1) {
+            for j in 0..c.hidden {
+                w.layers[0].gate[j * c.ffn + n] = 0.0;
+            }
+        }
+        graph = build_graph(&c, &w, GraphForm::Train).unwrap();
+        let tokens = corpus_tokens(&teacher, Part::Train, 400).unwrap();
+        let seqs = sequences(&tokens, 32);
+        let (_, _, ffn) = width_importance(&graph, &c, &seqs[..3]).unwrap();
+        assert!(ffn[0].iter().enumerate().all(|(n, v)| (n % 2 == 1) == (*v == 0.0)));
+        let (sc, sw) = pruned_student(&graph, &c, (1, 16, 1, 20), &seqs[..3]).unwrap();
+        assert_eq!((sc.layers, sc.hidden, sc.heads, sc.kv_heads, sc.ffn), (1, 16, 1, 1, 20));
+        assert!(sw.params() < w.params());
+        let e = pruned_student(&graph, &c, (1, 20, 1, 20), &seqs[..3]).unwrap_err().to_string();
+        assert!(e.contains("head width"), "{e}");
+        let mut cfg = config(&root, hone_learn::train::kd::Divergence::Fkl, 0.5, 4);
+        cfg.student = LmStudent::Pruned { layers: 1, hidden: 16, heads: 1, ffn: 20 };
+        let r = distill_lm(&cfg, &|_| {}).unwrap();
+        assert_eq!(r.student_config.hidden, 16);
+        assert!(r.student_perplexity.is_finite());
+        assert!(ModelDir::open(&r.out).is_ok());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// On-policy steps are the asked share of the steps, all in the second half.
+    #[test]
+    fn on_policy_steps_are_the_share_asked_in_the_second_half() {
+        for (steps, share) in [(1000, 0.1), (125, 0.1), (60, 0.15), (8, 0.15)] {
+            let picked: Vec<usize> =
+                (0..steps).filter(|&s| is_on_policy(s, steps, share)).collect();
+            let want = (share * steps as f64).floor() as usize;
+            assert!(picked.len().abs_diff(want) <= 1, "{steps} {share}: {}", picked.len());
+            assert!(picked.iter().all(|&s| s >= steps / 2));
+        }
+        assert!((0..100).all(|s| !is_on_policy(s, 100, 0.0)));
+    }
+
+    /// Sampling follows the softmax: logits (0, ln 3) give the second index three times in four.
+    #[test]
+    fn sampling_follows_the_softmax() {
+        let mut rng = SplitMix64::new(7);
+        let n = 20_000;
+        let ones = (0..n).filter(|_| sample(&[0.0, 3f32.ln()], &mut rng) == 1).count();
+        let share = ones as f64 / n as f64;
+        assert!((share - 0.75).abs() < 0.015, "{share}");
     }
 }

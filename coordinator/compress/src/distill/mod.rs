@@ -21,6 +21,7 @@
 pub mod attribution;
 pub mod blocks;
 pub mod lm;
+pub mod scale;
 pub mod train;
 
 use std::path::{Path, PathBuf};
@@ -40,7 +41,7 @@ use crate::prune::latency::{side_by_side, timing_inputs};
 use crate::prune::run::{PruneConfig, PruneSession};
 use crate::prune::{param_count, params_no_embeddings};
 
-use attribution::Attributions;
+use attribution::{AttributionGradient, Attributions};
 use blocks::{Blocks, keep_blocks, spread};
 use train::{StageConfig, StageSummary, train_stage};
 
@@ -122,11 +123,20 @@ pub struct AttributionConfig {
     pub student_steps: usize,
     /// Top classes attributed per example.
     pub classes: usize,
+    /// How the loss's gradient is taken.
+    #[serde(default)]
+    pub gradient: AttributionGradient,
 }
 
 impl Default for AttributionConfig {
     fn default() -> Self {
-        AttributionConfig { weight: 1.0, steps: 16, student_steps: 1, classes: 1 }
+        AttributionConfig {
+            weight: 1.0,
+            steps: 16,
+            student_steps: 1,
+            classes: 1,
+            gradient: AttributionGradient::FirstOrder,
+        }
     }
 }
 
@@ -451,6 +461,9 @@ pub fn distill_on(
         attention_weight: cfg.attention_weight,
         attribution_weight: cfg.attribution.map_or(0.0, |a| a.weight),
         attribution_student_steps: cfg.attribution.map_or(1, |a| a.student_steps),
+        attribution_gradient: cfg
+            .attribution
+            .map_or(AttributionGradient::FirstOrder, |a| a.gradient),
         steps,
         batch_size: cfg.batch_size,
         lr: cfg.lr,

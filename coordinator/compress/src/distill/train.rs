@@ -36,7 +36,7 @@ use hone_learn::train::loss::cross_entropy;
 use hone_learn::train::optim::{AdamW, Optimizer};
 use hone_learn::train::schedule::linear_warmup_decay;
 
-use super::attribution::{Attributions, attribution_loss};
+use super::attribution::{AttributionGradient, Attributions, attribution_loss};
 use super::blocks::Blocks;
 use crate::prune::finetune::trainable;
 use crate::prune::importance::logits_value;
@@ -56,6 +56,8 @@ pub struct StageConfig {
     pub attribution_weight: f64,
     /// Integration steps of the student's attribution.
     pub attribution_student_steps: usize,
+    /// How the attribution loss's gradient is taken.
+    pub attribution_gradient: AttributionGradient,
     /// Optimizer steps.
     pub steps: usize,
     /// Examples per step.
@@ -349,8 +351,14 @@ pub fn train_stage(
             let cache =
                 attributions.as_deref_mut().context("attribution loss without a teacher cache")?;
             let targets = cache.get_or_compute(&t_exec, teacher, data, &idx)?;
-            let term =
-                attribution_loss(&exec, student, &sbatch, &targets, cfg.attribution_student_steps)?;
+            let term = attribution_loss(
+                &exec,
+                student,
+                &sbatch,
+                &targets,
+                cfg.attribution_student_steps,
+                cfg.attribution_gradient,
+            )?;
             terms.push(("attribution".into(), term.affine(cfg.attribution_weight, 0.0)?));
         }
         if terms.is_empty() {

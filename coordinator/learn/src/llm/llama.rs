@@ -204,7 +204,7 @@ pub enum GraphForm {
 }
 
 /// The names of a layer's initializers, in [`LayerWeights`] field order.
-fn layer_names(i: usize) -> [String; 9] {
+pub(crate) fn layer_names(i: usize) -> [String; 9] {
     let p = format!("model.layers.{i}");
     [
         format!("{p}.input_layernorm.weight"),
@@ -242,7 +242,7 @@ impl LayerWeights {
         ]
     }
 
-    fn from_fields(f: [Vec<f32>; 9]) -> LayerWeights {
+    pub(crate) fn from_fields(f: [Vec<f32>; 9]) -> LayerWeights {
         let [attn_norm, q, k, v, o, ffn_norm, gate, up, down] = f;
         LayerWeights { attn_norm, q, k, v, o, ffn_norm, gate, up, down }
     }
@@ -250,7 +250,7 @@ impl LayerWeights {
 
 /// The `[rows, cols]` shapes of a layer's tensors, in [`LayerWeights`] field order (norms as
 /// `[hidden]`, `cols` 0).
-fn layer_shapes(c: &LlamaConfig) -> [(usize, usize); 9] {
+pub(crate) fn layer_shapes(c: &LlamaConfig) -> [(usize, usize); 9] {
     let (h, hd) = (c.hidden, c.head_dim());
     let (q, kv) = (c.heads * hd, c.kv_heads * hd);
     [(h, 0), (h, q), (h, kv), (h, kv), (q, h), (h, 0), (h, c.ffn), (h, c.ffn), (c.ffn, h)]
@@ -387,6 +387,99 @@ impl LlamaWeights {
             norm: self.norm.clone(),
         };
         Ok((LlamaConfig { layers: keep.len(), ..c.clone() }, weights))
+    }
+
+    /// A narrower model (Minitron-style width pruning): the residual channels `hidden` (the
+    /// embedding's columns, every norm's entries, every projection's matching rows or columns,
+    /// so the tied head narrows with the embedding), the query heads `heads[i]` of block `i`
+    /// (every key/value head kept, the same number of query heads from each group), and the
+    /// MLP neurons `ffn[i]` of block `i`. Indices ascend; every block keeps as many heads and
+    /// neurons as the others, and `hidden` keeps `heads × head_dim` channels, so the head width
+    /// (and the rotary layout) is the teacher's.
+    pub fn narrow(
+        &self,
+        c: &LlamaConfig,
+        hidden: &[usize],
+        heads: &[Vec<usize>],
+        ffn: &[Vec<usize>],
+    ) -> Result<(LlamaConfig, LlamaWeights), LlmError> {
+        self.check(c)?;
+        let bad = |why: String| Err(LlmError::Config(format!("narrowing: {why}")));
+        let ascending = |v: &[usize], below: usize| {
+            !v.is_empty() && v.windows(2).all(|w| w[0] < w[1]) && v.iter().all(|&i| i < below)
+        };
+        if heads.len() != c.layers || ffn.len() != c.layers {
+            return bad(format!(
+                "{} head and {} MLP lists for {} blocks",
+                heads.len(),
+                ffn.len(),
+                c.layers
+            ));
+        }
+        let (hd, group) = (c.head_dim(), c.heads / c.kv_heads);
+        let nh = heads[0].len();
+        if !ascending(hidden, c.hidden) || hidden.len() != nh * hd {
+            return bad(format!(
+                "{} residual channels for {nh} heads of width {hd} (ascending, below {})",
+                hidden.len(),
+                c.hidden
+            ));
+        }
+        for (i, (h, f)) in heads.iter().zip(ffn).enumerate() {
+            if h.len() != nh
+                || !ascending(h, c.heads)
+                || f.len() != ffn[0].len()
+                || !ascending(f, c.ffn)
+            {
+                return bad(format!("block {i} keeps {h:?} heads and {} neurons", f.len()));
+            }
+            if !nh.is_multiple_of(c.kv_heads)
+                || (0..c.kv_heads)
+                    .any(|g| h.iter().filter(|&&q| q / group == g).count() != nh / c.kv_heads)
+            {
+                return bad(format!(
+                    "block {i}: the heads {h:?} must take {} from each of the {} key/value groups",
+                    nh / c.kv_heads.max(1),
+                    c.kv_heads
+                ));
+            }
+        }
+        let nc = LlamaConfig { hidden: hidden.len(), heads: nh, ffn: ffn[0].len(), ..c.clone() };
+        nc.validate()?;
+        // Rows `rows` and columns `cols` of a row-major `[_, width]` matrix.
+        let pick = |m: &[f32], width: usize, rows: &[usize], cols: &[usize]| -> Vec<f32> {
+            let mut out = Vec::with_capacity(rows.len() * cols.len());
+            for &r in rows {
+                out.extend(cols.iter().map(|&k| m[r * width + k]));
+            }
+            out
+        };
+        let all = |n: usize| (0..n).collect::<Vec<_>>();
+        let entries = |v: &[f32]| hidden.iter().map(|&j| v[j]).collect::<Vec<f32>>();
+        let embed = pick(&self.embed, c.hidden, &all(c.vocab), hidden);
+        let layers = self
+            .layers
+            .iter()
+            .zip(heads.iter().zip(ffn))
+            .map(|(l, (h, f))| {
+                let q_cols: Vec<usize> = h.iter().flat_map(|&q| q * hd..(q + 1) * hd).collect();
+                let kv = all(c.kv_heads * hd);
+                LayerWeights {
+                    attn_norm: entries(&l.attn_norm),
+                    q: pick(&l.q, c.heads * hd, hidden, &q_cols),
+                    k: pick(&l.k, c.kv_heads * hd, hidden, &kv),
+                    v: pick(&l.v, c.kv_heads * hd, hidden, &kv),
+                    o: pick(&l.o, c.hidden, &q_cols, hidden),
+                    ffn_norm: entries(&l.ffn_norm),
+                    gate: pick(&l.gate, c.ffn, hidden, f),
+                    up: pick(&l.up, c.ffn, hidden, f),
+                    down: pick(&l.down, c.hidden, f, hidden),
+                }
+            })
+            .collect();
+        let w = LlamaWeights { embed, layers, norm: entries(&self.norm) };
+        w.check(&nc)?;
+        Ok((nc, w))
     }
 
     /// Number of parameters held.

@@ -17,6 +17,7 @@
 pub mod generate;
 pub mod gguf;
 pub mod llama;
+pub mod stream;
 pub mod tokenizer;
 
 #[cfg(test)]

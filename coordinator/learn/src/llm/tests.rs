@@ -520,3 +520,65 @@ fn smollm2_decode_profile() {
         );
     }
 }
+
+/// Narrowing (Minitron-style width pruning) keeps exactly the channels, heads and neurons it is
+/// given: on a model whose dropped parts are silent (residual channels never written, heads and
+/// neurons whose outputs are zero), the narrowed model gives the same logits once its norms
+/// make up for averaging over fewer channels.
+#[test]
+fn narrowing_keeps_the_chosen_channels_heads_and_neurons() {
+    let c = tiny();
+    let mut w = tiny_weights(&c, 11);
+    let hd = c.head_dim();
+    // Keep 2 heads (one of each key/value group), so 16 of the 32 channels, and 20 neurons.
+    let hidden: Vec<usize> = (0..32).filter(|j| j % 2 == 0).collect();
+    let heads = [vec![0, 3], vec![1, 2]];
+    let ffn: Vec<Vec<usize>> =
+        (0..2).map(|l| (0..48).filter(|n| (n + l) % 12 < 5).collect()).collect();
+    let silent = |j: usize| !hidden.contains(&j);
+    for v in 0..c.vocab {
+        for j in (0..c.hidden).filter(|&j| silent(j)) {
+            w.embed[v * c.hidden + j] = 0.0;
+        }
+    }
+    for (l, layer) in w.layers.iter_mut().enumerate() {
+        for r in 0..c.heads * hd {
+            for j in 0..c.hidden {
+                if !heads[l].contains(&(r / hd)) || silent(j) {
+                    layer.o[r * c.hidden + j] = 0.0;
+                }
+            }
+        }
+        for n in 0..c.ffn {
+            for j in 0..c.hidden {
+                if !ffn[l].contains(&n) || silent(j) {
+                    layer.down[n * c.hidden + j] = 0.0;
+                }
+            }
+        }
+    }
+    let (nc, mut nw) = w.narrow(&c, &hidden, &heads, &ffn).unwrap();
+    assert_eq!((nc.hidden, nc.heads, nc.kv_heads, nc.ffn), (16, 2, 2, 20));
+    assert_eq!(nw.params(), nc.params());
+    let scale = (32f32 / 16.0).sqrt();
+    for v in nw.norm.iter_mut().chain(
+        nw.layers.iter_mut().flat_map(|l| l.attn_norm.iter_mut().chain(l.ffn_norm.iter_mut())),
+    ) {
+        *v *= scale;
+    }
+    let mut quiet = c.clone();
+    quiet.rms_eps = 1e-12;
+    let mut nquiet = nc.clone();
+    nquiet.rms_eps = 1e-12;
+    let ids = [3u32, 17, 5, 39, 0, 8];
+    let (a, b) = (reference_logits(&quiet, &w, &ids), reference_logits(&nquiet, &nw, &ids));
+    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    let size = a.iter().map(|x| x.abs()).fold(0.0, f64::max);
+    assert!(worst <= 1e-6 * size.max(1.0), "worst {worst} of {size}");
+    // Uneven groups, a width that is not heads × head width, and unsorted lists are refused.
+    let e = w.narrow(&c, &hidden, &[vec![0, 1], vec![1, 2]], &ffn).unwrap_err().to_string();
+    assert!(e.contains("key/value groups"), "{e}");
+    let e = w.narrow(&c, &hidden[..12], &heads, &ffn).unwrap_err().to_string();
+    assert!(e.contains("residual channels"), "{e}");
+    assert!(w.narrow(&c, &hidden, &[vec![3, 0], vec![1, 2]], &ffn).is_err());
+}
