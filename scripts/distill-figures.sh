@@ -36,8 +36,9 @@ run() {
 run ce-only --ce-weight 1.0 "${full[@]}"
 run kd --loss fkl --temperature 2 --ce-weight 0.5 "${full[@]}"
 run kd-chain --loss fkl --temperature 2 --ce-weight 0.5 --assistants auto "${full[@]}"
-# Attribution costs a second-order backward per step and 16 teacher passes per example (cached):
-# it is compared with plain KD at a smaller equal budget (a third of the steps, 600 sentences).
+# Attribution costs 16 teacher passes per example (cached) and, with its first-order gradient,
+# about three forward passes more per step: it is compared with plain KD at a smaller equal
+# budget (a third of the steps, 600 sentences).
 small=(--steps "$((steps / 3))" --train-limit 600)
 run kd-small --loss fkl --temperature 2 --ce-weight 0.5 "${small[@]}"
 run kd-attribution-small --loss fkl --temperature 2 --ce-weight 0.5 --attribution --attribution-steps 16 "${small[@]}"

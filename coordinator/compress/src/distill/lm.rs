@@ -11,7 +11,9 @@
 //!   (tract, the KV-cache graph run on the whole sequence). The rest of the distribution is one
 //!   tail bucket ([`hone_learn::train::kd`]). An interrupted computation resumes where it stopped.
 //! - **Student**: a fresh, narrower Llama with the teacher's tokenizer and vocabulary
-//!   (`--student-hidden` and friends; seeded initialisation), or some of the teacher's layers.
+//!   (`--student-hidden` and friends; seeded initialisation), some of the teacher's layers, or
+//!   the teacher pruned Minitron-style ([`LmStudent::Pruned`]: blocks evenly spread, then the
+//!   residual stream, heads and MLP narrowed together by activation importance).
 //! - **Loss**: one of the four divergences at temperature 1 against the cached top-k, mixed with
 //!   cross-entropy on the next token (`ce_weight`; 1 is cross-entropy alone, the baseline every
 //!   divergence is compared with on the same tokens).
@@ -83,16 +85,26 @@ pub enum LmStudent {
 /// Calibration sequences for [`width_importance`].
 const CALIBRATION_SEQS: usize = 8;
 
+/// Activation importance of a Llama's widths ([`width_importance`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WidthImportance {
+    /// Per residual channel.
+    pub hidden: Vec<f64>,
+    /// Per block, per query head.
+    pub heads: Vec<Vec<f64>>,
+    /// Per block, per MLP neuron.
+    pub ffn: Vec<Vec<f64>>,
+}
+
 /// Activation importance of a Llama's widths on `seqs` (Minitron's criteria): each residual
 /// channel by the mean magnitude of both norms' outputs summed over the blocks, each query
 /// head by the mean L2 norm of its attention output, each MLP neuron by the mean magnitude of
-/// its gated activation. Returns `(hidden [hidden], heads [layers][heads], ffn [layers][ffn])`.
-#[allow(clippy::type_complexity)]
+/// its gated activation.
 pub fn width_importance(
     graph: &hone_graph::Graph,
     c: &LlamaConfig,
     seqs: &[&[u32]],
-) -> anyhow::Result<(Vec<f64>, Vec<Vec<f64>>, Vec<Vec<f64>>)> {
+) -> anyhow::Result<WidthImportance> {
     let exec = Executor::with_trainable(graph, |_| false)?;
     let hd = c.head_dim();
     let mut hidden = vec![0f64; c.hidden];
@@ -144,7 +156,7 @@ pub fn width_importance(
     scale(&mut hidden);
     heads.iter_mut().for_each(scale);
     ffn.iter_mut().for_each(scale);
-    Ok((hidden, heads, ffn))
+    Ok(WidthImportance { hidden, heads, ffn })
 }
 
 /// The indices of the `k` largest of `v`, ascending.
@@ -190,7 +202,7 @@ fn pruned_student(
             heads * tc.head_dim()
         );
     }
-    let (hi, he, fi) = width_importance(graph, tc, calibration)?;
+    let imp = width_importance(graph, tc, calibration)?;
     let keep = super::blocks::spread(layers, tc.layers);
     let w = LlamaWeights::from_graph(graph, tc)?;
     let (dc, dw) = w.select_layers(tc, &keep)?;
@@ -201,7 +213,7 @@ fn pruned_student(
         .map(|&l| {
             let mut v: Vec<usize> = (0..tc.kv_heads)
                 .flat_map(|g| {
-                    top(&he[l][g * group..(g + 1) * group], per_group)
+                    top(&imp.heads[l][g * group..(g + 1) * group], per_group)
                         .into_iter()
                         .map(move |q| g * group + q)
                 })
@@ -210,8 +222,8 @@ fn pruned_student(
             v
         })
         .collect();
-    let ffn_keep: Vec<Vec<usize>> = keep.iter().map(|&l| top(&fi[l], ffn)).collect();
-    Ok(dw.narrow(&dc, &top(&hi, hidden), &head_keep, &ffn_keep)?)
+    let ffn_keep: Vec<Vec<usize>> = keep.iter().map(|&l| top(&imp.ffn[l], ffn)).collect();
+    Ok(dw.narrow(&dc, &top(&imp.hidden, hidden), &head_keep, &ffn_keep)?)
 }
 
 /// Settings of a language-model distillation.
@@ -1087,7 +1099,7 @@ mod tests {
         graph = build_graph(&c, &w, GraphForm::Train).unwrap();
         let tokens = corpus_tokens(&teacher, Part::Train, 400).unwrap();
         let seqs = sequences(&tokens, 32);
-        let (_, _, ffn) = width_importance(&graph, &c, &seqs[..3]).unwrap();
+        let ffn = width_importance(&graph, &c, &seqs[..3]).unwrap().ffn;
         assert!(ffn[0].iter().enumerate().all(|(n, v)| (n % 2 == 1) == (*v == 0.0)));
         let (sc, sw) = pruned_student(&graph, &c, (1, 16, 1, 20), &seqs[..3]).unwrap();
         assert_eq!((sc.layers, sc.hidden, sc.heads, sc.kv_heads, sc.ffn), (1, 16, 1, 1, 20));

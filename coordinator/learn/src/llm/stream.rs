@@ -55,17 +55,23 @@ fn to_bf16(x: f32) -> u16 {
     (bits.wrapping_add(round) >> 16) as u16
 }
 
-/// bf16 bytes (little-endian) widened to f32.
+/// bf16 bytes (little-endian) widened to f32 (by candle's conversion: this runs over billions
+/// of values, and candle is built optimised in every profile).
 fn widen(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(2)
-        .map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))
-        .collect()
+    let n = bytes.len() / 2;
+    Tensor::from_raw_buffer(&bytes[..n * 2], candle_core::DType::BF16, &[n], &Device::Cpu)
+        .and_then(|t| t.to_dtype(candle_core::DType::F32))
+        .and_then(|t| t.to_vec1())
+        .expect("a flat bf16 buffer converts")
 }
 
-/// Writes a safetensors file of `c`'s shapes with seeded random bf16 weights (linear weights
-/// and embedding uniform with standard deviation 0.02, norms 1), one tensor at a time.
-/// Returns the file's size in bytes.
+/// Values of the random block [`write_random_bf16`] tiles.
+const RANDOM_BLOCK: usize = 1 << 22;
+
+/// Writes a safetensors file of `c`'s shapes with seeded random bf16 weights (norms 1; every
+/// other tensor uniform with standard deviation 0.02, tiled from one seeded block of
+/// [`RANDOM_BLOCK`] values, starting at a seeded offset per tensor, so that writing 3 B values
+/// costs little more than the disk), one tensor at a time. Returns the file's size in bytes.
 pub fn write_random_bf16(path: &Path, c: &LlamaConfig, seed: u64) -> Result<u64, LlmError> {
     c.validate()?;
     let io = |e: std::io::Error| LlmError::Io { path: path.display().to_string(), source: e };
@@ -91,31 +97,23 @@ pub fn write_random_bf16(path: &Path, c: &LlamaConfig, seed: u64) -> Result<u64,
     file.write_all(&text).map_err(io)?;
     let mut rng = SplitMix64::new(seed);
     let bound = 0.02 * 3f32.sqrt();
-    let mut buf = Vec::with_capacity(1 << 22);
+    // The block, twice over, so that any window of RANDOM_BLOCK values is one slice.
+    let mut block = Vec::with_capacity(RANDOM_BLOCK * 4);
+    for _ in 0..RANDOM_BLOCK {
+        block.extend(to_bf16((rng.next_f32() * 2.0 - 1.0) * bound).to_le_bytes());
+    }
+    block.extend_from_within(..);
+    let one = to_bf16(1.0).to_le_bytes().repeat(RANDOM_BLOCK);
     for (name, shape) in &list {
-        let n: usize = shape.iter().product();
         let norm = shape.len() == 1 && name.contains("norm");
-        let mut left = n;
+        let mut left = shape.iter().product::<usize>();
+        let mut at = rng.below(RANDOM_BLOCK as u64) as usize;
         while left > 0 {
-            let m = left.min(1 << 20);
-            buf.clear();
-            if norm {
-                for _ in 0..m {
-                    buf.extend(to_bf16(1.0).to_le_bytes());
-                }
-            } else {
-                let mut i = 0;
-                while i < m {
-                    let r = rng.next_u64();
-                    for j in 0..4.min(m - i) {
-                        let u = ((r >> (16 * j)) & 0xFFFF) as f32 / 65535.0;
-                        buf.extend(to_bf16((u * 2.0 - 1.0) * bound).to_le_bytes());
-                    }
-                    i += 4;
-                }
-            }
-            file.write_all(&buf).map_err(io)?;
+            let m = left.min(RANDOM_BLOCK);
+            let bytes = if norm { &one[..m * 2] } else { &block[at * 2..(at + m) * 2] };
+            file.write_all(bytes).map_err(io)?;
             left -= m;
+            at = (at + m) % RANDOM_BLOCK;
         }
     }
     let file = file.into_inner().map_err(|e| io(e.into_error()))?;
