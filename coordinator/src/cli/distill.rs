@@ -421,7 +421,7 @@ pub struct ScaleArgs {
     #[arg(long, default_value_t = 2)]
     pub student_seqs: usize,
     /// The two student depths timed, `A,B` (extrapolated to the full 24 blocks).
-    #[arg(long, default_value = "2,4")]
+    #[arg(long, default_value = "2,8")]
     pub slices: String,
     /// Steps timed per slice, after one warm-up step.
     #[arg(long, default_value_t = 2)]
@@ -505,6 +505,9 @@ pub async fn run_scale(a: ScaleArgs) -> anyhow::Result<i32> {
             run.total_days,
             gb(run.cache_bytes)
         );
+    }
+    for n in &r.notes {
+        println!("  note: {n}");
     }
     println!(
         "  {:.0} s in all, peak RSS {:.1} GB, {}",

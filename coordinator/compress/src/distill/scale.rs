@@ -11,8 +11,11 @@
 //! - **Student**: a Llama of about 0.5 B with the teacher's vocabulary (hidden 1024, 24 blocks,
 //!   16 query and 4 key/value heads, FFN 4096: 0.50 B, 6.5× fewer). Its training step (executor
 //!   forward, reverse-KL loss against the teacher's top-k, backward, AdamW) is timed on two
-//!   slices of its depth (default 2 and 4 blocks, embedding and head included) and extrapolated
+//!   slices of its depth (default 2 and 8 blocks, embedding and head included) and extrapolated
 //!   linearly to the full depth: `step(L) = step(a) + (L − a) · (step(b) − step(a)) / (b − a)`.
+//!   The head over 128,256 tokens dominates a slice's step, so the slices are far apart; when
+//!   their difference is lost in noise (the deeper slice not slower), the study says so in its
+//!   `notes` and extrapolates nothing from it.
 //!   Memory is extrapolated the same way from the resident size after each slice's steps.
 //! - **A run over N tokens** then takes `N / teacher tokens/s` (the cache, computed once) plus
 //!   `N / student tokens/s` (one pass) on this machine.
@@ -98,7 +101,7 @@ impl ScaleConfig {
             teacher_batches: 2,
             top_k: 64,
             student_seqs: 2,
-            slices: [2, 4],
+            slices: [2, 8],
             timed_steps: 2,
             run_tokens: vec![250_000, 100_000_000, 1_000_000_000],
             seed: 0,
@@ -182,6 +185,8 @@ pub struct ScaleReport {
     pub student_state_floor_bytes: u64,
     /// Runs of the configured lengths on this machine.
     pub runs: Vec<RunEstimate>,
+    /// What the figures cannot be trusted for, when anything.
+    pub notes: Vec<String>,
     /// Peak resident memory of the whole study, bytes.
     pub peak_rss_bytes: Option<u64>,
     /// Seconds in all.
@@ -346,8 +351,22 @@ pub fn scale_study(cfg: &ScaleConfig, progress: &dyn Fn(&str)) -> anyhow::Result
             rss_bytes: rss_now(),
         });
     }
-    let per_layer_step_s = (slices[1].step_s - slices[0].step_s) / (b - a) as f64;
-    let fixed_step_s = slices[0].step_s - a as f64 * per_layer_step_s;
+    let mut notes = Vec::new();
+    let mut per_layer_step_s = (slices[1].step_s - slices[0].step_s) / (b - a) as f64;
+    if per_layer_step_s <= 0.0 {
+        notes.push(format!(
+            "the {b}-block slice was not slower than the {a}-block one ({:.2} s against {:.2} s): \
+             the blocks' cost is lost in noise, so the full student's step is given as the \
+             {b}-block slice's, a lower bound; time slices further apart on a quieter host",
+            slices[1].step_s, slices[0].step_s
+        ));
+        per_layer_step_s = 0.0;
+    }
+    let fixed_step_s = if per_layer_step_s > 0.0 {
+        slices[0].step_s - a as f64 * per_layer_step_s
+    } else {
+        slices[1].step_s
+    };
     let full = cfg.student.layers as f64;
     let student_step_s = fixed_step_s + full * per_layer_step_s;
     let student_step_tokens = n * cfg.seq_len;
@@ -398,6 +417,7 @@ pub fn scale_study(cfg: &ScaleConfig, progress: &dyn Fn(&str)) -> anyhow::Result
         student_train_rss_estimate_bytes,
         student_state_floor_bytes: student_params as u64 * 16,
         runs,
+        notes,
         peak_rss_bytes: hone_learn::train::fit::peak_rss_bytes(),
         total_s: started.elapsed().as_secs_f64(),
         cpu: crate::cpu_name(),
