@@ -197,13 +197,6 @@ pub struct ScaleReport {
     pub config: ScaleConfig,
 }
 
-/// Resident memory now (`VmRSS`), bytes.
-fn rss_now() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
-}
-
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
@@ -348,7 +341,7 @@ pub fn scale_study(cfg: &ScaleConfig, progress: &dyn Fn(&str)) -> anyhow::Result
             params,
             step_s: median(&steps_s),
             steps_s,
-            rss_bytes: rss_now(),
+            rss_bytes: hone_learn::train::fit::rss_bytes(),
         });
     }
     let mut notes = Vec::new();
