@@ -843,12 +843,13 @@ fn a_slow_model_over_its_budget_and_drifting_inputs_raise_alerts_with_suggestion
 /// A device made slower by its profile breaches a latency budget its faster sibling keeps, and
 /// one serving along the profile's thermal model (`--serve-thermal`, sped up) throttles: both
 /// raise their alerts, from live telemetry.
+///
+/// The slow device is a board of the user's own (`--profile-file`): the rpi4 profile at a sixth
+/// of its speed (2 GFLOP/s a core), so that on any host it is many times slower than the
+/// unthrottled one. With the rpi4 profile itself the gap depends on the host (1.34-1.75x on a
+/// 2-core EPYC), and served latency, 1.5-2.3x a benchmark's p50 on a busy 2-core host, then
+/// leaves no budget between the two devices.
 #[test]
-#[ignore = "host-dependent: the budget sits between the two devices' benchmark p50s, but served \
-            latency runs 1.5-2.3x the benchmark on a 2-core host, and on hosts whose per-core \
-            speed is under about 2.5x the rpi4 profile's (stop 19's EPYC: rpi4 emulated only \
-            1.34-1.75x slower) no such budget separates the served latencies; to be rewritten to \
-            place the budget between measured served latencies"]
 fn a_slower_device_breaches_the_budget_and_a_hot_one_throttles() {
     let dir = tempfile::tempdir().unwrap();
     let coord =
@@ -856,6 +857,16 @@ fn a_slower_device_breaches_the_budget_and_a_hot_one_throttles() {
             .unwrap();
     let api = coord.api();
     let root = dir.path().join("agents");
+    let rpi4 = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../firmware-profiles/profiles/rpi4.toml"),
+    )
+    .unwrap();
+    let slow_board = rpi4
+        .replace("name = \"rpi4\"", "name = \"slow-board\"")
+        .replace("fp32_peak_gflops = 48.0", "fp32_peak_gflops = 8.0");
+    assert_ne!(slow_board, rpi4);
+    let profile_file = dir.path().join("slow-board.toml");
+    std::fs::write(&profile_file, slow_board).unwrap();
     let fast_id = unique("e2e-fast");
     let slow_id = unique("e2e-slow");
     let fast = AgentProc::start_with(
@@ -871,8 +882,8 @@ fn a_slower_device_breaches_the_budget_and_a_hot_one_throttles() {
         &root,
         &slow_id,
         &[
-            "--profile",
-            "rpi4",
+            "--profile-file",
+            profile_file.to_str().unwrap(),
             "--telemetry-window-s",
             WINDOW_S,
             "--serve-thermal",
@@ -882,8 +893,9 @@ fn a_slower_device_breaches_the_budget_and_a_hot_one_throttles() {
         3,
     )
     .unwrap();
+    // The slow agent measures its quota correction (a few probe runs at a tenth of the speed).
     for id in [&fast_id, &slow_id] {
-        api.wait_device(id, true, Duration::from_secs(30)).unwrap();
+        api.wait_device(id, true, Duration::from_secs(90)).unwrap();
     }
     // A real model that takes milliseconds (a CPU quota shows on it): PaddleOCR's classifier.
     let m = api.register_with_inputs(&asset("corpus-ppocr-cls"), "cnn", "x=1x3x48x192").unwrap();
@@ -910,7 +922,7 @@ fn a_slower_device_breaches_the_budget_and_a_hot_one_throttles() {
             .unwrap_or_else(|| panic!("{view}"))
     };
     let (fast_ms, slow_ms) = (p50(&fast_id), p50(&slow_id));
-    assert!(slow_ms > 2.0 * fast_ms, "the rpi4 profile is slower: {slow_ms} vs {fast_ms} ms");
+    assert!(slow_ms > 3.0 * fast_ms, "the slow board is slower: {slow_ms} vs {fast_ms} ms");
     // Nearer the slow device's figure than the fast one's: the fast device keeps headroom on a
     // busy host, and the slow one (throttled further by its thermal model) still breaches.
     let budget = fast_ms.powf(0.3) * slow_ms.powf(0.7);
@@ -973,5 +985,5 @@ fn a_slower_device_breaches_the_budget_and_a_hot_one_throttles() {
     assert!(!hot.is_empty(), "{series}");
     assert!(hot.iter().all(|w| w["reading_source"] == "modelled"), "{series}");
     let clock = hot.last().unwrap()["clock_mhz"].as_i64().unwrap();
-    assert!(clock < 1500, "below the rpi4 nominal 1500 MHz: {clock} MHz");
+    assert!(clock < 1500, "below the board's nominal 1500 MHz: {clock} MHz");
 }
