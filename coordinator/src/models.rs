@@ -22,6 +22,23 @@ pub async fn check_file(
     .map_err(|e| ModelError::Panicked(e.to_string()))?
 }
 
+/// The shapes of a model registered without any: for a language model Hone wrote (its card in
+/// the ONNX metadata), one decode step after [`hone_learn::llm::DECODE_PAST`] cached tokens, the
+/// step its devices measure; none for any other model (its symbols take their defaults).
+async fn default_inputs(path: &Path) -> InputShapes {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        // From the bytes alone: external data is never followed before the gate has run.
+        let graph = hone_graph::Graph::from_bytes(&std::fs::read(&path).ok()?).ok()?;
+        let card = hone_learn::llm::card_of(&graph).ok()?;
+        Some(hone_learn::llm::decode_shapes(&card.config, hone_learn::llm::DECODE_PAST))
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or_default()
+}
+
 /// Why a model was not registered.
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
@@ -60,6 +77,7 @@ pub async fn register(
         received.discard().await;
         return Ok((false, existing));
     }
+    let inputs = if inputs.is_empty() { default_inputs(&received.tmp).await } else { inputs };
     let summary = match check_file(&received.tmp, &inputs).await {
         Ok(mut summary) => {
             if !inputs.is_empty() {

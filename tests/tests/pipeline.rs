@@ -118,6 +118,20 @@ fn html_charts(html: &str) -> usize {
     html.matches("<svg").count()
 }
 
+/// Runs a command of the coordinator's CLI with `--json` and returns its result; fails with its
+/// output and the coordinator's log when it fails.
+fn run_json(coord: &CoordinatorProc, cmd: &mut std::process::Command) -> Value {
+    let out = cmd.arg("--json").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        coord.log()
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
 fn ended(v: &Value) -> bool {
     matches!(v["state"].as_str(), Some("done" | "failed" | "cancelled"))
 }
@@ -125,24 +139,15 @@ fn ended(v: &Value) -> bool {
 fn pipeline_scenario(broker: Broker, database_url: Option<String>) {
     let s = setup(broker, database_url, &[("e2e-pl-rpi4", "rpi4"), ("e2e-pl-x86", "x86-vm-2core")]);
     // Through the command line, as a user would.
-    let out = s
-        .coord
-        .cli()
-        .args(["compress", "--model", &s.model, "--data"])
-        .arg(&s.data)
-        .args(["--devices", "profile:rpi4,profile:x86-vm-2core", "--min-fidelity", "0.5"])
-        .args(["--sparsities", "0.25,0.5", "--max-measurements", "2", "--max-parallel", "1"])
-        .args(["--json"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        s.coord.log()
+    let r = run_json(
+        &s.coord,
+        s.coord
+            .cli()
+            .args(["compress", "--model", &s.model, "--data"])
+            .arg(&s.data)
+            .args(["--devices", "profile:rpi4,profile:x86-vm-2core", "--min-fidelity", "0.5"])
+            .args(["--sparsities", "0.25,0.5", "--max-measurements", "2", "--max-parallel", "1"]),
     );
-    let r: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(r["state"], "done", "{r}");
     assert_eq!(r["quality_metric"], "fidelity");
     let classes = r["classes"].as_array().unwrap();
@@ -517,4 +522,72 @@ fn pipelines_run_one_at_a_time_and_reuse_each_other_s_candidates() {
     };
     assert_eq!(models(&first), models(&second));
     assert_eq!(s.coord.log().matches("reusing a candidate made earlier").count(), 2);
+}
+
+/// The loop with a generative model: SmolLM2-135M-Instruct imported from its GGUF into one ONNX
+/// file (its card and tokenizer in the metadata), registered, distilled by the pipeline's
+/// `distill` method into a Minitron-style pruned student on the SOTU corpus, judged against the
+/// parent by next-token agreement and perplexity, measured on an agent one decode step at a
+/// time (in each model's own shapes), and the winner chosen from those measurements.
+#[test]
+fn a_language_model_is_distilled_measured_one_decode_step_at_a_time_and_a_winner_chosen() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord =
+        CoordinatorProc::start(&dir.path().join("coord"), Broker::Embedded(free_port()), None)
+            .unwrap();
+    let api = coord.api();
+    let agent =
+        AgentProc::start(&coord, &dir.path().join("agents"), &unique("e2e-llm"), "x86-vm-2core", 3)
+            .unwrap();
+    api.wait_device(&agent.device_id, true, Duration::from_secs(20)).unwrap();
+    let folder = dir.path().join("smollm2");
+    let out = coord.cli().args(["llm", "import", "--out"]).arg(&folder).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Registered without shapes: a language model gets those of one decode step.
+    let model = api.register(&folder.join("model.onnx"), "smollm2").unwrap();
+    let row = api.get(&format!("/api/v1/models/{model}")).unwrap();
+    assert_eq!(row["summary"]["input_shapes"]["attention_mask"], json!([1, 128]), "{row}");
+    assert_eq!(row["summary"]["input_shapes"]["past_key_values.0.key"], json!([1, 3, 127, 64]));
+    // Other data than a corpus is refused before any work.
+    let refused = api
+        .post(
+            "/api/v1/pipelines",
+            &json!({"model": model, "data": "vader", "devices": ["x86-vm-2core"],
+                    "min_fidelity": 0.0, "methods": ["distill"]}),
+        )
+        .unwrap();
+    assert_eq!(refused.0, 400, "{}", refused.1);
+    assert!(refused.1.to_string().contains("sotu"), "{}", refused.1);
+    let r = run_json(
+        &coord,
+        coord
+            .cli()
+            .args(["compress", "--model", &model, "--data", "sotu", "--devices", "x86-vm-2core"])
+            .args(["--methods", "distill", "--students", "0.34:0.34", "--distill-steps", "2"])
+            .args(["--min-fidelity", "0", "--validation-limit", "128", "--max-parallel", "1"]),
+    );
+    assert_eq!(r["state"], "done", "{r}");
+    let class = &r["classes"][0];
+    assert_eq!(class["parent"]["fidelity"], 1.0, "{class}");
+    let cands = class["candidates"].as_array().unwrap();
+    assert_eq!(cands.len(), 1, "{class}");
+    let cand = &cands[0];
+    assert_eq!(cand["status"], "measured", "{cand}\n{}", coord.log());
+    let (parent_ms, student_ms) =
+        (class["parent"]["p50_ms"].as_f64().unwrap(), cand["p50_ms"].as_f64().unwrap());
+    // 10 of 30 blocks at a third of the width: the agent's decode step is faster, so the
+    // student wins (any agreement is accepted here).
+    assert!(student_ms < parent_ms, "{student_ms} vs {parent_ms} ms");
+    assert_eq!(class["winner"]["model"], cand["model"], "{class}");
+    // Lineage: a distilled language model, judged by agreement and perplexity, measured in its
+    // own decode shapes (3 KV heads of 64, 10 blocks).
+    let child = api.get(&format!("/api/v1/models/{}", cand["model"].as_str().unwrap())).unwrap();
+    assert_eq!(child["lineage"]["method"], "distill", "{child}");
+    let v = &child["lineage"]["validation"];
+    assert!(v["perplexity"].as_f64().unwrap() > 1.0, "{child}");
+    assert!((0.0..=1.0).contains(&v["fidelity"].as_f64().unwrap()), "{child}");
+    assert_eq!(v["examples"], 128, "{child}");
+    let shapes = &child["summary"]["input_shapes"];
+    assert_eq!(shapes["past_key_values.9.key"], json!([1, 3, 127, 64]), "{child}");
+    assert!(shapes.get("past_key_values.10.key").is_none(), "{child}");
 }

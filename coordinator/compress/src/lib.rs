@@ -64,6 +64,6 @@ pub mod predict;
 pub mod prune;
 
 pub use method::{
-    Candidate, CompressionMethod, MethodContext, Precision, PruneGrid, PruneMethod, PruneSettings,
-    Runtime, Target, method,
+    Candidate, CompressionMethod, DistillMethod, MethodContext, Precision, PruneGrid, PruneMethod,
+    PruneSettings, Runtime, Target, method,
 };

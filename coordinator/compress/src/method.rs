@@ -96,6 +96,25 @@ pub struct Candidate {
     pub report: serde_json::Value,
 }
 
+impl Candidate {
+    /// A candidate for tract in f32, written at `ctx.out` by `method` with `settings`.
+    fn tract_f32(
+        ctx: &MethodContext<'_>,
+        method: &'static str,
+        settings: &serde_json::Value,
+        report: serde_json::Value,
+    ) -> Candidate {
+        Candidate {
+            model: ctx.out.to_path_buf(),
+            method,
+            settings: settings.clone(),
+            runtime: Runtime::Tract,
+            precision: Precision::F32,
+            report,
+        }
+    }
+}
+
 /// A compression method.
 pub trait CompressionMethod: Send + Sync {
     /// A stable name: `prune` (later `distill`, `ptq`).
@@ -232,20 +251,18 @@ impl CompressionMethod for PruneMethod {
         drop(guard);
         let params_after = crate::prune::param_count(&child.graph);
         child.graph.save_gated(ctx.out, ctx.inputs).context("writing the pruned model")?;
-        Ok(Candidate {
-            model: ctx.out.to_path_buf(),
-            method: self.name(),
-            settings: settings.clone(),
-            runtime: Runtime::Tract,
-            precision: Precision::F32,
-            report: serde_json::json!({
+        Ok(Candidate::tract_f32(
+            ctx,
+            self.name(),
+            settings,
+            serde_json::json!({
                 "params_before": params_before,
                 "params_after": params_after,
                 "channels_removed": child.channels_removed,
                 "widths": child.widths,
                 "seconds": started.elapsed().as_secs_f64(),
             }),
-        })
+        ))
     }
 }
 
@@ -256,8 +273,9 @@ pub struct DistillSettings {
     pub layers: f64,
     /// Share of the prunable width it keeps (1: all).
     pub width: f64,
-    /// The output divergence.
-    pub loss: hone_learn::train::kd::Divergence,
+    /// The output divergence (none: forward KL for a classifier, reverse KL for a language
+    /// model).
+    pub loss: Option<hone_learn::train::kd::Divergence>,
     /// Optimizer steps.
     pub steps: usize,
     /// Kept widths are multiples of this (the class's f32 SIMD width).
@@ -266,28 +284,49 @@ pub struct DistillSettings {
 
 /// Knowledge distillation ([`crate::distill`]) as a pipeline method: students made from the
 /// parent (fewer layers and/or narrower), each trained against the parent.
-#[derive(Debug, Clone)]
+///
+/// A classifier's students are trained on the pipeline's labelled or unlabelled examples
+/// ([`crate::distill::distill_on`]). A language model Hone wrote (its card in the ONNX
+/// metadata, [`hone_learn::llm::is_llm`]) is distilled on the SOTU corpus
+/// ([`crate::distill::lm`]): each student is the parent pruned Minitron-style to the shares
+/// (blocks evenly spread; query heads per key/value group, hidden stream and MLP neurons by
+/// activations), trained on the parent's top-k next-token distribution, cached once for every
+/// student of the pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct DistillMethod {
     /// `(layers, width)` shares of the students.
     pub students: Vec<(f64, f64)>,
-    /// The output divergence.
-    pub loss: hone_learn::train::kd::Divergence,
+    /// The output divergence (none: forward KL at temperature 2 for a classifier, reverse KL
+    /// for a language model).
+    pub loss: Option<hone_learn::train::kd::Divergence>,
     /// Optimizer steps per student.
     pub steps: usize,
-    /// Examples per step.
-    pub batch_size: usize,
+    /// Examples (classifier, default 32) or sequences (language model, default 4) per step.
+    pub batch_size: Option<usize>,
+    /// Language models: tokens per training sequence.
+    pub seq_len: usize,
+    /// Language models: the parent's most likely next tokens cached per position.
+    pub top_k: usize,
+    /// Language models: weight of next-token cross-entropy beside the divergence.
+    pub ce_weight: f64,
 }
 
 impl Default for DistillMethod {
     /// Four students: half the layers; a third of the layers; a third at half width; all
     /// layers at half width (the one a model without named layers can make). 200 steps of 32
-    /// examples each, forward KL at temperature 2 mixed half and half with the labels.
+    /// examples each, forward KL at temperature 2 mixed half and half with the labels; for a
+    /// language model, 4 sequences of 128 tokens a step, the top 32 tokens, reverse KL mixed
+    /// half and half with cross-entropy (10 % on-policy steps).
     fn default() -> Self {
         DistillMethod {
             students: vec![(0.5, 1.0), (1.0 / 3.0, 1.0), (1.0 / 3.0, 0.5), (1.0, 0.5)],
-            loss: hone_learn::train::kd::Divergence::Fkl,
+            loss: None,
             steps: 200,
-            batch_size: 32,
+            batch_size: None,
+            seq_len: 128,
+            top_k: 32,
+            ce_weight: 0.5,
         }
     }
 }
@@ -323,6 +362,29 @@ impl CompressionMethod for DistillMethod {
             .context("distillation settings: layers, width, loss, steps, round_to")?;
         let started = std::time::Instant::now();
         let parent = hone_graph::Graph::load(ctx.parent)?;
+        if hone_learn::llm::is_llm(&parent) {
+            drop(parent);
+            let report = self.compress_lm(ctx, &s)?;
+            return Ok(Candidate::tract_f32(
+                ctx,
+                self.name(),
+                settings,
+                serde_json::json!({
+                    "params_before": report.teacher_params,
+                    "params_after": report.student_params,
+                    "size_ratio": report.size_ratio,
+                    "student": report.student_config,
+                    "test_perplexity": report.student_perplexity,
+                    "teacher_test_perplexity": report.teacher_perplexity,
+                    "test_agreement": report.agreement,
+                    "teacher_cache_s": report.teacher_cache_s,
+                    "on_policy_steps": report.on_policy_steps,
+                    "train_s": report.train_s,
+                    "steps": report.steps,
+                    "seconds": started.elapsed().as_secs_f64(),
+                }),
+            ));
+        }
         let layers = if s.layers < 1.0 {
             let total = Blocks::find(&parent)?.len();
             Some(Layers::Count(((s.layers * total as f64).round() as usize).clamp(1, total)))
@@ -335,22 +397,20 @@ impl CompressionMethod for DistillMethod {
             ctx.out.to_path_buf(),
         );
         cfg.student = StudentSpec::Derived { layers, width: (s.width < 1.0).then_some(s.width) };
-        cfg.loss.divergence = s.loss;
+        cfg.loss.divergence = s.loss.unwrap_or(hone_learn::train::kd::Divergence::Fkl);
         cfg.steps = s.steps;
-        cfg.batch_size = self.batch_size;
+        cfg.batch_size = self.batch_size.unwrap_or(32);
         cfg.round_to = s.round_to.max(1);
         cfg.inputs = ctx.inputs.clone();
         cfg.latency_seconds = 1.0;
         cfg.test_limit = Some(256);
         cfg.work_dir = ctx.out.with_extension("distill");
         let report = distill_on(&cfg, ctx.data, &tracing_free_progress)?;
-        Ok(Candidate {
-            model: ctx.out.to_path_buf(),
-            method: self.name(),
-            settings: settings.clone(),
-            runtime: Runtime::Tract,
-            precision: Precision::F32,
-            report: serde_json::json!({
+        Ok(Candidate::tract_f32(
+            ctx,
+            self.name(),
+            settings,
+            serde_json::json!({
                 "params_before": report.teacher.params,
                 "params_after": report.student.params,
                 "layers": report.student.layers,
@@ -360,7 +420,80 @@ impl CompressionMethod for DistillMethod {
                 "steps": report.stages.iter().map(|s| s.summary.steps).sum::<usize>(),
                 "seconds": started.elapsed().as_secs_f64(),
             }),
-        })
+        ))
+    }
+}
+
+impl DistillMethod {
+    /// One language-model student: the parent unpacked into a model folder shared by the
+    /// pipeline's candidates (beside `ctx.out`), its top-k cache shared the same way, the
+    /// student pruned to the settings' shares and distilled; `ctx.out` is the student's
+    /// `model.onnx` (its card and tokenizer in the metadata).
+    fn compress_lm(
+        &self,
+        ctx: &MethodContext<'_>,
+        s: &DistillSettings,
+    ) -> anyhow::Result<crate::distill::lm::LmReport> {
+        use crate::distill::lm::{LmConfig, LmStudent, distill_lm};
+        use hone_learn::train::kd::{Divergence, KdLoss};
+        if !matches!(ctx.data, EvalData::Sotu(_)) {
+            bail!(
+                "a language model is distilled on a text corpus: give the data `sotu`, not `{}`",
+                ctx.data.name()
+            );
+        }
+        let shared = ctx.out.parent().unwrap_or(Path::new(".")).join("llm-parent");
+        let teacher = hone_learn::llm::ModelDir::unpack(ctx.parent, &shared.join("model"))
+            .context("unpacking the parent language model")?;
+        let tc = teacher.card.config.clone();
+        let layers = ((s.layers * tc.layers as f64).round() as usize).clamp(1, tc.layers);
+        let group = tc.heads / tc.kv_heads.max(1);
+        let per_group = ((s.width * group as f64).round() as usize).clamp(1, group);
+        let heads = per_group * tc.kv_heads;
+        let round = s.round_to.max(1);
+        let ffn = (((s.width * tc.ffn as f64) / round as f64).round() as usize * round)
+            .clamp(round.min(tc.ffn), tc.ffn);
+        let student = LmStudent::Pruned { layers, hidden: heads * tc.head_dim(), heads, ffn };
+        let divergence = s.loss.unwrap_or(Divergence::Rkl);
+        let batch_size = self.batch_size.unwrap_or(4);
+        let work_dir = ctx.out.with_extension("distill");
+        let cache = "teacher-topk.bin";
+        std::fs::create_dir_all(&work_dir)?;
+        if shared.join(cache).exists() && !work_dir.join(cache).exists() {
+            std::fs::copy(shared.join(cache), work_dir.join(cache))?;
+        }
+        let cfg = LmConfig {
+            teacher: teacher.dir.clone(),
+            student,
+            loss: KdLoss::new(divergence),
+            ce_weight: self.ce_weight,
+            tokens: s.steps * batch_size * (self.seq_len + 1),
+            eval_tokens: 4 * (self.seq_len + 1),
+            seq_len: self.seq_len,
+            top_k: self.top_k,
+            steps: s.steps,
+            on_policy: if self.ce_weight < 1.0 && divergence != Divergence::Fkl {
+                0.1
+            } else {
+                0.0
+            },
+            batch_size,
+            lr: 1e-3,
+            seed: 0,
+            checkpoint_every: 20,
+            out: ctx.out.with_extension("llm"),
+            work_dir: work_dir.clone(),
+            prompts: Vec::new(),
+            sample_tokens: 0,
+        };
+        let report = distill_lm(&cfg, &tracing_free_progress)?;
+        if work_dir.join(cache).exists() && !shared.join(cache).exists() {
+            let tmp = shared.join("teacher-topk.bin.tmp");
+            std::fs::copy(work_dir.join(cache), &tmp)?;
+            std::fs::rename(tmp, shared.join(cache))?;
+        }
+        std::fs::copy(cfg.out.join(hone_learn::llm::MODEL_FILE), ctx.out)?;
+        Ok(report)
     }
 }
 

@@ -357,6 +357,19 @@ impl Graph {
         &self.proto.producer_version
     }
 
+    /// The model's metadata entry `key` (ONNX `metadata_props`), if present.
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.proto.metadata_props.iter().find(|e| e.key == key).map(|e| e.value.as_str())
+    }
+
+    /// Sets the metadata entry `key` to `value`, replacing an earlier one.
+    pub fn set_metadata(&mut self, key: &str, value: impl Into<String>) {
+        self.proto.metadata_props.retain(|e| e.key != key);
+        self.proto
+            .metadata_props
+            .push(pb::StringStringEntryProto { key: key.to_owned(), value: value.into() });
+    }
+
     /// The node protobufs, in graph order.
     pub fn node_protos(&self) -> &[pb::NodeProto] {
         &self.graph_proto().node

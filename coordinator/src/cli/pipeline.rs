@@ -22,8 +22,9 @@ pub(super) struct CompressArgs {
     /// The parent: a registered model (id, name or digest prefix), or an ONNX file to upload.
     #[arg(long, required_unless_present = "from_suggestion")]
     model: Option<String>,
-    /// Data: fashion-mnist, mnist, vader, photos, or a path on the coordinator (an image folder,
-    /// a JSONL/CSV of texts, .npz/.npy/.safetensors tensors; see docs/data.md).
+    /// Data: fashion-mnist, mnist, vader, photos, sotu (a text corpus, for a language model), or
+    /// a path on the coordinator (an image folder, a JSONL/CSV of texts,
+    /// .npz/.npy/.safetensors tensors; see docs/data.md).
     #[arg(long, required_unless_present = "from_suggestion")]
     data: Option<String>,
     /// Image size HxW for image folders (default: the model's declared size).
@@ -65,6 +66,17 @@ pub(super) struct CompressArgs {
     /// Pruning sparsities of the grid, comma-separated (default 0.15,0.3,0.45,0.6).
     #[arg(long, value_delimiter = ',')]
     sparsities: Option<Vec<f64>>,
+    /// Distillation: optimizer steps per student (default 200).
+    #[arg(long)]
+    distill_steps: Option<usize>,
+    /// Distillation: the students' (layers, width) shares, as L:W pairs comma-separated
+    /// (default 0.5:1,0.33:1,0.33:0.5,1:0.5).
+    #[arg(long, value_delimiter = ',')]
+    students: Option<Vec<String>>,
+    /// Distillation: the output divergence (default fkl for a classifier, rkl for a language
+    /// model).
+    #[arg(long)]
+    distill_loss: Option<hone_learn::train::kd::Divergence>,
     /// Measure every valid candidate (the reference for the guided search).
     #[arg(long)]
     exhaustive: bool,
@@ -178,6 +190,7 @@ pub(super) fn request(args: &CompressArgs, model: String) -> anyhow::Result<Pipe
         max_measurements: args.max_measurements,
         methods: args.methods.clone(),
         prune_grid,
+        distill: distill_grid(args)?,
         exhaustive: args.exhaustive,
         inputs: hone_common::shapes::InputShapes::parse_all(&args.inputs)?,
         bench: default_bench(),
@@ -189,6 +202,37 @@ pub(super) fn request(args: &CompressArgs, model: String) -> anyhow::Result<Pipe
     };
     req.check().map_err(anyhow::Error::msg)?;
     Ok(req)
+}
+
+/// The distillation settings of `compress`, when any is given.
+fn distill_grid(args: &CompressArgs) -> anyhow::Result<Option<hone_compress::DistillMethod>> {
+    if args.distill_steps.is_none() && args.students.is_none() && args.distill_loss.is_none() {
+        return Ok(None);
+    }
+    let mut m = hone_compress::DistillMethod::default();
+    if let Some(steps) = args.distill_steps {
+        anyhow::ensure!(steps > 0, "--distill-steps must be at least 1");
+        m.steps = steps;
+    }
+    if let Some(list) = &args.students {
+        m.students = list
+            .iter()
+            .map(|pair| {
+                let (l, w) = pair
+                    .split_once(':')
+                    .and_then(|(l, w)| Some((l.parse::<f64>().ok()?, w.parse::<f64>().ok()?)))
+                    .filter(|(l, w)| *l > 0.0 && *l <= 1.0 && *w > 0.0 && *w <= 1.0)
+                    .with_context(|| {
+                        format!(
+                            "--students takes LAYERS:WIDTH shares in (0, 1], e.g. 0.5:1: `{pair}`"
+                        )
+                    })?;
+                Ok((l, w))
+            })
+            .collect::<anyhow::Result<_>>()?;
+    }
+    m.loss = args.distill_loss;
+    Ok(Some(m))
 }
 
 /// `coordinator compress`.
@@ -477,4 +521,41 @@ pub(super) async fn report(args: ReportArgs) -> anyhow::Result<i32> {
         println!("{}", args.out.display());
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: super::CompressArgs,
+    }
+
+    fn request(extra: &[&str]) -> anyhow::Result<super::PipelineRequest> {
+        let base = ["compress", "--model", "m", "--data", "sotu", "--devices", "rpi4"];
+        let cli =
+            Cli::try_parse_from(base.iter().chain(["--min-fidelity", "0.5"].iter()).chain(extra))?;
+        super::request(&cli.args, "m".into())
+    }
+
+    #[test]
+    fn distillation_settings_reach_the_request_and_bad_ones_say_why() {
+        assert_eq!(request(&[]).unwrap().distill, None, "no settings: the method's defaults");
+        let r = request(&["--students", "0.34:0.34,1:0.5", "--distill-steps", "7"]).unwrap();
+        let d = r.distill.unwrap();
+        assert_eq!((d.students, d.steps, d.loss), (vec![(0.34, 0.34), (1.0, 0.5)], 7, None));
+        let r = request(&["--distill-loss", "skl"]).unwrap();
+        assert_eq!(r.distill.unwrap().loss, Some(hone_learn::train::kd::Divergence::Skl));
+        for (bad, why) in [
+            (&["--students", "0.5"][..], "LAYERS:WIDTH"),
+            (&["--students", "0:1"][..], "(0, 1]"),
+            (&["--students", "0.5:1.5"][..], "(0, 1]"),
+            (&["--distill-steps", "0"][..], "at least 1"),
+        ] {
+            let err = format!("{:#}", request(bad).unwrap_err());
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
+    }
 }

@@ -89,6 +89,9 @@ pub struct PipelineRequest {
     /// The pruning grid (default: 2 criteria × 2 allocations × 4 sparsities).
     #[serde(default)]
     pub prune_grid: Option<hone_compress::PruneGrid>,
+    /// The distillation students and budget (default: [`hone_compress::DistillMethod`]'s).
+    #[serde(default)]
+    pub distill: Option<hone_compress::DistillMethod>,
     /// Measure every valid candidate (the reference the guided search is compared with).
     #[serde(default)]
     pub exhaustive: bool,
@@ -246,6 +249,24 @@ pub fn check_data(
     needs_labels: bool,
     describe: &str,
 ) -> anyhow::Result<()> {
+    if hone_learn::llm::is_llm(model) {
+        // A language model reads a corpus as tokens: scored by perplexity and next-token
+        // agreement, measured on devices one decode step at a time.
+        hone_learn::llm::card_of(model)?;
+        if !matches!(data, hone_learn::eval::EvalData::Sotu(_)) {
+            anyhow::bail!(
+                "the model is a language model: its candidates are trained and judged on a text \
+                 corpus (data `sotu`), not `{describe}`"
+            );
+        }
+        if needs_labels {
+            anyhow::bail!(
+                "a language model has no accuracy: judge its candidates by next-token agreement \
+                 (--min-fidelity)"
+            );
+        }
+        return Ok(());
+    }
     data.check(model)?;
     if needs_labels && !data.labelled() {
         anyhow::bail!(

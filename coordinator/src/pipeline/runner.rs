@@ -71,8 +71,13 @@ enum Stop {
 #[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize, PartialEq)]
 struct Quality {
     accuracy: Option<f64>,
+    /// Top-1 agreement with the parent (a language model's: of the next token).
     fidelity: Option<f64>,
     cosine: Option<f64>,
+    /// A language model's perplexity on the validation part.
+    #[serde(default)]
+    perplexity: Option<f64>,
+    /// Examples (a language model's: positions) judged.
     examples: usize,
 }
 
@@ -87,6 +92,8 @@ struct Drive {
     parent_quality: Option<Quality>,
     /// Fleet measurements per class from before this pipeline (the predictor's start).
     history: BTreeMap<String, Vec<(Features, f64)>>,
+    /// A language-model parent: its model folder (unpacked from the ONNX file's metadata).
+    llm_parent: Option<PathBuf>,
 }
 
 impl Runner {
@@ -157,6 +164,7 @@ impl Runner {
         let mut d = Drive {
             started: Instant::now(),
             history: BTreeMap::new(),
+            llm_parent: None,
             parent_quality: None,
             metric,
             classes,
@@ -420,11 +428,42 @@ impl Runner {
             let p = parent_path.clone();
             Arc::new(blocking(move || Ok(Graph::load(&p)?)).await?)
         };
-        let inputs = inputs_of(&d.req, &d.parent);
+        let dir = self.data_dir.join("pipelines").join(&d.row.id);
+        std::fs::create_dir_all(&dir)?;
+        if hone_learn::llm::is_llm(&parent_graph) {
+            if !matches!(*data, EvalData::Sotu(_)) {
+                bail!(
+                    "the parent is a language model: its candidates are judged on a text corpus \
+                     (data `sotu`), not `{}`",
+                    d.req.data.describe()
+                );
+            }
+            // The folder DistillMethod shares between its students (beside the candidates).
+            let (p, folder) = (parent_path.clone(), dir.join("llm-parent").join("model"));
+            let unpacked = blocking(move || {
+                Ok(hone_learn::llm::ModelDir::unpack(&p, &folder)
+                    .context("unpacking the parent language model")?
+                    .dir)
+            })
+            .await?;
+            d.llm_parent = Some(unpacked);
+        }
+        let inputs = match &d.llm_parent {
+            Some(_) if d.req.inputs.is_empty() => hone_learn::llm::decode_shapes(
+                &hone_learn::llm::card_of(&parent_graph)?.config,
+                hone_learn::llm::DECODE_PAST,
+            ),
+            _ => inputs_of(&d.req, &d.parent),
+        };
         {
             let (g, data, limit) = (parent_graph.clone(), data.clone(), d.req.validation_limit);
             let labelled = d.metric == "accuracy";
-            let q = blocking(move || validate(&g, &g, &data, labelled, limit)).await?;
+            let llm = d.llm_parent.clone();
+            let q = blocking(move || match &llm {
+                Some(folder) => validate_lm(folder, folder, limit),
+                None => validate(&g, &g, &data, labelled, limit),
+            })
+            .await?;
             d.parent_quality = Some(q);
             let (g, inputs) = (parent_graph.clone(), inputs.clone());
             let f = blocking(move || Ok(hone_compress::predict::features(&g, &dims(&g, &inputs))?))
@@ -437,14 +476,13 @@ impl Runner {
             .methods
             .iter()
             .map(|m| -> anyhow::Result<Arc<dyn CompressionMethod>> {
-                Ok(match (m.as_str(), &d.req.prune_grid) {
-                    ("prune", Some(grid)) => Arc::new(PruneMethod::new(grid.clone())),
+                Ok(match (m.as_str(), &d.req.prune_grid, &d.req.distill) {
+                    ("prune", Some(grid), _) => Arc::new(PruneMethod::new(grid.clone())),
+                    ("distill", _, Some(grid)) => Arc::new(grid.clone()),
                     _ => Arc::from(hone_compress::method::method(m)?),
                 })
             })
             .collect::<anyhow::Result<_>>()?;
-        let dir = self.data_dir.join("pipelines").join(&d.row.id);
-        std::fs::create_dir_all(&dir)?;
         let existing: HashMap<String, CandidateRecord> = self
             .db
             .pipeline_candidates(&d.row.id)
@@ -558,6 +596,7 @@ impl Runner {
     ) -> anyhow::Result<(String, serde_json::Value)> {
         let out = dir.join(format!("{id}.onnx"));
         let inputs = inputs_of(&d.req, &d.parent);
+        let llm_parent = d.llm_parent.clone();
         let (target2, settings2, data2, parent2, path2, out2, inputs2) = (
             target.clone(),
             settings.clone(),
@@ -569,7 +608,7 @@ impl Runner {
         );
         let labelled = d.metric == "accuracy";
         let limit = d.req.validation_limit;
-        let (candidate, quality, features) = blocking(move || {
+        let (candidate, quality, features, inputs) = blocking(move || {
             let ctx = MethodContext {
                 parent: &path2,
                 data: &data2,
@@ -579,9 +618,20 @@ impl Runner {
             };
             let candidate = method.compress(&ctx, &settings2)?;
             let child = Graph::load(&candidate.model)?;
-            let quality = validate(&child, &parent2, &data2, labelled, limit)?;
-            let features = hone_compress::predict::features(&child, &dims(&child, &inputs2))?;
-            Ok((candidate, quality, features))
+            let (quality, inputs) = match &llm_parent {
+                Some(parent_dir) => {
+                    // A language model is measured one decode step at a time, in its own shapes.
+                    let card = hone_learn::llm::card_of(&child)
+                        .context("a candidate of a language model must be one")?;
+                    let folder = candidate.model.with_extension("llm");
+                    let child_dir = hone_learn::llm::ModelDir::unpack(&candidate.model, &folder)?;
+                    let q = validate_lm(&child_dir.dir, parent_dir, limit)?;
+                    (q, hone_learn::llm::decode_shapes(&card.config, hone_learn::llm::DECODE_PAST))
+                }
+                None => (validate(&child, &parent2, &data2, labelled, limit)?, inputs2),
+            };
+            let features = hone_compress::predict::features(&child, &dims(&child, &inputs))?;
+            Ok((candidate, quality, features, inputs))
         })
         .await?;
         let params = candidate.report["params_after"].as_u64();
@@ -1025,6 +1075,7 @@ impl Runner {
                             accuracy: row.accuracy,
                             fidelity: row.fidelity,
                             cosine: row.cosine,
+                            perplexity: None,
                             examples: 0,
                         };
                         winner = Some(figures(
@@ -1203,6 +1254,25 @@ fn dims(g: &Graph, given: &hone_common::shapes::InputShapes) -> Vec<(String, Vec
         .collect()
 }
 
+/// Positions of the validation part a language model is judged on by default.
+const LM_VALIDATION_POSITIONS: usize = 1024;
+
+/// A language model against its parent on the validation part: next-token agreement as the
+/// fidelity, and its perplexity (`limit`: positions).
+fn validate_lm(model: &Path, parent: &Path, limit: Option<usize>) -> anyhow::Result<Quality> {
+    let (m, p) =
+        (hone_learn::llm::ModelDir::open(model)?, hone_learn::llm::ModelDir::open(parent)?);
+    let positions = limit.unwrap_or(LM_VALIDATION_POSITIONS).max(1);
+    let q = hone_compress::distill::lm::lm_quality(&m, &p, Part::Validation, positions, 128)?;
+    Ok(Quality {
+        accuracy: None,
+        fidelity: Some(q.agreement),
+        cosine: None,
+        perplexity: Some(q.perplexity),
+        examples: q.positions,
+    })
+}
+
 /// Accuracy (labelled) or fidelity to `parent` on the validation part.
 fn validate(
     model: &Graph,
@@ -1222,6 +1292,7 @@ fn validate(
             accuracy: Some(a.value()),
             fidelity: Some(f.top1_agreement),
             cosine: Some(f.mean_cosine),
+            perplexity: None,
             examples: a.total,
         })
     } else {
@@ -1230,6 +1301,7 @@ fn validate(
             accuracy: None,
             fidelity: Some(f.top1_agreement),
             cosine: Some(f.mean_cosine),
+            perplexity: None,
             examples: f.examples,
         })
     }

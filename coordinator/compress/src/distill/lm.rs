@@ -613,6 +613,53 @@ fn teacher_eval(
     Ok((nll / n.max(1) as f64, tops))
 }
 
+/// A language model against a reference on held-out text, both run in tract.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct LmQuality {
+    /// Perplexity of the model.
+    pub perplexity: f64,
+    /// Perplexity of the reference.
+    pub reference_perplexity: f64,
+    /// Share of positions where the model's top next token is the reference's.
+    pub agreement: f64,
+    /// Positions scored.
+    pub positions: usize,
+}
+
+/// Perplexity and next-token agreement of `model` against `reference` on about `positions`
+/// positions of SOTU's part `part`, in sequences of `len` tokens (the reference's tokenizer).
+pub fn lm_quality(
+    model: &ModelDir,
+    reference: &ModelDir,
+    part: Part,
+    positions: usize,
+    len: usize,
+) -> anyhow::Result<LmQuality> {
+    if model.card.config.vocab != reference.card.config.vocab {
+        bail!(
+            "the model's vocabulary ({}) is not the reference's ({})",
+            model.card.config.vocab,
+            reference.card.config.vocab
+        );
+    }
+    let tokens = corpus_tokens(reference, part, positions.div_ceil(len) * (len + 1))?;
+    let seqs = sequences(&tokens, len);
+    if seqs.is_empty() {
+        bail!("too few tokens for one sequence of {len}");
+    }
+    let (r_nll, r_top) = teacher_eval(reference, &seqs, len)?;
+    let (m_nll, m_top) = teacher_eval(model, &seqs, len)?;
+    let (same, n) = r_top.iter().zip(&m_top).fold((0, 0), |(s, n), (a, b)| {
+        (s + a.iter().zip(b).filter(|(x, y)| x == y).count(), n + a.len())
+    });
+    Ok(LmQuality {
+        perplexity: m_nll.exp(),
+        reference_perplexity: r_nll.exp(),
+        agreement: same as f64 / n.max(1) as f64,
+        positions: n,
+    })
+}
+
 /// Writes a student model folder: both graphs (gated), the teacher's tokenizer and a card.
 fn write_student(
     teacher: &ModelDir,
@@ -621,15 +668,19 @@ fn write_student(
     out: &Path,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
+    let card =
+        ModelCard { config: c.clone(), params: w.params(), source: None, ..teacher.card.clone() };
+    let tokenizer = std::fs::read_to_string(teacher.dir.join(TOKENIZER_FILE))?;
     for (form, file) in
         [(GraphForm::KvCache, hone_learn::llm::MODEL_FILE), (GraphForm::Train, TRAIN_FILE)]
     {
-        let g = build_graph(c, w, form)?;
+        let mut g = build_graph(c, w, form)?;
+        if form == GraphForm::KvCache {
+            hone_learn::llm::embed(&mut g, &card, &tokenizer)?;
+        }
         hone_learn::llm::save_model(&g, c, form, &out.join(file))?;
     }
-    std::fs::copy(teacher.dir.join(TOKENIZER_FILE), out.join(TOKENIZER_FILE))?;
-    let card =
-        ModelCard { config: c.clone(), params: w.params(), source: None, ..teacher.card.clone() };
+    std::fs::write(out.join(TOKENIZER_FILE), tokenizer)?;
     std::fs::write(out.join(CARD_FILE), serde_json::to_string_pretty(&card)?)?;
     Ok(())
 }
@@ -973,29 +1024,24 @@ mod tests {
         };
         let w = LlamaWeights::fresh(&c, 3).unwrap();
         std::fs::create_dir_all(dir).unwrap();
-        for (form, file) in
-            [(GraphForm::KvCache, hone_learn::llm::MODEL_FILE), (GraphForm::Train, TRAIN_FILE)]
-        {
-            hone_learn::llm::save_model(
-                &build_graph(&c, &w, form).unwrap(),
-                &c,
-                form,
-                &dir.join(file),
-            )
-            .unwrap();
-        }
-        std::fs::write(
-            dir.join(TOKENIZER_FILE),
-            serde_json::to_string(&tokenizer::tokenizer_json(&gguf).unwrap()).unwrap(),
-        )
-        .unwrap();
         let card = ModelCard {
             params: w.params(),
-            config: c,
+            config: c.clone(),
             chat: ChatFormat::from_gguf(&gguf).unwrap(),
             stop_ids: tokenizer::stop_ids(&gguf, &tok),
             source: None,
         };
+        let tokenizer = serde_json::to_string(&tokenizer::tokenizer_json(&gguf).unwrap()).unwrap();
+        for (form, file) in
+            [(GraphForm::KvCache, hone_learn::llm::MODEL_FILE), (GraphForm::Train, TRAIN_FILE)]
+        {
+            let mut g = build_graph(&c, &w, form).unwrap();
+            if form == GraphForm::KvCache {
+                hone_learn::llm::embed(&mut g, &card, &tokenizer).unwrap();
+            }
+            hone_learn::llm::save_model(&g, &c, form, &dir.join(file)).unwrap();
+        }
+        std::fs::write(dir.join(TOKENIZER_FILE), tokenizer).unwrap();
         std::fs::write(dir.join(CARD_FILE), serde_json::to_string(&card).unwrap()).unwrap();
         ModelDir::open(dir).unwrap()
     }
@@ -1136,5 +1182,79 @@ mod tests {
         let ones = (0..n).filter(|_| sample(&[0.0, 3f32.ln()], &mut rng) == 1).count();
         let share = ones as f64 / n as f64;
         assert!((share - 0.75).abs() < 0.015, "{share}");
+    }
+
+    /// Distillation of a language model behind the pipeline's one trait: the parent is one
+    /// ONNX file (as the registry holds it), each student is pruned from it to the settings'
+    /// shares, and the teacher's top-k is computed once for all of them.
+    #[test]
+    fn the_pipeline_method_distils_a_language_model_from_its_onnx_file() {
+        use crate::method::{CompressionMethod, DistillMethod, MethodContext, Target};
+        let dir = tempfile::tempdir().unwrap();
+        let teacher = tiny_teacher(&dir.path().join("teacher"));
+        let parent = dir.path().join("registry-copy.onnx");
+        std::fs::copy(teacher.dir.join(hone_learn::llm::MODEL_FILE), &parent).unwrap();
+        let method = DistillMethod {
+            students: vec![(0.5, 0.5), (1.0, 0.5)],
+            steps: 3,
+            batch_size: Some(2),
+            seq_len: 16,
+            top_k: 8,
+            ..DistillMethod::default()
+        };
+        let target = Target { class: "rpi4".into(), simd_width: 4 };
+        let grid = method.grid(&target);
+        let sotu = hone_learn::eval::EvalData::load("sotu").unwrap();
+        let inputs = Default::default();
+        let pipe = dir.path().join("pipeline");
+        std::fs::create_dir_all(&pipe).unwrap();
+        let mut made = Vec::new();
+        for (i, settings) in grid.iter().enumerate() {
+            let out = pipe.join(format!("c{i}.onnx"));
+            let ctx = MethodContext {
+                parent: &parent,
+                data: &sotu,
+                inputs: &inputs,
+                target: &target,
+                out: &out,
+            };
+            let c = method.compress(&ctx, settings).unwrap();
+            let g = hone_graph::Graph::load(&c.model).unwrap();
+            let card = hone_learn::llm::card_of(&g).unwrap();
+            made.push((c, card));
+        }
+        // (0.5, 0.5): 1 of 2 blocks, 1 query head of 2 (the one KV head kept), FFN 64 -> 32.
+        let (first, card) = &made[0];
+        assert_eq!(
+            (card.config.layers, card.config.heads, card.config.hidden, card.config.ffn),
+            (1, 1, 16, 32)
+        );
+        assert!(first.report["params_after"].as_u64() < first.report["params_before"].as_u64());
+        assert!(first.report["teacher_cache_s"].as_f64().unwrap() > 0.0);
+        assert_eq!(made[1].1.config.layers, 2);
+        // The second student read the cache the first one computed.
+        assert_eq!(made[1].0.report["teacher_cache_s"].as_f64(), Some(0.0), "{}", made[1].0.report);
+        assert!(pipe.join("llm-parent").join("teacher-topk.bin").exists());
+        // Judged against the parent in tract: agreement is a share, the parent agrees with
+        // itself everywhere.
+        let child = ModelDir::open(&pipe.join("c0.llm")).unwrap();
+        let q = lm_quality(&child, &teacher, Part::Validation, 48, 16).unwrap();
+        assert!((0.0..1.0).contains(&q.agreement) && q.perplexity > 1.0, "{q:?}");
+        assert_eq!(q.positions, 48);
+        let same = lm_quality(&teacher, &teacher, Part::Validation, 48, 16).unwrap();
+        assert_eq!(same.agreement, 1.0);
+        assert_eq!(same.perplexity, same.reference_perplexity);
+        // A language model distils on a corpus: other data is refused with the reason.
+        let vader = hone_learn::eval::EvalData::load("vader").unwrap();
+        let out = pipe.join("bad.onnx");
+        let ctx = MethodContext {
+            parent: &parent,
+            data: &vader,
+            inputs: &inputs,
+            target: &target,
+            out: &out,
+        };
+        let err = method.compress(&ctx, &grid[0]).unwrap_err();
+        assert!(format!("{err:#}").contains("`sotu`"), "{err:#}");
     }
 }

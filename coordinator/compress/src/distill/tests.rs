@@ -273,7 +273,7 @@ fn the_first_order_attribution_gradient_lowers_the_loss_and_matches_the_exact_on
 #[test]
 fn the_pipeline_method_makes_a_distilled_candidate() {
     use crate::method::{CompressionMethod, DistillMethod, MethodContext, Target};
-    let method = DistillMethod { steps: 4, batch_size: 8, ..DistillMethod::default() };
+    let method = DistillMethod { steps: 4, batch_size: Some(8), ..DistillMethod::default() };
     let target = Target { class: "x86-vm-2core".into(), simd_width: 8 };
     let grid = method.grid(&target);
     assert_eq!(grid.len(), 4);

@@ -22,7 +22,7 @@ use hone_graph::{DataType, Dim, Graph, ValueInfo};
 pub const MAX_TOKENS: usize = 128;
 
 /// The names [`EvalData::load`] accepts.
-pub const DATA_NAMES: [&str; 4] = ["fashion-mnist", "mnist", "vader", "photos"];
+pub const DATA_NAMES: [&str; 5] = ["fashion-mnist", "mnist", "vader", "photos", "sotu"];
 
 /// VADER's sentences with the tokenizer that turns them into MiniLM inputs.
 #[derive(Debug, Clone)]
@@ -53,6 +53,10 @@ pub enum EvalData {
     Texts(UserTexts),
     /// The user's tensors keyed by input name ([`EvalData::open`]).
     Tensors(UserTensors),
+    /// The State of the Union addresses ([`crate::data::sotu`]): a text corpus for language
+    /// models, one example an address. It feeds no batches: language models read it as tokens
+    /// (`hone_compress::distill::lm`).
+    Sotu(crate::data::SotuDataset),
 }
 
 /// One batch: inputs named after the model's true inputs, and the labels when there are some.
@@ -125,6 +129,7 @@ impl EvalData {
                 seq_len: None,
             }),
             "photos" => EvalData::Photos(photos().with_context(context)?),
+            "sotu" => EvalData::Sotu(crate::data::sotu().with_context(context)?),
             other => bail!("unknown data set `{other}`: one of {}", DATA_NAMES.join(", ")),
         })
     }
@@ -170,6 +175,7 @@ impl EvalData {
             EvalData::Images(d) => d.name(),
             EvalData::Texts(d) => d.name(),
             EvalData::Tensors(d) => d.name(),
+            EvalData::Sotu(_) => "sotu",
         }
     }
 
@@ -199,6 +205,9 @@ impl EvalData {
             EvalData::Tensors(d) => {
                 format!("{n} examples in {} ({}): {}", d.name(), labels(d.num_classes()), d.gives())
             }
+            EvalData::Sotu(_) => {
+                format!("built-in corpus `sotu`: {n} addresses, for language models")
+            }
             _ => format!("built-in data set `{}`: {n} examples, {}", self.name(), self.gives()),
         }
     }
@@ -213,7 +222,7 @@ impl EvalData {
         match self {
             EvalData::FashionMnist(d) | EvalData::Mnist(d) => Some(d.num_classes()),
             EvalData::Vader(_) => Some(2),
-            EvalData::Photos(_) => None,
+            EvalData::Photos(_) | EvalData::Sotu(_) => None,
             EvalData::Images(d) => d.labels().map(|_| d.classes().len()),
             EvalData::Texts(d) => d.num_classes(),
             EvalData::Tensors(d) => d.num_classes(),
@@ -228,6 +237,7 @@ impl EvalData {
             EvalData::Images(d) => d.split(),
             EvalData::Texts(d) => d.split(),
             EvalData::Tensors(d) => d.split(),
+            EvalData::Sotu(d) => &d.split,
         }
     }
 
@@ -306,6 +316,9 @@ impl EvalData {
             }
             EvalData::Images(d) => d.gives(),
             EvalData::Tensors(d) => d.gives(),
+            EvalData::Sotu(_) => {
+                "token sequences for a language model (not example batches)".into()
+            }
             EvalData::Photos(_) => format!(
                 "one image input f32 NHWC [N, {PHOTO_SIDE}, {PHOTO_SIDE}, 3] (or NCHW \
                  [N, 3, {PHOTO_SIDE}, {PHOTO_SIDE}]), BGR minus the Caffe means"
@@ -357,6 +370,10 @@ impl EvalData {
                     types: find("token_type_ids").map(|v| v.name.clone()),
                 })
             }
+            EvalData::Sotu(_) => Err(mismatch(
+                " (a text corpus: it trains and scores language models, distilled with \
+                 `coordinator distill --data sotu` or the pipeline's `distill`)",
+            )),
             EvalData::FashionMnist(_)
             | EvalData::Mnist(_)
             | EvalData::Photos(_)

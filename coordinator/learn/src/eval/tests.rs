@@ -203,9 +203,20 @@ fn a_broken_jpeg_names_its_file() {
 fn unknown_data_sets_list_the_valid_names() {
     let err = EvalData::load("cifar").unwrap_err().to_string();
     assert!(
-        err.contains("`cifar`") && err.contains("fashion-mnist, mnist, vader, photos"),
+        err.contains("`cifar`") && err.contains("fashion-mnist, mnist, vader, photos, sotu"),
         "{err}"
     );
+}
+
+#[test]
+fn the_sotu_corpus_is_for_language_models_and_refuses_a_classifier_saying_so() {
+    let sotu = loaded("sotu");
+    assert_eq!(sotu.name(), "sotu");
+    assert!(!sotu.labelled());
+    assert!(sotu.part_len(Part::Validation) > 0 && sotu.part_len(Part::Train) > 0);
+    assert!(sotu.describe().contains("addresses"), "{}", sotu.describe());
+    let err = sotu.check(&tiny_cnn()).unwrap_err().to_string();
+    assert!(err.contains("a text corpus") && err.contains("language models"), "{err}");
 }
 
 #[test]

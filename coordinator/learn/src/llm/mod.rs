@@ -10,6 +10,9 @@
 //! - [`generate`]: [`TractLlama`], greedy decoding over the KV cache with timings.
 //! - [`import`] writes a model folder: `model.onnx` (KV cache), `model-train.onnx` (no cache),
 //!   `tokenizer.json` and `config.json` ([`ModelCard`]); [`ModelDir`] reads one back.
+//!   `model.onnx` also carries the card and the tokenizer in its metadata ([`CARD_KEY`],
+//!   [`TOKENIZER_KEY`]), so that the one file is the whole model wherever it travels (the
+//!   model registry, a pipeline's candidates): [`ModelDir::unpack`] makes a folder from it.
 //!
 //! Like `baseline` and `tasks`, this module uses both runtimes: tract to generate, and (in its
 //! tests) the executor to check parity.
@@ -48,6 +51,55 @@ pub const TRAIN_FILE: &str = "model-train.onnx";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 /// The [`ModelCard`] in a model folder.
 pub const CARD_FILE: &str = "config.json";
+/// Metadata entry of `model.onnx` holding its [`ModelCard`] as JSON.
+pub const CARD_KEY: &str = "hone.llm.card";
+/// Metadata entry of `model.onnx` holding its `tokenizer.json`.
+pub const TOKENIZER_KEY: &str = "hone.llm.tokenizer";
+
+/// Whether `graph` is a language model Hone wrote (its card is in its metadata).
+pub fn is_llm(graph: &Graph) -> bool {
+    graph.metadata(CARD_KEY).is_some()
+}
+
+/// Puts `card` and the tokenizer's JSON into `graph`'s metadata (see [`ModelDir::unpack`]).
+pub fn embed(graph: &mut Graph, card: &ModelCard, tokenizer_json: &str) -> Result<(), LlmError> {
+    let text = serde_json::to_string(card).map_err(|e| LlmError::Config(e.to_string()))?;
+    graph.set_metadata(CARD_KEY, text);
+    graph.set_metadata(TOKENIZER_KEY, tokenizer_json);
+    Ok(())
+}
+
+/// The card in a graph's metadata, checked.
+pub fn card_of(graph: &Graph) -> Result<ModelCard, LlmError> {
+    let text = graph.metadata(CARD_KEY).ok_or_else(|| {
+        LlmError::Config(format!(
+            "not a language model Hone wrote: no `{CARD_KEY}` metadata (import it with \
+             `coordinator llm import`)"
+        ))
+    })?;
+    let card: ModelCard = serde_json::from_str(text)
+        .map_err(|e| LlmError::Config(format!("the `{CARD_KEY}` metadata is not a card: {e}")))?;
+    card.config.validate()?;
+    Ok(card)
+}
+
+/// Cached positions of the decode step devices measure: one new token after these.
+pub const DECODE_PAST: u64 = 127;
+
+/// The shapes of one decode step after `past` cached positions: what devices measure.
+pub fn decode_shapes(c: &LlamaConfig, past: u64) -> InputShapes {
+    let mut entries = vec![
+        ("input_ids".to_owned(), vec![1, 1]),
+        ("attention_mask".into(), vec![1, past + 1]),
+        ("position_ids".into(), vec![1, 1]),
+    ];
+    let kv = vec![1, c.kv_heads as u64, past, c.head_dim() as u64];
+    for i in 0..c.layers {
+        entries.push((llama::past_key(i), kv.clone()));
+        entries.push((llama::past_value(i), kv.clone()));
+    }
+    InputShapes::new(entries).expect("decode shapes are valid")
+}
 
 /// Why a language model cannot be imported, built or run.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +188,40 @@ impl ModelDir {
         let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
             .map_err(|e| LlmError::Tokenizer(format!("{}: {e}", tok_path.display())))?;
         Ok(ModelDir { dir: dir.to_path_buf(), card, tokenizer })
+    }
+
+    /// Makes the model folder of one `model.onnx` that carries its card and tokenizer
+    /// ([`embed`]) in `dir`: the file itself, its training form rebuilt from its weights,
+    /// `tokenizer.json` and `config.json`. A folder already unpacked from the same file is
+    /// reused.
+    pub fn unpack(model: &Path, dir: &Path) -> Result<ModelDir, LlmError> {
+        let bytes = std::fs::read(model).map_err(io(model))?;
+        let digest = hex::encode(Sha256::digest(&bytes));
+        let stamp = dir.join("unpacked-from.sha256");
+        if std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == digest) {
+            return ModelDir::open(dir);
+        }
+        let graph = Graph::from_bytes(&bytes)?;
+        drop(bytes);
+        let card = card_of(&graph)?;
+        let tokenizer = graph.metadata(TOKENIZER_KEY).ok_or_else(|| {
+            LlmError::Tokenizer(format!("{}: no `{TOKENIZER_KEY}` metadata", model.display()))
+        })?;
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let _ = std::fs::remove_file(&stamp);
+        let tok_path = dir.join(TOKENIZER_FILE);
+        std::fs::write(&tok_path, tokenizer).map_err(io(&tok_path))?;
+        let card_path = dir.join(CARD_FILE);
+        let text =
+            serde_json::to_string_pretty(&card).map_err(|e| LlmError::Config(e.to_string()))?;
+        std::fs::write(&card_path, text).map_err(io(&card_path))?;
+        let weights = LlamaWeights::from_graph(&graph, &card.config)?;
+        let train = build_graph(&card.config, &weights, GraphForm::Train)?;
+        save_model(&train, &card.config, GraphForm::Train, &dir.join(TRAIN_FILE))?;
+        let model_path = dir.join(MODEL_FILE);
+        std::fs::copy(model, &model_path).map_err(io(&model_path))?;
+        std::fs::write(&stamp, &digest).map_err(io(&stamp))?;
+        ModelDir::open(dir)
     }
 
     /// Plans the folder's KV-cache model with tract.
@@ -237,17 +323,20 @@ pub fn import(
     let t1 = Instant::now();
     std::fs::create_dir_all(out).map_err(io(out))?;
     let mut files = Vec::new();
+    let tokenizer_text =
+        serde_json::to_string(&tokenizer_json).map_err(|e| LlmError::Tokenizer(e.to_string()))?;
     for (form, file) in [(GraphForm::KvCache, MODEL_FILE), (GraphForm::Train, TRAIN_FILE)] {
         progress(&format!("building, checking with tract and writing {file}"));
-        let graph = build_graph(&config, &weights, form)?;
+        let mut graph = build_graph(&config, &weights, form)?;
+        if form == GraphForm::KvCache {
+            embed(&mut graph, &card, &tokenizer_text)?;
+        }
         let path = out.join(file);
         save_model(&graph, &config, form, &path)?;
         files.push(path);
     }
     let tok_path = out.join(TOKENIZER_FILE);
-    let text =
-        serde_json::to_string(&tokenizer_json).map_err(|e| LlmError::Tokenizer(e.to_string()))?;
-    std::fs::write(&tok_path, text).map_err(io(&tok_path))?;
+    std::fs::write(&tok_path, tokenizer_text).map_err(io(&tok_path))?;
     files.push(tok_path);
     let card_path = out.join(CARD_FILE);
     let text = serde_json::to_string_pretty(&card).map_err(|e| LlmError::Config(e.to_string()))?;

@@ -322,6 +322,39 @@ fn a_gguf_llama_imports_to_the_same_weights_and_a_model_folder() {
     let (logits, _) = m.tract().unwrap().forward(&ids, KvCache::empty(&read)).unwrap();
     let d = rel_diff(&reference_logits(&read, &w, &ids), &logits);
     assert!(d < 1e-5, "{d:e}");
+
+    // `model.onnx` alone is the whole model: moved away from its folder (as into the model
+    // registry), it unpacks into a folder with the same card, tokenizer and weights.
+    let lone = dir.path().join("registry").join("abc123");
+    std::fs::create_dir_all(lone.parent().unwrap()).unwrap();
+    std::fs::copy(out.join(MODEL_FILE), &lone).unwrap();
+    let graph = Graph::load(&lone).unwrap();
+    assert!(is_llm(&graph));
+    assert_eq!(card_of(&graph).unwrap(), report.card);
+    let unpacked = ModelDir::unpack(&lone, &dir.path().join("unpacked")).unwrap();
+    assert_eq!(unpacked.card, report.card);
+    assert_eq!(unpacked.encode("<|im_start|>ab ab").unwrap(), [1, 5, 7]);
+    let train = Graph::load(unpacked.dir.join(TRAIN_FILE)).unwrap();
+    assert_eq!(LlamaWeights::from_graph(&train, &read).unwrap(), w);
+    let (again, _) = unpacked.tract().unwrap().forward(&ids, KvCache::empty(&read)).unwrap();
+    assert_eq!(again, logits);
+    // A second unpack of the same file reuses the folder; another file replaces it.
+    let stamp = unpacked.dir.join("unpacked-from.sha256");
+    let before = std::fs::metadata(&stamp).unwrap().modified().unwrap();
+    ModelDir::unpack(&lone, &unpacked.dir).unwrap();
+    assert_eq!(std::fs::metadata(&stamp).unwrap().modified().unwrap(), before);
+    // The training form carries no card: not a model on its own.
+    let err = card_of(&trained).unwrap_err().to_string();
+    assert!(err.contains("not a language model Hone wrote"), "{err}");
+    let err = ModelDir::unpack(&out.join(TRAIN_FILE), &dir.path().join("x")).unwrap_err();
+    assert!(err.to_string().contains("hone.llm.card"), "{err}");
+    // One decode step after 127 cached tokens, in this model's shapes.
+    let shapes = decode_shapes(&read, DECODE_PAST);
+    assert_eq!(shapes.get("attention_mask"), Some(&[1u64, 128][..]));
+    assert_eq!(
+        shapes.get(&llama::past_key(read.layers - 1)),
+        Some(&[1, read.kv_heads as u64, 127, read.head_dim() as u64][..])
+    );
 }
 
 #[test]
