@@ -9,7 +9,8 @@
 # chosen by activations) with reverse KL, against the fresh student's `rkl` run.
 # Usage: scripts/lm-distill-figures.sh [STEPS] [OUT]   (defaults: 125 steps of 4 x 128 tokens,
 # one pass over 64,500 tokens; OUT: $CARGO_TARGET_DIR/lm-figures). Runs already in OUT are kept;
-# LM_RUNS="fkl srkl" runs only those (default: ce rkl skl fkl srkl pruned-rkl).
+# LM_RUNS="fkl srkl" runs only those (default: ce rkl skl fkl srkl pruned-rkl); LM_ON_POLICY=F
+# sets the share of on-policy steps of the reverse and skew runs (default: distill's, 0.1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=${1:-125}
@@ -53,8 +54,10 @@ for name in ${LM_RUNS:-ce rkl skl fkl srkl pruned-rkl}; do
     ce) run ce "${fresh[@]}" --ce-weight 1 ;;
     pruned-rkl)
       run pruned-rkl --loss rkl --ce-weight 0.5 --student-pruned --student-layers 20 \
-        --student-hidden 192 --student-heads 3 --student-ffn 768 ;;
-    *) run "$name" "${fresh[@]}" --loss "$name" --ce-weight 0.5 ;;
+        --student-hidden 192 --student-heads 3 --student-ffn 768 \
+        ${LM_ON_POLICY:+--on-policy "$LM_ON_POLICY"} ;;
+    fkl) run fkl "${fresh[@]}" --loss fkl --ce-weight 0.5 ;;
+    *) run "$name" "${fresh[@]}" --loss "$name" --ce-weight 0.5 ${LM_ON_POLICY:+--on-policy "$LM_ON_POLICY"} ;;
   esac
 done
 # One decode step (1 new token after 127 cached) of teacher and student under device profiles.
