@@ -442,7 +442,7 @@ impl DistillMethod {
                 ctx.data.name()
             );
         }
-        let shared = ctx.out.parent().unwrap_or(Path::new(".")).join("llm-parent");
+        let shared = llm_shared_dir(ctx.out.parent().unwrap_or(Path::new(".")));
         let teacher = hone_learn::llm::ModelDir::unpack(ctx.parent, &shared.join("model"))
             .context("unpacking the parent language model")?;
         let tc = teacher.card.config.clone();
@@ -495,6 +495,12 @@ impl DistillMethod {
         std::fs::copy(cfg.out.join(hone_learn::llm::MODEL_FILE), ctx.out)?;
         Ok(report)
     }
+}
+
+/// Where the students of a language model written in `candidates` share their parent: its
+/// model folder (`model/`, unpacked once) and its top-k cache.
+pub fn llm_shared_dir(candidates: &Path) -> PathBuf {
+    candidates.join("llm-parent")
 }
 
 /// Progress of a method inside the pipeline goes to stderr (the engine crates do not log).

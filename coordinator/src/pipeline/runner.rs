@@ -438,8 +438,9 @@ impl Runner {
                     d.req.data.describe()
                 );
             }
-            // The folder DistillMethod shares between its students (beside the candidates).
-            let (p, folder) = (parent_path.clone(), dir.join("llm-parent").join("model"));
+            // The folder the distill method's students share (beside the candidates).
+            let folder = hone_compress::method::llm_shared_dir(&dir).join("model");
+            let p = parent_path.clone();
             let unpacked = blocking(move || {
                 Ok(hone_learn::llm::ModelDir::unpack(&p, &folder)
                     .context("unpacking the parent language model")?
