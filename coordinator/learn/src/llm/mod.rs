@@ -80,6 +80,15 @@ pub fn card_of(graph: &Graph) -> Result<ModelCard, LlmError> {
     let card: ModelCard = serde_json::from_str(text)
         .map_err(|e| LlmError::Config(format!("the `{CARD_KEY}` metadata is not a card: {e}")))?;
     card.config.validate()?;
+    // The card must describe this graph: its sizes shape what is allocated from it.
+    let past = graph.inputs().iter().filter(|i| i.name.starts_with("past_key_values.")).count();
+    if past != 2 * card.config.layers {
+        return Err(LlmError::Config(format!(
+            "the `{CARD_KEY}` metadata says {} blocks, but the graph has {past} key/value cache \
+             inputs",
+            card.config.layers
+        )));
+    }
     Ok(card)
 }
 

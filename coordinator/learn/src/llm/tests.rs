@@ -343,6 +343,13 @@ fn a_gguf_llama_imports_to_the_same_weights_and_a_model_folder() {
     let before = std::fs::metadata(&stamp).unwrap().modified().unwrap();
     ModelDir::unpack(&lone, &unpacked.dir).unwrap();
     assert_eq!(std::fs::metadata(&stamp).unwrap().modified().unwrap(), before);
+    // A card that does not describe its graph is refused before anything is sized from it.
+    let mut doctored = graph.clone();
+    let mut card = report.card.clone();
+    card.config.layers = 1_000_000_000;
+    embed(&mut doctored, &card, "{}").unwrap();
+    let err = card_of(&doctored).unwrap_err().to_string();
+    assert!(err.contains("1000000000 blocks") && err.contains("cache inputs"), "{err}");
     // The training form carries no card: not a model on its own.
     let err = card_of(&trained).unwrap_err().to_string();
     assert!(err.contains("not a language model Hone wrote"), "{err}");
