@@ -18,7 +18,8 @@ use super::learn::blocking;
 /// Arguments of `coordinator distill`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DistillArgs {
-    /// The teacher (ONNX).
+    /// The teacher: an ONNX model, or a language model (the folder of `coordinator llm import`
+    /// or its `model.onnx`).
     #[arg(long)]
     pub teacher: PathBuf,
     /// Your own student (ONNX, same inputs and outputs as the teacher).
@@ -289,7 +290,13 @@ impl DistillArgs {
 /// Runs `coordinator distill`.
 pub async fn run(args: DistillArgs) -> anyhow::Result<i32> {
     let json = args.json;
-    if args.teacher.is_dir() {
+    let teacher = args.teacher.clone();
+    let generative = teacher.is_dir()
+        || blocking(move || {
+            Ok(hone_graph::Graph::load(&teacher).is_ok_and(|g| hone_learn::llm::is_llm(&g)))
+        })
+        .await?;
+    if generative {
         let config = args.lm_config()?;
         let report = blocking(move || distill_lm(&config, &|m| eprintln!("{m}"))).await?;
         if json {

@@ -229,7 +229,8 @@ fn pruned_student(
 /// Settings of a language-model distillation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LmConfig {
-    /// The teacher's model folder (`coordinator llm import`).
+    /// The teacher's model folder (`coordinator llm import`), or its `model.onnx` alone (card
+    /// and tokenizer in its metadata; unpacked into `work_dir/teacher`).
     pub teacher: PathBuf,
     /// The student.
     pub student: LmStudent,
@@ -796,9 +797,18 @@ pub fn distill_lm(cfg: &LmConfig, progress: &dyn Fn(&str)) -> anyhow::Result<LmR
             "on-policy steps need a teacher: cross-entropy alone has no target for generated text"
         );
     }
-    let teacher = ModelDir::open(&cfg.teacher).with_context(|| {
-        format!("the teacher model folder {} (coordinator llm import)", cfg.teacher.display())
-    })?;
+    let teacher = if cfg.teacher.is_file() {
+        ModelDir::unpack(&cfg.teacher, &cfg.work_dir.join("teacher")).with_context(|| {
+            format!(
+                "the teacher {} (a model.onnx of `coordinator llm import`)",
+                cfg.teacher.display()
+            )
+        })?
+    } else {
+        ModelDir::open(&cfg.teacher).with_context(|| {
+            format!("the teacher model folder {} (coordinator llm import)", cfg.teacher.display())
+        })?
+    };
     std::fs::create_dir_all(&cfg.work_dir)?;
     let len = cfg.seq_len;
     progress("tokenizing the corpus");
@@ -1127,6 +1137,14 @@ mod tests {
         bad.ce_weight = 0.0;
         bad.on_policy = 0.5;
         assert!(distill_lm(&bad, &|_| {}).unwrap_err().to_string().contains("on-policy"));
+        // The teacher's model.onnx alone is a teacher too: unpacked into the work folder.
+        let mut lone = config(&root, hone_learn::train::kd::Divergence::Fkl, 1.0, 2);
+        lone.teacher = root.join("teacher").join(hone_learn::llm::MODEL_FILE);
+        lone.work_dir = root.join("work-lone");
+        let r = distill_lm(&lone, &|_| {}).unwrap();
+        assert_eq!(r.teacher_params, first.teacher_params);
+        assert_eq!(r.teacher_perplexity, first.teacher_perplexity);
+        assert!(root.join("work-lone").join("teacher").join(TRAIN_FILE).exists());
         let _ = std::fs::remove_dir_all(&root);
     }
 
