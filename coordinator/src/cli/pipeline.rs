@@ -83,7 +83,8 @@ pub(super) struct CompressArgs {
     /// Input shapes NAME=1x3x224x224 for inputs whose declared dims are not fixed.
     #[arg(long = "input")]
     inputs: Vec<String>,
-    /// Validation examples per candidate (default: the whole validation part).
+    /// Validation examples per candidate (default: the whole validation part; for a language
+    /// model, positions of the validation addresses, default 1024).
     #[arg(long)]
     validation_limit: Option<usize>,
     /// At most this many measurements at once (1 when the agents share one host).

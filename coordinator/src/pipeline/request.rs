@@ -107,7 +107,8 @@ pub struct PipelineRequest {
     /// At most this many measurements at once, fleet-wide (1 when agents share one host).
     #[serde(default)]
     pub max_parallel: Option<u32>,
-    /// Validation examples per candidate (default: the whole validation part).
+    /// Validation examples per candidate (default: the whole validation part; for a language
+    /// model, positions of the validation addresses, default 1024).
     #[serde(default)]
     pub validation_limit: Option<usize>,
     /// Deploy each class's winner to the class's devices when the pipeline ends (`compress
