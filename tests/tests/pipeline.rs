@@ -558,6 +558,15 @@ fn a_language_model_is_distilled_measured_one_decode_step_at_a_time_and_a_winner
         .unwrap();
     assert_eq!(refused.0, 400, "{}", refused.1);
     assert!(refused.1.to_string().contains("sotu"), "{}", refused.1);
+    let refused = api
+        .post(
+            "/api/v1/pipelines",
+            &json!({"model": model, "data": "sotu", "devices": ["x86-vm-2core"],
+                    "max_accuracy_drop": 1.0, "methods": ["distill"]}),
+        )
+        .unwrap();
+    assert_eq!(refused.0, 400, "{}", refused.1);
+    assert!(refused.1.to_string().contains("no accuracy"), "{}", refused.1);
     let r = run_json(
         &coord,
         coord
