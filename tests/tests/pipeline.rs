@@ -588,6 +588,7 @@ fn a_language_model_is_distilled_measured_one_decode_step_at_a_time_and_a_winner
     // student wins (any agreement is accepted here).
     assert!(student_ms < parent_ms, "{student_ms} vs {parent_ms} ms");
     assert_eq!(class["winner"]["model"], cand["model"], "{class}");
+    assert!(cand["perplexity"].as_f64().unwrap() > class["parent"]["perplexity"].as_f64().unwrap());
     // Lineage: a distilled language model, judged by agreement and perplexity, measured in its
     // own decode shapes (3 KV heads of 64, 10 blocks).
     let child = api.get(&format!("/api/v1/models/{}", cand["model"].as_str().unwrap())).unwrap();

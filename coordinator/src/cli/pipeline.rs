@@ -405,7 +405,11 @@ pub(super) fn print_result(r: &PipelineResult) {
             c.class, c.measurement, c.device_measurements
         );
         let q = |f: &super::super::pipeline::result::Figures| {
-            if r.quality_metric == "accuracy" { pct(f.accuracy) } else { pct(f.fidelity) }
+            let q = if r.quality_metric == "accuracy" { pct(f.accuracy) } else { pct(f.fidelity) };
+            match f.perplexity {
+                Some(p) => format!("{q}  perplexity {p:.1}"),
+                None => q,
+            }
         };
         if let Some(p) = &c.parent {
             println!(
@@ -455,6 +459,9 @@ pub(super) fn print_result(r: &PipelineResult) {
                 if row.pareto { " pareto" } else { "" },
                 if row.winner { " WINNER" } else { "" },
             );
+            if let Some(p) = row.perplexity {
+                println!("  {:<28} perplexity {p:.1}", "");
+            }
             if let (Some(note), "failed" | "unmeasured") = (&row.note, row.status.as_str()) {
                 println!("  {:<28} why: {note}", "");
             }

@@ -109,6 +109,9 @@ pub struct Figures {
     pub fidelity: Option<f64>,
     /// Mean output cosine with the parent.
     pub cosine: Option<f64>,
+    /// A language model's perplexity on the validation part.
+    #[serde(default)]
+    pub perplexity: Option<f64>,
 }
 
 /// One candidate of a class.
@@ -136,6 +139,9 @@ pub struct CandidateRow {
     pub fidelity: Option<f64>,
     /// Mean output cosine with the parent.
     pub cosine: Option<f64>,
+    /// A language model's perplexity on the validation part.
+    #[serde(default)]
+    pub perplexity: Option<f64>,
     /// `rejected` (over the accuracy budget: no device time spent), `failed` (the method or the
     /// gate failed), `skipped` (the search did not spend device time on it), `measured`,
     /// `unmeasured` (its jobs failed).

@@ -1005,6 +1005,7 @@ impl Runner {
                     accuracy: q.accuracy,
                     fidelity: q.fidelity,
                     cosine: q.cosine,
+                    perplexity: q.perplexity,
                     status: c.status.clone(),
                     note: c.note.clone(),
                     predicted_ms: c.predicted_ms,
@@ -1025,7 +1026,8 @@ impl Runner {
                     key: "parent".into(),
                     latency_ms: stat.of(&r.latency),
                     quality: quality_value(&parent_q, d.metric),
-                    secondary: parent_q.cosine.unwrap_or(1.0),
+                    secondary: super::select::tie_break(parent_q.cosine, parent_q.perplexity)
+                        .unwrap_or(1.0),
                     rss_bytes: Some(r.peak_rss_bytes as f64),
                 });
                 keys.push(None);
@@ -1039,7 +1041,8 @@ impl Runner {
                         key: row.id.clone(),
                         latency_ms: m,
                         quality: row_quality(row, d.metric),
-                        secondary: row.cosine.unwrap_or(f64::NAN),
+                        secondary: super::select::tie_break(row.cosine, row.perplexity)
+                            .unwrap_or(f64::NAN),
                         rss_bytes: row.peak_rss_bytes.map(|b| b as f64),
                     });
                     keys.push(Some(i));
@@ -1076,7 +1079,7 @@ impl Runner {
                             accuracy: row.accuracy,
                             fidelity: row.fidelity,
                             cosine: row.cosine,
-                            perplexity: None,
+                            perplexity: row.perplexity,
                             examples: 0,
                         };
                         winner = Some(figures(
@@ -1194,6 +1197,7 @@ fn figures(model: &str, name: &str, r: Option<&ResultRow>, q: &Quality, _metric:
         accuracy: q.accuracy,
         fidelity: q.fidelity,
         cosine: q.cosine,
+        perplexity: q.perplexity,
     }
 }
 

@@ -11,8 +11,9 @@ pub struct Point {
     pub latency_ms: f64,
     /// Accuracy or fidelity, 0..1.
     pub quality: f64,
-    /// Breaks ties of `quality` (the output cosine with the parent): between two models that
-    /// agree with the parent equally often, the closer one is the more accurate.
+    /// Breaks ties of `quality` (the output cosine with the parent; for a language model, the
+    /// inverse of its perplexity): between two models that agree with the parent equally
+    /// often, the closer one is the more accurate.
     pub secondary: f64,
     /// Peak RSS, bytes.
     pub rss_bytes: Option<f64>,
@@ -70,6 +71,12 @@ fn violation(p: &Point, r: &Rules) -> f64 {
         v += (rss - cap) / cap.max(1.0);
     }
     v
+}
+
+/// What breaks ties of quality ([`Point::secondary`]), in 0..1 and higher being better: the
+/// output cosine with the parent, or for a language model the inverse of its perplexity.
+pub fn tie_break(cosine: Option<f64>, perplexity: Option<f64>) -> Option<f64> {
+    cosine.or(perplexity.filter(|p| *p >= 1.0).map(|p| 1.0 / p))
 }
 
 /// Quality with its tie-break, for ordering.
@@ -224,6 +231,30 @@ mod tests {
             pts.iter().map(|p| Point { latency_ms: p.latency_ms * 1.5, ..p.clone() }).collect();
         let c = choose(&slow, &r);
         assert_eq!(c.winner.map(|w| slow[w].key.as_str()), Some("d"));
+    }
+
+    #[test]
+    fn a_language_model_s_ties_go_to_the_lower_perplexity_and_only_ties() {
+        let lm = |key, ms, agreement, ppl| Point {
+            secondary: tie_break(None, Some(ppl)).unwrap(),
+            ..pt(key, ms, agreement, 50.0)
+        };
+        let pts =
+            [lm("parent", 10.0, 1.0, 70.0), lm("a", 4.0, 0.3, 320.0), lm("b", 3.0, 0.3, 690.0)];
+        let mut r = rules(0.2);
+        r.latency_budget_ms = Some(5.0);
+        let c = choose(&pts, &r);
+        assert_eq!(
+            c.winner.map(|w| pts[w].key.as_str()),
+            Some("a"),
+            "same agreement, lower perplexity"
+        );
+        // One position more of 1,024 in agreement outweighs any perplexity.
+        let pts = [lm("a", 4.0, 0.3, 1.0), lm("b", 3.0, 0.3 + 1.0 / 1024.0, 1e6)];
+        let c = choose(&pts, &r);
+        assert_eq!(c.winner.map(|w| pts[w].key.as_str()), Some("b"));
+        assert_eq!(tie_break(Some(0.9), Some(300.0)), Some(0.9), "the cosine first");
+        assert_eq!(tie_break(None, Some(f64::NAN)), None);
     }
 
     #[test]

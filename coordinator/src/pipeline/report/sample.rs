@@ -125,6 +125,7 @@ fn parent(p90: f64, rss_mib: f64, load_ms: f64) -> Figures {
         accuracy: Some(PARENT_ACCURACY),
         fidelity: Some(1.0),
         cosine: Some(1.0),
+        perplexity: None,
     }
 }
 
@@ -140,6 +141,7 @@ fn figures(row: &CandidateRow, name: &str) -> Figures {
         accuracy: row.accuracy,
         fidelity: row.fidelity,
         cosine: row.cosine,
+        perplexity: row.perplexity,
     }
 }
 
