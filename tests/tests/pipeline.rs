@@ -548,25 +548,18 @@ fn a_language_model_is_distilled_measured_one_decode_step_at_a_time_and_a_winner
     let row = api.get(&format!("/api/v1/models/{model}")).unwrap();
     assert_eq!(row["summary"]["input_shapes"]["attention_mask"], json!([1, 128]), "{row}");
     assert_eq!(row["summary"]["input_shapes"]["past_key_values.0.key"], json!([1, 3, 127, 64]));
-    // Other data than a corpus is refused before any work.
-    let refused = api
-        .post(
-            "/api/v1/pipelines",
-            &json!({"model": model, "data": "vader", "devices": ["x86-vm-2core"],
-                    "min_fidelity": 0.0, "methods": ["distill"]}),
-        )
-        .unwrap();
-    assert_eq!(refused.0, 400, "{}", refused.1);
-    assert!(refused.1.to_string().contains("sotu"), "{}", refused.1);
-    let refused = api
-        .post(
-            "/api/v1/pipelines",
-            &json!({"model": model, "data": "sotu", "devices": ["x86-vm-2core"],
-                    "max_accuracy_drop": 1.0, "methods": ["distill"]}),
-        )
-        .unwrap();
-    assert_eq!(refused.0, 400, "{}", refused.1);
-    assert!(refused.1.to_string().contains("no accuracy"), "{}", refused.1);
+    // Other data than a corpus, or an accuracy budget, is refused before any work.
+    for (data, budget, why) in [
+        ("vader", json!({"min_fidelity": 0.0}), "sotu"),
+        ("sotu", json!({"max_accuracy_drop": 1.0}), "no accuracy"),
+    ] {
+        let mut body = json!({"model": model, "data": data, "devices": ["x86-vm-2core"],
+                              "methods": ["distill"]});
+        body.as_object_mut().unwrap().extend(budget.as_object().unwrap().clone());
+        let refused = api.post("/api/v1/pipelines", &body).unwrap();
+        assert_eq!(refused.0, 400, "{}", refused.1);
+        assert!(refused.1.to_string().contains(why), "{}", refused.1);
+    }
     let r = run_json(
         &coord,
         coord
@@ -584,10 +577,10 @@ fn a_language_model_is_distilled_measured_one_decode_step_at_a_time_and_a_winner
     assert_eq!(cand["status"], "measured", "{cand}\n{}", coord.log());
     let (parent_ms, student_ms) =
         (class["parent"]["p50_ms"].as_f64().unwrap(), cand["p50_ms"].as_f64().unwrap());
-    // 10 of 30 blocks at a third of the width: the agent's decode step is faster, so the
-    // student wins (any agreement is accepted here).
-    assert!(student_ms < parent_ms, "{student_ms} vs {parent_ms} ms");
-    assert_eq!(class["winner"]["model"], cand["model"], "{class}");
+    // Any agreement is accepted here, so the faster of the two, as the agent measured them,
+    // wins (10 of 30 blocks at a third of the width: the student, on any host seen so far).
+    let faster = if student_ms < parent_ms { &cand["model"] } else { &class["parent"]["model"] };
+    assert_eq!(&class["winner"]["model"], faster, "{class}");
     assert!(cand["perplexity"].as_f64().unwrap() > class["parent"]["perplexity"].as_f64().unwrap());
     // Lineage: a distilled language model, judged by agreement and perplexity, measured in its
     // own decode shapes (3 KV heads of 64, 10 blocks).
