@@ -609,6 +609,16 @@ fn figures_table(out: &mut String, class: &ClassResult, stat: Stat) {
         };
         figure_row(out, &format!("<th>{name}</th>"), pv, winner.map(|_| wv), change);
     }
+    // A language model's perplexity on the validation part (lower is better).
+    let (p, w) = (finite(parent.perplexity), winner.and_then(|w| finite(w.perplexity)));
+    if p.is_some() || w.is_some() {
+        let change = match (p, w) {
+            (Some(p), Some(w)) if p > 0.0 => format!("{:+.1} %", (w / p - 1.0) * 100.0),
+            _ => DASH.into(),
+        };
+        let f = |v: Option<f64>| v.map_or_else(|| DASH.into(), |v| format!("{v:.1}"));
+        figure_row(out, "<th>perplexity</th>", f(p), winner.map(|_| f(w)), change);
+    }
     out.push_str("</tbody></table>\n");
     if !parent.name.is_empty() || !parent.model.is_empty() {
         put!(
@@ -1442,6 +1452,19 @@ mod tests {
         assert!(!svg.contains("class=\"parent\""), "the parent has no accuracy to plot");
         assert!(!svg.contains("class=\"floor\""), "no floor without the parent's accuracy");
         assert!(!svg.contains("class=\"budget\""));
+    }
+
+    #[test]
+    fn a_language_model_s_perplexity_is_shown_beside_the_winner_s() {
+        let mut r = sample::sample();
+        assert!(!render(&r).contains("<th>perplexity</th>"), "a classifier has none");
+        let class = r.classes.iter_mut().find(|c| c.winner.is_some()).unwrap();
+        class.parent.as_mut().unwrap().perplexity = Some(70.8);
+        class.winner.as_mut().unwrap().perplexity = Some(292.7);
+        let html = render(&r);
+        let at = html.find("<th>perplexity</th>").expect("a perplexity row");
+        let row = &html[at..at + html[at..].find("</tr>").unwrap()];
+        assert!(row.contains("70.8") && row.contains("292.7") && row.contains("+313.4 %"), "{row}");
     }
 
     #[test]
