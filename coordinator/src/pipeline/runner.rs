@@ -622,12 +622,12 @@ impl Runner {
             let (quality, inputs) = match &llm_parent {
                 Some(parent_dir) => {
                     // A language model is measured one decode step at a time, in its own shapes.
-                    let card = hone_learn::llm::card_of(&child)
-                        .context("a candidate of a language model must be one")?;
                     let folder = candidate.model.with_extension("llm");
-                    let child_dir = hone_learn::llm::ModelDir::unpack(&candidate.model, &folder)?;
+                    let child_dir = hone_learn::llm::ModelDir::unpack(&candidate.model, &folder)
+                        .context("a candidate of a language model must be one")?;
                     let q = validate_lm(&child_dir.dir, parent_dir, limit)?;
-                    (q, hone_learn::llm::decode_shapes(&card.config, hone_learn::llm::DECODE_PAST))
+                    let c = &child_dir.card.config;
+                    (q, hone_learn::llm::decode_shapes(c, hone_learn::llm::DECODE_PAST))
                 }
                 None => (validate(&child, &parent2, &data2, labelled, limit)?, inputs2),
             };

@@ -554,12 +554,12 @@ fn make_student(
             Ok((c, w))
         }
         LmStudent::Layers(keep) => {
-            let graph = hone_graph::Graph::load(teacher.dir.join(TRAIN_FILE))?;
+            let graph = teacher.train_graph()?;
             let w = LlamaWeights::from_graph(&graph, tc)?;
             Ok(w.select_layers(tc, keep)?)
         }
         LmStudent::Pruned { layers, hidden, heads, ffn } => {
-            let graph = hone_graph::Graph::load(teacher.dir.join(TRAIN_FILE))?;
+            let graph = teacher.train_graph()?;
             pruned_student(&graph, tc, (*layers, *hidden, *heads, *ffn), calibration)
         }
     }
@@ -1144,7 +1144,8 @@ mod tests {
         let r = distill_lm(&lone, &|_| {}).unwrap();
         assert_eq!(r.teacher_params, first.teacher_params);
         assert_eq!(r.teacher_perplexity, first.teacher_perplexity);
-        assert!(root.join("work-lone").join("teacher").join(TRAIN_FILE).exists());
+        let unpacked = ModelDir::open(&root.join("work-lone").join("teacher")).unwrap();
+        assert_eq!(unpacked.card, ModelDir::open(&root.join("teacher")).unwrap().card);
         let _ = std::fs::remove_dir_all(&root);
     }
 

@@ -97,17 +97,22 @@ pub const DECODE_PAST: u64 = 127;
 
 /// The shapes of one decode step after `past` cached positions: what devices measure.
 pub fn decode_shapes(c: &LlamaConfig, past: u64) -> InputShapes {
+    step_shapes(c, 1, past)
+}
+
+/// The KV-cache graph's shapes for `new` tokens after `past` cached positions, batch 1.
+fn step_shapes(c: &LlamaConfig, new: u64, past: u64) -> InputShapes {
     let mut entries = vec![
-        ("input_ids".to_owned(), vec![1, 1]),
-        ("attention_mask".into(), vec![1, past + 1]),
-        ("position_ids".into(), vec![1, 1]),
+        ("input_ids".to_owned(), vec![1, new]),
+        ("attention_mask".into(), vec![1, past + new]),
+        ("position_ids".into(), vec![1, new]),
     ];
     let kv = vec![1, c.kv_heads as u64, past, c.head_dim() as u64];
     for i in 0..c.layers {
         entries.push((llama::past_key(i), kv.clone()));
         entries.push((llama::past_value(i), kv.clone()));
     }
-    InputShapes::new(entries).expect("decode shapes are valid")
+    InputShapes::new(entries).expect("step shapes are valid")
 }
 
 /// Why a language model cannot be imported, built or run.
@@ -200,9 +205,9 @@ impl ModelDir {
     }
 
     /// Makes the model folder of one `model.onnx` that carries its card and tokenizer
-    /// ([`embed`]) in `dir`: the file itself, its training form rebuilt from its weights,
-    /// `tokenizer.json` and `config.json`. A folder already unpacked from the same file is
-    /// reused.
+    /// ([`embed`]) in `dir`: the file itself, `tokenizer.json` and `config.json` (the training
+    /// form is built from its weights when asked, [`ModelDir::train_graph`]). A folder already
+    /// unpacked from the same file is reused.
     pub fn unpack(model: &Path, dir: &Path) -> Result<ModelDir, LlmError> {
         let bytes = std::fs::read(model).map_err(io(model))?;
         let digest = hex::encode(Sha256::digest(&bytes));
@@ -211,26 +216,37 @@ impl ModelDir {
             return ModelDir::open(dir);
         }
         let graph = Graph::from_bytes(&bytes)?;
-        drop(bytes);
         let card = card_of(&graph)?;
         let tokenizer = graph.metadata(TOKENIZER_KEY).ok_or_else(|| {
             LlmError::Tokenizer(format!("{}: no `{TOKENIZER_KEY}` metadata", model.display()))
         })?;
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let _ = std::fs::remove_file(&stamp);
+        // A training form left by an earlier unpack would be another model's.
+        let _ = std::fs::remove_file(dir.join(TRAIN_FILE));
         let tok_path = dir.join(TOKENIZER_FILE);
         std::fs::write(&tok_path, tokenizer).map_err(io(&tok_path))?;
+        drop(graph);
         let card_path = dir.join(CARD_FILE);
         let text =
             serde_json::to_string_pretty(&card).map_err(|e| LlmError::Config(e.to_string()))?;
         std::fs::write(&card_path, text).map_err(io(&card_path))?;
-        let weights = LlamaWeights::from_graph(&graph, &card.config)?;
-        let train = build_graph(&card.config, &weights, GraphForm::Train)?;
-        save_model(&train, &card.config, GraphForm::Train, &dir.join(TRAIN_FILE))?;
         let model_path = dir.join(MODEL_FILE);
-        std::fs::copy(model, &model_path).map_err(io(&model_path))?;
+        std::fs::write(&model_path, &bytes).map_err(io(&model_path))?;
         std::fs::write(&stamp, &digest).map_err(io(&stamp))?;
         ModelDir::open(dir)
+    }
+
+    /// The training (no cache) graph: the folder's `model-train.onnx`, or built from the
+    /// weights of its `model.onnx` when the folder has none (one [`ModelDir::unpack`] made).
+    pub fn train_graph(&self) -> Result<Graph, LlmError> {
+        let path = self.dir.join(TRAIN_FILE);
+        if path.exists() {
+            return Ok(Graph::load(&path)?);
+        }
+        let kv = Graph::load(self.dir.join(MODEL_FILE))?;
+        let weights = LlamaWeights::from_graph(&kv, &self.card.config)?;
+        build_graph(&self.card.config, &weights, GraphForm::Train)
     }
 
     /// Plans the folder's KV-cache model with tract.
@@ -267,17 +283,11 @@ pub struct ImportReport {
 
 /// The shapes the gate checks a graph with: 4 new tokens after 1 cached position.
 pub fn gate_shapes(c: &LlamaConfig, form: GraphForm) -> InputShapes {
-    let mut entries = vec![("input_ids".to_owned(), vec![1, 4])];
-    if form == GraphForm::KvCache {
-        entries.push(("attention_mask".into(), vec![1, 5]));
-        entries.push(("position_ids".into(), vec![1, 4]));
-        let kv = vec![1, c.kv_heads as u64, 1, c.head_dim() as u64];
-        for i in 0..c.layers {
-            entries.push((llama::past_key(i), kv.clone()));
-            entries.push((llama::past_value(i), kv.clone()));
-        }
+    match form {
+        GraphForm::KvCache => step_shapes(c, 4, 1),
+        GraphForm::Train => InputShapes::new(vec![("input_ids".to_owned(), vec![1, 4])])
+            .expect("the gate's shapes are valid"),
     }
-    InputShapes::new(entries).expect("the gate's shapes are valid")
 }
 
 /// Writes `graph` to `path` through tract's gate ([`Graph::save_gated`]).
