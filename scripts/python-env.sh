@@ -5,7 +5,7 @@
 #   py=$(scripts/python-env.sh)
 set -euo pipefail
 env_dir="${HONE_PYENV:-${XDG_CACHE_HOME:-$HOME/.cache}/hone/pyenv}"
-want="onnxruntime==1.20.1 numpy==2.4.6"
+want="onnxruntime==1.31.1 numpy==2.4.6"
 stamp="$env_dir/.hone-requirements"
 if [[ ! -x "$env_dir/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
   echo "setting up $env_dir ($want)" >&2

@@ -25,6 +25,80 @@ pub struct BenchSpec {
     /// `symbols` and the defaults.
     #[serde(default)]
     pub inputs: InputShapes,
+    /// The runtime to measure the model in.
+    #[serde(default)]
+    pub runtime: Runtime,
+    /// Intra-op threads for runtimes that have a pool (ONNX Runtime); `None`: the device
+    /// profile's cores, or the host's without a profile. tract always runs on one thread.
+    #[serde(default)]
+    pub threads: Option<u32>,
+}
+
+/// An inference runtime an agent can measure in. Append only.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Runtime {
+    /// tract, pure Rust, in every agent.
+    #[default]
+    Tract,
+    /// ONNX Runtime (CPU execution provider), loaded from its shared library where the agent
+    /// has one.
+    Ort,
+}
+
+impl Runtime {
+    /// Every runtime, in order.
+    pub const ALL: [Runtime; 2] = [Runtime::Tract, Runtime::Ort];
+
+    /// Stable lowercase name (`tract`, `ort`), as the CLI and the API spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Tract => "tract",
+            Runtime::Ort => "ort",
+        }
+    }
+}
+
+impl std::fmt::Display for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Runtime {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tract" => Ok(Runtime::Tract),
+            "ort" | "onnxruntime" => Ok(Runtime::Ort),
+            other => Err(format!("unknown runtime `{other}` (tract or ort)")),
+        }
+    }
+}
+
+/// Whether an agent can run a runtime, as its birth message announces it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuntimeAvailability {
+    /// The runtime.
+    pub runtime: Runtime,
+    /// Its version when available (`0.23.9`, `1.31.1`).
+    pub version: Option<String>,
+    /// Why it is not available (`None` when it is).
+    pub problem: Option<String>,
+}
+
+/// How a runtime ran a benchmark: its threads and whether idle threads spun.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Execution {
+    /// The runtime.
+    pub runtime: Runtime,
+    /// Threads computing one inference.
+    pub threads: u32,
+    /// Whether idle pool threads spin (busy-wait) between work items. Off under a CPU quota,
+    /// where spinning burns the quota.
+    pub spinning: bool,
 }
 
 /// Benchmark modes.
@@ -84,6 +158,8 @@ impl Default for BenchSpec {
             symbols: Vec::new(),
             mode: BenchMode::Single,
             inputs: InputShapes::default(),
+            runtime: Runtime::Tract,
+            threads: None,
         }
     }
 }
@@ -166,6 +242,9 @@ pub struct BenchReport {
     pub inputs: Vec<String>,
     /// Runtime that ran the model, e.g. `tract 0.23.9`.
     pub runtime: String,
+    /// Which runtime ran it, on how many threads, spinning or not.
+    #[serde(default)]
+    pub execution: Execution,
     /// Mode of the measurement.
     pub mode: BenchMode,
     /// How the device profile was applied (or why it was not).
@@ -389,6 +468,7 @@ mod tests {
 
     fn report(samples: &[f64]) -> BenchReport {
         BenchReport {
+            execution: Default::default(),
             latency: LatencyStats::from_samples(samples).unwrap(),
             served_requests: None,
             iterations: samples.len() as u32,

@@ -28,7 +28,7 @@ use crate::bench::{BenchReport, BenchSpec};
 ///   of [`JobCommand`].
 /// - 4: deployments: [`ActivateCommand`], [`ActivationReport`], [`Telemetry`]; a benchmark
 ///   report says how many requests the device served while it was measured.
-pub const WIRE_VERSION: u16 = 4;
+pub const WIRE_VERSION: u16 = 5;
 
 /// Largest payload Hone writes or accepts, in bytes (64 KiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -97,6 +97,8 @@ pub struct DeviceStatus {
     /// A fault the agent is working around (e.g. its state disk refuses writes): it keeps
     /// serving and retries; `None` when healthy.
     pub fault: Option<String>,
+    /// The runtimes this agent can measure in, each with its version or why it cannot.
+    pub runtimes: Vec<crate::bench::RuntimeAvailability>,
 }
 
 /// Where a model's bytes are and what they must be.
@@ -210,6 +212,8 @@ pub enum FailureKind {
     Internal,
     /// The model exceeded the profile's memory cap and was stopped.
     Oom,
+    /// The agent cannot run what the job asks for (a runtime it does not have), with the reason.
+    Unsupported,
 }
 
 impl FailureKind {
@@ -239,6 +243,7 @@ impl FailureKind {
             FailureKind::Timeout => "timeout",
             FailureKind::Internal => "internal",
             FailureKind::Oom => "oom",
+            FailureKind::Unsupported => "unsupported",
         }
     }
 }
@@ -439,6 +444,7 @@ mod tests {
 
     fn status() -> Message {
         Message::Status(DeviceStatus {
+            runtimes: Default::default(),
             device_id: "d1".into(),
             online: true,
             session: 3,
@@ -462,10 +468,17 @@ mod tests {
     #[test]
     fn rejects_other_wire_versions_before_decoding_the_body() {
         let mut bytes = encode(&status()).unwrap();
-        bytes[0] = 3;
-        assert_eq!(decode(&bytes), Err(DecodeError::UnsupportedVersion { found: 3 }));
-        bytes[0] = 5;
-        assert_eq!(decode(&bytes), Err(DecodeError::UnsupportedVersion { found: 5 }));
+        let older = (WIRE_VERSION - 1) as u8;
+        bytes[0] = older;
+        assert_eq!(
+            decode(&bytes),
+            Err(DecodeError::UnsupportedVersion { found: u16::from(older) })
+        );
+        bytes[0] = (WIRE_VERSION + 1) as u8;
+        assert_eq!(
+            decode(&bytes),
+            Err(DecodeError::UnsupportedVersion { found: WIRE_VERSION + 1 })
+        );
     }
 
     #[test]

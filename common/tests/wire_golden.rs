@@ -14,8 +14,9 @@ use std::path::Path;
 
 use hone_common::artifact::{SIGNING_DOMAIN, signing_bytes};
 use hone_common::bench::{
-    BenchMode, BenchReport, BenchSpec, DeviceReadings, Emulation, EmulationStatus, HostCalibration,
-    LatencyStats, QuotaCorrection, ReadingSource, ThroughputPoint, TimelinePoint,
+    BenchMode, BenchReport, BenchSpec, DeviceReadings, Emulation, EmulationStatus, Execution,
+    HostCalibration, LatencyStats, QuotaCorrection, ReadingSource, Runtime, RuntimeAvailability,
+    ThroughputPoint, TimelinePoint,
 };
 use hone_common::serving::{ServingWindow, TensorStats, TokenStats, WindowLatency};
 use hone_common::shapes::InputShapes;
@@ -38,6 +39,18 @@ fn status() -> Message {
         profile: Some("rpi4".into()),
         sent_at_ms: 1_700_000_000_000,
         fault: Some("disk".into()),
+        runtimes: vec![
+            RuntimeAvailability {
+                runtime: Runtime::Tract,
+                version: Some("0.23.9".into()),
+                problem: None,
+            },
+            RuntimeAvailability {
+                runtime: Runtime::Ort,
+                version: None,
+                problem: Some("no lib".into()),
+            },
+        ],
     })
 }
 
@@ -61,6 +74,8 @@ fn job_command(mode: BenchMode) -> Message {
             symbols: vec![("batch".into(), 1), ("seq".into(), 128)],
             mode,
             inputs: InputShapes::parse("x=1x3x48x320").unwrap(),
+            runtime: Runtime::Ort,
+            threads: Some(4),
         },
         timeout_ms: 600_000,
         signature: vec![0xAA, 0xBB, 0xCC],
@@ -124,6 +139,7 @@ fn base_report() -> BenchReport {
         cold_start_ms: None,
         readings: DeviceReadings::default(),
         served_requests: None,
+        execution: Execution::default(),
     }
 }
 
@@ -162,6 +178,7 @@ fn calibration() -> HostCalibration {
 fn job_result_ok() -> Message {
     job_result(BenchReport {
         served_requests: Some(42),
+        execution: Execution { runtime: Runtime::Ort, threads: 4, spinning: false },
         mode: BenchMode::Sustained { seconds: 120 },
         emulation: Emulation {
             profile: Some("rpi4".into()),
@@ -425,19 +442,22 @@ fn golden_status() {
     check(
         status(),
         concat!(
-            "04",                // wire version
-            "00",                // Message::Status
-            "07 727069342d3031", // device_id "rpi4-01"
-            "01",                // online
-            "ac02",              // session 300
-            "05 302e312e30",     // agent_version "0.1.0"
-            "07 61617263683634", // arch "aarch64"
-            "05 6c696e7578",     // os "linux"
-            "04",                // cores
-            "8080808020",        // memory_bytes 8 GiB
-            "01 04 72706934",    // profile Some("rpi4")
-            "80d095ffbc31",      // sent_at_ms
-            "01 04 6469736b",    // fault Some("disk")
+            "05",                       // wire version
+            "00",                       // Message::Status
+            "07 727069342d3031",        // device_id "rpi4-01"
+            "01",                       // online
+            "ac02",                     // session 300
+            "05 302e312e30",            // agent_version "0.1.0"
+            "07 61617263683634",        // arch "aarch64"
+            "05 6c696e7578",            // os "linux"
+            "04",                       // cores
+            "8080808020",               // memory_bytes 8 GiB
+            "01 04 72706934",           // profile Some("rpi4")
+            "80d095ffbc31",             // sent_at_ms
+            "01 04 6469736b",           // fault Some("disk")
+            "02",                       // runtimes: 2 entries
+            "00 01 06 302e32332e39 00", //   Tract, Some("0.23.9"), no problem
+            "01 00 01 06 6e6f206c6962", //   Ort, no version, Some("no lib")
         ),
     );
 }
@@ -468,7 +488,7 @@ macro_rules! run_job_fields {
 macro_rules! run_job_head {
     () => {
         concat!(
-            "04", // wire version
+            "05", // wire version
             "01", // Message::RunJob
             run_job_fields!(),
         )
@@ -484,6 +504,7 @@ fn golden_run_job() {
             "03",                        // spec.mode: BenchMode::Throughput
             "03 01 08 ac02",             //   batch_sizes [1, 8, 300]
             "01 01 78 04 01 03 30 c002", // spec.inputs {"x": [1, 3, 48, 320]}
+            "01 01 04",                  // spec.runtime Ort, spec.threads Some(4)
             "c0cf24",                    // timeout_ms
             "03 aabbcc",                 // signature (last)
         ),
@@ -498,6 +519,7 @@ fn golden_run_job_single() {
             run_job_head!(),
             "00",                        // spec.mode: BenchMode::Single
             "01 01 78 04 01 03 30 c002", // spec.inputs {"x": [1, 3, 48, 320]}
+            "01 01 04",                  // spec.runtime Ort, spec.threads Some(4)
             "c0cf24",                    // timeout_ms
             "03 aabbcc",                 // signature (last)
         ),
@@ -513,6 +535,7 @@ fn golden_run_job_sustained() {
             "01",                        // spec.mode: BenchMode::Sustained
             "d804",                      //   seconds 600
             "01 01 78 04 01 03 30 c002", // spec.inputs {"x": [1, 3, 48, 320]}
+            "01 01 04",                  // spec.runtime Ort, spec.threads Some(4)
             "c0cf24",                    // timeout_ms
             "03 aabbcc",                 // signature (last)
         ),
@@ -527,6 +550,7 @@ fn golden_run_job_cold() {
             run_job_head!(),
             "02",                        // spec.mode: BenchMode::Cold
             "01 01 78 04 01 03 30 c002", // spec.inputs {"x": [1, 3, 48, 320]}
+            "01 01 04",                  // spec.runtime Ort, spec.threads Some(4)
             "c0cf24",                    // timeout_ms
             "03 aabbcc",                 // signature (last)
         ),
@@ -535,20 +559,23 @@ fn golden_run_job_cold() {
 
 #[test]
 fn golden_result_ack() {
-    check(result_ack(), "0402076a6f622d372f32");
+    check(result_ack(), "0502076a6f622d372f32");
 }
 
 #[test]
 fn golden_job_accepted() {
-    check(job_accepted(), "040305636d642d31056a6f622d3702");
+    check(job_accepted(), "050305636d642d31056a6f622d3702");
 }
 
 /// The bytes of [`job_result`] of [`base_report`] up to the report's `mode`, the same for every
 /// `job_result_*` sample but the failed one.
 macro_rules! job_result_head {
     ($served:literal) => {
+        job_result_head!($served, "00 00 00") // execution: tract, 0 threads, no spinning
+    };
+    ($served:literal, $execution:literal) => {
         concat!(
-            "04",                                                   // wire version
+            "05",                                                   // wire version
             "04",                                                   // Message::JobResult
             "07 6a6f622d372f32",                                    // result_id
             "05 636d642d31",                                        // command_id
@@ -570,6 +597,7 @@ macro_rules! job_result_head {
             "01",                                                   // synthetic_inputs
             "01 17 696e7075743a206633325b312c332c3232342c3232345d", // inputs: 1 string
             "0c 747261637420302e32332e39",                          // runtime
+            $execution,                                             // execution
         )
     };
 }
@@ -601,25 +629,25 @@ fn golden_job_result_ok() {
     check(
         job_result_ok(),
         concat!(
-            job_result_head!("01 2a"),
-            "01 78",                    // mode: BenchMode::Sustained { seconds: 120 }
-            "01 04 72706934",           // emulation.profile Some("rpi4")
-            "01",                       // emulation.status: EmulationStatus::Emulated
-            "01 000000000000d03f",      // emulation.performance_ratio Some(0.25)
-            "01 a8c301",                // emulation.cpu_quota_us Some(25000)
-            "01 a08d06",                // emulation.cpu_period_us Some(100000)
-            "01 04",                    // emulation.cpus Some(4)
-            "01 8080808010",            // emulation.memory_limit_bytes Some(4 GiB)
-            "01 09 6367726f75702d7631", // emulation.memory_method Some("cgroup-v1")
-            "01 0000000000002440",      // emulation.thermal_time_scale Some(10.0)
-            "01 08 636f7265733a2078",   // emulation.not_enforced ["cores: x"]
-            "01 3c",                    // emulation.calibration_age_s Some(60)
-            "01 000000000000a03f",      // emulation.calibration_spread Some(0.03125)
-            "01 000000000000e03f",      // emulation.calibration_load_per_core Some(0.5)
-            "01 000000000000f43f",      // emulation.quota_correction Some(1.25)
-            "01 00000000000090bf",      // emulation.slowdown_residual Some(-0.015625)
-            "01 64",                    // emulation.throttled_periods Some(100)
-            "01",                       // calibration Some
+            job_result_head!("01 2a", "01 04 00"), // execution: Ort, 4 threads, no spinning
+            "01 78",                               // mode: BenchMode::Sustained { seconds: 120 }
+            "01 04 72706934",                      // emulation.profile Some("rpi4")
+            "01",                                  // emulation.status: EmulationStatus::Emulated
+            "01 000000000000d03f",                 // emulation.performance_ratio Some(0.25)
+            "01 a8c301",                           // emulation.cpu_quota_us Some(25000)
+            "01 a08d06",                           // emulation.cpu_period_us Some(100000)
+            "01 04",                               // emulation.cpus Some(4)
+            "01 8080808010",                       // emulation.memory_limit_bytes Some(4 GiB)
+            "01 09 6367726f75702d7631",            // emulation.memory_method Some("cgroup-v1")
+            "01 0000000000002440",                 // emulation.thermal_time_scale Some(10.0)
+            "01 08 636f7265733a2078",              // emulation.not_enforced ["cores: x"]
+            "01 3c",                               // emulation.calibration_age_s Some(60)
+            "01 000000000000a03f",                 // emulation.calibration_spread Some(0.03125)
+            "01 000000000000e03f",                 // emulation.calibration_load_per_core Some(0.5)
+            "01 000000000000f43f",                 // emulation.quota_correction Some(1.25)
+            "01 00000000000090bf",                 // emulation.slowdown_residual Some(-0.015625)
+            "01 64",                               // emulation.throttled_periods Some(100)
+            "01",                                  // calibration Some
             calibration_bytes!(),
             "05 302e322e30",       // agent_version "0.2.0"
             "02",                  // timeline: 2 points
@@ -735,7 +763,7 @@ fn golden_job_result_failed() {
     check(
         job_result_failed(),
         concat!(
-            "04",                              // wire version
+            "05",                              // wire version
             "04",                              // Message::JobResult
             "07 6a6f622d372f33",               // result_id
             "05 636d642d32",                   // command_id
@@ -750,7 +778,7 @@ fn golden_job_result_failed() {
 
 #[test]
 fn golden_coordinator_status() {
-    check(coordinator_status(), "04050005302e312e30fbd095ffbc31");
+    check(coordinator_status(), "05050005302e312e30fbd095ffbc31");
 }
 
 #[test]
@@ -758,7 +786,7 @@ fn golden_activate() {
     check(
         activate(),
         concat!(
-            "04",                                                               // wire version
+            "05",                                                               // wire version
             "06",                                                               // Message::Activate
             "02 6332",                                                          // command_id "c2"
             "02 6431",       // deployment_id "d1"
@@ -786,7 +814,7 @@ fn golden_activate_stop() {
     check(
         activate_stop(),
         concat!(
-            "04 06",         // wire version, Message::Activate
+            "05 06",         // wire version, Message::Activate
             "02 6333",       // command_id "c3"
             "02 6431",       // deployment_id "d1"
             "00",            // model_name ""
@@ -805,7 +833,7 @@ fn golden_activation_reports() {
     check(
         activation_active(),
         concat!(
-            "04 07",            // wire version, Message::ActivationReport
+            "05 07",            // wire version, Message::ActivationReport
             "02 6332",          // command_id
             "02 6431",          // deployment_id
             "01 02 6d31",       // artifact_id Some("m1")
@@ -819,7 +847,7 @@ fn golden_activation_reports() {
     check(
         activation_failed(),
         concat!(
-            "04 07 02 6332 02 6431",
+            "05 07 02 6332 02 6431",
             "00",    // artifact_id None
             "01",    // ActivationOutcome::Failed
             "04",    //   kind: HashMismatch
@@ -835,7 +863,7 @@ fn golden_telemetry() {
     check(
         telemetry(),
         concat!(
-            "04 08",               // wire version, Message::Telemetry
+            "05 08",               // wire version, Message::Telemetry
             "01 64",               // device_id "d"
             "02 03",               // seq, session
             "01 02 6d31",          // artifact_id Some("m1")
@@ -869,10 +897,10 @@ fn golden_telemetry() {
 
 #[test]
 fn every_encoding_starts_with_the_wire_version() {
-    assert_eq!(WIRE_VERSION, 4, "a new wire version needs new golden tests");
+    assert_eq!(WIRE_VERSION, 5, "a new wire version needs new golden tests");
     for (name, msg) in all_samples() {
         let bytes = encode(&msg).unwrap();
-        assert_eq!(bytes[0], 4, "{name}");
+        assert_eq!(bytes[0], 5, "{name}");
     }
 }
 
@@ -983,6 +1011,7 @@ fn failure_kind_indexes_are_pinned() {
         (FailureKind::Timeout, 9),
         (FailureKind::Internal, 10),
         (FailureKind::Oom, 11),
+        (FailureKind::Unsupported, 12),
     ];
     for (kind, index) in kinds {
         assert_eq!(postcard::to_stdvec(&kind).unwrap(), [index], "{kind:?}");
@@ -997,7 +1026,7 @@ fn failure_kind_indexes_are_pinned() {
         let bytes = encode(&msg).unwrap();
         // version, Message tag, 3 one-char strings (len + byte), attempt, Outcome tag, kind, reason.
         assert_eq!(bytes.len(), 12);
-        assert_eq!(&bytes[..2], [4, 4]);
+        assert_eq!(&bytes[..2], [5, 4]);
         assert_eq!(bytes[9], 1, "Outcome::Failed tag");
         assert_eq!(bytes[10], index, "{kind:?}");
         assert_eq!(decode(&bytes).unwrap(), msg);
@@ -1046,10 +1075,11 @@ fn golden_signing_bytes() {
     let Message::RunJob(job) = run_job() else { unreachable!() };
     let expected: String = concat!(
         "686f6e652d6a6f622d763300", // domain tag "hone-job-v3\0"
-        "0000007f",                 // body length, u32 BE (127)
+        "00000082",                 // body length, u32 BE (130)
         run_job_fields!(),
         "03 03 01 08 ac02",          // spec.mode: Throughput [1, 8, 300]
         "01 01 78 04 01 03 30 c002", // spec.inputs {"x": [1, 3, 48, 320]}
+        "01 01 04",                  // spec.runtime Ort, spec.threads Some(4)
         "c0cf24",                    // timeout_ms
     )
     .split_whitespace()

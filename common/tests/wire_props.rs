@@ -2,8 +2,9 @@
 //! corrupted payloads, and the size limit of `encode`.
 
 use hone_common::bench::{
-    BenchMode, BenchReport, BenchSpec, DeviceReadings, Emulation, EmulationStatus, HostCalibration,
-    LatencyStats, QuotaCorrection, ReadingSource, ThroughputPoint, TimelinePoint,
+    BenchMode, BenchReport, BenchSpec, DeviceReadings, Emulation, EmulationStatus, Execution,
+    HostCalibration, LatencyStats, QuotaCorrection, ReadingSource, Runtime, RuntimeAvailability,
+    ThroughputPoint, TimelinePoint,
 };
 use hone_common::serving::{ServingWindow, TensorStats, TokenStats, WindowLatency};
 use hone_common::shapes::InputShapes;
@@ -48,6 +49,7 @@ fn failure_kind() -> impl Strategy<Value = FailureKind> {
         FailureKind::Timeout,
         FailureKind::Internal,
         FailureKind::Oom,
+        FailureKind::Unsupported,
     ])
 }
 
@@ -70,6 +72,10 @@ fn emulation_status() -> impl Strategy<Value = EmulationStatus> {
     ]
 }
 
+fn runtime() -> impl Strategy<Value = Runtime> {
+    prop_oneof![Just(Runtime::Tract), Just(Runtime::Ort)]
+}
+
 prop_compose! {
     fn device_status()(
         device_id in text(),
@@ -83,8 +89,15 @@ prop_compose! {
         profile in maybe(text()),
         sent_at_ms in any::<u64>(),
         fault in maybe(text()),
+        runtimes in prop::collection::vec(
+            (runtime(), maybe(text()), maybe(text())).prop_map(|(runtime, version, problem)| {
+                RuntimeAvailability { runtime, version, problem }
+            }),
+            0..3,
+        ),
     ) -> DeviceStatus {
         DeviceStatus {
+            runtimes,
             device_id, online, session, agent_version, arch, os, cores, memory_bytes, profile,
             sent_at_ms, fault,
         }
@@ -111,10 +124,12 @@ prop_compose! {
         symbols in prop::collection::vec((text(), any::<u64>()), 0..4),
         mode in bench_mode(),
         inputs in prop::collection::btree_map(text(), prop::collection::vec(1u64..1_000, 1..5), 0..3),
+        runtime in runtime(),
+        threads in maybe(any::<u32>()),
     ) -> BenchSpec {
         let inputs = InputShapes::new(inputs.into_iter().filter(|(n, _)| !n.trim().is_empty()))
             .expect("valid shapes");
-        BenchSpec { warmup, max_iterations, max_time_ms, symbols, mode, inputs }
+        BenchSpec { warmup, max_iterations, max_time_ms, symbols, mode, inputs, runtime, threads }
     }
 }
 
@@ -269,8 +284,11 @@ prop_compose! {
         cold_start_ms in maybe(float()),
         readings in device_readings(),
         served_requests in maybe(any::<u64>()),
+        execution in (runtime(), any::<u32>(), any::<bool>())
+            .prop_map(|(runtime, threads, spinning)| Execution { runtime, threads, spinning }),
     ) -> BenchReport {
         BenchReport {
+            execution,
             latency, iterations, warmup, load_ms, peak_rss_bytes, synthetic_inputs, inputs,
             runtime, mode, emulation, calibration, agent_version, timeline, throughput,
             cold_start_ms, readings, served_requests,

@@ -108,12 +108,31 @@ pub struct DeviceRow {
     pub status: &'static str,
     /// Why the device gets no jobs although it may be online, e.g. `needs wire version 3`.
     pub problem: Option<String>,
+    /// The runtimes its agent announced, each with its version or why it cannot run it.
+    pub runtimes: Vec<hone_common::bench::RuntimeAvailability>,
 }
 
 impl DeviceRow {
     /// Whether jobs may be sent to it: online, and speaking this coordinator's wire version.
     pub fn dispatchable(&self) -> bool {
         self.online && self.problem.is_none()
+    }
+
+    /// Why the device cannot run `runtime` (`None`: it can). Every agent runs tract.
+    pub fn runtime_problem(&self, runtime: hone_common::bench::Runtime) -> Option<String> {
+        if runtime == hone_common::bench::Runtime::Tract {
+            return None;
+        }
+        match self.runtimes.iter().find(|r| r.runtime == runtime) {
+            Some(r) if r.problem.is_none() => None,
+            Some(r) => r.problem.clone(),
+            None => Some(format!("its agent does not announce {runtime}")),
+        }
+    }
+
+    /// Whether jobs in `runtime` may be sent to it.
+    pub fn dispatchable_for(&self, runtime: hone_common::bench::Runtime) -> bool {
+        self.dispatchable() && self.runtime_problem(runtime).is_none()
     }
 }
 
@@ -259,7 +278,7 @@ pub struct ResultRow {
 const JOB_COLS: &str = "id, campaign_id, seq, model_id, device_id, state, attempt, max_attempts, command_id, \
     dispatched_at_ms, accepted_at_ms, deadline_ms, finished_at_ms, last_error";
 const DEVICE_COLS: &str = "id, online, session, arch, os, cores, memory_bytes, agent_version, profile, \
-    first_seen_ms, last_seen_ms, status_changed_ms, wire_version";
+    first_seen_ms, last_seen_ms, status_changed_ms, wire_version, runtimes";
 const TOKEN_COLS: &str = "id, name, role, created_at_ms, revoked_at_ms";
 const RESULT_COLS: &str = "job_id, result_id, campaign_id, model_id, device_id, profile, attempt, p50_ms, p90_ms, \
     p99_ms, mean_ms, std_ms, min_ms, max_ms, load_ms, peak_rss_bytes, iterations, synthetic_inputs, report, received_at_ms";
@@ -306,6 +325,7 @@ fn device_from(row: &AnyRow) -> std::result::Result<DeviceRow, sqlx::Error> {
         wire_version,
         status,
         problem,
+        runtimes: serde_json::from_value(json_col(row, "runtimes")).unwrap_or_default(),
         session: row.try_get("session")?,
         arch: row.try_get("arch")?,
         os: row.try_get("os")?,
@@ -503,13 +523,13 @@ impl Db {
         };
         sqlx::query(
             "INSERT INTO devices (id, online, session, arch, os, cores, memory_bytes, agent_version, profile, \
-               first_seen_ms, last_seen_ms, status_changed_ms, wire_version) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+               first_seen_ms, last_seen_ms, status_changed_ms, wire_version, runtimes) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
              ON CONFLICT (id) DO UPDATE SET online = excluded.online, session = excluded.session, \
                arch = excluded.arch, os = excluded.os, cores = excluded.cores, memory_bytes = excluded.memory_bytes, \
                agent_version = excluded.agent_version, profile = excluded.profile, \
                last_seen_ms = excluded.last_seen_ms, status_changed_ms = excluded.status_changed_ms, \
-               wire_version = excluded.wire_version",
+               wire_version = excluded.wire_version, runtimes = excluded.runtimes",
         )
         .bind(&s.device_id)
         .bind(i64::from(s.online))
@@ -524,6 +544,7 @@ impl Db {
         .bind(now_ms)
         .bind(status_changed_ms)
         .bind(version)
+        .bind(serde_json::to_string(&s.runtimes).unwrap_or_else(|_| "[]".into()))
         .execute(&self.pool)
         .await
         .map_err(q("upsert device"))?;
@@ -1191,6 +1212,7 @@ pub(crate) mod testing {
     /// A valid benchmark report with this median.
     pub(crate) fn report(p50: f64) -> hone_common::bench::BenchReport {
         hone_common::bench::BenchReport {
+            execution: Default::default(),
             latency: hone_common::bench::LatencyStats {
                 p50_ms: p50,
                 p90_ms: p50,

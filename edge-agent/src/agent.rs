@@ -176,7 +176,24 @@ pub async fn run(
     let session = durable.next_session().context("updating the session counter")?;
     let trusted = trusted_key(&config).await?;
     let store = ModelStore::open(&config.state_dir.join("store")).context("opening model store")?;
-    let host = HostFacts::read();
+    let mut config = config;
+    config.runtimes =
+        crate::bench::available_runtimes(&config.bench_exe, config.ort_lib.as_deref()).await;
+    for r in &config.runtimes {
+        match (&r.version, &r.problem) {
+            (Some(v), _) => info!(runtime = %r.runtime, version = %v, "runtime available"),
+            (None, Some(p)) if config.ort_lib.is_some() => {
+                warn!(runtime = %r.runtime, problem = %p, "runtime unavailable: its jobs are refused, tract jobs run")
+            }
+            (None, p) => {
+                info!(runtime = %r.runtime, problem = p.as_deref().unwrap_or(""), "runtime unavailable")
+            }
+        }
+    }
+    let config = config;
+    let mut host = HostFacts::read();
+    host.runtimes = config.runtimes.clone();
+    let host = host;
     let profile = config.profile.as_ref().map(|p| p.name.as_str());
     let emulation = std::sync::Arc::new(prepare_emulation(&config, &host).await);
 
@@ -478,6 +495,10 @@ fn handle_message(
                 debug!(command = %job.command_id, "duplicate command ignored");
                 return Ok(());
             }
+            if let Some(problem) = config.runtime_problem(job.spec.runtime) {
+                warn!(job = %job.job_id, runtime = %job.spec.runtime, %problem, "job refused: runtime unavailable");
+                return refuse(FailureKind::Unsupported, problem);
+            }
             if let Some(current) = busy.as_ref() {
                 let result = JobResult {
                     result_id,
@@ -508,8 +529,11 @@ fn handle_message(
             info!(job = %job.job_id, attempt = job.attempt, artifact = %job.artifact.artifact_id, "job accepted");
             let (store, exe, tx) = (store.clone(), config.bench_exe.clone(), done_tx.clone());
             let emulation = emulation.clone();
+            let ort_lib = config.ort_lib.clone();
             tokio::spawn(async move {
-                let result = execute(&store, &exe, job, &emulation.0, &emulation.1).await;
+                let result =
+                    execute(&store, &exe, ort_lib.as_deref(), job, &emulation.0, &emulation.1)
+                        .await;
                 let _ = tx.send(result).await;
             });
         }
@@ -753,6 +777,7 @@ pub async fn prepare_emulation(config: &AgentConfig, host: &HostFacts) -> (Plan,
 pub async fn execute(
     store: &ModelStore,
     exe: &std::path::Path,
+    ort_lib: Option<&std::path::Path>,
     job: VerifiedJob,
     plan: &Plan,
     cgroups: &Cgroups,
@@ -766,8 +791,17 @@ pub async fn execute(
         Ok(fetched) => {
             let budget = Duration::from_millis(job.timeout_ms).saturating_sub(started.elapsed());
             let budget = budget.max(Duration::from_secs(1));
-            match crate::bench::run_in_child(exe, &fetched.path, &job.spec, budget, plan, cgroups)
-                .await
+            let spec = &job.spec;
+            match crate::bench::run_in_child(
+                exe,
+                &fetched.path,
+                spec,
+                ort_lib,
+                budget,
+                plan,
+                cgroups,
+            )
+            .await
             {
                 Ok(report) => Outcome::Ok(report),
                 Err((kind, reason)) => {
@@ -846,6 +880,8 @@ mod tests {
             bench_exe: "edge-agent".into(),
             calibration_dir: dir.join("calibration"),
             serving: None,
+            ort_lib: None,
+            runtimes: Vec::new(),
         }
     }
 

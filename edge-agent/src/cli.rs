@@ -101,6 +101,14 @@ enum Command {
         rlimit_as: Option<u64>,
         #[arg(long)]
         cpus: Option<u32>,
+        #[arg(long)]
+        ort_lib: Option<PathBuf>,
+    },
+    /// Internal: load ONNX Runtime from a library and print its version (or why not) as JSON.
+    #[command(hide = true)]
+    OrtProbe {
+        #[arg(long)]
+        lib: PathBuf,
     },
 }
 
@@ -240,6 +248,11 @@ struct RunArgs {
     /// benchmarks, sped up by --thermal-time-scale).
     #[arg(long)]
     serve_thermal: bool,
+    /// ONNX Runtime's shared library (`libonnxruntime.so.1.31.1` from the onnxruntime==1.31.1
+    /// wheel): the agent then measures in ONNX Runtime too when a job asks. Without it, or if
+    /// it does not load, the agent says why in its status and runs tract jobs only.
+    #[arg(long, env = "HONE_ORT_LIB")]
+    ort_lib: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -296,6 +309,16 @@ struct BenchArgs {
     /// Host-wide calibration cache and lock.
     #[arg(long, env = "HONE_CALIBRATION_DIR", default_value_os_t = crate::calibrate::default_dir())]
     calibration_dir: PathBuf,
+    /// Runtimes to measure in, side by side (`tract`, `ort`, or `tract,ort`); with several,
+    /// their runs alternate.
+    #[arg(long, value_delimiter = ',', default_value = "tract")]
+    runtime: Vec<hone_common::bench::Runtime>,
+    /// ONNX Runtime's shared library (for `--runtime ort`).
+    #[arg(long, env = "HONE_ORT_LIB")]
+    ort_lib: Option<PathBuf>,
+    /// ONNX Runtime intra-op threads (default: the profile's cores, or this host's).
+    #[arg(long)]
+    threads: Option<u32>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -329,10 +352,13 @@ fn input_shapes(values: &[String]) -> anyhow::Result<InputShapes> {
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    if let Command::BenchChild { model, spec, wait_go, rlimit_as, cpus } = &cli.command {
+    if let Command::BenchChild { model, spec, wait_go, rlimit_as, cpus, ort_lib } = &cli.command {
         let opts =
             crate::bench::ChildOptions { wait_go: *wait_go, rlimit_as: *rlimit_as, cpus: *cpus };
-        return crate::bench::child_main(model, spec, &opts);
+        return crate::bench::child_main(model, spec, ort_lib.as_deref(), &opts);
+    }
+    if let Command::OrtProbe { lib } = &cli.command {
+        return crate::bench::ort_probe_main(lib);
     }
     if let Command::ServeChild(a) = &cli.command {
         return crate::serve::child_main(&crate::serve::ServeArgs {
@@ -451,7 +477,10 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Loadgen(args) => loadgen(args).await,
-        Command::BenchChild { .. } | Command::CalibrateProbe { .. } | Command::ServeChild(_) => {
+        Command::BenchChild { .. }
+        | Command::CalibrateProbe { .. }
+        | Command::ServeChild(_)
+        | Command::OrtProbe { .. } => {
             unreachable!("handled before the runtime starts")
         }
     }
@@ -539,6 +568,8 @@ fn run_config(args: RunArgs) -> anyhow::Result<AgentConfig> {
         trust_on_first_use: args.trust_on_first_use,
         calibration_dir: args.calibration_dir,
         bench_exe: std::env::current_exe().context("locating the agent executable")?,
+        ort_lib: args.ort_lib,
+        runtimes: Vec::new(),
     })
 }
 
@@ -583,7 +614,19 @@ struct BenchOutput {
     throttle_onset_s: Option<f64>,
     p50_cv: Option<f64>,
     calibration: Option<hone_common::bench::HostCalibration>,
+    /// Per runtime, the median p50 of its runs (runs alternate between runtimes).
+    by_runtime: Vec<RuntimeSummary>,
     runs: Vec<BenchReport>,
+}
+
+#[derive(serde::Serialize)]
+struct RuntimeSummary {
+    runtime: hone_common::bench::Runtime,
+    version: String,
+    threads: u32,
+    spinning: bool,
+    p50_ms: f64,
+    runs: usize,
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<i32> {
@@ -611,7 +654,17 @@ async fn bench(args: BenchArgs) -> anyhow::Result<i32> {
         symbols: args.symbols.clone(),
         mode: mode.clone(),
         inputs: input_shapes(&args.inputs)?,
+        runtime: hone_common::bench::Runtime::Tract,
+        threads: args.threads,
     };
+    let mut runtimes = args.runtime.clone();
+    runtimes.dedup();
+    if runtimes.is_empty() {
+        anyhow::bail!("--runtime needs at least one runtime (tract, ort)");
+    }
+    if runtimes.contains(&hone_common::bench::Runtime::Ort) && args.ort_lib.is_none() {
+        anyhow::bail!("{}", crate::bench::NO_ORT_LIBRARY);
+    }
     let exe = std::env::current_exe().context("locating the agent executable")?;
     let profile =
         crate::config::resolve_profile(args.profile.as_deref(), args.profile_file.as_deref())?;
@@ -632,16 +685,54 @@ async fn bench(args: BenchArgs) -> anyhow::Result<i32> {
     let timeout = Duration::from_secs(args.timeout_secs.max(u64::from(args.seconds) + 60));
     let mut runs = Vec::new();
     let mut failure = None;
-    for _ in 0..args.repeat.max(1) {
-        match crate::bench::run_in_child(&exe, &args.model, &spec, timeout, &plan, &cgroups).await {
-            Ok(r) => runs.push(r),
-            Err(f) => {
-                failure = Some(f);
-                break;
+    'repeat: for _ in 0..args.repeat.max(1) {
+        for runtime in &runtimes {
+            let spec = BenchSpec { runtime: *runtime, ..spec.clone() };
+            let lib = args.ort_lib.as_deref();
+            match crate::bench::run_in_child(
+                &exe,
+                &args.model,
+                &spec,
+                lib,
+                timeout,
+                &plan,
+                &cgroups,
+            )
+            .await
+            {
+                Ok(r) => runs.push(r),
+                Err((kind, reason)) => {
+                    failure = Some((kind, format!("{runtime}: {reason}")));
+                    break 'repeat;
+                }
             }
         }
     }
-    let p50s: Vec<f64> = runs.iter().map(|r| r.latency.p50_ms).collect();
+    let by_runtime: Vec<RuntimeSummary> = runtimes
+        .iter()
+        .filter_map(|rt| {
+            let p50s: Vec<f64> = runs
+                .iter()
+                .filter(|r| r.execution.runtime == *rt)
+                .map(|r| r.latency.p50_ms)
+                .collect();
+            let stats = hone_common::bench::LatencyStats::from_samples(&p50s)?;
+            let first = runs.iter().find(|r| r.execution.runtime == *rt)?;
+            Some(RuntimeSummary {
+                runtime: *rt,
+                version: first.runtime.clone(),
+                threads: first.execution.threads,
+                spinning: first.execution.spinning,
+                p50_ms: stats.p50_ms,
+                runs: p50s.len(),
+            })
+        })
+        .collect();
+    let p50s: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.execution.runtime == runtimes[0])
+        .map(|r| r.latency.p50_ms)
+        .collect();
     let first = runs.first();
     let record = first
         .map(|r| r.emulation.clone())
@@ -694,6 +785,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<i32> {
         throughput: first.map(|r| r.throughput.clone()).unwrap_or_default(),
         p50_cv: if p50s.len() > 1 { coefficient_of_variation(&p50s) } else { None },
         calibration: plan.calibration.clone(),
+        by_runtime,
         runs,
     };
     #[allow(clippy::print_stdout)]
@@ -722,13 +814,22 @@ fn print_bench(out: &BenchOutput) {
         }
     );
     println!(
-        "{:<5} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12} {:>6}",
-        "run", "p50 ms", "p90 ms", "p99 ms", "mean ms", "load ms", "peak RSS MiB", "iters"
+        "{:<5} {:<26} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12} {:>6}",
+        "run",
+        "runtime",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "mean ms",
+        "load ms",
+        "peak RSS MiB",
+        "iters"
     );
     for (i, r) in out.runs.iter().enumerate() {
         println!(
-            "{:<5} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>10.1} {:>12.1} {:>6}",
+            "{:<5} {:<26} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>10.1} {:>12.1} {:>6}",
             i + 1,
+            format!("{} ({} thr)", r.runtime, r.execution.threads),
             r.latency.p50_ms,
             r.latency.p90_ms,
             r.latency.p99_ms,
@@ -738,8 +839,22 @@ fn print_bench(out: &BenchOutput) {
             r.iterations
         );
     }
+    if out.by_runtime.len() > 1 {
+        let base = out.by_runtime[0].p50_ms;
+        for r in &out.by_runtime {
+            println!(
+                "{:<26} median p50 {:>10.3} ms over {} runs, {:.2}x the speed of {}",
+                r.version,
+                r.p50_ms,
+                r.runs,
+                base / r.p50_ms,
+                out.by_runtime[0].version
+            );
+        }
+    }
     if let Some(cv) = out.p50_cv {
-        println!("p50 coefficient of variation over {} runs: {:.2} %", out.runs.len(), cv * 100.0);
+        let n = out.by_runtime.first().map_or(out.runs.len(), |r| r.runs);
+        println!("p50 coefficient of variation over {n} runs: {:.2} %", cv * 100.0);
     }
     if let Some(c) = out.cold_start_ms {
         println!("cold start (process start to first inference): {c:.1} ms");

@@ -38,6 +38,24 @@ pub struct AgentConfig {
     pub bench_exe: PathBuf,
     /// How deployed models are served; `None`: not at all (`--no-serve`).
     pub serving: Option<crate::deploy::ServingConfig>,
+    /// ONNX Runtime's shared library; `None`: tract only.
+    pub ort_lib: Option<PathBuf>,
+    /// What the agent found it can run, filled at start by probing (`ort-probe`); empty
+    /// before.
+    pub runtimes: Vec<hone_common::bench::RuntimeAvailability>,
+}
+
+impl AgentConfig {
+    /// Why this agent cannot run `runtime` (`None`: it can). tract always runs.
+    pub fn runtime_problem(&self, runtime: hone_common::bench::Runtime) -> Option<String> {
+        if runtime == hone_common::bench::Runtime::Tract {
+            return None;
+        }
+        match self.runtimes.iter().find(|r| r.runtime == runtime) {
+            Some(r) => r.problem.clone(),
+            None => Some(format!("this agent has not probed for {runtime}")),
+        }
+    }
 }
 
 /// Parses a hex-encoded ed25519 public key, or `@path` to a file holding one.

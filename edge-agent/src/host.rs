@@ -13,6 +13,8 @@ pub struct HostFacts {
     pub cores: u32,
     /// Total physical memory, bytes.
     pub memory_bytes: u64,
+    /// The runtimes the agent can measure in (tract only until the agent probes for others).
+    pub runtimes: Vec<hone_common::bench::RuntimeAvailability>,
 }
 
 impl HostFacts {
@@ -26,6 +28,7 @@ impl HostFacts {
             os: std::env::consts::OS.to_string(),
             cores,
             memory_bytes: sys.total_memory(),
+            runtimes: Vec::new(),
         }
     }
 
@@ -50,6 +53,7 @@ impl HostFacts {
             profile: profile.map(str::to_string),
             sent_at_ms: now_ms(),
             fault: fault.map(str::to_string),
+            runtimes: self.runtimes.clone(),
         }
     }
 }

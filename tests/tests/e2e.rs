@@ -10,4 +10,5 @@ mod hostile;
 mod pipeline;
 mod prune;
 mod report;
+mod runtime;
 mod security;

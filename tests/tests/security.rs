@@ -115,6 +115,7 @@ fn an_agent_on_an_older_wire_version_is_shown_incompatible_and_gets_no_job() {
         profile: None,
         sent_at_ms: 0,
         fault: None,
+        runtimes: vec![],
     }))
     .unwrap();
     old_birth[0] = (WIRE_VERSION - 1) as u8;

@@ -67,6 +67,10 @@ pub struct Line {
     pub mode: Option<String>,
     /// `emulated`, `unthrottled: reason`, `native` or `none` (host as is).
     pub emulation: Option<String>,
+    /// The runtime that measured, with its version and threads (`onnxruntime 1.31.1, 2
+    /// threads, no spinning`).
+    #[serde(default)]
+    pub runtime: Option<String>,
     /// `cold`: process start to first inference, ms.
     pub cold_start_ms: Option<f64>,
     /// Requests the device served to applications while this was measured (`None`: it was
@@ -179,6 +183,19 @@ fn line(
                 hone_common::bench::EmulationStatus::Native => "native".to_string(),
                 hone_common::bench::EmulationStatus::None => "none".to_string(),
             }),
+        runtime: r.and_then(|r| {
+            let name = r.report["runtime"].as_str()?;
+            let execution = serde_json::from_value::<hone_common::bench::Execution>(
+                r.report["execution"].clone(),
+            )
+            .ok()?;
+            Some(format!(
+                "{name}, {} thread{}{}",
+                execution.threads,
+                if execution.threads == 1 { "" } else { "s" },
+                if execution.spinning { ", spinning" } else { ", no spinning" }
+            ))
+        }),
         cold_start_ms: r.and_then(|r| r.report["cold_start_ms"].as_f64()),
         served_requests: r.and_then(|r| r.report["served_requests"].as_u64()),
         dispatch_ms: j.dispatched_at_ms.zip(j.accepted_at_ms).map(|(d, a)| a - d),
@@ -210,7 +227,7 @@ pub(super) async fn create(
         }
     }
     let devices = s.db.devices().await?;
-    let device_ids = campaign::select_devices(&selector, &devices)
+    let device_ids = campaign::select_devices(&selector, &devices, req.bench.runtime)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let plan = campaign::plan_jobs(&models, &device_ids)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;

@@ -336,16 +336,20 @@ impl Engine {
         for mut job in ordered {
             let Some(spec) = specs.get(&job.campaign_id) else { continue };
             let device = devices.get(&job.device_id);
-            if !device.is_some_and(DeviceRow::dispatchable) {
+            let runtime = spec.bench.runtime;
+            if !device.is_some_and(|d| d.dispatchable_for(runtime)) {
                 let class = spec.device_class(device.and_then(|d| d.profile.as_deref()));
                 let target = class.and_then(|p| {
-                    pick_class_device(p, &job.device_id, devices.values(), &busy, &load, false)
+                    let all = devices.values();
+                    pick_class_device(p, runtime, &job.device_id, all, &busy, &load, false)
                 });
                 let moved = match target {
                     Some(target) => {
                         let reason = ended.remove(&job.id).unwrap_or_else(|| {
                             device
-                                .and_then(|d| d.problem.clone())
+                                .and_then(|d| {
+                                    d.problem.clone().or_else(|| d.runtime_problem(runtime))
+                                })
                                 .unwrap_or_else(|| format!("device {} is offline", job.device_id))
                         });
                         self.move_job(&job, &target, &reason, now, &mut load).await?
@@ -398,7 +402,13 @@ impl Engine {
         if now - since <= spec.job_timeout_ms as i64 {
             return Ok(());
         }
-        let reason = match device.and_then(|d| d.problem.as_deref()) {
+        let problem = device.and_then(|d| {
+            d.problem.clone().or_else(|| {
+                let p = d.runtime_problem(spec.bench.runtime)?;
+                Some(format!("device {} cannot run {}: {p}", d.id, spec.bench.runtime))
+            })
+        });
+        let reason = match problem {
             Some(problem) => {
                 format!(
                     "{problem}, for more than the job timeout ({} s)",
@@ -454,7 +464,9 @@ impl Engine {
         for j in active.iter().chain(&self.db.jobs_in_states(&["queued"]).await?) {
             *load.entry(j.device_id.clone()).or_default() += 1;
         }
-        if let Some(target) = pick_class_device(class, &job.device_id, &devices, &busy, &load, true)
+        let runtime = spec.bench.runtime;
+        if let Some(target) =
+            pick_class_device(class, runtime, &job.device_id, &devices, &busy, &load, true)
         {
             self.move_job(job, &target, reason, now, &mut load).await?;
         }
@@ -661,6 +673,7 @@ mod tests {
 
     fn status_as(id: &str, online: bool, session: u64, profile: &str) -> DeviceStatus {
         DeviceStatus {
+            runtimes: Default::default(),
             device_id: id.into(),
             online,
             session,
@@ -1001,6 +1014,7 @@ mod tests {
         Inbound {
             device: id.into(),
             payload: Payload::Message(Message::Status(DeviceStatus {
+                runtimes: Default::default(),
                 device_id: id.into(),
                 online: true,
                 session,

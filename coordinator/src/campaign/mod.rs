@@ -4,7 +4,7 @@ pub mod engine;
 
 use std::collections::{HashMap, HashSet};
 
-use hone_common::bench::BenchSpec;
+use hone_common::bench::{BenchSpec, Runtime};
 use serde::{Deserialize, Serialize};
 
 use crate::db::DeviceRow;
@@ -121,11 +121,13 @@ impl CampaignSpec {
 }
 
 /// Where a job of device class `profile` goes when its device `from` cannot take it: another
-/// dispatchable device of that profile. Idle devices (not in `busy`) come first, then the least
+/// dispatchable device of that profile that runs the job's `runtime`. Idle devices (not in `busy`) come first, then the least
 /// loaded (`load`: jobs queued on or active at each device), then by id. With `idle_only`, only
 /// an idle device will do. `None` if no device fits.
+#[allow(clippy::too_many_arguments)]
 pub fn pick_class_device<'a>(
     profile: &str,
+    runtime: Runtime,
     from: &str,
     devices: impl IntoIterator<Item = &'a DeviceRow>,
     busy: &HashSet<String>,
@@ -134,7 +136,9 @@ pub fn pick_class_device<'a>(
 ) -> Option<String> {
     devices
         .into_iter()
-        .filter(|d| d.id != from && d.dispatchable() && d.profile.as_deref() == Some(profile))
+        .filter(|d| {
+            d.id != from && d.dispatchable_for(runtime) && d.profile.as_deref() == Some(profile)
+        })
         .filter(|d| !idle_only || !busy.contains(&d.id))
         .min_by_key(|d| (busy.contains(&d.id), load.get(&d.id).copied().unwrap_or(0), &d.id))
         .map(|d| d.id.clone())
@@ -155,22 +159,47 @@ pub enum PlanError {
     /// Bad numbers.
     #[error("{0}")]
     Invalid(String),
+    /// Devices that cannot run the campaign's runtime, each with its agent's reason.
+    #[error("{0}")]
+    RuntimeUnavailable(String),
 }
 
-/// Resolves the devices of a selector against the registry.
+/// Resolves the devices of a selector against the registry, for jobs in `runtime`: `all` and
+/// `profile:` take the online devices that run it; named devices that are known not to run it
+/// are refused with their agents' reasons (never sent a job they would refuse).
 pub fn select_devices(
     selector: &DeviceSelector,
     devices: &[DeviceRow],
+    runtime: Runtime,
 ) -> Result<Vec<String>, PlanError> {
-    let chosen: Vec<String> = match selector {
-        DeviceSelector::All => {
-            devices.iter().filter(|d| d.dispatchable()).map(|d| d.id.clone()).collect()
-        }
-        DeviceSelector::Profile(p) => devices
+    let in_selector = |d: &&DeviceRow| match selector {
+        DeviceSelector::All => d.dispatchable(),
+        DeviceSelector::Profile(p) => d.dispatchable() && d.profile.as_deref() == Some(p),
+        DeviceSelector::Ids(_) => false,
+    };
+    let cannot = |ds: Vec<&DeviceRow>| {
+        let why: Vec<String> = ds
             .iter()
-            .filter(|d| d.dispatchable() && d.profile.as_deref() == Some(p))
-            .map(|d| d.id.clone())
-            .collect(),
+            .map(|d| format!("{}: {}", d.id, d.runtime_problem(runtime).unwrap_or_default()))
+            .collect();
+        PlanError::RuntimeUnavailable(format!(
+            "no device can run {runtime} here ({})",
+            why.join("; ")
+        ))
+    };
+    let chosen: Vec<String> = match selector {
+        DeviceSelector::All | DeviceSelector::Profile(_) => {
+            let matching: Vec<&DeviceRow> = devices.iter().filter(in_selector).collect();
+            let able: Vec<String> = matching
+                .iter()
+                .filter(|d| d.runtime_problem(runtime).is_none())
+                .map(|d| d.id.clone())
+                .collect();
+            if able.is_empty() && !matching.is_empty() {
+                return Err(cannot(matching));
+            }
+            able
+        }
         DeviceSelector::Ids(ids) => {
             let unknown: Vec<&str> = ids
                 .iter()
@@ -179,6 +208,15 @@ pub fn select_devices(
                 .collect();
             if !unknown.is_empty() {
                 return Err(PlanError::UnknownDevices(unknown.join(", ")));
+            }
+            // A device on another wire version has announced nothing yet: it waits as before.
+            let unable: Vec<&DeviceRow> = devices
+                .iter()
+                .filter(|d| ids.contains(&d.id) && d.problem.is_none())
+                .filter(|d| d.runtime_problem(runtime).is_some())
+                .collect();
+            if !unable.is_empty() {
+                return Err(cannot(unable));
             }
             let mut ids = ids.clone();
             ids.dedup();
@@ -253,7 +291,82 @@ mod tests {
             wire_version: i64::from(hone_common::wire::WIRE_VERSION),
             status: if online { "online" } else { "offline" },
             problem: None,
+            runtimes: Vec::new(),
         }
+    }
+
+    /// A device whose agent announced ONNX Runtime: `Ok(version)` or `Err(problem)`.
+    fn with_ort(mut d: DeviceRow, ort: Result<&str, &str>) -> DeviceRow {
+        use hone_common::bench::RuntimeAvailability;
+        d.runtimes = vec![
+            RuntimeAvailability {
+                runtime: Runtime::Tract,
+                version: Some("0.23.9".into()),
+                problem: None,
+            },
+            RuntimeAvailability {
+                runtime: Runtime::Ort,
+                version: ort.ok().map(Into::into),
+                problem: ort.err().map(Into::into),
+            },
+        ];
+        d
+    }
+
+    #[test]
+    fn onnx_runtime_jobs_go_only_to_devices_that_run_it() {
+        let devs = [
+            with_ort(dev("a", true, Some("rpi4")), Ok("1.31.1")),
+            with_ort(dev("b", true, Some("rpi4")), Err("no ONNX Runtime library at /x")),
+            dev("c", true, Some("rpi5")), // announced nothing (tract only)
+        ];
+        let ort = Runtime::Ort;
+        assert_eq!(select_devices(&DeviceSelector::All, &devs, ort).unwrap(), vec!["a"]);
+        assert_eq!(
+            select_devices(&DeviceSelector::Profile("rpi4".into()), &devs, ort).unwrap(),
+            vec!["a"]
+        );
+        // Every device of the class lacks it: refused with each one's reason.
+        let e = select_devices(&DeviceSelector::Profile("rpi5".into()), &devs, ort).unwrap_err();
+        assert!(
+            matches!(&e, PlanError::RuntimeUnavailable(m) if m.contains("c: its agent does not announce ort")),
+            "{e}"
+        );
+        // Named: a device known not to run it is refused by name, the others are not blamed.
+        let e = select_devices(&DeviceSelector::Ids(vec!["a".into(), "b".into()]), &devs, ort)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("b: no ONNX Runtime library at /x") && !e.contains("a:"), "{e}");
+        assert_eq!(
+            select_devices(&DeviceSelector::Ids(vec!["b".into()]), &devs, Runtime::Tract).unwrap(),
+            vec!["b"],
+            "tract runs everywhere"
+        );
+        // A device on another wire version has announced nothing yet: it waits, as before.
+        let mut old = dev("d", true, Some("rpi4"));
+        old.wire_version -= 1;
+        old.problem = crate::db::wire_problem("d", old.wire_version);
+        let devs = [old];
+        assert_eq!(
+            select_devices(&DeviceSelector::Ids(vec!["d".into()]), &devs, ort).unwrap(),
+            vec!["d"]
+        );
+        // A job moving within its class goes only to a device that runs its runtime.
+        let devs = [
+            with_ort(dev("a", true, Some("rpi4")), Ok("1.31.1")),
+            with_ort(dev("b", true, Some("rpi4")), Err("broken")),
+            with_ort(dev("e", true, Some("rpi4")), Err("broken")),
+        ];
+        let (none, load) = (HashSet::new(), HashMap::new());
+        assert_eq!(
+            pick_class_device("rpi4", ort, "e", &devs, &none, &load, false).as_deref(),
+            Some("a")
+        );
+        assert_eq!(pick_class_device("rpi4", ort, "a", &devs, &none, &load, false), None);
+        assert_eq!(
+            pick_class_device("rpi4", Runtime::Tract, "a", &devs, &none, &load, false).as_deref(),
+            Some("b")
+        );
     }
 
     #[test]
@@ -279,13 +392,16 @@ mod tests {
             dev("b", false, Some("rpi4")),
             dev("c", true, Some("rpi5")),
         ];
-        assert_eq!(select_devices(&DeviceSelector::All, &devs).unwrap(), vec!["a", "c"]);
         assert_eq!(
-            select_devices(&DeviceSelector::Profile("rpi4".into()), &devs).unwrap(),
+            select_devices(&DeviceSelector::All, &devs, Runtime::Tract).unwrap(),
+            vec!["a", "c"]
+        );
+        assert_eq!(
+            select_devices(&DeviceSelector::Profile("rpi4".into()), &devs, Runtime::Tract).unwrap(),
             vec!["a"]
         );
         assert!(matches!(
-            select_devices(&DeviceSelector::Profile("n100".into()), &devs),
+            select_devices(&DeviceSelector::Profile("n100".into()), &devs, Runtime::Tract),
             Err(PlanError::NoDevices(_))
         ));
     }
@@ -296,9 +412,12 @@ mod tests {
         old.wire_version -= 1;
         old.problem = crate::db::wire_problem("old", old.wire_version);
         let devs = [old, dev("new", true, Some("rpi4"))];
-        assert_eq!(select_devices(&DeviceSelector::All, &devs).unwrap(), vec!["new"]);
         assert_eq!(
-            select_devices(&DeviceSelector::Profile("rpi4".into()), &devs).unwrap(),
+            select_devices(&DeviceSelector::All, &devs, Runtime::Tract).unwrap(),
+            vec!["new"]
+        );
+        assert_eq!(
+            select_devices(&DeviceSelector::Profile("rpi4".into()), &devs, Runtime::Tract).unwrap(),
             vec!["new"]
         );
     }
@@ -307,11 +426,15 @@ mod tests {
     fn explicit_ids_must_exist_but_may_be_offline() {
         let devs = [dev("a", true, None), dev("b", false, None)];
         assert_eq!(
-            select_devices(&DeviceSelector::Ids(vec!["b".into()]), &devs).unwrap(),
+            select_devices(&DeviceSelector::Ids(vec!["b".into()]), &devs, Runtime::Tract).unwrap(),
             vec!["b"]
         );
         assert_eq!(
-            select_devices(&DeviceSelector::Ids(vec!["a".into(), "zz".into()]), &devs),
+            select_devices(
+                &DeviceSelector::Ids(vec!["a".into(), "zz".into()]),
+                &devs,
+                Runtime::Tract
+            ),
             Err(PlanError::UnknownDevices("zz".into()))
         );
     }
@@ -330,7 +453,7 @@ mod tests {
         let none = HashSet::new();
         let load: HashMap<String, usize> = [("b".to_string(), 2), ("c".to_string(), 1)].into();
         let pick = |busy: &HashSet<String>, idle_only| {
-            pick_class_device("rpi4", "a", &devs, busy, &load, idle_only)
+            pick_class_device("rpi4", Runtime::Tract, "a", &devs, busy, &load, idle_only)
         };
         assert_eq!(pick(&none, false).as_deref(), Some("c"), "both idle: the least loaded");
         let c_busy: HashSet<String> = ["c".to_string()].into();
@@ -338,8 +461,15 @@ mod tests {
         let both: HashSet<String> = ["b".to_string(), "c".to_string()].into();
         assert_eq!(pick(&both, false).as_deref(), Some("c"), "all busy: still moved");
         assert_eq!(pick(&both, true), None, "idle only");
-        assert_eq!(pick_class_device("rpi5", "d", &devs, &none, &load, false), None, "alone");
-        assert_eq!(pick_class_device("n100", "a", &devs, &none, &load, false), None);
+        assert_eq!(
+            pick_class_device("rpi5", Runtime::Tract, "d", &devs, &none, &load, false),
+            None,
+            "alone"
+        );
+        assert_eq!(
+            pick_class_device("n100", Runtime::Tract, "a", &devs, &none, &load, false),
+            None
+        );
     }
 
     #[test]

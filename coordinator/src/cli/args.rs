@@ -250,6 +250,13 @@ pub(super) enum CampaignCmd {
         /// shapes stored with the models.
         #[arg(long = "input", value_name = "NAME=DIMS")]
         inputs: Vec<String>,
+        /// Runtime the agents measure in: `tract` (every agent) or `ort` (ONNX Runtime, on
+        /// agents started with --ort-lib; devices without it are refused with their reason).
+        #[arg(long, default_value = "tract")]
+        runtime: hone_common::bench::Runtime,
+        /// ONNX Runtime intra-op threads (default: each device profile's cores).
+        #[arg(long)]
+        threads: Option<u32>,
         /// Wait for the campaign to finish, showing progress.
         #[arg(long)]
         wait: bool,

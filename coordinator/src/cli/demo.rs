@@ -200,8 +200,14 @@ async fn start_fleet(
         let state = data_dir.join("agents").join(&id);
         std::fs::create_dir_all(&state)?;
         let log = std::fs::File::create(data_dir.join("agents").join(format!("{id}.log")))?;
-        let child = tokio::process::Command::new(&agent)
-            .arg("run")
+        let mut cmd = tokio::process::Command::new(&agent);
+        // With the fetched ONNX Runtime library, the agents measure in both runtimes.
+        if let Ok(lib) = hone_assets::path("onnxruntime-lib") {
+            cmd.arg("run").arg("--ort-lib").arg(lib);
+        } else {
+            cmd.arg("run");
+        }
+        let child = cmd
             .args([
                 "--broker",
                 &running.mqtt_url,
@@ -663,6 +669,8 @@ async fn drive(
             symbols: vec![],
             mode: Default::default(),
             inputs: Default::default(),
+            runtime: Default::default(),
+            threads: None,
         },
         job_timeout_ms: 300_000,
         max_attempts: 3,

@@ -36,6 +36,8 @@ pub(super) async fn campaign(cmd: CampaignCmd) -> anyhow::Result<i32> {
             seconds,
             batch_sizes,
             inputs,
+            runtime,
+            threads,
             wait,
         } => {
             let mode = match mode.as_str() {
@@ -57,6 +59,8 @@ pub(super) async fn campaign(cmd: CampaignCmd) -> anyhow::Result<i32> {
                     symbols: vec![],
                     mode,
                     inputs: hone_common::shapes::InputShapes::parse_all(&inputs)?,
+                    runtime,
+                    threads,
                 },
                 job_timeout_ms,
                 max_attempts,

@@ -44,6 +44,9 @@ pub fn print_campaign(view: &CampaignView) {
         if let Some(em) = l.emulation.as_deref().filter(|e| e.starts_with("unthrottled")) {
             println!("    {em}");
         }
+        if let Some(rt) = l.runtime.as_deref().filter(|r| !r.starts_with("tract")) {
+            println!("    runtime: {rt}");
+        }
     }
 }
 
@@ -58,12 +61,22 @@ fn truncate(s: &str, n: usize) -> String {
 /// Prints the device registry; an incompatible device gets a line saying why.
 pub(super) fn print_devices(devices: &serde_json::Value) {
     println!(
-        "{:<24} {:<12} {:<8} {:>5} {:>9} {:<20} {:<8}",
-        "device", "status", "arch", "cores", "mem GiB", "profile", "version"
+        "{:<24} {:<12} {:<8} {:>5} {:>9} {:<20} {:<8} {:<18}",
+        "device", "status", "arch", "cores", "mem GiB", "profile", "version", "runtimes"
     );
     for d in devices.as_array().into_iter().flatten() {
+        let runtimes: Vec<String> = d["runtimes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["problem"].is_null())
+            .map(|r| {
+                let v = r["version"].as_str().unwrap_or("?");
+                format!("{} {v}", r["runtime"].as_str().unwrap_or("?"))
+            })
+            .collect();
         println!(
-            "{:<24} {:<12} {:<8} {:>5} {:>9.1} {:<20} {:<8}",
+            "{:<24} {:<12} {:<8} {:>5} {:>9.1} {:<20} {:<8} {:<18}",
             d["id"].as_str().unwrap_or(""),
             d["status"].as_str().unwrap_or(""),
             d["arch"].as_str().unwrap_or(""),
@@ -71,9 +84,15 @@ pub(super) fn print_devices(devices: &serde_json::Value) {
             d["memory_bytes"].as_f64().unwrap_or(0.0) / (1u64 << 30) as f64,
             d["profile"].as_str().unwrap_or("-"),
             d["agent_version"].as_str().unwrap_or(""),
+            if runtimes.is_empty() { "tract".to_string() } else { runtimes.join(", ") },
         );
         if let Some(problem) = d["problem"].as_str() {
             println!("    {problem}");
+        }
+        for r in d["runtimes"].as_array().into_iter().flatten() {
+            if let Some(p) = r["problem"].as_str() {
+                println!("    no {}: {p}", r["runtime"].as_str().unwrap_or("?"));
+            }
         }
     }
 }

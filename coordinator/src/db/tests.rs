@@ -13,6 +13,7 @@ async fn db() -> (tempfile::TempDir, Db) {
 
 fn status(id: &str, online: bool, session: u64) -> DeviceStatus {
     DeviceStatus {
+        runtimes: Default::default(),
         device_id: id.into(),
         online,
         session,

@@ -19,6 +19,7 @@ use crate::db::{ModelRow, testing};
 
 fn status(id: &str) -> DeviceStatus {
     DeviceStatus {
+        runtimes: Default::default(),
         device_id: id.into(),
         online: true,
         session: 1,

@@ -268,8 +268,9 @@ pub async fn create(
         .ok_or_else(|| CreateError::Invalid(format!("no model `{}`", req.model)))?;
     let selector: DeviceSelector = req.devices.parse().map_err(CreateError::Invalid)?;
     let devices = db.devices().await?;
-    let mut chosen = crate::campaign::select_devices(&selector, &devices)
-        .map_err(|e| CreateError::Invalid(e.to_string()))?;
+    let mut chosen =
+        crate::campaign::select_devices(&selector, &devices, hone_common::bench::Runtime::Tract)
+            .map_err(|e| CreateError::Invalid(e.to_string()))?;
     let offline: Vec<&String> = chosen
         .iter()
         .filter(|id| !devices.iter().any(|d| &&d.id == id && d.dispatchable()))

@@ -1,7 +1,8 @@
 //! Benchmarks run in a child process, under the device profile's limits.
 //!
 //! The agent never loads a model itself: it spawns its own executable with the hidden
-//! `bench-child` subcommand, which runs [`tract::run_benchmark`] and prints one JSON line
+//! `bench-child` subcommand, which runs [`tract::run_benchmark`] (or ONNX Runtime's, `ort`, when
+//! the job asks for it and the agent has the library) and prints one JSON line
 //! ([`ChildOutcome`]) on stdout. A crash, abort, out-of-memory kill or hang therefore ends the
 //! child, never the agent, and memory readings start from a fresh process.
 //!
@@ -10,6 +11,9 @@
 //! `sustained` runs the agent moves the quota along the thermal model; during every run it
 //! samples the host's temperatures and clocks.
 
+pub(crate) mod measure;
+#[cfg(not(target_env = "musl"))]
+pub mod ort;
 pub mod tract;
 
 use std::path::Path;
@@ -17,7 +21,9 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use hone_common::bench::{BenchMode, BenchReport, BenchSpec, EmulationStatus, ReadingSource};
+use hone_common::bench::{
+    BenchMode, BenchReport, BenchSpec, EmulationStatus, ReadingSource, Runtime, RuntimeAvailability,
+};
 use hone_common::wire::FailureKind;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
@@ -108,13 +114,18 @@ impl ChildOptions {
 }
 
 /// Entry point of the `bench-child` subcommand: runs the benchmark and prints the outcome.
-pub fn child_main(model: &Path, spec_json: &str, opts: &ChildOptions) -> i32 {
+pub fn child_main(
+    model: &Path,
+    spec_json: &str,
+    ort_lib: Option<&Path>,
+    opts: &ChildOptions,
+) -> i32 {
     let LimitErrors { rlimit_error, affinity_error } = opts.apply();
     let outcome = match serde_json::from_str::<BenchSpec>(spec_json) {
         Err(e) => {
             ChildOutcome::Failed { kind: FailureKind::Internal, reason: format!("bad spec: {e}") }
         }
-        Ok(spec) => match tract::run_benchmark(model, &spec) {
+        Ok(spec) => match run_in_runtime(model, &spec, ort_lib) {
             Ok(r) => ChildOutcome::Ok {
                 report: r.report,
                 measure_start_unix_ns: r.measure_start_unix_ns,
@@ -131,6 +142,122 @@ pub fn child_main(model: &Path, spec_json: &str, opts: &ChildOptions) -> i32 {
         println!("{line}");
     }
     0
+}
+
+/// Runs the benchmark in the runtime the spec names.
+fn run_in_runtime(
+    model: &Path,
+    spec: &BenchSpec,
+    ort_lib: Option<&Path>,
+) -> Result<tract::ChildResult, tract::BenchFailure> {
+    match spec.runtime {
+        Runtime::Tract => tract::run_benchmark(model, spec),
+        Runtime::Ort => {
+            let Some(lib) = ort_lib else {
+                return Err(tract::BenchFailure {
+                    kind: FailureKind::Unsupported,
+                    reason: NO_ORT_LIBRARY.to_string(),
+                });
+            };
+            run_ort(model, spec, lib)
+        }
+    }
+}
+
+/// Why an agent without `--ort-lib` cannot run ONNX Runtime.
+pub const NO_ORT_LIBRARY: &str = "this agent has no ONNX Runtime library (start it with --ort-lib \
+     PATH/libonnxruntime.so.1.31.1, from the onnxruntime==1.31.1 wheel)";
+
+#[cfg(not(target_env = "musl"))]
+fn run_ort(
+    model: &Path,
+    spec: &BenchSpec,
+    lib: &Path,
+) -> Result<tract::ChildResult, tract::BenchFailure> {
+    ort::run_benchmark(model, spec, lib)
+}
+
+#[cfg(target_env = "musl")]
+fn run_ort(
+    _model: &Path,
+    _spec: &BenchSpec,
+    _lib: &Path,
+) -> Result<tract::ChildResult, tract::BenchFailure> {
+    Err(tract::BenchFailure { kind: FailureKind::Unsupported, reason: MUSL_NO_ORT.to_string() })
+}
+
+/// Why a static musl agent is tract-only.
+pub const MUSL_NO_ORT: &str = "this agent is a static musl build, which cannot load ONNX Runtime's glibc library: \
+     tract only (use the glibc build for ONNX Runtime)";
+
+/// Entry point of the `ort-probe` subcommand: loads the library and prints one JSON line,
+/// `{"version": "1.31.1"}` or `{"problem": "..."}`. A library that crashes on load ends this
+/// process, not the agent.
+pub fn ort_probe_main(lib: &Path) -> i32 {
+    #[cfg(not(target_env = "musl"))]
+    let answer = match ort::probe(lib) {
+        Ok(v) => serde_json::json!({ "version": v }),
+        Err(p) => serde_json::json!({ "problem": p }),
+    };
+    #[cfg(target_env = "musl")]
+    let answer = {
+        let _ = lib;
+        serde_json::json!({ "problem": MUSL_NO_ORT })
+    };
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{answer}");
+    }
+    0
+}
+
+/// The runtimes this agent can measure in: tract always; ONNX Runtime when `ort_lib` loads in a
+/// probe child process (`exe ort-probe`) within 60 s, otherwise with the reason it does not.
+pub async fn available_runtimes(exe: &Path, ort_lib: Option<&Path>) -> Vec<RuntimeAvailability> {
+    let tract = RuntimeAvailability {
+        runtime: Runtime::Tract,
+        version: Some(tract::RUNTIME.trim_start_matches("tract ").to_string()),
+        problem: None,
+    };
+    let ort = match ort_lib {
+        None if cfg!(target_env = "musl") => Err(MUSL_NO_ORT.to_string()),
+        None => Err(NO_ORT_LIBRARY.to_string()),
+        Some(lib) => probe_ort(exe, lib).await,
+    };
+    let ort = match ort {
+        Ok(v) => RuntimeAvailability { runtime: Runtime::Ort, version: Some(v), problem: None },
+        Err(p) => RuntimeAvailability { runtime: Runtime::Ort, version: None, problem: Some(p) },
+    };
+    vec![tract, ort]
+}
+
+async fn probe_ort(exe: &Path, lib: &Path) -> Result<String, String> {
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("ort-probe")
+        .arg("--lib")
+        .arg(lib)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .env("RUST_LOG", "warn");
+    let child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .map_err(|_| format!("loading ONNX Runtime from {} took over 60 s", lib.display()))?
+        .map_err(|e| format!("ONNX Runtime probe: {e}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let answer =
+        stdout.lines().rev().find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok());
+    match answer {
+        Some(v) if v["version"].is_string() => Ok(v["version"].as_str().unwrap_or("").to_string()),
+        Some(v) => Err(v["problem"].as_str().unwrap_or("unknown problem").to_string()),
+        None => Err(format!(
+            "loading ONNX Runtime from {} crashed the probe ({})",
+            lib.display(),
+            describe_exit(&output.status)
+        )),
+    }
 }
 
 static GROUP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -238,14 +365,24 @@ struct Applied {
 
 /// Runs one benchmark of `model` in a child process of `exe` under `plan`, killing it after
 /// `timeout`. The report carries the emulation record, the calibration and the readings.
+///
+/// ONNX Runtime jobs get `ort_lib` and, unless the spec sets them, threads = the profile's cores
+/// (the host's without a profile).
 pub async fn run_in_child(
     exe: &Path,
     model: &Path,
     spec: &BenchSpec,
+    ort_lib: Option<&Path>,
     timeout: Duration,
     plan: &Plan,
     cgroups: &Cgroups,
 ) -> Result<BenchReport, (FailureKind, String)> {
+    let mut spec = spec.clone();
+    if spec.runtime == Runtime::Ort && spec.threads.is_none() {
+        let host = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+        spec.threads = Some(plan.cpus.unwrap_or(host).max(1));
+    }
+    let spec = &spec;
     let sustained = matches!(spec.mode, BenchMode::Sustained { .. });
     let spec_json = serde_json::to_string(spec).expect("spec serialises");
     let mut cmd = tokio::process::Command::new(exe);
@@ -255,6 +392,15 @@ pub async fn run_in_child(
         .arg(model)
         .arg("--spec")
         .arg(&spec_json)
+        .args(
+            ort_lib
+                .filter(|_| spec.runtime == Runtime::Ort)
+                .map(|l| {
+                    [std::ffi::OsStr::new("--ort-lib").to_os_string(), l.as_os_str().to_os_string()]
+                })
+                .into_iter()
+                .flatten(),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .env("RUST_LOG", "warn");

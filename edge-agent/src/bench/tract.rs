@@ -6,9 +6,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use hone_common::bench::{
-    BenchMode, BenchReport, BenchSpec, LatencyStats, ThroughputPoint, TimelinePoint,
-};
+use hone_common::bench::{BenchReport, BenchSpec, Execution, Runtime};
 use hone_common::wire::FailureKind;
 use prost::Message as _;
 use tract_onnx::pb;
@@ -53,13 +51,6 @@ pub struct ChildResult {
     pub measure_start_unix_ns: u128,
     /// Unix ns when the first inference ended.
     pub first_inference_end_unix_ns: u128,
-}
-
-fn unix_ns() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
 }
 
 /// An optimised, runnable plan.
@@ -109,131 +100,39 @@ pub fn run_benchmark(path: &Path, spec: &BenchSpec) -> Result<ChildResult, Bench
     let load_start = Instant::now();
     let proto = decode_proto(&bytes)?;
     drop(bytes);
-    let batch_one = match &spec.mode {
-        BenchMode::Throughput { batch_sizes } => batch_sizes.first().map(|b| u64::from(*b)),
-        _ => None,
-    };
+    let batch_one = super::measure::first_batch(spec);
     let plans = plan_inputs(&proto, spec, batch_one)?;
     let runnable = load(&proto, &plans)?;
     let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
-    let inputs = inputs_for(&plans)?;
-
-    run_once(&runnable, &inputs)?;
-    let first_inference_end_unix_ns = unix_ns();
-    let first_ms = load_start.elapsed().as_secs_f64() * 1e3 - load_ms;
-    for _ in 1..spec.warmup {
-        run_once(&runnable, &inputs)?;
-    }
-    let measure_start_unix_ns = unix_ns();
-    let measure_start = Instant::now();
-    let mut samples = Vec::with_capacity(spec.max_iterations.min(100_000) as usize);
-    let mut times = Vec::new();
-    let mut throughput = Vec::new();
-    let mut timeline = Vec::new();
-    match &spec.mode {
-        BenchMode::Cold => samples.push(first_ms),
-        BenchMode::Single => {
-            while samples.is_empty()
-                || (samples.len() < spec.max_iterations as usize
-                    && measure_start.elapsed().as_millis() < u128::from(spec.max_time_ms))
-            {
-                let t = Instant::now();
-                run_once(&runnable, &inputs)?;
-                samples.push(t.elapsed().as_secs_f64() * 1e3);
-            }
-        }
-        BenchMode::Sustained { seconds } => {
-            let limit = f64::from((*seconds).max(1));
-            while samples.is_empty() || measure_start.elapsed().as_secs_f64() < limit {
-                let t = Instant::now();
-                run_once(&runnable, &inputs)?;
-                samples.push(t.elapsed().as_secs_f64() * 1e3);
-                times.push(measure_start.elapsed().as_secs_f64());
-            }
-            let window = (limit / 60.0).max(1.0);
-            let mut start = 0;
-            let mut edge = window;
-            while start < samples.len() {
-                let end = times[start..]
-                    .iter()
-                    .position(|t| *t > edge)
-                    .map_or(samples.len(), |p| start + p);
-                if end > start {
-                    let stats =
-                        LatencyStats::from_samples(&samples[start..end]).expect("finite samples");
-                    timeline.push(TimelinePoint {
-                        t_s: times[end - 1],
-                        p50_ms: stats.p50_ms,
-                        iterations: (end - start) as u32,
-                        quota: None,
-                        clock_mhz: None,
-                        temperature_c: None,
-                        source: None,
-                    });
-                }
-                start = end;
-                edge += window;
-            }
-        }
-        BenchMode::Throughput { batch_sizes } => {
-            let per_batch_ms = (spec.max_time_ms / batch_sizes.len().max(1) as u64).max(100);
-            for (i, b) in batch_sizes.iter().enumerate() {
-                let (runnable_b, inputs_b) = if i == 0 {
-                    (None, None)
-                } else {
-                    let plans_b = plan_inputs(&proto, spec, Some(u64::from(*b)))?;
-                    (Some(load(&proto, &plans_b)?), Some(inputs_for(&plans_b)?))
-                };
-                let r = runnable_b.as_ref().unwrap_or(&runnable);
-                let x = inputs_b.as_ref().unwrap_or(&inputs);
-                for _ in 0..spec.warmup.min(3) {
-                    run_once(r, x)?;
-                }
-                let mut lat = Vec::new();
-                let start = Instant::now();
-                while lat.is_empty()
-                    || (start.elapsed().as_millis() < u128::from(per_batch_ms)
-                        && lat.len() < spec.max_iterations as usize)
-                {
-                    let t = Instant::now();
-                    run_once(r, x)?;
-                    lat.push(t.elapsed().as_secs_f64() * 1e3);
-                }
-                let total_s = lat.iter().sum::<f64>() / 1e3;
-                let stats = LatencyStats::from_samples(&lat).expect("finite samples");
-                throughput.push(ThroughputPoint {
-                    batch: *b,
-                    items_per_s: f64::from(*b) * lat.len() as f64 / total_s,
-                    p50_ms: stats.p50_ms,
-                });
-                if i == 0 {
-                    samples = lat;
-                }
-            }
-        }
-    }
-    let latency = LatencyStats::from_samples(&samples)
-        .ok_or_else(|| BenchFailure::invalid("no finite latency samples"))?;
-    let report = BenchReport {
-        latency,
-        served_requests: None,
-        iterations: samples.len() as u32,
-        warmup: spec.warmup,
+    let first = TractLoaded { inputs: inputs_for(&plans)?, runnable };
+    let described = plans.iter().map(describe).collect();
+    super::measure::measure(
+        spec,
+        load_start,
         load_ms,
-        peak_rss_bytes: crate::host::peak_rss_bytes().unwrap_or(0),
-        synthetic_inputs: true,
-        inputs: plans.iter().map(describe).collect(),
-        runtime: RUNTIME.to_string(),
-        mode: spec.mode.clone(),
-        emulation: Default::default(),
-        calibration: None,
-        agent_version: hone_common::HONE_VERSION.to_string(),
-        timeline,
-        throughput,
-        cold_start_ms: None,
-        readings: Default::default(),
-    };
-    Ok(ChildResult { report, measure_start_unix_ns, first_inference_end_unix_ns })
+        first,
+        described,
+        |batch| {
+            let plans = plan_inputs(&proto, spec, Some(batch))?;
+            Ok(TractLoaded { runnable: load(&proto, &plans)?, inputs: inputs_for(&plans)? })
+        },
+        super::measure::RuntimeInfo {
+            name: RUNTIME.to_string(),
+            execution: Execution { runtime: Runtime::Tract, threads: 1, spinning: false },
+        },
+    )
+}
+
+/// A tract plan with its inputs.
+struct TractLoaded {
+    runnable: Runnable,
+    inputs: TVec<TValue>,
+}
+
+impl super::measure::Loaded for TractLoaded {
+    fn run_once(&mut self) -> Result<(), BenchFailure> {
+        run_once(&self.runnable, &self.inputs)
+    }
 }
 
 /// Compute cost of a model as tract plans it for `spec`'s input shapes.
@@ -290,7 +189,7 @@ pub fn cost(path: &Path, spec: &BenchSpec) -> Result<ModelCost, BenchFailure> {
 
 /// Decodes a model and forgets the dynamic sizes of its intermediate and output shapes (see
 /// [`hone_graph::relax_shape_hints`]); the inputs keep theirs for [`plan_inputs`].
-fn decode_proto(bytes: &[u8]) -> Result<pb::ModelProto, BenchFailure> {
+pub(crate) fn decode_proto(bytes: &[u8]) -> Result<pb::ModelProto, BenchFailure> {
     let mut proto = pb::ModelProto::decode(bytes)
         .map_err(|e| BenchFailure::invalid(format!("not an ONNX protobuf: {e}")))?;
     hone_graph::relax_shape_hints(&mut proto);
@@ -358,7 +257,7 @@ pub fn infer(path: &Path, spec: &BenchSpec) -> Result<Vec<OutputValues>, BenchFa
         .collect()
 }
 
-fn describe(plan: &InputPlan) -> String {
+pub(crate) fn describe(plan: &InputPlan) -> String {
     let dims: Vec<String> = plan.shape.iter().map(|d| d.to_string()).collect();
     format!("{}: {:?}[{}]", plan.name, plan.datum, dims.join(","))
 }
@@ -435,6 +334,7 @@ pub(crate) fn synthetic_tensor(plan: &InputPlan) -> Result<Tensor, BenchFailure>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hone_common::bench::BenchMode;
     use hone_common::shapes::InputShapes;
 
     /// A shape as exporters write it: a number (`-1` included) or a `dim_param` (`?` included).

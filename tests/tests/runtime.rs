@@ -1,0 +1,189 @@
+//! ONNX Runtime on the agents: side by side with tract in `edge-agent bench`, in a campaign on
+//! local agents, and a missing or broken library (a clear reason; tract jobs go on).
+
+use std::process::Command;
+use std::time::Duration;
+
+use hone_e2e::*;
+use serde_json::{Value, json};
+
+fn ort_lib() -> String {
+    asset("onnxruntime-lib").display().to_string()
+}
+
+/// `edge-agent bench --runtime tract,ort` measures both on the same inputs, alternating, and
+/// records ONNX Runtime's threads and that its threads do not spin.
+#[test]
+fn the_agent_benchmarks_tract_and_onnx_runtime_side_by_side() {
+    let model = asset("minilm-l3-onnx");
+    let out = Command::new(bin("edge-agent"))
+        .args(["bench", "--model"])
+        .arg(&model)
+        .args(["--runtime", "tract,ort", "--ort-lib", &ort_lib(), "--threads", "1"])
+        .args(["--repeat", "2", "--iterations", "5", "--warmup", "1", "--json"])
+        .args(["--input", "input_ids=1x32,attention_mask=1x32"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    let order: Vec<&str> =
+        runs.iter().map(|r| r["execution"]["runtime"].as_str().unwrap()).collect();
+    assert_eq!(order, ["tract", "ort", "tract", "ort"], "runs alternate");
+    for r in runs {
+        assert_eq!(r["inputs"][0], "input_ids: I64[1,32]", "same shapes in both: {r}");
+        assert!(r["latency"]["p50_ms"].as_f64().unwrap() > 0.0);
+    }
+    let ort = &runs[1];
+    assert!(ort["runtime"].as_str().unwrap().starts_with("onnxruntime 1.31.1"), "{ort}");
+    assert_eq!(ort["execution"]["threads"], 1);
+    assert_eq!(ort["execution"]["spinning"], false);
+    assert_eq!(runs[0]["runtime"], "tract 0.23.9");
+    let by = v["by_runtime"].as_array().unwrap();
+    assert_eq!(by.len(), 2);
+    assert_eq!(by[1]["runs"], 2);
+
+    // A missing library: a clear error, nothing measured in ONNX Runtime.
+    let out = Command::new(bin("edge-agent"))
+        .args(["bench", "--model"])
+        .arg(&model)
+        .args(["--runtime", "ort", "--ort-lib", "/nonexistent/libonnxruntime.so", "--json"])
+        .args(["--input", "input_ids=1x8,attention_mask=1x8"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["outcome"], "unsupported", "{v}");
+    assert!(
+        v["reason"].as_str().unwrap().contains("no ONNX Runtime library at /nonexistent"),
+        "{v}"
+    );
+}
+
+/// The probe names what is wrong with a library: missing, not a shared library, or a shared
+/// library that is not ONNX Runtime; and gives the version of the real one.
+#[test]
+fn the_runtime_probe_explains_a_missing_or_wrong_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = |lib: &std::path::Path| -> Value {
+        let out = Command::new(bin("edge-agent")).arg("ort-probe").arg("--lib").arg(lib).output();
+        let out = out.unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert_eq!(probe(&asset("onnxruntime-lib"))["version"], "1.31.1");
+    let missing = probe(&dir.path().join("libonnxruntime.so"));
+    assert!(missing["problem"].as_str().unwrap().starts_with("no ONNX Runtime library at"));
+    let junk = dir.path().join("libjunk.so");
+    std::fs::write(&junk, b"not an ELF file at all").unwrap();
+    let junk = probe(&junk);
+    assert!(junk["problem"].as_str().unwrap().contains("cannot load ONNX Runtime"), "{junk}");
+    // A real shared library that is not ONNX Runtime (the C library itself).
+    let libc = ["/lib/x86_64-linux-gnu/libc.so.6", "/lib/aarch64-linux-gnu/libc.so.6"]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists());
+    if let Some(libc) = libc {
+        let other = probe(&libc);
+        let p = other["problem"].as_str().unwrap();
+        assert!(p.contains("does not export `OrtGetApiBase`"), "{other}");
+    }
+}
+
+/// An agent with ONNX Runtime measures a campaign in it; an agent whose library is broken says
+/// why in its status, is never sent an ONNX Runtime job (creation names it and its reason), and
+/// runs tract jobs on.
+#[test]
+fn a_campaign_runs_in_onnx_runtime_on_the_agents_that_have_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord =
+        CoordinatorProc::start(&dir.path().join("coord"), Broker::Embedded(free_port()), None)
+            .unwrap();
+    let api = coord.api();
+    let agents = dir.path().join("agents");
+    let (good, broken) = (unique("ort-good"), unique("ort-broken"));
+    let lib = ort_lib();
+    let _g =
+        AgentProc::start_with(&coord, &agents, &good, &["--profile", "rpi5", "--ort-lib", &lib], 5)
+            .unwrap();
+    let junk = dir.path().join("libonnxruntime.so.1.31.1");
+    std::fs::write(&junk, vec![0u8; 4096]).unwrap();
+    let junk = junk.display().to_string();
+    let _b = AgentProc::start_with(
+        &coord,
+        &agents,
+        &broken,
+        &["--profile", "rpi5", "--ort-lib", &junk],
+        5,
+    )
+    .unwrap();
+    for id in [&good, &broken] {
+        api.wait_device(id, true, Duration::from_secs(60)).unwrap();
+    }
+    let runtimes =
+        |id: &str| api.get(&format!("/api/v1/devices/{id}")).unwrap()["runtimes"].clone();
+    let g = runtimes(&good);
+    let ort = g.as_array().unwrap().iter().find(|r| r["runtime"] == "ort").unwrap();
+    assert_eq!(ort["version"], "1.31.1", "{g}");
+    assert!(ort["problem"].is_null(), "{g}");
+    let b = runtimes(&broken);
+    let ort = b.as_array().unwrap().iter().find(|r| r["runtime"] == "ort").unwrap();
+    let problem = ort["problem"].as_str().unwrap();
+    assert!(problem.contains("cannot load ONNX Runtime from") && problem.contains(&junk), "{b}");
+    let tract = b.as_array().unwrap().iter().find(|r| r["runtime"] == "tract").unwrap();
+    assert_eq!(tract["version"], "0.23.9");
+
+    let minilm = api
+        .register_with_inputs(
+            &asset("minilm-l3-onnx"),
+            "minilm-l3",
+            "input_ids=1x64,attention_mask=1x64",
+        )
+        .unwrap();
+    let bench = |runtime: &str| {
+        json!({"warmup": 2, "max_iterations": 8, "max_time_ms": 3000, "symbols": [],
+               "runtime": runtime})
+    };
+    // Named: the broken device is refused with its reason, before any job exists.
+    let (code, body) = api
+        .post(
+            "/api/v1/campaigns",
+            &json!({"models": [minilm], "devices": format!("{good},{broken}"),
+                    "bench": bench("ort")}),
+        )
+        .unwrap();
+    assert_eq!(code, 400, "{body}");
+    let text = body.to_string();
+    assert!(text.contains(&broken) && text.contains("cannot load ONNX Runtime"), "{text}");
+    assert!(!text.contains(&format!("{good}:")), "the good device is not blamed: {text}");
+
+    // By profile: only the device that runs ONNX Runtime gets the job.
+    let ort_campaign = api
+        .start_campaign(json!({"models": [minilm], "devices": "profile:rpi5",
+                               "bench": bench("ort"), "max_parallel": 1}))
+        .unwrap();
+    let view = api.wait_campaign(&ort_campaign, Duration::from_secs(180)).unwrap();
+    let lines = view["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 1, "{view}");
+    let l = &lines[0];
+    assert_eq!(l["device"], good.as_str());
+    assert_eq!(l["state"], "done", "{l}");
+    let rt = l["runtime"].as_str().unwrap();
+    assert!(rt.starts_with("onnxruntime 1.31.1") && rt.ends_with("no spinning"), "{rt}");
+    assert_eq!(l["emulation"], "emulated", "{l}");
+
+    // The broken device runs tract jobs on.
+    let tract_campaign = api
+        .start_campaign(json!({"models": [minilm], "devices": broken, "bench": bench("tract")}))
+        .unwrap();
+    let view = api.wait_campaign(&tract_campaign, Duration::from_secs(180)).unwrap();
+    let l = &view["lines"][0];
+    assert_eq!(l["state"], "done", "{l}");
+    assert!(l["runtime"].as_str().unwrap().starts_with("tract 0.23.9, 1 thread"), "{l}");
+
+    // The CLI lists what each device runs and why not.
+    let out = coord.cli().args(["devices", "list"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ort 1.31.1"), "{text}");
+    assert!(text.contains("no ort: cannot load ONNX Runtime"), "{text}");
+}
