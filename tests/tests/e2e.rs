@@ -7,6 +7,7 @@ mod demo;
 mod deploy;
 mod faults;
 mod hostile;
+mod optimize;
 mod pipeline;
 mod prune;
 mod report;

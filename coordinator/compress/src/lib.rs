@@ -62,6 +62,7 @@ pub mod distill;
 pub mod method;
 pub mod predict;
 pub mod prune;
+pub mod ptq;
 
 pub use method::{
     Candidate, CompressionMethod, DistillMethod, MethodContext, Precision, PruneGrid, PruneMethod,

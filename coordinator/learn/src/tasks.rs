@@ -36,6 +36,8 @@ pub struct EvalTask {
     pub limit: Option<usize>,
     /// Examples per tract run.
     pub batch_size: usize,
+    /// The runtime that runs the model (the reference always runs in tract).
+    pub runtime: crate::eval::EvalRuntime,
 }
 
 /// What `coordinator train` trains.
@@ -93,12 +95,12 @@ pub fn evaluate(a: EvalTask) -> anyhow::Result<(serde_json::Value, String)> {
                 data.name()
             );
         }
-        let acc = eval::accuracy_of(&graph, &data, which, a.batch_size, a.limit, output)
+        let acc = eval::accuracy_in(&graph, &data, which, a.batch_size, a.limit, output, a.runtime)
             .with_context(|| format!("evaluating {}", a.model.display()))?;
         let secs = start.elapsed().as_secs_f64();
         let v = serde_json::json!({
             "model": a.model, "data": a.data, "part": a.part, "accuracy": acc.value(),
-            "correct": acc.correct, "total": acc.total, "seconds": secs,
+            "correct": acc.correct, "total": acc.total, "seconds": secs, "runtime": a.runtime,
         });
         let text = format!(
             "accuracy {:.4} ({}/{} {} {} examples, {secs:.1} s)",
@@ -112,17 +114,16 @@ pub fn evaluate(a: EvalTask) -> anyhow::Result<(serde_json::Value, String)> {
     };
     let reference_graph = eval::load_model(reference)?;
     data.check(&reference_graph).with_context(|| format!("reference {}", reference.display()))?;
-    let f = eval::fidelity(&graph, &reference_graph, &data, which, a.batch_size, a.limit, output)
-        .with_context(|| {
-        format!("comparing {} with {}", a.model.display(), reference.display())
-    })?;
+    let (g, r) = (&graph, &reference_graph);
+    let f = eval::fidelity_in(g, r, &data, which, a.batch_size, a.limit, output, a.runtime)
+        .with_context(|| format!("comparing {} with {}", a.model.display(), reference.display()))?;
     let secs = start.elapsed().as_secs_f64();
     let v = serde_json::json!({
         "model": a.model, "reference": reference, "data": a.data, "part": a.part,
         "examples": f.examples,
         "accuracy": f.model_accuracy.map(|x| x.value()),
         "reference_accuracy": f.reference_accuracy.map(|x| x.value()),
-        "fidelity": f, "seconds": secs,
+        "fidelity": f, "seconds": secs, "runtime": a.runtime,
     });
     let mut text = format!(
         "fidelity against {} on {} {} ({} examples, output `{}` vs `{}`, {secs:.1} s)\n  \

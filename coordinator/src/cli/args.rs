@@ -62,6 +62,10 @@ pub(super) enum Command {
     DistillScale(crate::cli::distill::ScaleArgs),
     /// Fold constant and static-shape subgraphs into initializers (no data, no retraining).
     Fold(crate::cli::graph::FoldArgs),
+    /// Make a model faster without retraining: post-training passes (folding, int8) judged on
+    /// held-out data and timed side by side in tract and ONNX Runtime; the fastest within the
+    /// quality budget is written, with the table it was chosen from.
+    Optimize(Box<crate::cli::optimize::OptimizeArgs>),
     /// Generative language models: import a GGUF Llama into ONNX, generate with tract.
     Llm {
         #[command(subcommand)]

@@ -93,6 +93,10 @@ pub struct EvalArgs {
     /// Examples per tract run.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
+    /// Run the model in tract or in ONNX Runtime (`ort`, one thread; the reference stays in
+    /// tract).
+    #[arg(long, default_value = "tract")]
+    runtime: hone_common::bench::Runtime,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -154,6 +158,12 @@ impl From<EvalArgs> for EvalTask {
             part: a.part,
             limit: a.limit,
             batch_size: a.batch_size,
+            runtime: match a.runtime {
+                hone_common::bench::Runtime::Tract => hone_learn::eval::EvalRuntime::Tract,
+                hone_common::bench::Runtime::Ort => {
+                    hone_learn::eval::EvalRuntime::Ort { threads: 1 }
+                }
+            },
         }
     }
 }

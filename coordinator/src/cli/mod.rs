@@ -18,6 +18,7 @@ mod fleet;
 pub mod graph;
 pub mod learn;
 pub mod llm;
+mod optimize;
 mod pipeline;
 mod print;
 mod progress;
@@ -152,6 +153,7 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::ExecBench(args) => learn::run_exec_bench(args).await,
         Command::Train(args) => learn::train(args).await,
         Command::Fold(args) => graph::run(args).await,
+        Command::Optimize(args) => optimize::run(*args).await,
         Command::Llm { command } => llm::run(command).await,
         Command::Compress(args) => pipeline::compress(*args).await,
         Command::Pipeline { command } => pipeline::pipeline(command).await,

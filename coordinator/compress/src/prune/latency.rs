@@ -22,7 +22,7 @@ pub struct Timing {
     pub runs: usize,
 }
 
-fn inputs_for(inputs: &[(DType, Vec<usize>)]) -> TVec<TValue> {
+pub(crate) fn inputs_for(inputs: &[(DType, Vec<usize>)]) -> TVec<TValue> {
     inputs
         .iter()
         .map(|(dt, dims)| {
@@ -52,7 +52,7 @@ fn inputs_for(inputs: &[(DType, Vec<usize>)]) -> TVec<TValue> {
 }
 
 /// The attention mask input, when named so, is all ones.
-fn fix_masks(graph: &Graph, values: &mut TVec<TValue>) {
+pub(crate) fn fix_masks(graph: &Graph, values: &mut TVec<TValue>) {
     let names = hone_learn::eval::tract::true_inputs(graph);
     for (ix, name) in names.iter().enumerate() {
         if name.contains("mask")

@@ -116,6 +116,44 @@ impl TractRunner {
     }
 }
 
+/// The runtime a figure is computed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalRuntime {
+    /// tract (one plan per input shape).
+    #[default]
+    Tract,
+    /// ONNX Runtime on this many intra-op threads ([`super::ort`]).
+    Ort {
+        /// Intra-op threads.
+        threads: usize,
+    },
+}
+
+/// A model in the runtime that evaluates it.
+pub(crate) enum ModelRunner {
+    Tract(Box<TractRunner>),
+    Ort(super::ort::OrtModel),
+}
+
+impl ModelRunner {
+    pub(crate) fn new(graph: Graph, runtime: EvalRuntime) -> anyhow::Result<ModelRunner> {
+        Ok(match runtime {
+            EvalRuntime::Tract => ModelRunner::Tract(Box::new(TractRunner::new(graph))),
+            EvalRuntime::Ort { threads } => {
+                ModelRunner::Ort(super::ort::OrtModel::new(&graph, threads)?)
+            }
+        })
+    }
+
+    pub(crate) fn run(&mut self, batch: &EvalBatch) -> anyhow::Result<Vec<Output>> {
+        match self {
+            ModelRunner::Tract(r) => r.run(batch),
+            ModelRunner::Ort(m) => m.run(&batch.inputs),
+        }
+    }
+}
+
 /// The `n` rows of an output whose first axis is the batch.
 fn rows<'a>(output: &'a Output, n: usize, name: &str) -> anyhow::Result<Vec<&'a [f32]>> {
     let (shape, values) = output;
@@ -178,6 +216,19 @@ pub fn accuracy_of(
     limit: Option<usize>,
     output: Option<&str>,
 ) -> anyhow::Result<Accuracy> {
+    accuracy_in(model, data, part, batch_size, limit, output, EvalRuntime::Tract)
+}
+
+/// [`accuracy_of`] computed in `runtime`.
+pub fn accuracy_in(
+    model: &Graph,
+    data: &EvalData,
+    part: Part,
+    batch_size: usize,
+    limit: Option<usize>,
+    output: Option<&str>,
+    runtime: EvalRuntime,
+) -> anyhow::Result<Accuracy> {
     let classes = data.num_classes().ok_or_else(|| {
         anyhow!(
             "data set `{}` has no labels, so there is no accuracy: compare the model with a \
@@ -193,7 +244,7 @@ pub fn accuracy_of(
     let name = graph.outputs()[out].name.clone();
     let examples = data.examples(part, limit, None);
     let seq_len = fixed_len(data, &examples);
-    let mut runner = TractRunner::new(graph);
+    let mut runner = ModelRunner::new(graph, runtime)?;
     let mut correct = 0;
     for chunk in examples.chunks(batch_size) {
         let b = feeder.batch(chunk, seq_len)?;
@@ -228,6 +279,21 @@ pub fn fidelity(
     limit: Option<usize>,
     output: Option<&str>,
 ) -> anyhow::Result<Fidelity> {
+    fidelity_in(model, reference, data, part, batch_size, limit, output, EvalRuntime::Tract)
+}
+
+/// [`fidelity`] with the model run in `runtime` (the reference always in tract).
+#[allow(clippy::too_many_arguments)]
+pub fn fidelity_in(
+    model: &Graph,
+    reference: &Graph,
+    data: &EvalData,
+    part: Part,
+    batch_size: usize,
+    limit: Option<usize>,
+    output: Option<&str>,
+    runtime: EvalRuntime,
+) -> anyhow::Result<Fidelity> {
     if batch_size == 0 {
         bail!("batch size must be at least 1");
     }
@@ -238,7 +304,8 @@ pub fn fidelity(
         .context("the reference model")?;
     let name_m = g_model.outputs()[out_m].name.clone();
     let name_r = g_reference.outputs()[out_r].name.clone();
-    let (mut run_m, mut run_r) = (TractRunner::new(g_model), TractRunner::new(g_reference));
+    let (mut run_m, mut run_r) =
+        (ModelRunner::new(g_model, runtime)?, ModelRunner::new(g_reference, EvalRuntime::Tract)?);
     let examples = data.examples(part, limit, None);
     let seq_len = fixed_len(data, &examples);
     let classes = data.num_classes();

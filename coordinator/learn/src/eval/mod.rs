@@ -16,11 +16,13 @@
 //! - [`fidelity`]: top-1 agreement and cosine similarity of a model's output rows against a
 //!   reference's, on the same examples (pruned against original, student against teacher).
 //!
-//! tract runs every figure here: the runtime the edge agents use. Text is padded to the
+//! tract runs every figure here by default: the runtime every edge agent has. [`ort`] runs
+//! them in ONNX Runtime instead ([`EvalRuntime`]), for models meant for it. Text is padded to the
 //! longest sentence of the evaluated examples, so that tract plans once per batch size.
 
 mod data;
 mod metrics;
+pub mod ort;
 pub mod photos;
 pub mod stats;
 pub mod tract;
@@ -35,7 +37,9 @@ use anyhow::Context as _;
 
 pub use data::{DATA_NAMES, EvalBatch, EvalData, MAX_TOKENS, TextData};
 pub(crate) use metrics::TractRunner;
-pub use metrics::{Fidelity, accuracy, accuracy_of, fidelity};
+pub use metrics::{
+    EvalRuntime, Fidelity, accuracy, accuracy_in, accuracy_of, fidelity, fidelity_in,
+};
 pub use photos::{PhotoSet, photos};
 
 use hone_graph::Graph;
