@@ -187,3 +187,102 @@ fn a_campaign_runs_in_onnx_runtime_on_the_agents_that_have_it() {
     assert!(text.contains("ort 1.31.1"), "{text}");
     assert!(text.contains("no ort: cannot load ONNX Runtime"), "{text}");
 }
+
+/// The pipeline treats the runtime as a dimension: post-training candidates (the parent and
+/// its int8 forms, for ONNX Runtime) are judged in ONNX Runtime and measured by the agents that
+/// run it, beside the parent in tract; each class's winner comes from its own measurements.
+/// A class whose agents have no ONNX Runtime keeps to tract and says why.
+#[test]
+fn a_pipeline_measures_onnx_runtime_candidates_on_the_classes_that_run_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord =
+        CoordinatorProc::start(&dir.path().join("coord"), Broker::Embedded(free_port()), None)
+            .unwrap();
+    let api = coord.api();
+    let agents = dir.path().join("agents");
+    let (with_ort, without) = (unique("pl-ort"), unique("pl-tract"));
+    let lib = ort_lib();
+    let _a = AgentProc::start_with(
+        &coord,
+        &agents,
+        &with_ort,
+        &["--profile", "rpi5", "--ort-lib", &lib],
+        5,
+    )
+    .unwrap();
+    let _b = AgentProc::start(&coord, &agents, &without, "rpi4", 5).unwrap();
+    for id in [&with_ort, &without] {
+        api.wait_device(id, true, Duration::from_secs(60)).unwrap();
+    }
+    let model = api
+        .register_with_inputs(
+            &asset("minilm-l3-onnx"),
+            "minilm-l3",
+            "input_ids=1x32,attention_mask=1x32",
+        )
+        .unwrap();
+    let (code, body) = api
+        .post(
+            "/api/v1/pipelines",
+            &json!({
+                "model": model, "data": "vader", "devices": ["rpi5", "rpi4"],
+                "methods": ["ptq"], "min_fidelity": 0.5, "exhaustive": true,
+                "validation_limit": 48, "max_parallel": 1,
+                "bench": {"warmup": 2, "max_iterations": 15, "max_time_ms": 1500, "symbols": []},
+                "job_timeout_ms": 120000,
+            }),
+        )
+        .unwrap();
+    assert!(code == 200 || code == 201, "{code} {body}");
+    let id = body["id"].as_str().or(body["pipeline"].as_str()).unwrap().to_string();
+    let start = std::time::Instant::now();
+    let r = loop {
+        let v = api.get(&format!("/api/v1/pipelines/{id}")).unwrap();
+        let state = v["state"].as_str().unwrap_or("").to_string();
+        if ["done", "failed", "cancelled"].contains(&state.as_str()) {
+            break v;
+        }
+        assert!(start.elapsed() < Duration::from_secs(600), "stuck: {v}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let r = if r.get("result").is_some() { r["result"].clone() } else { r };
+    assert_eq!(r["state"], "done", "{r}\n{}", coord.log());
+    let class = |name: &str| {
+        r["classes"].as_array().unwrap().iter().find(|c| c["class"] == name).unwrap().clone()
+    };
+    let ort_class = class("rpi5");
+    let cands = ort_class["candidates"].as_array().unwrap();
+    assert_eq!(cands.len(), 3, "the parent in ONNX Runtime, int8 8-bit and 7-bit: {ort_class}");
+    for c in cands {
+        assert_eq!(c["runtime"], "ort", "{c}");
+        assert_eq!(c["status"], "measured", "{c}");
+        assert!(c["p50_ms"].as_f64().unwrap() > 0.0);
+    }
+    let int8 = cands.iter().filter(|c| c["precision"] == "int8").count();
+    assert_eq!(int8, 2, "{ort_class}");
+    assert!(ort_class["how"].as_str().unwrap().contains("onnxruntime 1.31.1"), "{ort_class}");
+    // The winner is whichever of the parent (tract) and the candidates measured fastest.
+    let mut best = ("parent".to_string(), ort_class["parent"]["p50_ms"].as_f64().unwrap());
+    for c in cands {
+        let ms = c["p50_ms"].as_f64().unwrap();
+        if c["fidelity"].as_f64().unwrap() >= 0.5 && ms < best.1 {
+            best = (c["id"].as_str().unwrap().to_string(), ms);
+        }
+    }
+    let winner = &ort_class["winner"];
+    assert_eq!(winner["p50_ms"].as_f64().unwrap(), best.1, "{ort_class}");
+    if best.0 != "parent" {
+        assert_eq!(winner["runtime"], "ort", "{winner}");
+    }
+    // The ONNX Runtime measurements have their own campaign, in ONNX Runtime.
+    let campaign = api.get(&format!("/api/v1/campaigns/{id}-m1-ort")).unwrap();
+    assert_eq!(campaign["spec"]["bench"]["runtime"], "ort", "{campaign}");
+    // The class without ONNX Runtime: its candidates are skipped with the reason, the parent
+    // (tract) wins.
+    let tract_class = class("rpi4");
+    for c in tract_class["candidates"].as_array().unwrap() {
+        assert_eq!(c["status"], "skipped", "{c}");
+        assert!(c["note"].as_str().unwrap().contains("no online device of rpi4 runs ort"), "{c}");
+    }
+    assert_eq!(tract_class["winner"]["model"], tract_class["parent"]["model"]);
+}

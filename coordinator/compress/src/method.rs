@@ -24,16 +24,8 @@ use crate::prune::alloc::Allocation;
 use crate::prune::importance::Criterion;
 use crate::prune::run::{PruneConfig, PruneSession};
 
-/// The runtime a candidate is meant to run in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-#[non_exhaustive]
-pub enum Runtime {
-    /// tract, the runtime of the edge agents.
-    Tract,
-}
-
-crate::named_enum!(Runtime, "runtime" { Tract => "tract" });
+/// The runtime a candidate is meant to run in: the agents' own values (`tract`, `ort`).
+pub use hone_common::bench::Runtime;
 
 /// The numeric precision of a candidate's weights and arithmetic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,9 +34,11 @@ crate::named_enum!(Runtime, "runtime" { Tract => "tract" });
 pub enum Precision {
     /// 32-bit floats.
     F32,
+    /// int8 weights (and int8 arithmetic where the runtime has it).
+    Int8,
 }
 
-crate::named_enum!(Precision, "precision" { F32 => "f32" });
+crate::named_enum!(Precision, "precision" { F32 => "f32", Int8 => "int8" });
 
 /// The device class a candidate is made for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,13 +124,14 @@ pub trait CompressionMethod: Send + Sync {
 }
 
 /// The methods a pipeline can run, by name.
-pub const METHOD_NAMES: &[&str] = &["prune", "distill"];
+pub const METHOD_NAMES: &[&str] = &["prune", "distill", "ptq"];
 
 /// The method called `name`, with its default search space.
 pub fn method(name: &str) -> anyhow::Result<Box<dyn CompressionMethod>> {
     match name {
         "prune" => Ok(Box::new(PruneMethod::new(PruneGrid::default()))),
         "distill" => Ok(Box::new(DistillMethod::default())),
+        "ptq" => Ok(Box::new(crate::ptq::PtqMethod::default())),
         other => bail!("unknown compression method `{other}`: one of {}", METHOD_NAMES.join(", ")),
     }
 }

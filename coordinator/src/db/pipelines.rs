@@ -216,13 +216,15 @@ impl Db {
     pub async fn update_candidate(&self, c: &CandidateRecord, now_ms: i64) -> Result<()> {
         // See `insert_candidate` for the literal NULL.
         let query = if c.predicted_ms.is_some() {
-            "UPDATE pipeline_candidates SET model_id = $1, status = $2, note = $3, validation = $4, \
-             updated_at_ms = $5, predicted_ms = $6 WHERE id = $7"
+            "UPDATE pipeline_candidates SET runtime = $1, precision_name = $2, model_id = $3, status = $4, \
+             note = $5, validation = $6, updated_at_ms = $7, predicted_ms = $8 WHERE id = $9"
         } else {
-            "UPDATE pipeline_candidates SET model_id = $1, status = $2, note = $3, validation = $4, \
-             updated_at_ms = $5, predicted_ms = NULL WHERE id = $6"
+            "UPDATE pipeline_candidates SET runtime = $1, precision_name = $2, model_id = $3, status = $4, \
+             note = $5, validation = $6, updated_at_ms = $7, predicted_ms = NULL WHERE id = $8"
         };
         let mut q_ = sqlx::query(query)
+            .bind(&c.runtime)
+            .bind(&c.precision)
             .bind(&c.model_id)
             .bind(&c.status)
             .bind(&c.note)

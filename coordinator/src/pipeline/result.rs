@@ -112,6 +112,12 @@ pub struct Figures {
     /// A language model's perplexity on the validation part.
     #[serde(default)]
     pub perplexity: Option<f64>,
+    /// The runtime that measured it (`tract`, `ort`).
+    #[serde(default)]
+    pub runtime: Option<String>,
+    /// Its precision (`f32`, `int8`).
+    #[serde(default)]
+    pub precision: Option<String>,
 }
 
 /// One candidate of a class.
@@ -125,9 +131,9 @@ pub struct CandidateRow {
     pub method: String,
     /// The method's settings.
     pub settings: serde_json::Value,
-    /// Runtime it targets (`tract`).
+    /// Runtime it targets and was measured in (`tract`, `ort`).
     pub runtime: String,
-    /// Precision (`f32`).
+    /// Precision (`f32`, `int8`).
     pub precision: String,
     /// Float parameters.
     pub params: Option<u64>,

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use hone_common::bench::Runtime;
 use hone_common::clock::now_ms;
 use hone_compress::method::{CompressionMethod, MethodContext, PruneMethod, Target};
 use hone_compress::predict::{Features, LatencyModel};
@@ -80,6 +81,9 @@ struct Quality {
     /// Examples (a language model's: positions) judged.
     examples: usize,
 }
+
+/// A measurement's key: (class, model id, runtime).
+type Key = (String, String, Runtime);
 
 /// Everything a drive knows in memory besides the database.
 struct Drive {
@@ -179,7 +183,7 @@ impl Runner {
         let parent_campaign = format!("{}-parent", d.row.id);
         let mut jobs = Vec::new();
         for class in &d.classes {
-            match self.device_of(class).await? {
+            match self.device_of(class, Runtime::Tract).await? {
                 Some(dev) => jobs.push((d.parent.id.clone(), dev)),
                 None => warn!(pipeline = %d.row.id, class, "no online device of this class"),
             }
@@ -187,13 +191,15 @@ impl Runner {
         if jobs.is_empty() {
             bail!("no class has an online device: {}", d.classes.join(", "));
         }
-        self.ensure_campaign(&d, &parent_campaign, &jobs).await?;
+        self.ensure_campaign(&d, &parent_campaign, &jobs, Runtime::Tract).await?;
         self.wait_campaign(&d.row.id, &parent_campaign, &stop).await?;
         let measured = self.measurements(&d.row.id).await?;
         let live: Vec<String> = d
             .classes
             .iter()
-            .filter(|c| measured.contains_key(&(c.to_string(), d.parent.id.clone())))
+            .filter(|c| {
+                measured.contains_key(&(c.to_string(), d.parent.id.clone(), Runtime::Tract))
+            })
             .cloned()
             .collect();
         if live.is_empty() {
@@ -246,6 +252,10 @@ impl Runner {
                 warn!(%pipeline, class = %class.class, "no winner to deploy");
                 continue;
             };
+            if winner.runtime.as_deref().is_some_and(|r| r != "tract") {
+                warn!(%pipeline, class = %class.class, model = %winner.model, "the winner runs in ONNX Runtime, which agents do not serve yet: not deployed");
+                continue;
+            }
             let mut req = template.clone();
             req.id = Some(format!("{pipeline}-{}", class.class));
             req.model = winner.model.clone();
@@ -281,8 +291,8 @@ impl Runner {
         Ok(())
     }
 
-    /// An online, compatible device of `class`, the least busy first.
-    async fn device_of(&self, class: &str) -> anyhow::Result<Option<String>> {
+    /// An online, compatible device of `class` that runs `runtime`, the least busy first.
+    async fn device_of(&self, class: &str, runtime: Runtime) -> anyhow::Result<Option<String>> {
         let busy: Vec<String> = self
             .db
             .jobs_in_states(&["queued", "dispatched", "running"])
@@ -295,7 +305,7 @@ impl Runner {
             .devices()
             .await?
             .into_iter()
-            .filter(|d| d.dispatchable() && d.profile.as_deref() == Some(class))
+            .filter(|d| d.dispatchable_for(runtime) && d.profile.as_deref() == Some(class))
             .collect();
         devices.sort_by_key(|d| (busy.iter().filter(|b| **b == d.id).count(), d.id.clone()));
         Ok(devices.into_iter().next().map(|d| d.id))
@@ -307,6 +317,7 @@ impl Runner {
         d: &Drive,
         id: &str,
         jobs: &[(String, String)],
+        runtime: Runtime,
     ) -> anyhow::Result<()> {
         if self.db.campaign(id).await?.is_some() {
             return Ok(());
@@ -325,6 +336,7 @@ impl Runner {
         if bench.inputs.is_empty() {
             bench.inputs = d.req.inputs.clone();
         }
+        bench.runtime = runtime;
         let spec = CampaignSpec {
             models,
             devices: devices.clone(),
@@ -381,29 +393,27 @@ impl Runner {
         Ok(if errors.is_empty() { "no result".into() } else { errors.join("; ") })
     }
 
-    /// This pipeline's measurements, by (class, model).
-    async fn measurements(
-        &self,
-        pipeline: &str,
-    ) -> anyhow::Result<HashMap<(String, String), ResultRow>> {
+    /// This pipeline's measurements, by (class, model, runtime).
+    async fn measurements(&self, pipeline: &str) -> anyhow::Result<HashMap<Key, ResultRow>> {
         let mut out = HashMap::new();
         for c in self.campaign_ids(pipeline).await? {
             for r in self.db.campaign_results(&c).await? {
                 if let Some(class) = r.profile.clone() {
-                    out.insert((class, r.model_id.clone()), r);
+                    out.insert((class, r.model_id.clone(), report_runtime(&r.report)), r);
                 }
             }
         }
         Ok(out)
     }
 
-    /// The fleet's measurements of `class` before `before_ms`, as predictor points.
+    /// The fleet's tract measurements of `class` before `before_ms`, as predictor points.
     async fn history(&self, class: &str, before_ms: i64) -> anyhow::Result<Vec<(Features, f64)>> {
         Ok(self
             .db
             .measured_with_features(class, before_ms)
             .await?
             .into_iter()
+            .filter(|(_, _, r)| report_runtime(&r.report) == Runtime::Tract)
             .filter_map(|(_, f, r)| Some((serde_json::from_value(f).ok()?, r.latency.p50_ms)))
             .collect())
     }
@@ -462,7 +472,7 @@ impl Runner {
             let llm = d.llm_parent.clone();
             let q = blocking(move || match &llm {
                 Some(folder) => validate_lm(folder, folder, limit),
-                None => validate(&g, &g, &data, labelled, limit),
+                None => validate(&g, &g, &data, labelled, limit, Runtime::Tract),
             })
             .await?;
             d.parent_quality = Some(q);
@@ -529,6 +539,8 @@ impl Runner {
                     let (model_id, validation) = match reused {
                         Some(prev) => {
                             info!(candidate = %id, from = %prev.id, "reusing a candidate made earlier");
+                            rec.runtime = prev.runtime.clone();
+                            rec.precision = prev.precision.clone();
                             (prev.model_id, prev.validation)
                         }
                         None => match self
@@ -545,7 +557,11 @@ impl Runner {
                             )
                             .await
                         {
-                            Ok((model, validation)) => (Some(model), Some(validation)),
+                            Ok((model, validation, runtime, precision)) => {
+                                rec.runtime = runtime.to_string();
+                                rec.precision = precision;
+                                (Some(model), Some(validation))
+                            }
                             Err(e) => {
                                 rec.status = "failed".into();
                                 rec.note = Some(format!("{e:#}"));
@@ -594,7 +610,7 @@ impl Runner {
         data: &Arc<EvalData>,
         parent_graph: &Arc<Graph>,
         parent_path: &Path,
-    ) -> anyhow::Result<(String, serde_json::Value)> {
+    ) -> anyhow::Result<(String, serde_json::Value, Runtime, String)> {
         let out = dir.join(format!("{id}.onnx"));
         let inputs = inputs_of(&d.req, &d.parent);
         let llm_parent = d.llm_parent.clone();
@@ -629,7 +645,10 @@ impl Runner {
                     let c = &child_dir.card.config;
                     (q, hone_learn::llm::decode_shapes(c, hone_learn::llm::DECODE_PAST))
                 }
-                None => (validate(&child, &parent2, &data2, labelled, limit)?, inputs2),
+                None => {
+                    let q = validate(&child, &parent2, &data2, labelled, limit, candidate.runtime)?;
+                    (q, inputs2)
+                }
             };
             let features = hone_compress::predict::features(&child, &dims(&child, &inputs))?;
             Ok((candidate, quality, features, inputs))
@@ -672,7 +691,7 @@ impl Runner {
         .map_err(|e| anyhow::anyhow!("registering the candidate: {e}"))?;
         self.db.put_features(&model.id, &serde_json::to_value(&features)?).await?;
         let _ = std::fs::remove_file(&out);
-        Ok((model.id, validation))
+        Ok((model.id, validation, candidate.runtime, candidate.precision.to_string()))
     }
 
     /// The lowest accepted quality.
@@ -692,49 +711,75 @@ impl Runner {
         live: &[String],
         stop: &tokio::sync::watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
+        // One campaign per runtime and round: `{id}-m{r}` (tract), `{id}-m{r}-ort`.
+        let campaign_id = |round: usize, runtime: Runtime| match runtime {
+            Runtime::Tract => format!("{}-m{round}", d.row.id),
+            other => format!("{}-m{round}-{other}", d.row.id),
+        };
         if d.req.exhaustive {
-            let id = format!("{}-m1", d.row.id);
-            let mut jobs = Vec::new();
+            let mut jobs: BTreeMap<Runtime, Vec<(String, String)>> = BTreeMap::new();
             let cands = self.db.pipeline_candidates(&d.row.id).await?;
             let measured = self.measurements(&d.row.id).await?;
             let tried = self.tried(&d.row.id).await?;
             for class in live {
-                self.predict_class(d, class, &cands, &measured, &tried).await?;
-                let Some(dev) = self.device_of(class).await? else { continue };
-                for c in cands.iter().filter(|c| &c.class == class && c.status == "valid") {
-                    if let Some(m) = &c.model_id {
-                        jobs.push((m.clone(), dev.clone()));
+                for runtime in Runtime::ALL {
+                    self.predict_class(d, class, runtime, &cands, &measured, &tried).await?;
+                    let Some(dev) = self.device_of(class, runtime).await? else { continue };
+                    for c in cands.iter().filter(|c| {
+                        &c.class == class && c.status == "valid" && runtime_of(c) == runtime
+                    }) {
+                        if let Some(m) = &c.model_id {
+                            jobs.entry(runtime).or_default().push((m.clone(), dev.clone()));
+                        }
                     }
                 }
             }
-            if !jobs.is_empty() {
-                self.ensure_campaign(d, &id, &jobs).await?;
-                self.wait_campaign(&d.row.id, &id, stop).await?;
+            for (runtime, jobs) in &jobs {
+                self.ensure_campaign(d, &campaign_id(1, *runtime), jobs, *runtime).await?;
+            }
+            for runtime in jobs.keys() {
+                self.wait_campaign(&d.row.id, &campaign_id(1, *runtime), stop).await?;
             }
         } else {
             for round in 1.. {
-                let id = format!("{}-m{round}", d.row.id);
-                if self.db.campaign(&id).await?.is_some() {
-                    self.wait_campaign(&d.row.id, &id, stop).await?;
+                let mut existing = Vec::new();
+                for runtime in Runtime::ALL {
+                    let id = campaign_id(round, runtime);
+                    if self.db.campaign(&id).await?.is_some() {
+                        existing.push(id);
+                    }
+                }
+                if !existing.is_empty() {
+                    for id in &existing {
+                        self.wait_campaign(&d.row.id, id, stop).await?;
+                    }
                     continue;
                 }
                 let measured = self.measurements(&d.row.id).await?;
                 let tried = self.tried(&d.row.id).await?;
                 let cands = self.db.pipeline_candidates(&d.row.id).await?;
-                let mut jobs = Vec::new();
+                let mut jobs: BTreeMap<Runtime, Vec<(String, String)>> = BTreeMap::new();
                 for class in live {
-                    let pick = self.predict_class(d, class, &cands, &measured, &tried).await?;
-                    if let Some(model) = pick
-                        && let Some(dev) = self.device_of(class).await?
-                    {
-                        jobs.push((model, dev));
+                    for runtime in Runtime::ALL {
+                        let pick = self
+                            .predict_class(d, class, runtime, &cands, &measured, &tried)
+                            .await?;
+                        if let Some(model) = pick
+                            && let Some(dev) = self.device_of(class, runtime).await?
+                        {
+                            jobs.entry(runtime).or_default().push((model, dev));
+                        }
                     }
                 }
                 if jobs.is_empty() {
                     break;
                 }
-                self.ensure_campaign(d, &id, &jobs).await?;
-                self.wait_campaign(&d.row.id, &id, stop).await?;
+                for (runtime, jobs) in &jobs {
+                    self.ensure_campaign(d, &campaign_id(round, *runtime), jobs, *runtime).await?;
+                }
+                for runtime in jobs.keys() {
+                    self.wait_campaign(&d.row.id, &campaign_id(round, *runtime), stop).await?;
+                }
                 self.store_progress(d).await?;
             }
         }
@@ -746,11 +791,19 @@ impl Runner {
                 continue;
             }
             let Some(model) = c.model_id.clone() else { continue };
-            let key = (c.class.clone(), model.clone());
+            let key = (c.class.clone(), model.clone(), runtime_of(&c));
             let (status, note) = if measured.contains_key(&key) {
                 ("measured", None)
             } else if let Some(err) = attempted.get(&key) {
                 ("unmeasured", Some(format!("device measurement failed: {err}")))
+            } else if self.device_of(&c.class, runtime_of(&c)).await?.is_none() {
+                let why = format!(
+                    "not measured: no online device of {} runs {} (agents without --ort-lib, or \
+                     whose library does not load)",
+                    c.class,
+                    runtime_of(&c)
+                );
+                ("skipped", Some(why))
             } else {
                 let why = match c.predicted_ms {
                     Some(p) => format!(
@@ -780,29 +833,37 @@ impl Runner {
             .collect())
     }
 
-    /// Every job this pipeline sent to a device, keyed by (class, model): the class is the
-    /// profile of the device the job is on now (a moved job stays in its class).
-    async fn jobs(&self, pipeline: &str) -> anyhow::Result<Vec<((String, String), JobRow)>> {
+    /// Every job this pipeline sent to a device, keyed by (class, model, runtime): the class is
+    /// the profile of the device the job is on now (a moved job stays in its class), the
+    /// runtime its campaign's.
+    async fn jobs(&self, pipeline: &str) -> anyhow::Result<Vec<(Key, JobRow)>> {
         let devices: HashMap<String, Option<String>> =
             self.db.devices().await?.into_iter().map(|d| (d.id, d.profile)).collect();
         let mut out = Vec::new();
         for c in self.campaign_ids(pipeline).await? {
+            let runtime = match self.db.campaign(&c).await? {
+                Some(row) => serde_json::from_value::<CampaignSpec>(row.spec)
+                    .map(|spec| spec.bench.runtime)
+                    .unwrap_or_default(),
+                None => continue,
+            };
             for j in self.db.campaign_jobs(&c).await? {
                 if let Some(Some(class)) = devices.get(&j.device_id) {
-                    out.push(((class.clone(), j.model_id.clone()), j));
+                    out.push(((class.clone(), j.model_id.clone(), runtime), j));
                 }
             }
         }
         Ok(out)
     }
 
-    /// Every (class, model) this pipeline sent to a device, whatever came of it.
-    async fn tried(&self, pipeline: &str) -> anyhow::Result<HashSet<(String, String)>> {
+    /// Every (class, model, runtime) this pipeline sent to a device, whatever came of it.
+    async fn tried(&self, pipeline: &str) -> anyhow::Result<HashSet<Key>> {
         Ok(self.jobs(pipeline).await?.into_iter().map(|(key, _)| key).collect())
     }
 
-    /// Jobs of this pipeline that ended without a result, by (class, model): their last error.
-    async fn attempted(&self, pipeline: &str) -> anyhow::Result<HashMap<(String, String), String>> {
+    /// Jobs of this pipeline that ended without a result, by (class, model, runtime): their
+    /// last error.
+    async fn attempted(&self, pipeline: &str) -> anyhow::Result<HashMap<Key, String>> {
         Ok(self
             .jobs(pipeline)
             .await?
@@ -819,18 +880,23 @@ impl Runner {
         &self,
         d: &Drive,
         class: &str,
+        runtime: Runtime,
         cands: &[CandidateRecord],
-        measured: &HashMap<(String, String), ResultRow>,
-        tried: &HashSet<(String, String)>,
+        measured: &HashMap<Key, ResultRow>,
+        tried: &HashSet<Key>,
     ) -> anyhow::Result<Option<String>> {
         let stat = d.req.objective;
-        let mut points = d.history.get(class).cloned().unwrap_or_default();
+        // The fleet's history is tract's; another runtime learns from this pipeline alone.
+        let mut points = match runtime {
+            Runtime::Tract => d.history.get(class).cloned().unwrap_or_default(),
+            _ => Vec::new(),
+        };
         let ids: Vec<String> = cands.iter().filter_map(|c| c.model_id.clone()).collect();
         let feats = self.features_of(ids).await?;
         let parent_feats = self.features_of(vec![d.parent.id.clone()]).await?;
         let mut own: Vec<(Features, f64)> = Vec::new();
-        for ((c, m), r) in measured {
-            if c != class {
+        for ((c, m, rt), r) in measured {
+            if c != class || *rt != runtime {
                 continue;
             }
             let f = feats.get(m).or_else(|| parent_feats.get(m));
@@ -843,12 +909,17 @@ impl Runner {
         let ratio = self.stat_ratio(d, class, measured, stat);
         let valid: Vec<&CandidateRecord> = cands
             .iter()
-            .filter(|c| c.class == class && c.status == "valid" && c.model_id.is_some())
+            .filter(|c| {
+                c.class == class
+                    && c.status == "valid"
+                    && c.model_id.is_some()
+                    && runtime_of(c) == runtime
+            })
             .collect();
         let mut open: Vec<(&CandidateRecord, f64)> = Vec::new();
         for c in &valid {
             let m = c.model_id.as_ref().expect("filtered");
-            let key = (class.to_owned(), m.clone());
+            let key = (class.to_owned(), m.clone(), runtime);
             if measured.contains_key(&key) || tried.contains(&key) {
                 continue;
             }
@@ -865,7 +936,7 @@ impl Runner {
         // Attempts count, successful or not, so a failing candidate is not retried forever.
         let spent = valid
             .iter()
-            .filter(|c| tried.contains(&(class.to_owned(), c.model_id.clone().unwrap())))
+            .filter(|c| tried.contains(&(class.to_owned(), c.model_id.clone().unwrap(), runtime)))
             .count();
         let budget = d.req.max_measurements.unwrap_or_else(|| (valid.len() / 5).max(1));
         if spent >= budget || open.is_empty() {
@@ -876,7 +947,7 @@ impl Runner {
         if let Some(b) = d.req.latency_budget_ms
             && d.metric == "fidelity"
             && measured
-                .get(&(class.to_owned(), d.parent.id.clone()))
+                .get(&(class.to_owned(), d.parent.id.clone(), Runtime::Tract))
                 .is_some_and(|r| stat.of(&r.latency) <= b)
         {
             return Ok(None);
@@ -907,12 +978,12 @@ impl Runner {
         &self,
         _d: &Drive,
         class: &str,
-        measured: &HashMap<(String, String), ResultRow>,
+        measured: &HashMap<Key, ResultRow>,
         stat: super::request::Statistic,
     ) -> f64 {
         let ratios: Vec<f64> = measured
             .iter()
-            .filter(|((c, _), _)| c == class)
+            .filter(|((c, _, _), _)| c == class)
             .map(|(_, r)| stat.of(&r.latency) / r.latency.p50_ms.max(1e-9))
             .filter(|r| r.is_finite())
             .collect();
@@ -958,7 +1029,7 @@ impl Runner {
             let profile = hone_firmware_profiles::find(class);
             let memory_mib = profile.map(|p| p.memory_available_bytes as f64 / 1048576.0);
             let mut class_results: Vec<&ResultRow> =
-                measured.iter().filter(|((c, _), _)| c == class).map(|(_, r)| r).collect();
+                measured.iter().filter(|((c, _, _), _)| c == class).map(|(_, r)| r).collect();
             class_results.sort_by(|a, b| a.job_id.cmp(&b.job_id));
             total += class_results.len();
             let mut devs: Vec<String> = class_results.iter().map(|r| r.device_id.clone()).collect();
@@ -972,8 +1043,13 @@ impl Runner {
                 (Some(m), true) => m.clone(),
                 (Some(_), false) => "mixed".to_owned(),
             };
+            let mut runtimes: Vec<String> =
+                class_results.iter().map(|r| runtime_words(&r.report)).collect();
+            runtimes.sort();
+            runtimes.dedup();
             let how = format!(
-                "profile {class}, {measurement}, tract on devices {} ({} runs: warm-up {}, up to {} iterations or {} ms)",
+                "profile {class}, {measurement}, {} on devices {} ({} runs: warm-up {}, up to {} iterations or {} ms)",
+                if runtimes.is_empty() { "tract".to_owned() } else { runtimes.join(" and ") },
                 if devs.is_empty() { "-".to_owned() } else { devs.join(", ") },
                 d.req.bench.mode.name(),
                 d.req.bench.warmup,
@@ -982,7 +1058,7 @@ impl Runner {
             );
             let parent_q = d.parent_quality.unwrap_or_default();
             let parent = measured
-                .get(&(class.clone(), d.parent.id.clone()))
+                .get(&(class.clone(), d.parent.id.clone(), Runtime::Tract))
                 .map(|r| figures(&d.parent.id, &d.parent.name, Some(r), &parent_q, d.metric));
             let mut rows = Vec::new();
             for c in cands.iter().filter(|c| &c.class == class) {
@@ -991,7 +1067,10 @@ impl Runner {
                     .as_ref()
                     .and_then(|v| serde_json::from_value(v["quality"].clone()).ok())
                     .unwrap_or_default();
-                let r = c.model_id.as_ref().and_then(|m| measured.get(&(class.clone(), m.clone())));
+                let r = c
+                    .model_id
+                    .as_ref()
+                    .and_then(|m| measured.get(&(class.clone(), m.clone(), runtime_of(c))));
                 let v = c.validation.clone().unwrap_or_default();
                 rows.push(CandidateRow {
                     id: c.id.clone(),
@@ -1021,7 +1100,7 @@ impl Runner {
             // The choice, among the parent and the measured candidates.
             let mut points = Vec::new();
             let mut keys: Vec<Option<usize>> = Vec::new();
-            if let Some(r) = measured.get(&(class.clone(), d.parent.id.clone())) {
+            if let Some(r) = measured.get(&(class.clone(), d.parent.id.clone(), Runtime::Tract)) {
                 points.push(Point {
                     key: "parent".into(),
                     latency_ms: stat.of(&r.latency),
@@ -1071,10 +1150,11 @@ impl Runner {
                     Some(i) => {
                         rows[i].winner = true;
                         let row = &rows[i];
+                        let rt = row.runtime.parse().unwrap_or_default();
                         let r = row
                             .model
                             .as_ref()
-                            .and_then(|m| measured.get(&(class.clone(), m.clone())));
+                            .and_then(|m| measured.get(&(class.clone(), m.clone(), rt)));
                         let q = Quality {
                             accuracy: row.accuracy,
                             fidelity: row.fidelity,
@@ -1082,13 +1162,11 @@ impl Runner {
                             perplexity: row.perplexity,
                             examples: 0,
                         };
-                        winner = Some(figures(
-                            row.model.as_deref().unwrap_or(""),
-                            &row.id,
-                            r,
-                            &q,
-                            d.metric,
-                        ));
+                        let mut w =
+                            figures(row.model.as_deref().unwrap_or(""), &row.id, r, &q, d.metric);
+                        w.runtime = Some(row.runtime.clone());
+                        w.precision = Some(row.precision.clone());
+                        winner = Some(w);
                     }
                     None => winner = parent.clone(),
                 }
@@ -1169,6 +1247,32 @@ impl Runner {
     }
 }
 
+/// The runtime a candidate record targets (`tract` for records written before runtimes).
+fn runtime_of(c: &CandidateRecord) -> Runtime {
+    c.runtime.parse().unwrap_or_default()
+}
+
+/// The runtime that measured a stored report (tract for reports older than runtimes).
+fn report_runtime(report: &serde_json::Value) -> Runtime {
+    serde_json::from_value::<hone_common::bench::Execution>(report["execution"].clone())
+        .map(|e| e.runtime)
+        .unwrap_or_default()
+}
+
+/// `tract 0.23.9` or `onnxruntime 1.31.1 (1 thread, no spinning)`, from a stored report.
+fn runtime_words(report: &serde_json::Value) -> String {
+    let name = report["runtime"].as_str().unwrap_or("tract").to_owned();
+    match serde_json::from_value::<hone_common::bench::Execution>(report["execution"].clone()) {
+        Ok(e) if e.runtime != Runtime::Tract => format!(
+            "{name} ({} thread{}, {})",
+            e.threads,
+            if e.threads == 1 { "" } else { "s" },
+            if e.spinning { "spinning" } else { "no spinning" }
+        ),
+        _ => name,
+    }
+}
+
 fn row_latency(r: &CandidateRow, stat: super::request::Statistic) -> Option<f64> {
     match stat {
         super::request::Statistic::P50 => r.p50_ms,
@@ -1198,6 +1302,8 @@ fn figures(model: &str, name: &str, r: Option<&ResultRow>, q: &Quality, _metric:
         fidelity: q.fidelity,
         cosine: q.cosine,
         perplexity: q.perplexity,
+        runtime: r.map(|r| report_runtime(&r.report).to_string()),
+        precision: None,
     }
 }
 
@@ -1278,20 +1384,31 @@ fn validate_lm(model: &Path, parent: &Path, limit: Option<usize>) -> anyhow::Res
     })
 }
 
-/// Accuracy (labelled) or fidelity to `parent` on the validation part.
+/// Accuracy (labelled) or fidelity to `parent` on the validation part, with the model run in
+/// `runtime` (the runtime it targets; the parent in tract).
 fn validate(
     model: &Graph,
     parent: &Graph,
     data: &EvalData,
     labelled: bool,
     limit: Option<usize>,
+    runtime: Runtime,
 ) -> anyhow::Result<Quality> {
     let bs = 16;
+    let rt = match runtime {
+        Runtime::Tract => hone_learn::eval::EvalRuntime::Tract,
+        Runtime::Ort => hone_learn::eval::EvalRuntime::Ort { threads: 1 },
+    };
+    let fidelity = |m: &Graph| {
+        hone_learn::eval::fidelity_in(m, parent, data, Part::Validation, bs, limit, None, rt)
+    };
     if labelled {
-        let f = hone_learn::eval::fidelity(model, parent, data, Part::Validation, bs, limit, None)?;
+        let f = fidelity(model)?;
         let a = match f.model_accuracy {
             Some(a) => a,
-            None => hone_learn::eval::accuracy(model, data, Part::Validation, bs, limit)?,
+            None => {
+                hone_learn::eval::accuracy_in(model, data, Part::Validation, bs, limit, None, rt)?
+            }
         };
         Ok(Quality {
             accuracy: Some(a.value()),
@@ -1301,7 +1418,7 @@ fn validate(
             examples: a.total,
         })
     } else {
-        let f = hone_learn::eval::fidelity(model, parent, data, Part::Validation, bs, limit, None)?;
+        let f = fidelity(model)?;
         Ok(Quality {
             accuracy: None,
             fidelity: Some(f.top1_agreement),

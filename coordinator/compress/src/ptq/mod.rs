@@ -46,6 +46,83 @@ impl Pass {
     }
 }
 
+/// The settings of one post-training candidate: passes applied to the parent, and the runtime
+/// it is meant for (measured there by the agents).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PtqSettings {
+    /// Passes, in order (none: the parent as it is, in `runtime`).
+    pub passes: Vec<Pass>,
+    /// The runtime the candidate targets.
+    pub runtime: crate::method::Runtime,
+}
+
+/// Post-training optimisation as a pipeline method ([`crate::method::CompressionMethod`]):
+/// each setting is a pass list and a runtime, so the pipeline measures "the parent in ONNX
+/// Runtime" and "int8 in ONNX Runtime" on the agents beside its tract candidates, and a class
+/// gets whichever its devices run fastest within the quality budget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PtqMethod {
+    /// The settings, in grid order.
+    pub settings: Vec<PtqSettings>,
+}
+
+impl Default for PtqMethod {
+    /// The parent in ONNX Runtime, and int8 dynamic (8- and 7-bit weights) in ONNX Runtime.
+    fn default() -> Self {
+        use crate::method::Runtime::Ort;
+        PtqMethod {
+            settings: vec![
+                PtqSettings { passes: vec![], runtime: Ort },
+                PtqSettings { passes: vec![Pass::Int8Dynamic], runtime: Ort },
+                PtqSettings { passes: vec![Pass::Int8Dynamic7], runtime: Ort },
+            ],
+        }
+    }
+}
+
+impl crate::method::CompressionMethod for PtqMethod {
+    fn name(&self) -> &'static str {
+        "ptq"
+    }
+
+    fn grid(&self, _target: &crate::method::Target) -> Vec<serde_json::Value> {
+        self.settings.iter().map(|s| serde_json::to_value(s).expect("settings serialise")).collect()
+    }
+
+    fn compress(
+        &self,
+        ctx: &crate::method::MethodContext<'_>,
+        settings: &serde_json::Value,
+    ) -> anyhow::Result<crate::method::Candidate> {
+        let s: PtqSettings = serde_json::from_value(settings.clone())
+            .context("post-training settings: passes, runtime")?;
+        let parent = hone_learn::eval::load_model(ctx.parent)?;
+        let (graph, records) = apply(&parent, &s.passes)?;
+        if s.runtime == crate::method::Runtime::Ort {
+            hone_learn::eval::ort::OrtModel::new(&graph, 1)
+                .context("ONNX Runtime cannot load the candidate")?;
+        }
+        graph.save_gated(ctx.out, ctx.inputs).context("writing the optimised model")?;
+        let int8 = s.passes.iter().any(|p| p.is_int8());
+        Ok(crate::method::Candidate {
+            model: ctx.out.to_path_buf(),
+            method: "ptq",
+            settings: settings.clone(),
+            runtime: s.runtime,
+            precision: if int8 {
+                crate::method::Precision::Int8
+            } else {
+                crate::method::Precision::F32
+            },
+            report: serde_json::json!({
+                "passes": records,
+                "params_after": crate::prune::param_count(&graph),
+            }),
+        })
+    }
+}
+
 /// What one pass did, and how long it took.
 #[derive(Debug, Clone, Serialize)]
 pub struct PassRecord {

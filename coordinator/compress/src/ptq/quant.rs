@@ -261,8 +261,10 @@ mod tests {
         let x: Vec<f32> = (0..4 * 64).map(|i| ((i * 37 % 101) as f32 / 101.0) - 0.3).collect();
         let input = CTensor::from_vec(x, (4, 1, 8, 8), &Device::Cpu).unwrap();
         let facts = [(candle_core::DType::F32, vec![4, 1, 8, 8])];
-        let f32_out = TractPlan::new(g.proto(), &facts).unwrap().run(std::slice::from_ref(&input)).unwrap();
-        let tract_q = TractPlan::new(q.proto(), &facts).unwrap().run(std::slice::from_ref(&input)).unwrap();
+        let f32_out =
+            TractPlan::new(g.proto(), &facts).unwrap().run(std::slice::from_ref(&input)).unwrap();
+        let tract_q =
+            TractPlan::new(q.proto(), &facts).unwrap().run(std::slice::from_ref(&input)).unwrap();
         let name = hone_learn::eval::tract::true_inputs(&q)[0].clone();
         let ort_q = OrtModel::new(&q, 1).unwrap().run(&[(name, input)]).unwrap();
         for out in [&tract_q, &ort_q] {
@@ -282,7 +284,8 @@ mod tests {
         let x: Vec<f32> = (0..64).map(|i| (i as f32 / 64.0) - 0.3).collect();
         let input = CTensor::from_vec(x, (1, 1, 8, 8), &Device::Cpu).unwrap();
         let facts = [(candle_core::DType::F32, vec![1, 1, 8, 8])];
-        let a = TractPlan::new(g.proto(), &facts).unwrap().run(std::slice::from_ref(&input)).unwrap();
+        let a =
+            TractPlan::new(g.proto(), &facts).unwrap().run(std::slice::from_ref(&input)).unwrap();
         let b = TractPlan::new(bad.proto(), &facts).unwrap().run(&[input]).unwrap();
         let max_diff = a[0].1.iter().zip(&b[0].1).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         assert!(max_diff > 1e-2, "{max_diff}");

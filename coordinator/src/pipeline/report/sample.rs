@@ -115,6 +115,8 @@ fn row(seed: &Seed, outcome: Outcome, class_scale: f64, winner: bool) -> Candida
 
 fn parent(p90: f64, rss_mib: f64, load_ms: f64) -> Figures {
     Figures {
+        precision: Default::default(),
+        runtime: Default::default(),
         model: "01JF8PARENT0MINILM3SST2X4QW".into(),
         name: "minilm-l3-sentiment".into(),
         p50_ms: Some(p90 * 0.94),
@@ -131,6 +133,8 @@ fn parent(p90: f64, rss_mib: f64, load_ms: f64) -> Figures {
 
 fn figures(row: &CandidateRow, name: &str) -> Figures {
     Figures {
+        precision: Default::default(),
+        runtime: Default::default(),
         model: row.model.clone().unwrap_or_default(),
         name: name.into(),
         p50_ms: row.p50_ms,
