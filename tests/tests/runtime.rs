@@ -227,6 +227,10 @@ fn a_pipeline_measures_onnx_runtime_candidates_on_the_classes_that_run_it() {
             &json!({
                 "model": model, "data": "vader", "devices": ["rpi5", "rpi4"],
                 "methods": ["ptq"], "min_fidelity": 0.5, "exhaustive": true,
+                "ptq": {"settings": [
+                    {"passes": [], "runtime": "ort"},
+                    {"passes": ["int8-dynamic"], "runtime": "ort"},
+                    {"passes": ["fold", "int8-dynamic-7bit"], "runtime": "ort"}]},
                 "validation_limit": 48, "max_parallel": 1,
                 "bench": {"warmup": 2, "max_iterations": 15, "max_time_ms": 1500, "symbols": []},
                 "job_timeout_ms": 120000,

@@ -60,7 +60,8 @@ pub(super) struct CompressArgs {
     /// Device measurements of candidates per class (default: a fifth of the valid ones).
     #[arg(long)]
     max_measurements: Option<usize>,
-    /// Methods, comma-separated.
+    /// Methods, comma-separated: prune, distill, ptq (post-training: the parent and its int8
+    /// forms in ONNX Runtime).
     #[arg(long, value_delimiter = ',', default_value = "prune")]
     methods: Vec<String>,
     /// Pruning sparsities of the grid, comma-separated (default 0.15,0.3,0.45,0.6).
@@ -192,6 +193,7 @@ pub(super) fn request(args: &CompressArgs, model: String) -> anyhow::Result<Pipe
         methods: args.methods.clone(),
         prune_grid,
         distill: distill_grid(args)?,
+        ptq: None,
         exhaustive: args.exhaustive,
         inputs: hone_common::shapes::InputShapes::parse_all(&args.inputs)?,
         bench: default_bench(),

@@ -92,6 +92,10 @@ pub struct PipelineRequest {
     /// The distillation students and budget (default: [`hone_compress::DistillMethod`]'s).
     #[serde(default)]
     pub distill: Option<hone_compress::DistillMethod>,
+    /// The post-training settings (pass lists and runtimes; default:
+    /// [`hone_compress::ptq::PtqMethod`]'s).
+    #[serde(default)]
+    pub ptq: Option<hone_compress::ptq::PtqMethod>,
     /// Measure every valid candidate (the reference the guided search is compared with).
     #[serde(default)]
     pub exhaustive: bool,

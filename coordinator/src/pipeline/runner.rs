@@ -487,9 +487,10 @@ impl Runner {
             .methods
             .iter()
             .map(|m| -> anyhow::Result<Arc<dyn CompressionMethod>> {
-                Ok(match (m.as_str(), &d.req.prune_grid, &d.req.distill) {
-                    ("prune", Some(grid), _) => Arc::new(PruneMethod::new(grid.clone())),
-                    ("distill", _, Some(grid)) => Arc::new(grid.clone()),
+                Ok(match (m.as_str(), &d.req.prune_grid, &d.req.distill, &d.req.ptq) {
+                    ("prune", Some(grid), _, _) => Arc::new(PruneMethod::new(grid.clone())),
+                    ("distill", _, Some(grid), _) => Arc::new(grid.clone()),
+                    ("ptq", _, _, Some(grid)) => Arc::new(grid.clone()),
                     _ => Arc::from(hone_compress::method::method(m)?),
                 })
             })

@@ -11,6 +11,7 @@
 //! Runtime, against the original in both.
 
 pub mod optimize;
+pub mod qdq;
 pub mod quant;
 pub mod timing;
 
@@ -31,18 +32,29 @@ pub enum Pass {
     /// The same with 7-bit weights (`reduce_range`).
     #[serde(rename = "int8-dynamic-7bit")]
     Int8Dynamic7,
+    /// int8 static (QDQ): convolutions and matmuls with per-channel int8 weights, activations
+    /// calibrated by min-max on training examples ([`qdq`]).
+    Int8Static,
+    /// The same, activations clipped at the 99.99th percentile of each tail.
+    #[serde(rename = "int8-static-p9999")]
+    Int8StaticPercentile,
 }
 
 crate::named_enum!(Pass, "pass" {
     Fold => "fold",
     Int8Dynamic => "int8-dynamic",
     Int8Dynamic7 => "int8-dynamic-7bit",
+    Int8Static => "int8-static",
+    Int8StaticPercentile => "int8-static-p9999",
 });
+
+/// Calibration examples of the static passes.
+pub const CALIBRATION_EXAMPLES: usize = 64;
 
 impl Pass {
     /// Whether the pass makes an int8 model.
     pub fn is_int8(self) -> bool {
-        matches!(self, Pass::Int8Dynamic | Pass::Int8Dynamic7)
+        !matches!(self, Pass::Fold)
     }
 }
 
@@ -68,14 +80,16 @@ pub struct PtqMethod {
 }
 
 impl Default for PtqMethod {
-    /// The parent in ONNX Runtime, and int8 dynamic (8- and 7-bit weights) in ONNX Runtime.
+    /// The parent in ONNX Runtime, and in ONNX Runtime: int8 dynamic (8- and 7-bit weights)
+    /// and int8 static (min-max calibration), each after folding.
     fn default() -> Self {
         use crate::method::Runtime::Ort;
         PtqMethod {
             settings: vec![
                 PtqSettings { passes: vec![], runtime: Ort },
-                PtqSettings { passes: vec![Pass::Int8Dynamic], runtime: Ort },
-                PtqSettings { passes: vec![Pass::Int8Dynamic7], runtime: Ort },
+                PtqSettings { passes: vec![Pass::Fold, Pass::Int8Dynamic], runtime: Ort },
+                PtqSettings { passes: vec![Pass::Fold, Pass::Int8Dynamic7], runtime: Ort },
+                PtqSettings { passes: vec![Pass::Fold, Pass::Int8Static], runtime: Ort },
             ],
         }
     }
@@ -98,7 +112,7 @@ impl crate::method::CompressionMethod for PtqMethod {
         let s: PtqSettings = serde_json::from_value(settings.clone())
             .context("post-training settings: passes, runtime")?;
         let parent = hone_learn::eval::load_model(ctx.parent)?;
-        let (graph, records) = apply(&parent, &s.passes)?;
+        let (graph, records) = apply(&parent, &s.passes, Some(ctx.data))?;
         if s.runtime == crate::method::Runtime::Ort {
             hone_learn::eval::ort::OrtModel::new(&graph, 1)
                 .context("ONNX Runtime cannot load the candidate")?;
@@ -134,8 +148,12 @@ pub struct PassRecord {
     pub report: serde_json::Value,
 }
 
-/// Applies `passes` in order to a copy of `graph`.
-pub fn apply(graph: &Graph, passes: &[Pass]) -> anyhow::Result<(Graph, Vec<PassRecord>)> {
+/// Applies `passes` in order to a copy of `graph`; `data` calibrates the static passes.
+pub fn apply(
+    graph: &Graph,
+    passes: &[Pass],
+    data: Option<&hone_learn::eval::EvalData>,
+) -> anyhow::Result<(Graph, Vec<PassRecord>)> {
     let mut g = graph.clone();
     let mut records = Vec::new();
     for &pass in passes {
@@ -143,10 +161,22 @@ pub fn apply(graph: &Graph, passes: &[Pass]) -> anyhow::Result<(Graph, Vec<PassR
         let report = match pass {
             Pass::Fold => {
                 let r = g.constant_fold_shapes().context("folding constants")?;
+                let bn = qdq::fold_batch_norms(&mut g).context("folding batch norms")?;
                 serde_json::json!({
                     "folded_nodes": r.folded_nodes.len(),
                     "skipped": r.skipped.len(),
+                    "folded_batch_norms": bn,
                 })
+            }
+            Pass::Int8Static | Pass::Int8StaticPercentile => {
+                let data = data.with_context(|| format!("{pass} needs calibration data"))?;
+                let calibration = match pass {
+                    Pass::Int8Static => qdq::Calibration::MinMax,
+                    _ => qdq::Calibration::Percentile(99.99),
+                };
+                let (q, r) = qdq::quantize_static(&g, data, calibration, CALIBRATION_EXAMPLES)?;
+                g = q;
+                serde_json::to_value(&r)?
             }
             Pass::Int8Dynamic | Pass::Int8Dynamic7 => {
                 let opts = quant::DynamicOptions {

@@ -34,9 +34,10 @@ pub enum PassChoice {
 pub fn auto_lists() -> Vec<Vec<Pass>> {
     vec![
         vec![Pass::Fold],
-        vec![Pass::Int8Dynamic],
         vec![Pass::Fold, Pass::Int8Dynamic],
         vec![Pass::Fold, Pass::Int8Dynamic7],
+        vec![Pass::Fold, Pass::Int8Static],
+        vec![Pass::Fold, Pass::Int8StaticPercentile],
     ]
 }
 
@@ -176,7 +177,7 @@ pub fn run(
     for list in lists {
         let started = Instant::now();
         progress(format!("applying {}", names(&list)));
-        match super::apply(&parent, &list) {
+        match super::apply(&parent, &list, Some(&cfg.data)) {
             Ok((graph, records)) => made.push(Made {
                 passes: list,
                 graph,
