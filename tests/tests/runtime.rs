@@ -281,6 +281,19 @@ fn a_pipeline_measures_onnx_runtime_candidates_on_the_classes_that_run_it() {
     // The ONNX Runtime measurements have their own campaign, in ONNX Runtime.
     let campaign = api.get(&format!("/api/v1/campaigns/{id}-m1-ort")).unwrap();
     assert_eq!(campaign["spec"]["bench"]["runtime"], "ort", "{campaign}");
+    // An int8 figure under an emulated profile says it is not the board's; an f32 one does not.
+    let lines = campaign["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 3, "{campaign}");
+    let labelled = lines
+        .iter()
+        .filter(|l| {
+            l["caveats"].as_array().unwrap().iter().any(|c| {
+                let c = c.as_str().unwrap();
+                c.contains("rpi5 has int8 dot-product") && c.contains("not representative")
+            })
+        })
+        .count();
+    assert_eq!(labelled, 2, "the two int8 candidates: {campaign}");
     // The class without ONNX Runtime: its candidates are skipped with the reason, the parent
     // (tract) wins.
     let tract_class = class("rpi4");

@@ -71,6 +71,10 @@ pub struct Line {
     /// threads, no spinning`).
     #[serde(default)]
     pub runtime: Option<String>,
+    /// What the figure does not stand for: limits of the profile that were not applied, and
+    /// why an int8 figure under emulation is not the board's.
+    #[serde(default)]
+    pub caveats: Vec<String>,
     /// `cold`: process start to first inference, ms.
     pub cold_start_ms: Option<f64>,
     /// Requests the device served to applications while this was measured (`None`: it was
@@ -196,6 +200,12 @@ fn line(
                 if execution.spinning { ", spinning" } else { ", no spinning" }
             ))
         }),
+        caveats: r
+            .and_then(|r| {
+                serde_json::from_value::<Vec<String>>(r.report["emulation"]["not_enforced"].clone())
+                    .ok()
+            })
+            .unwrap_or_default(),
         cold_start_ms: r.and_then(|r| r.report["cold_start_ms"].as_f64()),
         served_requests: r.and_then(|r| r.report["served_requests"].as_u64()),
         dispatch_ms: j.dispatched_at_ms.zip(j.accepted_at_ms).map(|(d, a)| a - d),

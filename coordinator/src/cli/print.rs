@@ -47,6 +47,9 @@ pub fn print_campaign(view: &CampaignView) {
         if let Some(rt) = l.runtime.as_deref().filter(|r| !r.starts_with("tract")) {
             println!("    runtime: {rt}");
         }
+        for c in &l.caveats {
+            println!("    note: {c}");
+        }
     }
 }
 

@@ -515,6 +515,12 @@ pub async fn run_in_child(
             }
             report.emulation = plan.record(sustained);
             report.emulation.throttled_periods = throttled_periods;
+            if plan.status == EmulationStatus::Emulated
+                && let Some(profile) = &plan.profile
+                && let Some(ops) = int8_ops(model)
+            {
+                report.emulation.not_enforced.push(int8_caveat(profile, &ops));
+            }
             report.calibration = plan.calibration.clone();
             report.readings = crate::readings::summarize(&samples);
             if matches!(spec.mode, BenchMode::Cold) {
@@ -560,6 +566,50 @@ pub async fn run_in_child(
     }
 }
 
+/// The int8 operators of the model at `path` (`None`: none, or it cannot be read).
+pub fn int8_ops(path: &Path) -> Option<Vec<String>> {
+    const INT8: &[&str] = &[
+        "MatMulInteger",
+        "ConvInteger",
+        "QLinearConv",
+        "QLinearMatMul",
+        "DynamicQuantizeLinear",
+        "QuantizeLinear",
+        "DequantizeLinear",
+    ];
+    let graph = hone_graph::Graph::load(path).ok()?;
+    let mut ops: Vec<String> = graph
+        .node_protos()
+        .iter()
+        .map(|n| n.op_type.clone())
+        .filter(|op| INT8.contains(&op.as_str()))
+        .collect();
+    ops.sort();
+    ops.dedup();
+    (!ops.is_empty()).then_some(ops)
+}
+
+/// Why an int8 figure under an emulated profile is not the board's: the quota scales this
+/// host's speed by the f32 peaks, and int8 speed ratios between CPUs differ (a Cortex-A72 has
+/// no int8 dot product, an A76 or a VNNI x86 has).
+pub fn int8_caveat(profile: &hone_firmware_profiles::DeviceProfile, ops: &[String]) -> String {
+    use hone_firmware_profiles::IsaFeature;
+    let dot = profile
+        .isa_features
+        .iter()
+        .any(|f| matches!(f, IsaFeature::DotProd | IsaFeature::Avx512Vnni));
+    format!(
+        "int8 speed: the quota scales this {} host by f32 peaks, and its int8 kernels are not the \
+         profile's ({} {} int8 dot-product instructions); the int8 figure ({}) is not \
+         representative of {}",
+        std::env::consts::ARCH,
+        profile.name,
+        if dot { "has" } else { "has no" },
+        ops.join(", "),
+        profile.name
+    )
+}
+
 fn describe_exit(status: &std::process::ExitStatus) -> String {
     #[cfg(unix)]
     {
@@ -571,5 +621,48 @@ fn describe_exit(status: &std::process::ExitStatus) -> String {
     match status.code() {
         Some(code) => format!("exited with code {code}"),
         None => "ended abnormally".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, ops: &[&str]) -> std::path::PathBuf {
+        use prost::Message as _;
+        let nodes = ops
+            .iter()
+            .enumerate()
+            .map(|(i, op)| tract_onnx::pb::NodeProto {
+                name: format!("n{i}"),
+                op_type: (*op).into(),
+                ..Default::default()
+            })
+            .collect();
+        let proto = tract_onnx::pb::ModelProto {
+            ir_version: 8,
+            graph: Some(tract_onnx::pb::GraphProto { node: nodes, ..Default::default() }),
+            ..Default::default()
+        };
+        let path = dir.join(format!("{}.onnx", ops.join("-")));
+        std::fs::write(&path, proto.encode_to_vec()).unwrap();
+        path
+    }
+
+    /// An int8 model measured under an emulated profile carries why its figure is not the
+    /// board's, naming whether the profile has int8 dot products; an f32 model does not.
+    #[test]
+    fn int8_models_on_emulated_profiles_are_labelled() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(int8_ops(&write(dir.path(), &["MatMul", "Relu"])), None);
+        let ops = int8_ops(&write(dir.path(), &["DynamicQuantizeLinear", "MatMulInteger", "Mul"]))
+            .unwrap();
+        assert_eq!(ops, ["DynamicQuantizeLinear", "MatMulInteger"]);
+        let rpi4 = hone_firmware_profiles::find("rpi4").unwrap();
+        let rpi5 = hone_firmware_profiles::find("rpi5").unwrap();
+        let a = int8_caveat(rpi4, &ops);
+        assert!(a.contains("rpi4 has no int8 dot-product") && a.contains("not representative"));
+        assert!(int8_caveat(rpi5, &ops).contains("rpi5 has int8 dot-product"));
+        assert_eq!(int8_ops(&dir.path().join("missing.onnx")), None);
     }
 }
