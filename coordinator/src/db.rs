@@ -1127,6 +1127,7 @@ fn campaign_from(row: &AnyRow) -> std::result::Result<CampaignRow, sqlx::Error> 
 }
 
 mod deploy;
+pub mod imported;
 mod pipelines;
 #[cfg(test)]
 mod tests;

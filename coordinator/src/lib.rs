@@ -26,6 +26,7 @@ pub mod artifacts;
 pub mod broker;
 pub mod campaign;
 pub mod cli;
+pub mod compare;
 pub mod db;
 pub mod deploy;
 pub mod metrics;

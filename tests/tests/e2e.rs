@@ -2,6 +2,7 @@
 //! real models. One integration binary; each module is a topic.
 
 mod campaign;
+mod compare;
 mod corpus;
 mod demo;
 mod deploy;

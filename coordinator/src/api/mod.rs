@@ -5,6 +5,7 @@
 
 pub mod auth;
 mod campaigns;
+mod compare;
 mod deployments;
 mod devices;
 mod models;
@@ -127,6 +128,8 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/devices/{id}", get(devices::get))
         .route("/api/v1/campaigns", get(campaigns::list).post(campaigns::create))
         .route("/api/v1/campaigns/{id}", get(campaigns::get))
+        .route("/api/v1/imported-results", post(compare::import))
+        .route("/api/v1/compare", get(compare::compare))
         .route("/api/v1/pipelines", get(pipelines::list).post(pipelines::create))
         .route("/api/v1/pipelines/{id}", get(pipelines::get))
         .route("/api/v1/pipelines/{id}/cancel", post(pipelines::cancel))

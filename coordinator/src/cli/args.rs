@@ -66,6 +66,14 @@ pub(super) enum Command {
     /// held-out data and timed side by side in tract and ONNX Runtime; the fastest within the
     /// quality budget is written, with the table it was chosen from.
     Optimize(Box<crate::cli::optimize::OptimizeArgs>),
+    /// Measurements made elsewhere: `results import FILE --model M` (a GPU server's).
+    Results {
+        #[command(subcommand)]
+        command: crate::cli::compare::ResultsCmd,
+    },
+    /// CPU device classes and imported GPU measurements side by side for one model: latency,
+    /// throughput, joules and cost per million inferences, with each figure's provenance.
+    Compare(Box<crate::cli::compare::CompareArgs>),
     /// Generative language models: import a GGUF Llama into ONNX, generate with tract.
     Llm {
         #[command(subcommand)]

@@ -11,6 +11,7 @@
 
 mod args;
 mod client;
+mod compare;
 pub mod demo;
 mod deploy;
 pub mod distill;
@@ -154,6 +155,8 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Train(args) => learn::train(args).await,
         Command::Fold(args) => graph::run(args).await,
         Command::Optimize(args) => optimize::run(*args).await,
+        Command::Results { command } => compare::results(command).await,
+        Command::Compare(args) => compare::compare(*args).await,
         Command::Llm { command } => llm::run(command).await,
         Command::Compress(args) => pipeline::compress(*args).await,
         Command::Pipeline { command } => pipeline::pipeline(command).await,
