@@ -92,3 +92,42 @@ fn optimize_refuses_bad_requests_with_reasons() {
     assert!(e.contains("ONNX Runtime is not available") && e.contains("/nonexistent"), "{e}");
     assert!(!out.exists(), "nothing is written on a refusal");
 }
+
+/// Pruning with reconstruction from the command line: the layer that reads the pruned channels
+/// is refitted, and both accuracies (plain and reconstructed, same sparsity, no training) are
+/// reported side by side.
+#[test]
+fn prune_reconstructs_the_layers_that_read_pruned_channels() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("cnn.onnx");
+    std::fs::write(&model, models::mnist_cnn(8, 3)).unwrap();
+    let out = dir.path().join("pruned.onnx");
+    let run = coordinator()
+        .args(["prune", "--model"])
+        .arg(&model)
+        .args(["--data", "mnist", "--criterion", "magnitude", "--sparsity", "0.5"])
+        .args(["--reconstruct", "--calibration", "64", "--validation", "50", "--round-to", "1"])
+        .args(["--test-limit", "200", "--latency-seconds", "0.5", "--json", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let v: Value = serde_json::from_slice(&run.stdout).unwrap();
+    let r = &v["reconstruct"];
+    assert_eq!(r["refitted"], serde_json::json!(["fc"]), "{v}");
+    let (before, after) = (
+        r["error_before_after"][0][0].as_f64().unwrap(),
+        r["error_before_after"][0][1].as_f64().unwrap(),
+    );
+    assert!(after < before, "{r}");
+    assert!(
+        v["accuracy_after_prune"].as_f64().is_some()
+            && v["accuracy_after_reconstruct"].as_f64().is_some(),
+        "{v}"
+    );
+    assert_eq!(
+        v["accuracy_after"], v["accuracy_after_reconstruct"],
+        "no fine-tuning: the written model is the reconstructed one"
+    );
+    assert!(out.exists());
+}

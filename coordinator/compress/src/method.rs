@@ -145,6 +145,14 @@ pub struct PruneGrid {
     pub allocations: Vec<Allocation>,
     /// Fractions of each group's units removed.
     pub sparsities: Vec<f64>,
+    /// With and/or without least-squares reconstruction of the layers that read pruned units
+    /// (default: without).
+    #[serde(default = "no_reconstruction")]
+    pub reconstruct: Vec<bool>,
+}
+
+fn no_reconstruction() -> Vec<bool> {
+    vec![false]
 }
 
 impl Default for PruneGrid {
@@ -154,6 +162,7 @@ impl Default for PruneGrid {
             criteria: vec![Criterion::Magnitude, Criterion::Activation],
             allocations: vec![Allocation::Uniform, Allocation::Global],
             sparsities: vec![0.15, 0.3, 0.45, 0.6],
+            reconstruct: no_reconstruction(),
         }
     }
 }
@@ -169,6 +178,9 @@ pub struct PruneSettings {
     pub sparsity: f64,
     /// Kept widths are multiples of this (the class's f32 SIMD width).
     pub round_to: usize,
+    /// Refit the layers that read pruned units by least squares (no training).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reconstruct: bool,
 }
 
 /// Structured pruning ([`crate::prune`]) over a [`PruneGrid`]. One parent is analysed and
@@ -203,13 +215,16 @@ impl CompressionMethod for PruneMethod {
         for &criterion in &self.grid.criteria {
             for &allocation in &self.grid.allocations {
                 for &sparsity in &self.grid.sparsities {
-                    let s = PruneSettings {
-                        criterion,
-                        allocation,
-                        sparsity,
-                        round_to: target.simd_width,
-                    };
-                    out.push(serde_json::to_value(s).expect("settings serialise"));
+                    for &reconstruct in &self.grid.reconstruct {
+                        let s = PruneSettings {
+                            criterion,
+                            allocation,
+                            sparsity,
+                            round_to: target.simd_width,
+                            reconstruct,
+                        };
+                        out.push(serde_json::to_value(s).expect("settings serialise"));
+                    }
                 }
             }
         }
@@ -241,7 +256,8 @@ impl CompressionMethod for PruneMethod {
             *guard = Some((ctx.parent.to_path_buf(), ctx.data.name().to_owned(), session));
         }
         let (_, _, session) = guard.as_mut().expect("session just opened");
-        let child = session.child(s.criterion, s.sparsity, s.allocation, s.round_to)?;
+        let mut child = session.child(s.criterion, s.sparsity, s.allocation, s.round_to)?;
+        let rebuilt = if s.reconstruct { Some(session.reconstruct(&mut child)?) } else { None };
         let params_before = crate::prune::param_count(session.parent());
         drop(guard);
         let params_after = crate::prune::param_count(&child.graph);
@@ -255,6 +271,7 @@ impl CompressionMethod for PruneMethod {
                 "params_after": params_after,
                 "channels_removed": child.channels_removed,
                 "widths": child.widths,
+                "reconstruct": rebuilt,
                 "seconds": started.elapsed().as_secs_f64(),
             }),
         ))

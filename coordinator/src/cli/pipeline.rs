@@ -67,6 +67,10 @@ pub(super) struct CompressArgs {
     /// Pruning sparsities of the grid, comma-separated (default 0.15,0.3,0.45,0.6).
     #[arg(long, value_delimiter = ',')]
     sparsities: Option<Vec<f64>>,
+    /// Pruning: also make each candidate with its layers refitted by least squares on
+    /// calibration examples (no training).
+    #[arg(long)]
+    reconstruct: bool,
     /// Distillation: optimizer steps per student (default 200).
     #[arg(long)]
     distill_steps: Option<usize>,
@@ -175,10 +179,16 @@ pub(super) fn request(args: &CompressArgs, model: String) -> anyhow::Result<Pipe
         }
     }
     data.tokenizer.clone_from(&args.tokenizer);
-    let prune_grid = args
-        .sparsities
-        .as_ref()
-        .map(|s| hone_compress::PruneGrid { sparsities: s.clone(), ..Default::default() });
+    let prune_grid = (args.sparsities.is_some() || args.reconstruct).then(|| {
+        let mut grid = hone_compress::PruneGrid::default();
+        if let Some(s) = &args.sparsities {
+            grid.sparsities.clone_from(s);
+        }
+        if args.reconstruct {
+            grid.reconstruct = vec![false, true];
+        }
+        grid
+    });
     let req = PipelineRequest {
         id: args.id.clone(),
         model,

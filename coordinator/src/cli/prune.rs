@@ -59,6 +59,10 @@ pub struct PruneArgs {
     /// Weight of distillation from the parent's outputs during the fine-tune (0: none).
     #[arg(long, default_value_t = 0.0)]
     pub distill: f64,
+    /// Refit the layers that read pruned units by least squares on the calibration examples
+    /// (no training), before any fine-tuning.
+    #[arg(long)]
+    pub reconstruct: bool,
     /// Calibration examples (gradient and activation statistics), from the training part.
     #[arg(long, default_value_t = 256)]
     pub calibration: usize,
@@ -138,6 +142,7 @@ impl PruneArgs {
             activation_metric: self.activation_metric,
             weights: [weights[0], weights[1], weights[2]],
             finetune_steps: self.finetune_steps,
+            reconstruct: self.reconstruct,
             finetune_lr: self.finetune_lr,
             finetune_batch: self.finetune_batch,
             distill: self.distill,
@@ -190,6 +195,9 @@ fn print_report(r: &PruneReport) {
         print!("  accuracy {:.2} % → {:.2} %", b * 100.0, a * 100.0);
         if let Some(p) = r.accuracy_after_prune.filter(|_| r.finetune.is_some()) {
             print!(" (before fine-tune {:.2} %)", p * 100.0);
+        }
+        if let (Some(p), Some(q)) = (r.accuracy_after_prune, r.accuracy_after_reconstruct) {
+            print!(" (plain pruning {:.2} %, reconstructed {:.2} %)", p * 100.0, q * 100.0);
         }
         println!(" on {} test examples", r.test_examples);
     }

@@ -17,6 +17,7 @@ pub mod groups;
 pub mod importance;
 pub mod latency;
 pub mod ort;
+pub mod reconstruct;
 pub mod run;
 pub mod search;
 

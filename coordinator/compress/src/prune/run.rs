@@ -47,6 +47,9 @@ pub struct PruneConfig {
     pub weights: [f64; 3],
     /// Recovery fine-tuning steps after pruning (0: none).
     pub finetune_steps: usize,
+    /// Refit the layers that read pruned units by least squares on calibration examples
+    /// ([`super::reconstruct`]), before any fine-tuning.
+    pub reconstruct: bool,
     /// Peak learning rate of the fine-tune.
     pub finetune_lr: f64,
     /// Batch size of the fine-tune.
@@ -90,6 +93,7 @@ impl PruneConfig {
             activation_metric: ActivationMetric::Wanda,
             weights: [1.0, 1.0, 1.0],
             finetune_steps: 0,
+            reconstruct: false,
             finetune_lr: 1e-3,
             finetune_batch: 64,
             distill: 0.0,
@@ -154,6 +158,14 @@ pub struct PruneReport {
     pub accuracy_after: Option<f64>,
     /// Test accuracy of the child before fine-tuning.
     pub accuracy_after_prune: Option<f64>,
+    /// After reconstruction (before any fine-tuning), when asked.
+    pub accuracy_after_reconstruct: Option<f64>,
+    /// Fidelity to the parent after plain pruning (unlabelled data).
+    pub fidelity_after_prune: Option<f64>,
+    /// Fidelity after reconstruction (unlabelled data).
+    pub fidelity_after_reconstruct: Option<f64>,
+    /// What reconstruction did.
+    pub reconstruct: Option<super::reconstruct::ReconstructReport>,
     /// Top-1 agreement of child and parent on the test part.
     pub fidelity: Option<f64>,
     /// Mean cosine similarity of child and parent outputs on the test part (unlabelled data).
@@ -345,6 +357,16 @@ pub fn prune(args: PruneConfig) -> anyhow::Result<PruneReport> {
     let limit = ctx.args.test_limit;
     let before = quality(&ctx, &ctx.parent, part, limit)?;
     let after_prune = quality(&ctx, &child, part, limit)?;
+    let mut reconstructed = None;
+    if ctx.args.reconstruct {
+        log("reconstructing: least squares on calibration examples");
+        if ctx.calib.is_empty() {
+            calibrate(&mut ctx)?;
+        }
+        let r = super::reconstruct::reconstruct(&ctx.prep.graph, &mut child, &ctx.calib, 1e-3)?;
+        let q = quality(&ctx, &child, part, limit)?;
+        reconstructed = Some((r, q));
+    }
     let mut ft = None;
     if ctx.args.finetune_steps > 0 {
         log(format_args!("fine-tuning {} steps", ctx.args.finetune_steps));
@@ -362,8 +384,11 @@ pub fn prune(args: PruneConfig) -> anyhow::Result<PruneReport> {
         };
         ft = Some(finetune(&mut child, &ctx.prep.graph, &batches, &cfg, true)?);
     }
-    let after =
-        if ft.is_some() { quality(&ctx, &child, part, limit)? } else { after_prune.clone() };
+    let after = if ft.is_some() || reconstructed.is_some() {
+        quality(&ctx, &child, part, limit)?
+    } else {
+        after_prune.clone()
+    };
 
     if let Some(out) = &ctx.args.out {
         // Written to a temporary file, gated by tract, then renamed: a rejected child never
@@ -415,6 +440,14 @@ pub fn prune(args: PruneConfig) -> anyhow::Result<PruneReport> {
         accuracy_before: before.accuracy,
         accuracy_after: after.accuracy,
         accuracy_after_prune: after_prune.accuracy,
+        accuracy_after_reconstruct: reconstructed.as_ref().and_then(|(_, q)| q.accuracy),
+        fidelity_after_prune: if ctx.data.labelled() { None } else { after_prune.agreement },
+        fidelity_after_reconstruct: if ctx.data.labelled() {
+            None
+        } else {
+            reconstructed.as_ref().and_then(|(_, q)| q.agreement)
+        },
+        reconstruct: reconstructed.map(|(r, _)| r),
         fidelity: if ctx.data.labelled() { None } else { after.agreement },
         fidelity_cosine: after.cosine,
         test_examples: after.examples,
@@ -552,6 +585,25 @@ impl PruneSession {
             channels_removed: removed as f64 / total.max(1) as f64,
             graph,
         })
+    }
+}
+
+impl PruneSession {
+    /// Refits the layers of `child` that read pruned units by least squares on the session's
+    /// calibration examples ([`super::reconstruct`]).
+    pub fn reconstruct(
+        &mut self,
+        child: &mut Child,
+    ) -> anyhow::Result<super::reconstruct::ReconstructReport> {
+        if self.ctx.calib.is_empty() {
+            calibrate(&mut self.ctx)?;
+        }
+        super::reconstruct::reconstruct(
+            &self.ctx.prep.graph,
+            &mut child.graph,
+            &self.ctx.calib,
+            1e-3,
+        )
     }
 }
 

@@ -296,6 +296,7 @@ proptest! {
 
 fn config(model: &std::path::Path, out: &std::path::Path) -> super::run::PruneConfig {
     super::run::PruneConfig {
+        reconstruct: Default::default(),
         model: model.to_path_buf(),
         data: "fashion-mnist".into(),
         criterion: super::importance::Criterion::Auto,
@@ -769,4 +770,18 @@ fn pruning_plugs_into_the_method_trait_with_widths_for_each_class() {
         MethodContext { parent: &model, data: &data, inputs: &inputs, target: &rpi4, out: &out };
     let err = method.compress(&ctx, &bad).unwrap_err().to_string();
     assert!(err.contains("pruning settings"), "{err}");
+
+    // With reconstruction in the grid, each point comes plain and reconstructed; the
+    // reconstructed candidate says what it refitted.
+    let method =
+        PruneMethod::new(PruneGrid { reconstruct: vec![false, true], ..PruneGrid::default() });
+    let grid = method.grid(&rpi4);
+    assert_eq!(grid.len(), 32);
+    assert_eq!(grid.iter().filter(|s| s["reconstruct"] == true).count(), 16);
+    let settings = grid.iter().find(|s| s["reconstruct"] == true).unwrap().clone();
+    let out = dir.path().join("rebuilt.onnx");
+    let ctx =
+        MethodContext { parent: &model, data: &data, inputs: &inputs, target: &rpi4, out: &out };
+    let cand = method.compress(&ctx, &settings).unwrap();
+    assert!(cand.report["reconstruct"]["refitted"].as_array().is_some(), "{}", cand.report);
 }
