@@ -62,10 +62,30 @@ impl Pass {
 /// it is meant for (measured there by the agents).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PtqSettings {
+    /// Structured pruning first (with or without reconstruction), so that a class can get
+    /// "pruned, int8, ONNX Runtime"; its `round_to` is the class's SIMD width.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<crate::method::PruneSettings>,
     /// Passes, in order (none: the parent as it is, in `runtime`).
     pub passes: Vec<Pass>,
     /// The runtime the candidate targets.
     pub runtime: crate::method::Runtime,
+}
+
+/// The pruning session a [`PtqMethod`] keeps between candidates (the parent analysed once).
+#[derive(Default)]
+struct Pruner(std::sync::Mutex<Option<crate::method::PruneMethod>>);
+
+impl PartialEq for Pruner {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Pruner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pruner")
+    }
 }
 
 /// Post-training optimisation as a pipeline method ([`crate::method::CompressionMethod`]):
@@ -77,6 +97,8 @@ pub struct PtqSettings {
 pub struct PtqMethod {
     /// The settings, in grid order.
     pub settings: Vec<PtqSettings>,
+    #[serde(skip)]
+    pruner: std::sync::Arc<Pruner>,
 }
 
 impl Default for PtqMethod {
@@ -86,11 +108,24 @@ impl Default for PtqMethod {
         use crate::method::Runtime::Ort;
         PtqMethod {
             settings: vec![
-                PtqSettings { passes: vec![], runtime: Ort },
-                PtqSettings { passes: vec![Pass::Fold, Pass::Int8Dynamic], runtime: Ort },
-                PtqSettings { passes: vec![Pass::Fold, Pass::Int8Dynamic7], runtime: Ort },
-                PtqSettings { passes: vec![Pass::Fold, Pass::Int8Static], runtime: Ort },
+                PtqSettings { prune: None, passes: vec![], runtime: Ort },
+                PtqSettings {
+                    prune: None,
+                    passes: vec![Pass::Fold, Pass::Int8Dynamic],
+                    runtime: Ort,
+                },
+                PtqSettings {
+                    prune: None,
+                    passes: vec![Pass::Fold, Pass::Int8Dynamic7],
+                    runtime: Ort,
+                },
+                PtqSettings {
+                    prune: None,
+                    passes: vec![Pass::Fold, Pass::Int8Static],
+                    runtime: Ort,
+                },
             ],
+            pruner: Default::default(),
         }
     }
 }
@@ -100,8 +135,17 @@ impl crate::method::CompressionMethod for PtqMethod {
         "ptq"
     }
 
-    fn grid(&self, _target: &crate::method::Target) -> Vec<serde_json::Value> {
-        self.settings.iter().map(|s| serde_json::to_value(s).expect("settings serialise")).collect()
+    fn grid(&self, target: &crate::method::Target) -> Vec<serde_json::Value> {
+        self.settings
+            .iter()
+            .map(|s| {
+                let mut s = s.clone();
+                if let Some(p) = &mut s.prune {
+                    p.round_to = target.simd_width;
+                }
+                serde_json::to_value(s).expect("settings serialise")
+            })
+            .collect()
     }
 
     fn compress(
@@ -111,7 +155,23 @@ impl crate::method::CompressionMethod for PtqMethod {
     ) -> anyhow::Result<crate::method::Candidate> {
         let s: PtqSettings = serde_json::from_value(settings.clone())
             .context("post-training settings: passes, runtime")?;
-        let parent = hone_learn::eval::load_model(ctx.parent)?;
+        let mut pruned = serde_json::Value::Null;
+        let parent = match &s.prune {
+            None => hone_learn::eval::load_model(ctx.parent)?,
+            Some(p) => {
+                let path = ctx.out.with_extension("pruned.onnx");
+                let mut guard = self.pruner.0.lock().unwrap_or_else(|e| e.into_inner());
+                let pruner = guard.get_or_insert_with(|| {
+                    crate::method::PruneMethod::new(crate::method::PruneGrid::default())
+                });
+                let inner = crate::method::MethodContext { out: &path, ..ctx.clone() };
+                let c = pruner.compress(&inner, &serde_json::to_value(p)?)?;
+                pruned = c.report;
+                let g = hone_learn::eval::load_model(&path)?;
+                let _ = std::fs::remove_file(&path);
+                g
+            }
+        };
         let (graph, records) = apply(&parent, &s.passes, Some(ctx.data))?;
         if s.runtime == crate::method::Runtime::Ort {
             hone_learn::eval::ort::OrtModel::new(&graph, 1)
@@ -130,8 +190,13 @@ impl crate::method::CompressionMethod for PtqMethod {
                 crate::method::Precision::F32
             },
             report: serde_json::json!({
+                "prune": pruned,
                 "passes": records,
-                "params_after": crate::prune::param_count(&graph),
+                "params_after": if s.prune.is_some() {
+                    pruned["params_after"].clone()
+                } else {
+                    serde_json::json!(crate::prune::param_count(&parent))
+                },
             }),
         })
     }
