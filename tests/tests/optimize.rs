@@ -27,8 +27,8 @@ fn optimize_judges_times_and_writes_the_fastest_pass_list_within_budget() {
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let v: Value = serde_json::from_slice(&run.stdout).unwrap();
     let rows = v["rows"].as_array().unwrap();
-    // The original and five pass lists, each in both runtimes.
-    assert_eq!(rows.len(), 12, "{v}");
+    // The original and six pass lists, each in both runtimes.
+    assert_eq!(rows.len(), 14, "{v}");
     for runtime in ["tract", "ort"] {
         let original = rows
             .iter()

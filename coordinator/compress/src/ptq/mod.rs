@@ -38,6 +38,8 @@ pub enum Pass {
     /// The same, activations clipped at the 99.99th percentile of each tail.
     #[serde(rename = "int8-static-p9999")]
     Int8StaticPercentile,
+    /// The same, activations clipped at their entropy (KL) threshold.
+    Int8StaticEntropy,
 }
 
 crate::named_enum!(Pass, "pass" {
@@ -46,6 +48,7 @@ crate::named_enum!(Pass, "pass" {
     Int8Dynamic7 => "int8-dynamic-7bit",
     Int8Static => "int8-static",
     Int8StaticPercentile => "int8-static-p9999",
+    Int8StaticEntropy => "int8-static-entropy",
 });
 
 /// Calibration examples of the static passes.
@@ -233,10 +236,11 @@ pub fn apply(
                     "folded_batch_norms": bn,
                 })
             }
-            Pass::Int8Static | Pass::Int8StaticPercentile => {
+            Pass::Int8Static | Pass::Int8StaticPercentile | Pass::Int8StaticEntropy => {
                 let data = data.with_context(|| format!("{pass} needs calibration data"))?;
                 let calibration = match pass {
                     Pass::Int8Static => qdq::Calibration::MinMax,
+                    Pass::Int8StaticEntropy => qdq::Calibration::Entropy,
                     _ => qdq::Calibration::Percentile(99.99),
                 };
                 let (q, r) = qdq::quantize_static(&g, data, calibration, CALIBRATION_EXAMPLES)?;

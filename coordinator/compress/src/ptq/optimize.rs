@@ -38,6 +38,7 @@ pub fn auto_lists() -> Vec<Vec<Pass>> {
         vec![Pass::Fold, Pass::Int8Dynamic7],
         vec![Pass::Fold, Pass::Int8Static],
         vec![Pass::Fold, Pass::Int8StaticPercentile],
+        vec![Pass::Fold, Pass::Int8StaticEntropy],
     ]
 }
 

@@ -3,7 +3,7 @@
 //! `axis`), biases int32 at the input's scale times the weight's, and every activation read or
 //! written by a convolution, a matmul or an addition quantized to uint8 once (`QuantizeLinear`
 //! then `DequantizeLinear` after its producer), with ranges calibrated on training examples run
-//! by tract: min-max, or a percentile of the magnitudes.
+//! by tract: min-max, a percentile of each tail, or the entropy (KL) threshold.
 //!
 //! Per-channel `DequantizeLinear` needs opset 13; an older model is first brought to opset 13
 //! ([`upgrade_opset`]) when every op it uses means the same there (or can be rewritten to).
@@ -26,6 +26,73 @@ pub enum Calibration {
     MinMax,
     /// The given percentile (e.g. 99.99) of each tail: outliers clipped.
     Percentile(f64),
+    /// The clipping threshold whose 128-level quantized histogram is closest (Kullback-Leibler)
+    /// to the observed one, as TensorRT and ONNX Runtime's entropy calibrators do.
+    Entropy,
+}
+
+/// The entropy threshold `T` of `values` (sorted): the clip `[-T, T]` whose distribution,
+/// quantized to 128 levels, loses the least information (2048-bin histogram of the values).
+pub(crate) fn entropy_threshold(values: &[f32]) -> f32 {
+    const BINS: usize = 2048;
+    const LEVELS: usize = 128;
+    let m = values.iter().fold(0f32, |a, v| a.max(v.abs()));
+    if m == 0.0 || values.is_empty() {
+        return 1.0;
+    }
+    let width = 2.0 * m / BINS as f32;
+    let mut hist = vec![0f64; BINS];
+    for v in values {
+        let b = (((v + m) / width) as usize).min(BINS - 1);
+        hist[b] += 1.0;
+    }
+    let zero = BINS / 2;
+    let (mut best, mut best_kl) = (zero, f64::INFINITY);
+    for half in (LEVELS / 2..=zero).step_by(4) {
+        let (lo, hi) = (zero - half, zero + half);
+        let mut p: Vec<f64> = hist[lo..hi].to_vec();
+        p[0] += hist[..lo].iter().sum::<f64>();
+        *p.last_mut().expect("a non-empty window") += hist[hi..].iter().sum::<f64>();
+        // Q: P merged into LEVELS levels, each spread back over its non-empty bins.
+        let n = p.len();
+        let mut q = vec![0f64; n];
+        for level in 0..LEVELS {
+            let (a, b) =
+                (level * n / LEVELS, ((level + 1) * n / LEVELS).max(level * n / LEVELS + 1));
+            let b = b.min(n);
+            let total: f64 = hist_sum(&p[a..b]);
+            let nonzero = p[a..b].iter().filter(|x| **x > 0.0).count();
+            if nonzero > 0 {
+                for i in a..b {
+                    if p[i] > 0.0 {
+                        q[i] = total / nonzero as f64;
+                    }
+                }
+            }
+        }
+        let (sp, sq) = (hist_sum(&p), hist_sum(&q));
+        if sp == 0.0 || sq == 0.0 {
+            continue;
+        }
+        let kl: f64 = p
+            .iter()
+            .zip(&q)
+            .filter(|(a, _)| **a > 0.0)
+            .map(|(a, b)| {
+                let (a, b) = (a / sp, (b / sq).max(1e-12));
+                a * (a / b).ln()
+            })
+            .sum();
+        if kl < best_kl {
+            best_kl = kl;
+            best = half;
+        }
+    }
+    best as f32 * width
+}
+
+fn hist_sum(v: &[f64]) -> f64 {
+    v.iter().sum()
 }
 
 /// What the static pass did.
@@ -317,6 +384,10 @@ pub fn quantize_static(
                     let at = |q: f64| v[((q / 100.0) * (v.len() - 1) as f64).round() as usize];
                     Range(at(100.0 - p), at(p))
                 }
+                (Calibration::Entropy, Some(lo), Some(hi)) => {
+                    let t = entropy_threshold(v);
+                    Range(lo.max(-t), hi.min(t))
+                }
             }
         })
         .collect();
@@ -515,6 +586,18 @@ mod tests {
 
     /// Opset-9 Softmax over axis 1 of a rank-3 input coerces to 2-D (normalises over the last
     /// two axes together); the upgraded graph keeps that meaning exactly.
+    /// A bell of values with a few far outliers: min-max would spend the range on the
+    /// outliers; the entropy threshold clips them and keeps the bulk.
+    #[test]
+    fn the_entropy_threshold_clips_rare_outliers() {
+        let mut v: Vec<f32> =
+            (0..20_000).map(|i| ((i as f32 * 0.618).fract() - 0.5) * 2.0).collect();
+        v.extend([40.0, -35.0, 50.0]);
+        let t = entropy_threshold(&v);
+        assert!((1.0..10.0).contains(&t), "threshold {t}");
+        assert_eq!(entropy_threshold(&[0.0, 0.0]), 1.0);
+    }
+
     #[test]
     fn an_old_softmax_keeps_its_meaning_at_opset_13_and_unknown_ops_are_refused() {
         let old = model(
