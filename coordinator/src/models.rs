@@ -22,6 +22,68 @@ pub async fn check_file(
     .map_err(|e| ModelError::Panicked(e.to_string()))?
 }
 
+/// The runtimes a registered model runs in (`summary.runtimes`; models registered before runtimes
+/// were recorded ran in tract).
+pub fn model_runtimes(model: &crate::db::ModelRow) -> Vec<hone_common::bench::Runtime> {
+    serde_json::from_value(model.summary["runtimes"].clone()).unwrap_or_else(|_| {
+        vec![hone_common::bench::Runtime::Tract, hone_common::bench::Runtime::Ort]
+    })
+}
+
+/// Why `model` cannot be measured in `runtime` (`None`: it can).
+pub fn runtime_refusal(
+    model: &crate::db::ModelRow,
+    runtime: hone_common::bench::Runtime,
+) -> Option<String> {
+    (!model_runtimes(model).contains(&runtime)).then(|| {
+        format!(
+            "model `{}` runs only in {} ({}): measure it with --runtime ort",
+            model.name,
+            model_runtimes(model).iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", "),
+            model.summary["tract_refusal"].as_str().unwrap_or("its gate refused the others")
+        )
+    })
+}
+
+/// Loads a model in ONNX Runtime in this process (the `ort-check` child's work).
+pub fn ort_load(path: &Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(path)?;
+    let graph = hone_graph::Graph::from_bytes(&bytes)?;
+    hone_learn::eval::ort::OrtModel::new(&graph, 1).map(drop)
+}
+
+/// The ONNX Runtime gate: `coordinator ort-check` in a child process (a model that crashes
+/// ONNX Runtime ends the child, not the coordinator), at most 120 s; the model's summary when
+/// ONNX Runtime loads it.
+async fn ort_gate(path: &Path) -> Result<serde_json::Value, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("no executable to check with: {e}"))?;
+    let child = tokio::process::Command::new(exe)
+        .arg("ort-check")
+        .arg("--model")
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start the ONNX Runtime check: {e}"))?;
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), child.wait_with_output())
+        .await
+        .map_err(|_| "the ONNX Runtime check took over 120 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    let v: serde_json::Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| "the ONNX Runtime check crashed".to_string())?;
+    if v["ok"] != true {
+        return Err(v["error"].as_str().unwrap_or("refused").to_owned());
+    }
+    let bytes = tokio::fs::read(path).await.map_err(|e| e.to_string())?;
+    let graph = hone_graph::Graph::from_bytes(&bytes).map_err(|e| e.to_string())?;
+    hone_graph::gate::summarize(graph.proto()).map_err(|e| e.to_string())
+}
+
 /// The shapes of a model registered without any: for a language model Hone wrote (its card in
 /// the ONNX metadata), one decode step after [`hone_learn::llm::DECODE_PAST`] cached tokens, the
 /// step its devices measure; none for any other model (its symbols take their defaults).
@@ -83,7 +145,32 @@ pub async fn register(
             if !inputs.is_empty() {
                 summary["input_shapes"] = serde_json::to_value(&inputs).unwrap_or_default();
             }
+            // tract's gate passed; ONNX Runtime is not excluded (agents check it when they load).
+            summary["runtimes"] = serde_json::json!(["tract", "ort"]);
+            summary["gate"] = serde_json::json!("tract");
             summary
+        }
+        // tract cannot run it: a model meant for ONNX Runtime (contrib ops, QOperator int8)
+        // is registered for ONNX Runtime alone if ONNX Runtime loads it, in a child process.
+        Err(e @ (ModelError::Unloadable(_) | ModelError::Panicked(_))) => {
+            let tract = e.to_string();
+            match ort_gate(&received.tmp).await {
+                Ok(mut summary) => {
+                    if !inputs.is_empty() {
+                        summary["input_shapes"] = serde_json::to_value(&inputs).unwrap_or_default();
+                    }
+                    summary["runtimes"] = serde_json::json!(["ort"]);
+                    summary["gate"] = serde_json::json!("onnxruntime");
+                    summary["tract_refusal"] = serde_json::json!(tract);
+                    summary
+                }
+                Err(ort) => {
+                    received.discard().await;
+                    return Err(RegisterError::Refused(format!(
+                        "{tract}; ONNX Runtime cannot load it either: {ort}"
+                    )));
+                }
+            }
         }
         Err(e) => {
             received.discard().await;

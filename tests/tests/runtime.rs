@@ -317,3 +317,100 @@ fn a_pipeline_measures_onnx_runtime_candidates_on_the_classes_that_run_it() {
     }
     assert_eq!(tract_class["winner"]["model"], tract_class["parent"]["model"]);
 }
+
+/// A model only ONNX Runtime can run (`com.microsoft::Inverse`, a contrib op tract lacks): registration
+/// gates it with an ONNX Runtime session load (in a child process), records it as ONNX Runtime
+/// only with tract's reason, and campaigns in tract, pipelines and deployments refuse it with
+/// that reason; a campaign in ONNX Runtime measures it. A model neither runtime loads is refused
+/// with both reasons.
+#[test]
+fn a_model_only_onnx_runtime_runs_is_gated_by_it_and_never_sent_to_tract() {
+    use hone_graph::pb;
+    let model = |op: &str, domain: &str| -> Vec<u8> {
+        let info = |n: &str| {
+            hone_graph::ValueInfo::tensor(
+                n,
+                hone_graph::DataType::F32,
+                vec![hone_graph::Dim::Value(8), hone_graph::Dim::Value(8)],
+            )
+            .to_proto()
+        };
+        let p = pb::ModelProto {
+            ir_version: 8,
+            opset_import: vec![
+                pb::OperatorSetIdProto { domain: String::new(), version: 17 },
+                pb::OperatorSetIdProto { domain: domain.into(), version: 1 },
+            ],
+            graph: Some(pb::GraphProto {
+                name: "g".into(),
+                node: vec![pb::NodeProto {
+                    name: "n".into(),
+                    op_type: op.into(),
+                    domain: domain.into(),
+                    input: vec!["x".into()],
+                    output: vec!["y".into()],
+                    ..Default::default()
+                }],
+                input: vec![info("x")],
+                output: vec![info("y")],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        prost::Message::encode_to_vec(&p)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let coord =
+        CoordinatorProc::start(&dir.path().join("coord"), Broker::Embedded(free_port()), None)
+            .unwrap();
+    let api = coord.api();
+    let id = unique("ortonly");
+    let lib = ort_lib();
+    let _a = AgentProc::start_with(
+        &coord,
+        &dir.path().join("agents"),
+        &id,
+        &["--profile", "rpi5", "--ort-lib", &lib],
+        5,
+    )
+    .unwrap();
+    api.wait_device(&id, true, Duration::from_secs(60)).unwrap();
+    let path = dir.path().join("inverse.onnx");
+    std::fs::write(&path, model("Inverse", "com.microsoft")).unwrap();
+    let m = api.register(&path, "inverse-contrib").unwrap();
+    let row = api.get(&format!("/api/v1/models/{m}")).unwrap();
+    assert_eq!(row["summary"]["runtimes"], json!(["ort"]), "{row}");
+    assert_eq!(row["summary"]["gate"], "onnxruntime");
+    assert!(row["summary"]["tract_refusal"].as_str().unwrap().contains("Inverse"), "{row}");
+    // Never sent to tract: a tract campaign, a pipeline and a deployment are refused with why.
+    let bench = |rt: &str| json!({"warmup": 1, "max_iterations": 3, "max_time_ms": 1000, "symbols": [], "runtime": rt});
+    let (code, body) = api
+        .post("/api/v1/campaigns", &json!({"models": [m], "devices": id, "bench": bench("tract")}))
+        .unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.to_string().contains("runs only in ort"), "{body}");
+    let (code, body) = api
+        .post(
+            "/api/v1/pipelines",
+            &json!({"model": m, "data": "mnist", "devices": ["rpi5"], "min_fidelity": 0.5}),
+        )
+        .unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.to_string().contains("measures its parent in tract"), "{body}");
+    let (code, body) =
+        api.post("/api/v1/deployments", &json!({"model": m, "devices": id})).unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.to_string().contains("serve in tract only"), "{body}");
+    // In ONNX Runtime it is measured.
+    let c =
+        api.start_campaign(json!({"models": [m], "devices": id, "bench": bench("ort")})).unwrap();
+    let view = api.wait_campaign(&c, Duration::from_secs(120)).unwrap();
+    assert_eq!(view["lines"][0]["state"], "done", "{view}");
+    // Neither runtime loads it: refused with both reasons, nothing stored.
+    let bad = dir.path().join("bogus.onnx");
+    std::fs::write(&bad, model("NoSuchOp", "com.example")).unwrap();
+    let text = api.register(&bad, "bogus").unwrap_err().to_string();
+    assert!(text.contains("ONNX Runtime cannot load it either"), "{text}");
+    let models = api.get("/api/v1/models").unwrap();
+    assert!(!models.to_string().contains("bogus"), "nothing stored: {models}");
+}

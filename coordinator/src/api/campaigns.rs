@@ -232,6 +232,9 @@ pub(super) async fn create(
             s.db.find_model(key)
                 .await?
                 .ok_or_else(|| ApiError::BadRequest(format!("no model `{key}`")))?;
+        if let Some(why) = crate::models::runtime_refusal(&m, req.bench.runtime) {
+            return Err(ApiError::BadRequest(why));
+        }
         if !models.contains(&m.id) {
             models.push(m.id);
         }

@@ -68,6 +68,12 @@ pub(super) async fn create(
         s.db.find_model(&req.model)
             .await?
             .ok_or_else(|| ApiError::BadRequest(format!("no model `{}`", req.model)))?;
+    // The parent is measured in tract on every class.
+    if let Some(why) = crate::models::runtime_refusal(&parent, hone_common::bench::Runtime::Tract) {
+        return Err(ApiError::BadRequest(format!(
+            "{why}; a pipeline measures its parent in tract, so compress a model tract runs"
+        )));
+    }
     // Every class needs an online agent before any work starts.
     let devices = s.db.devices().await?;
     for class in req.classes() {

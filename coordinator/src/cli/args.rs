@@ -71,6 +71,13 @@ pub(super) enum Command {
         #[command(subcommand)]
         command: crate::cli::compare::ResultsCmd,
     },
+    /// Internal: load a model in ONNX Runtime and print `{"ok": true}` or the error as JSON
+    /// (the registration gate of models tract cannot load, in a child process).
+    #[command(hide = true)]
+    OrtCheck {
+        #[arg(long)]
+        model: std::path::PathBuf,
+    },
     /// CPU device classes and imported GPU measurements side by side for one model: latency,
     /// throughput, joules and cost per million inferences, with each figure's provenance.
     Compare(Box<crate::cli::compare::CompareArgs>),

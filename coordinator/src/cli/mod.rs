@@ -36,6 +36,14 @@ pub use print::print_campaign;
 /// Runs the command line; returns the exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    if let Command::OrtCheck { model } = &cli.command {
+        let answer = match crate::models::ort_load(model) {
+            Ok(()) => serde_json::json!({"ok": true}),
+            Err(e) => serde_json::json!({"error": format!("{e:#}")}),
+        };
+        println!("{answer}");
+        return 0;
+    }
     if matches!(
         cli.command,
         Command::Baseline { .. }
@@ -156,6 +164,7 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Fold(args) => graph::run(args).await,
         Command::Optimize(args) => optimize::run(*args).await,
         Command::Results { command } => compare::results(command).await,
+        Command::OrtCheck { .. } => unreachable!("handled before the runtime starts"),
         Command::Compare(args) => compare::compare(*args).await,
         Command::Llm { command } => llm::run(command).await,
         Command::Compress(args) => pipeline::compress(*args).await,

@@ -266,6 +266,9 @@ pub async fn create(
         .find_model(&req.model)
         .await?
         .ok_or_else(|| CreateError::Invalid(format!("no model `{}`", req.model)))?;
+    if let Some(why) = crate::models::runtime_refusal(&model, hone_common::bench::Runtime::Tract) {
+        return Err(CreateError::Invalid(format!("{why}; agents serve in tract only")));
+    }
     let selector: DeviceSelector = req.devices.parse().map_err(CreateError::Invalid)?;
     let devices = db.devices().await?;
     let mut chosen =
