@@ -110,7 +110,7 @@ impl GpuFile {
 }
 
 /// What the comparison assumes.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Assumptions {
     /// GPU price, USD per hour.
     pub gpu_hourly_usd: f64,
@@ -128,7 +128,7 @@ pub const DEFAULT_GPU_PRICE_SOURCE: &str = "H100 SXM 80GB on-demand $2.49-$3.99/
      h100-vs-a100-cloud-price); the middle of that range. Pass --gpu-hourly-usd for yours";
 
 /// One line of the comparison.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Line {
     /// `cpu` or `gpu`.
     pub kind: String,
@@ -150,6 +150,41 @@ pub struct Line {
     pub provenance: String,
 }
 
+/// A CPU device class's line from its latency: the profile's board power and price.
+pub fn cpu_line(
+    class: &str,
+    runtime: &str,
+    p50_ms: f64,
+    provenance: String,
+    a: &Assumptions,
+) -> Line {
+    let profile = hone_firmware_profiles::find(class);
+    let s = p50_ms / 1000.0;
+    let lifetime_s = a.cpu_lifetime_years * 365.25 * 86_400.0;
+    Line {
+        kind: "cpu".into(),
+        device: class.to_owned(),
+        runtime: runtime.to_owned(),
+        batch: 1,
+        p50_ms,
+        throughput_per_s: 1000.0 / p50_ms,
+        joules_per_inference: profile.map(|p| p.power.active_w * s),
+        usd_per_million: profile
+            .filter(|p| p.unit_cost_usd > 0.0)
+            .map(|p| p.unit_cost_usd * s / lifetime_s * 1e6),
+        provenance,
+    }
+}
+
+/// The default assumptions (the cited GPU price, three years for a board).
+pub fn default_assumptions() -> Assumptions {
+    Assumptions {
+        gpu_hourly_usd: DEFAULT_GPU_HOURLY_USD,
+        gpu_price_source: DEFAULT_GPU_PRICE_SOURCE.into(),
+        cpu_lifetime_years: 3.0,
+    }
+}
+
 /// CPU lines from agent results (newest single-mode result per profile) and GPU lines from
 /// imported rows.
 pub fn compare(cpu: &[ResultRow], gpu: &[ImportedRow], a: &Assumptions) -> Vec<Line> {
@@ -162,13 +197,6 @@ pub fn compare(cpu: &[ResultRow], gpu: &[ImportedRow], a: &Assumptions) -> Vec<L
         if mode != "single" || !seen.insert((class.clone(), runtime.clone())) {
             continue;
         }
-        let profile = hone_firmware_profiles::find(&class);
-        let s = r.latency.p50_ms / 1000.0;
-        let joules = profile.map(|p| p.power.active_w * s);
-        let lifetime_s = a.cpu_lifetime_years * 365.25 * 86_400.0;
-        let cost = profile
-            .filter(|p| p.unit_cost_usd > 0.0)
-            .map(|p| p.unit_cost_usd * s / lifetime_s * 1e6);
         let emulation = r.report["emulation"]["status"].as_str().map(str::to_owned).or_else(|| {
             r.report["emulation"]["status"]
                 .as_object()
@@ -181,17 +209,7 @@ pub fn compare(cpu: &[ResultRow], gpu: &[ImportedRow], a: &Assumptions) -> Vec<L
             Some(other) => format!("agent {} ({other}) on {host}", r.device_id),
             None => format!("agent {}", r.device_id),
         };
-        lines.push(Line {
-            kind: "cpu".into(),
-            device: class,
-            runtime,
-            batch: 1,
-            p50_ms: r.latency.p50_ms,
-            throughput_per_s: 1000.0 / r.latency.p50_ms,
-            joules_per_inference: joules,
-            usd_per_million: cost,
-            provenance,
-        });
+        lines.push(cpu_line(&class, &runtime, r.latency.p50_ms, provenance, a));
     }
     for g in gpu {
         let Ok(row) = serde_json::from_value::<GpuRow>(g.measurement["row"].clone()) else {

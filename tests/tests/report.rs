@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use coordinator::compare::{Line, cpu_line, default_assumptions};
 use coordinator::pipeline::report;
 use coordinator::pipeline::result::{
     CandidateRow, ClassResult, Constraints, Figures, PipelineResult, PredictorReport,

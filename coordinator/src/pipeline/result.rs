@@ -41,6 +41,11 @@ pub struct PipelineResult {
     pub report: Option<String>,
     /// The host the coordinator ran on (CPU model), for the figures' provenance.
     pub coordinator_cpu: String,
+    /// Each class's winner beside GPU measurements of the parent imported with
+    /// `coordinator results import` (empty when there are none): latency, joules and cost per
+    /// million inferences, each line with its provenance.
+    #[serde(default)]
+    pub gpu_comparison: Vec<crate::compare::Line>,
 }
 
 /// The constraints of a pipeline.

@@ -1222,6 +1222,24 @@ impl Runner {
                 predictor,
             });
         }
+        // The winners beside any GPU measurement of the parent imported with provenance.
+        let imported = self.db.imported_for_model(&d.parent.id).await?;
+        let mut gpu_comparison = Vec::new();
+        if !imported.is_empty() {
+            let a = crate::compare::default_assumptions();
+            for c in &classes {
+                if let Some(w) = c.winner.as_ref().filter(|w| w.p50_ms.is_some()) {
+                    gpu_comparison.push(crate::compare::cpu_line(
+                        &c.class,
+                        w.runtime.as_deref().unwrap_or("tract"),
+                        w.p50_ms.unwrap_or(f64::NAN),
+                        format!("the winner of {} ({}), {}", c.class, w.name, c.measurement),
+                        &a,
+                    ));
+                }
+            }
+            gpu_comparison.extend(crate::compare::compare(&[], &imported, &a));
+        }
         Ok(PipelineResult {
             pipeline: d.row.id.clone(),
             state: state.to_owned(),
@@ -1244,6 +1262,7 @@ impl Runner {
             wall_seconds: (now_i64() - d.row.created_at_ms) as f64 / 1000.0,
             report: None,
             coordinator_cpu: cpu_name(),
+            gpu_comparison,
         })
     }
 }

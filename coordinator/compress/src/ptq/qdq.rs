@@ -27,9 +27,13 @@ pub enum Calibration {
     /// The given percentile (e.g. 99.99) of each tail: outliers clipped.
     Percentile(f64),
     /// The clipping threshold whose 128-level quantized histogram is closest (Kullback-Leibler)
-    /// to the observed one, as TensorRT and ONNX Runtime's entropy calibrators do.
+    /// to the observed one, as TensorRT and ONNX Runtime's entropy calibrators do, never below
+    /// the 99.9th percentile of the magnitudes.
     Entropy,
 }
+
+/// Fewer calibration values than this and the entropy calibration keeps min-max.
+pub const ENTROPY_MIN_VALUES: usize = 4096;
 
 /// The entropy threshold `T` of `values` (sorted): the clip `[-T, T]` whose distribution,
 /// quantized to 128 levels, loses the least information (2048-bin histogram of the values).
@@ -50,21 +54,26 @@ pub(crate) fn entropy_threshold(values: &[f32]) -> f32 {
     let (mut best, mut best_kl) = (zero, f64::INFINITY);
     for half in (LEVELS / 2..=zero).step_by(4) {
         let (lo, hi) = (zero - half, zero + half);
-        let mut p: Vec<f64> = hist[lo..hi].to_vec();
+        // P: the window, with the mass outside it folded into its edge bins (what clipping
+        // does to the values).
+        let window = &hist[lo..hi];
+        let mut p: Vec<f64> = window.to_vec();
         p[0] += hist[..lo].iter().sum::<f64>();
         *p.last_mut().expect("a non-empty window") += hist[hi..].iter().sum::<f64>();
-        // Q: P merged into LEVELS levels, each spread back over its non-empty bins.
+        // Q: the window without the folded outliers, merged into LEVELS levels, each spread
+        // back over its non-empty bins (what quantization keeps): the outliers P holds and Q
+        // lacks are the price of clipping.
         let n = p.len();
         let mut q = vec![0f64; n];
         for level in 0..LEVELS {
             let (a, b) =
                 (level * n / LEVELS, ((level + 1) * n / LEVELS).max(level * n / LEVELS + 1));
             let b = b.min(n);
-            let total: f64 = hist_sum(&p[a..b]);
-            let nonzero = p[a..b].iter().filter(|x| **x > 0.0).count();
+            let total: f64 = hist_sum(&window[a..b]);
+            let nonzero = window[a..b].iter().filter(|x| **x > 0.0).count();
             if nonzero > 0 {
                 for i in a..b {
-                    if p[i] > 0.0 {
+                    if window[i] > 0.0 {
                         q[i] = total / nonzero as f64;
                     }
                 }
@@ -384,8 +393,19 @@ pub fn quantize_static(
                     let at = |q: f64| v[((q / 100.0) * (v.len() - 1) as f64).round() as usize];
                     Range(at(100.0 - p), at(p))
                 }
+                // A histogram needs values: a tensor seen a few hundred times (a classifier's
+                // logits) would be clipped to noise, so it keeps its whole range.
+                (Calibration::Entropy, Some(lo), Some(hi)) if v.len() < ENTROPY_MIN_VALUES => {
+                    Range(*lo, *hi)
+                }
+                // The KL threshold, never below the 99.9th percentile of the magnitudes: on a
+                // distribution with a spike (an image's black background, a ReLU's zeros) the
+                // divergence alone can favour clipping the bulk of the signal.
                 (Calibration::Entropy, Some(lo), Some(hi)) => {
-                    let t = entropy_threshold(v);
+                    let mut mags: Vec<f32> = v.iter().map(|x| x.abs()).collect();
+                    mags.sort_by(f32::total_cmp);
+                    let floor = mags[((mags.len() - 1) as f64 * 0.999).round() as usize];
+                    let t = entropy_threshold(v).max(floor);
                     Range(lo.max(-t), hi.min(t))
                 }
             }
@@ -559,8 +579,13 @@ mod tests {
         let (a, b) = (run_tract(&g, &x), run_tract(&q, &x));
         assert!(max_rel_diff(&a, &b) < 0.05, "tract: {}", max_rel_diff(&a, &b));
         let name = hone_learn::eval::tract::true_inputs(&q)[0].clone();
-        let c = OrtModel::new(&q, 1).unwrap().run(&[(name, x)]).unwrap();
+        let c = OrtModel::new(&q, 1).unwrap().run(&[(name, x.clone())]).unwrap();
         assert!(max_rel_diff(&a, &c[0].1) < 0.05, "ort: {}", max_rel_diff(&a, &c[0].1));
+        // Entropy calibration on the same: tensors seen too few times (the logits) keep their
+        // range instead of being clipped to noise.
+        let (e, _) = quantize_static(&g, &data, Calibration::Entropy, 32).unwrap();
+        let d = run_tract(&e, &x);
+        assert!(max_rel_diff(&a, &d) < 0.1, "entropy: {}", max_rel_diff(&a, &d));
     }
 
     fn model(opset: i64, nodes: Vec<Node>, inits: Vec<(&str, Tensor)>, x: &[usize]) -> Graph {

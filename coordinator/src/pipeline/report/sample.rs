@@ -270,5 +270,25 @@ pub(super) fn sample() -> PipelineResult {
         wall_seconds: 1873.4,
         report: Some("pipelines/pl-01JF8Q7XK2M4/report.html".into()),
         coordinator_cpu: "AMD EPYC 7B13 (16 cores)".into(),
+        gpu_comparison: vec![
+            super::cpu_line(
+                "rpi4",
+                "tract",
+                31.2,
+                "the winner of rpi4, emulated".into(),
+                &super::default_assumptions(),
+            ),
+            super::Line {
+                kind: "gpu".into(),
+                device: "NVIDIA H100 80GB HBM3".into(),
+                runtime: "PyTorch eager fp16".into(),
+                batch: 64,
+                p50_ms: 4.88,
+                throughput_per_s: 13103.0,
+                joules_per_inference: Some(0.0178),
+                usd_per_million: Some(0.063),
+                provenance: "imported from h100.json: measured elsewhere".into(),
+            },
+        ],
     }
 }
