@@ -10,6 +10,7 @@
 //! Latency is always measured side by side in one run ([`timing`]), in tract and in ONNX
 //! Runtime, against the original in both.
 
+pub mod lowrank;
 pub mod optimize;
 pub mod qdq;
 pub mod quant;
@@ -40,6 +41,13 @@ pub enum Pass {
     Int8StaticPercentile,
     /// The same, activations clipped at their entropy (KL) threshold.
     Int8StaticEntropy,
+    /// Low-rank factorisation of `MatMul` weights keeping 90 % of each one's energy, where it
+    /// cuts the multiply-adds ([`lowrank`]).
+    #[serde(rename = "lowrank-90")]
+    LowRank90,
+    /// The same keeping 97 %.
+    #[serde(rename = "lowrank-97")]
+    LowRank97,
 }
 
 crate::named_enum!(Pass, "pass" {
@@ -49,6 +57,8 @@ crate::named_enum!(Pass, "pass" {
     Int8Static => "int8-static",
     Int8StaticPercentile => "int8-static-p9999",
     Int8StaticEntropy => "int8-static-entropy",
+    LowRank90 => "lowrank-90",
+    LowRank97 => "lowrank-97",
 });
 
 /// Calibration examples of the static passes.
@@ -57,7 +67,7 @@ pub const CALIBRATION_EXAMPLES: usize = 64;
 impl Pass {
     /// Whether the pass makes an int8 model.
     pub fn is_int8(self) -> bool {
-        !matches!(self, Pass::Fold)
+        !matches!(self, Pass::Fold | Pass::LowRank90 | Pass::LowRank97)
     }
 }
 
@@ -235,6 +245,19 @@ pub fn apply(
                     "skipped": r.skipped.len(),
                     "folded_batch_norms": bn,
                 })
+            }
+            Pass::LowRank90 | Pass::LowRank97 => {
+                let energy = if pass == Pass::LowRank90 { 0.90 } else { 0.97 };
+                let (f, r) = lowrank::factorise(&g, energy)?;
+                if r.factored.is_empty() {
+                    anyhow::bail!(
+                        "{pass}: no MatMul weight where a rank keeping {:.0} % of its energy \
+                         cuts the multiply-adds",
+                        energy * 100.0
+                    );
+                }
+                g = f;
+                serde_json::to_value(&r)?
             }
             Pass::Int8Static | Pass::Int8StaticPercentile | Pass::Int8StaticEntropy => {
                 let data = data.with_context(|| format!("{pass} needs calibration data"))?;

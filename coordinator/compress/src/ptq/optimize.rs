@@ -39,6 +39,8 @@ pub fn auto_lists() -> Vec<Vec<Pass>> {
         vec![Pass::Fold, Pass::Int8Static],
         vec![Pass::Fold, Pass::Int8StaticPercentile],
         vec![Pass::Fold, Pass::Int8StaticEntropy],
+        vec![Pass::Fold, Pass::LowRank90],
+        vec![Pass::Fold, Pass::LowRank97],
     ]
 }
 
