@@ -900,10 +900,12 @@ fn a_slower_device_breaches_the_budget_and_a_hot_one_throttles() {
     // A real model that takes milliseconds (a CPU quota shows on it): PaddleOCR's classifier.
     let m = api.register_with_inputs(&asset("corpus-ppocr-cls"), "cnn", "x=1x3x48x192").unwrap();
     // Binary-data requests: the server's latency is the model's, not JSON parsing.
-    let load = |url: &str| {
+    // The latency rule needs three slow windows with traffic in a row: the slow device's burst
+    // spans at least four one-second windows (a two-second burst covered two or three).
+    let load = |url: &str, seconds: &str| {
         let out = std::process::Command::new(bin("edge-agent"))
             .args(["loadgen", "--url", url, "--model", "cnn", "--binary", "--rate", "10"])
-            .args(["--duration", "2", "--json"])
+            .args(["--duration", seconds, "--json"])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -958,8 +960,8 @@ fn a_slower_device_breaches_the_budget_and_a_hot_one_throttles() {
     };
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        load(&fast_url);
-        load(&slow_url);
+        load(&fast_url, "2");
+        load(&slow_url, "4");
         let slow_rules = rules(&slow_id);
         if slow_rules.iter().any(|r| r == "latency_budget")
             && slow_rules.iter().any(|r| r == "throttling")
