@@ -241,6 +241,7 @@ pub fn run(
     let mut rows = Vec::new();
     for (i, m) in made.iter().enumerate() {
         let (f, judged_in) = &quality[i];
+        let size_bytes = m.graph.to_bytes().len() as u64;
         let accuracy = f.model_accuracy.map(|a| a.value());
         let drop = accuracy.zip(parent_acc).map(|(a, p)| (p - a) * 100.0);
         let within = match (cfg.max_accuracy_drop, cfg.min_fidelity) {
@@ -262,7 +263,7 @@ pub fn run(
                 agreement: f.top1_agreement,
                 cosine: f.mean_cosine,
                 judged_in: *judged_in,
-                size_bytes: m.graph.to_bytes().len() as u64,
+                size_bytes,
                 pass_seconds: m.seconds,
                 within_budget: within,
                 error: None,

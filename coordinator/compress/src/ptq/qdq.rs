@@ -11,11 +11,9 @@
 use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context as _, bail};
-use candle_core::DType;
 use hone_graph::{Attribute, Graph, Node, Tensor, TensorData};
 use hone_learn::data::Part;
 use hone_learn::eval::EvalData;
-use hone_learn::eval::tract::TractPlan;
 use serde::{Deserialize, Serialize};
 
 /// How activation ranges are calibrated.
@@ -358,16 +356,9 @@ pub fn quantize_static(
     let first = probe.outputs().len() - tensors.len();
     let batches = data.batches(&probe, Part::Train, 8, Some(examples), Some(0))?;
     let mut seen: Vec<Vec<f32>> = vec![Vec::new(); tensors.len()];
-    let mut plans: HashMap<Vec<Vec<usize>>, TractPlan> = HashMap::new();
+    let mut runner = hone_learn::eval::TractRunner::new(probe);
     for b in &batches {
-        let facts: Vec<(DType, Vec<usize>)> =
-            b.inputs.iter().map(|(_, t)| (t.dtype(), t.dims().to_vec())).collect();
-        let key: Vec<Vec<usize>> = facts.iter().map(|(_, d)| d.clone()).collect();
-        if !plans.contains_key(&key) {
-            plans.insert(key.clone(), TractPlan::new(probe.proto(), &facts)?);
-        }
-        let inputs: Vec<candle_core::Tensor> = b.inputs.iter().map(|(_, t)| t.clone()).collect();
-        let outs = plans[&key].run(&inputs)?;
+        let outs = runner.run(b)?;
         for (k, (_, values)) in outs[first..].iter().enumerate() {
             // Keep a bounded sample per tensor (every value for min-max would be the same).
             let step = (values.len() / 20_000).max(1);
@@ -522,9 +513,11 @@ pub fn quantize_static(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::DType;
     use candle_core::{Device, Tensor as CTensor};
     use hone_graph::{DataType, Dim, ValueInfo, pb};
     use hone_learn::eval::ort::OrtModel;
+    use hone_learn::eval::tract::TractPlan;
     use hone_learn::train::builder::{Layer, ModelSpec};
 
     fn cnn() -> Graph {

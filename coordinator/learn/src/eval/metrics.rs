@@ -80,20 +80,21 @@ fn choose_output(
 
 /// A model run by tract on batches of any shape: one optimised plan per distinct input shape,
 /// made on first use.
-pub(crate) struct TractRunner {
+pub struct TractRunner {
     graph: Graph,
     order: Vec<String>,
     plans: HashMap<Vec<(String, Vec<usize>)>, TractPlan>,
 }
 
 impl TractRunner {
-    pub(crate) fn new(graph: Graph) -> TractRunner {
+    /// A runner of `graph` (no plan is made before the first batch).
+    pub fn new(graph: Graph) -> TractRunner {
         let order = true_inputs(&graph);
         TractRunner { graph, order, plans: HashMap::new() }
     }
 
     /// Every output of the graph on `batch` (whose inputs are named), in graph output order.
-    pub(crate) fn run(&mut self, batch: &EvalBatch) -> anyhow::Result<Vec<Output>> {
+    pub fn run(&mut self, batch: &EvalBatch) -> anyhow::Result<Vec<Output>> {
         let mut ordered = Vec::with_capacity(self.order.len());
         for name in &self.order {
             let t = batch

@@ -36,7 +36,7 @@ use std::path::Path;
 use anyhow::Context as _;
 
 pub use data::{DATA_NAMES, EvalBatch, EvalData, MAX_TOKENS, TextData};
-pub(crate) use metrics::TractRunner;
+pub use metrics::TractRunner;
 pub use metrics::{
     EvalRuntime, Fidelity, accuracy, accuracy_in, accuracy_of, fidelity, fidelity_in,
 };
