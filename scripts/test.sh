@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly what CI runs (.ci/run calls this script):
-# services up, real assets fetched, rustfmt, clippy -D warnings, build, every test.
+# services up, real assets fetched, the pinned Python tools installed (or found warm), rustfmt, clippy -D warnings, build, every test.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -15,6 +15,8 @@ step "services"
 scripts/services.sh
 step "assets"
 scripts/fetch-assets.sh
+step "python tools (MLflow, DVC, Airflow: pinned environments, reused when warm)"
+scripts/python-tools.sh >/dev/null
 step "rustfmt"
 cargo fmt --all -- --check
 step "clippy"
