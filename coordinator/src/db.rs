@@ -1128,6 +1128,7 @@ fn campaign_from(row: &AnyRow) -> std::result::Result<CampaignRow, sqlx::Error> 
 
 mod deploy;
 pub mod imported;
+pub mod mlflow;
 mod pipelines;
 #[cfg(test)]
 mod tests;

@@ -30,6 +30,7 @@ pub mod compare;
 pub mod db;
 pub mod deploy;
 pub mod metrics;
+pub mod mlflow;
 pub mod models;
 pub mod mqtt;
 pub mod pipeline;

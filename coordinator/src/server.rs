@@ -47,6 +47,8 @@ pub struct ServeConfig {
     pub import_dir: Option<PathBuf>,
     /// Where alerts are POSTed (JSON), if anywhere.
     pub alert_webhook: Option<String>,
+    /// The MLflow tracking server records are written to, if any.
+    pub mlflow: Option<crate::mlflow::MlflowConfig>,
 }
 
 impl ServeConfig {
@@ -61,6 +63,7 @@ impl ServeConfig {
             upload_limit: 4 * 1024 * 1024 * 1024,
             import_dir: None,
             alert_webhook: None,
+            mlflow: None,
         }
     }
 }
@@ -78,6 +81,7 @@ pub struct Running {
     runner: tokio::task::JoinHandle<()>,
     rollout: tokio::task::JoinHandle<()>,
     compactor: tokio::task::JoinHandle<()>,
+    mirror: Option<tokio::task::JoinHandle<()>>,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -97,6 +101,9 @@ impl Running {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.runner).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.rollout).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.compactor).await;
+        if let Some(m) = self.mirror {
+            let _ = tokio::time::timeout(Duration::from_secs(5), m).await;
+        }
         self.state.db.close().await;
     }
 
@@ -208,6 +215,14 @@ pub async fn start(
         wake: pipelines.clone(),
     };
     let runner = tokio::spawn(runner.run(stop_rx.clone()));
+    let mlflow = match &config.mlflow {
+        Some(m) => Some(crate::mlflow::Mlflow::new(m.clone(), db.clone(), artifacts.clone())?),
+        None => None,
+    };
+    let mirror = mlflow.clone().map(|m| {
+        tracing::info!(mlflow = %m.url(), "writing to MLflow");
+        tokio::spawn(m.run(stop_rx.clone()))
+    });
     let state = AppState {
         db,
         artifacts,
@@ -217,7 +232,9 @@ pub async fn start(
         pipelines,
         rollout: rollout_wake,
         upload_limit: config.upload_limit,
+        dvc_dir: config.data_dir.join("dvc"),
         import_dir,
+        mlflow,
     };
     let app = api::app(state.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
     let mut stop_http = stop_rx;
@@ -229,5 +246,16 @@ pub async fn start(
             .await
     });
     tracing::info!(http = %http_addr, mqtt = %mqtt_url, key = %state.signer.public_hex(), "coordinator ready");
-    Ok(Running { http_addr, mqtt_url, state, server, engine, runner, rollout, compactor, stop })
+    Ok(Running {
+        http_addr,
+        mqtt_url,
+        state,
+        server,
+        engine,
+        runner,
+        rollout,
+        compactor,
+        mirror,
+        stop,
+    })
 }

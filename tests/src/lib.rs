@@ -152,6 +152,8 @@ pub struct CoordinatorProc {
     pub import_dir: PathBuf,
     /// The operator token the coordinator wrote at its first start.
     pub token: Option<String>,
+    /// More `serve` arguments (e.g. `--mlflow-url URL`), kept across restarts.
+    pub extra_args: Vec<String>,
     child: Process,
 }
 
@@ -162,6 +164,16 @@ impl CoordinatorProc {
         broker: Broker,
         database_url: Option<String>,
     ) -> anyhow::Result<CoordinatorProc> {
+        CoordinatorProc::start_with(data_dir, broker, database_url, &[])
+    }
+
+    /// Starts a coordinator with more `serve` arguments and waits for its API.
+    pub fn start_with(
+        data_dir: &Path,
+        broker: Broker,
+        database_url: Option<String>,
+        extra_args: &[&str],
+    ) -> anyhow::Result<CoordinatorProc> {
         let mut c = CoordinatorProc {
             data_dir: data_dir.to_path_buf(),
             http_port: free_port(),
@@ -170,6 +182,7 @@ impl CoordinatorProc {
             client_id: unique("hone-coord"),
             import_dir: data_dir.join("import"),
             token: None,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: Process::default(),
         };
         c.spawn()?;
@@ -198,6 +211,7 @@ impl Restartable for CoordinatorProc {
         if let Some(db) = &self.database_url {
             cmd.args(["--database-url", db]);
         }
+        cmd.args(&self.extra_args);
         std::fs::create_dir_all(&self.data_dir)?;
         std::fs::create_dir_all(&self.import_dir)?;
         let log = std::fs::OpenOptions::new()
@@ -606,4 +620,28 @@ pub fn publish_raw(mqtt_url: &str, messages: &[(String, Vec<u8>)]) {
             break;
         }
     }
+}
+
+/// The `bin/` folder of one of the pinned Python tools (`mlflow`, `dvc`, `airflow`), installed
+/// (or found warm) by `scripts/python-tools.sh`, which `scripts/test.sh` runs before the tests.
+/// Panics with the command to run when the environment cannot be set up.
+pub fn python_tool(name: &str) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/python-tools.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(name)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "the pinned {name} environment is not available: run `scripts/python-tools.sh {name}` \
+         (needs PyPI once)"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let bin = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("scripts/python-tools.sh printed no `{name}=` line: {text}"));
+    PathBuf::from(bin.trim())
 }

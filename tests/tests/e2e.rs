@@ -1,13 +1,16 @@
 //! End-to-end scenarios: real coordinator and agent processes, real brokers and databases,
 //! real models. One integration binary; each module is a topic.
 
+mod airflow;
 mod campaign;
 mod compare;
 mod corpus;
 mod demo;
 mod deploy;
+mod dvc;
 mod faults;
 mod hostile;
+mod mlflow;
 mod optimize;
 mod pipeline;
 mod prune;

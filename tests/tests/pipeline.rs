@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 /// `dir/x.npy`: 96 strips `[3, 48, 192]` cut from the real photographs' crops (the photos
 /// asset), scaled to about -1..1: tensors keyed by the model's input name.
-fn photo_strips(dir: &Path, n: usize, h: usize, w: usize) -> PathBuf {
+pub(crate) fn photo_strips(dir: &Path, n: usize, h: usize, w: usize) -> PathBuf {
     let photos = hone_learn::eval::photos().expect("the photos asset (scripts/fetch-assets.sh)");
     let side = hone_learn::eval::photos::PHOTO_SIDE;
     let mut data: Vec<f32> = Vec::with_capacity(n * 3 * h * w);
@@ -101,7 +101,12 @@ fn request(s: &Setup, classes: &[&str]) -> Value {
     })
 }
 
-fn wait_pipeline(api: &Api, id: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
+pub(crate) fn wait_pipeline(
+    api: &Api,
+    id: &str,
+    timeout: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let start = Instant::now();
     loop {
         let v = api.get(&format!("/api/v1/pipelines/{id}")).unwrap();
@@ -132,7 +137,7 @@ fn run_json(coord: &CoordinatorProc, cmd: &mut std::process::Command) -> Value {
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
-fn ended(v: &Value) -> bool {
+pub(crate) fn ended(v: &Value) -> bool {
     matches!(v["state"].as_str(), Some("done" | "failed" | "cancelled"))
 }
 

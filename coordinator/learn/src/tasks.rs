@@ -82,7 +82,10 @@ pub fn part(name: &str) -> anyhow::Result<Part> {
 /// The JSON result and the human summary of `coordinator eval`.
 pub fn evaluate(a: EvalTask) -> anyhow::Result<(serde_json::Value, String)> {
     let which = part(&a.part)?;
-    let data = EvalData::open(&crate::eval::DataSpec::parse(&a.data)?)?;
+    // A DVC data set is resolved here, so its identity can be reported.
+    let spec =
+        crate::eval::DataSpec::parse(&a.data)?.resolve_dvc(&crate::data::dvc::default_dir())?;
+    let data = EvalData::open(&spec)?;
     let graph = eval::load_model(&a.model)?;
     data.check(&graph).with_context(|| format!("model {}", a.model.display()))?;
     let start = Instant::now();
@@ -101,6 +104,7 @@ pub fn evaluate(a: EvalTask) -> anyhow::Result<(serde_json::Value, String)> {
         let v = serde_json::json!({
             "model": a.model, "data": a.data, "part": a.part, "accuracy": acc.value(),
             "correct": acc.correct, "total": acc.total, "seconds": secs, "runtime": a.runtime,
+            "dataset": spec.dataset,
         });
         let text = format!(
             "accuracy {:.4} ({}/{} {} {} examples, {secs:.1} s)",
@@ -123,7 +127,7 @@ pub fn evaluate(a: EvalTask) -> anyhow::Result<(serde_json::Value, String)> {
         "examples": f.examples,
         "accuracy": f.model_accuracy.map(|x| x.value()),
         "reference_accuracy": f.reference_accuracy.map(|x| x.value()),
-        "fidelity": f, "seconds": secs, "runtime": a.runtime,
+        "fidelity": f, "seconds": secs, "runtime": a.runtime, "dataset": spec.dataset,
     });
     let mut text = format!(
         "fidelity against {} on {} {} ({} examples, output `{}` vs `{}`, {secs:.1} s)\n  \

@@ -43,7 +43,9 @@ pub(super) async fn create(
     if let Some(data) = &req.reference_data {
         let spec = hone_learn::eval::DataSpec::parse(data)
             .map_err(|e| ApiError::BadRequest(format!("reference data: {e:#}")))?;
-        if matches!(spec.source, hone_learn::eval::DataSource::Path(_)) && s.import_dir.is_none() {
+        if !matches!(spec.source, hone_learn::eval::DataSource::Builtin(_))
+            && s.import_dir.is_none()
+        {
             return Err(ApiError::Forbidden(
                 "reference data paths are read on the coordinator: start it with --import-dir, or use a built-in data set".into(),
             ));

@@ -8,6 +8,7 @@ mod campaigns;
 mod compare;
 mod deployments;
 mod devices;
+mod mlflow;
 mod models;
 mod pipelines;
 
@@ -47,9 +48,13 @@ pub struct AppState {
     pub rollout: Arc<Notify>,
     /// Largest accepted model upload, bytes.
     pub upload_limit: u64,
+    /// Where DVC data sets named by pipelines are copied once verified (`DATA_DIR/dvc`).
+    pub dvc_dir: std::path::PathBuf,
     /// `POST /api/v1/models/register` accepts only files under this folder (canonical path);
     /// `None` disables registration by path.
     pub import_dir: Option<std::path::PathBuf>,
+    /// The MLflow mirror, when the coordinator writes to MLflow.
+    pub mlflow: Option<Arc<crate::mlflow::Mlflow>>,
 }
 
 /// An API error.
@@ -130,6 +135,8 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/campaigns/{id}", get(campaigns::get))
         .route("/api/v1/imported-results", post(compare::import))
         .route("/api/v1/compare", get(compare::compare))
+        .route("/api/v1/mlflow", get(mlflow::status))
+        .route("/api/v1/mlflow/sync", post(mlflow::sync))
         .route("/api/v1/pipelines", get(pipelines::list).post(pipelines::create))
         .route("/api/v1/pipelines/{id}", get(pipelines::get))
         .route("/api/v1/pipelines/{id}/cancel", post(pipelines::cancel))

@@ -6,6 +6,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
+use hone_learn::data::dvc::DvcRef;
+use hone_learn::eval::{DataSource, DataSpec};
+
 use super::{ApiError, ApiResult, AppState, P};
 use crate::db::PipelineRow;
 use crate::pipeline::request::PipelineRequest;
@@ -91,8 +94,17 @@ pub(super) async fn create(
     }
     // Paths name files on the coordinator: only under its import folder.
     let mut spec = req.data.clone();
-    if let hone_learn::eval::DataSource::Path(path) = &spec.source {
-        spec.source = hone_learn::eval::DataSource::Path(under_import(&s, path, "data").await?);
+    // A DVC data set given by its identity (a stored request sent back, e.g. by a suggestion)
+    // is read again from its repository: an identity sent by a client is never trusted.
+    if let Some(identity) = spec.dataset.take() {
+        spec.source = DataSource::Dvc(identity.reference().to_string());
+    }
+    match &spec.source {
+        DataSource::Path(path) => {
+            spec.source = DataSource::Path(under_import(&s, path, "data").await?);
+        }
+        DataSource::Dvc(reference) => spec = resolve_dvc(&s, reference, spec.clone()).await?,
+        DataSource::Builtin(_) => {}
     }
     if let Some(t) = &spec.tokenizer {
         spec.tokenizer = Some(under_import(&s, t, "tokenizer").await?);
@@ -142,6 +154,42 @@ pub(super) async fn create(
             .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("pipeline vanished")))?;
     tracing::info!(pipeline = %id, model = %parent.id, "pipeline created");
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(view(row))))
+}
+
+/// A DVC data set (`dvc://PATH[@REV]`, the path relative to the import folder or absolute) whose
+/// repository is under the import folder, resolved once into a verified copy under
+/// [`AppState::dvc_dir`]: the spec stored with the pipeline names that copy and the data set's
+/// identity, so the runner reads (and checks again) exactly what was verified here.
+async fn resolve_dvc(s: &AppState, reference: &str, spec: DataSpec) -> ApiResult<DataSpec> {
+    let Some(import) = s.import_dir.clone() else {
+        return Err(ApiError::Forbidden(
+            "a DVC data set is read on the coordinator: start it with --import-dir and put the \
+             repository there, or use a built-in data set"
+                .into(),
+        ));
+    };
+    let r = DvcRef::parse(reference).map_err(|e| ApiError::BadRequest(format!("{e:#}")))?;
+    let refused = || {
+        ApiError::BadRequest(format!(
+            "cannot read the data `{reference}`: its repository is not under the coordinator's \
+             import folder"
+        ))
+    };
+    let r = r.relative_to(&import);
+    let loc = r.locate().map_err(|_| refused())?;
+    let root = tokio::fs::canonicalize(&loc.root).await.map_err(|_| refused())?;
+    if !root.starts_with(&import) {
+        return Err(refused());
+    }
+    let inside = r.path.strip_prefix(&loc.root).map_err(|_| refused())?;
+    let pinned = DvcRef { path: root.join(inside), rev: r.rev.clone() };
+    let dir = s.dvc_dir.clone();
+    let mut spec = spec;
+    spec.source = DataSource::Dvc(pinned.to_string());
+    tokio::task::spawn_blocking(move || spec.resolve_dvc(&dir))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+        .map_err(|e| ApiError::BadRequest(format!("{e:#}")))
 }
 
 /// `path` (relative to the import folder, or absolute) resolved inside the import folder; the

@@ -26,7 +26,9 @@ async fn state() -> (tempfile::TempDir, AppState) {
         pipelines: Arc::new(Notify::new()),
         rollout: Arc::new(Notify::new()),
         upload_limit: 1 << 20,
+        dvc_dir: dir.path().join("dvc"),
         import_dir: Some(dir.path().join("import").canonicalize().unwrap()),
+        mlflow: None,
     };
     (dir, state)
 }
@@ -358,4 +360,45 @@ async fn a_pipeline_report_is_served_as_html_that_fetches_nothing() {
         call_with(&s, Some(&viewer), get("/api/v1/pipelines/nope/report")).await.0,
         StatusCode::NOT_FOUND
     );
+}
+
+#[tokio::test]
+async fn the_mlflow_routes_say_how_to_turn_the_mirror_on_and_report_a_dead_server_s_failures() {
+    let (d, s) = state().await;
+    let (status, body) = call(&d, &s, get("/api/v1/mlflow")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("--mlflow-url"), "{body}");
+
+    // A finished campaign is due; MLflow on a closed port fails it with the reason, keeps it
+    // due, and a viewer may read the state but not trigger a sync.
+    let dead = format!("http://127.0.0.1:{}", {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    });
+    let m = crate::mlflow::Mlflow::new(
+        crate::mlflow::MlflowConfig::new(dead),
+        s.db.clone(),
+        s.artifacts.clone(),
+    )
+    .unwrap();
+    let s = AppState { mlflow: Some(m), ..s };
+    s.db.create_campaign("c1", &serde_json::json!({"models": []}), &[], 1).await.unwrap();
+    s.db.finish_campaign("c1", 2).await.unwrap();
+    let (status, body) =
+        call(&d, &s, post_json("/api/v1/mlflow/sync", serde_json::json!({}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["failed"], 1, "{body}");
+    let rec = &body["records"][0];
+    assert_eq!((rec["kind"].as_str(), rec["id"].as_str()), (Some("campaign"), Some("c1")));
+    assert!(rec["error"].as_str().unwrap().contains("unavailable"), "{body}");
+    let (status, body) = call(&d, &s, get("/api/v1/mlflow")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["failing"], 1, "{body}");
+    assert_eq!(body["records"][0]["synced_version"], 0, "nothing counted as written: {body}");
+    assert_eq!(body["records"][0]["attempts"], 1);
+    // Still due: a second sync tries again (backoffs are ignored on demand).
+    let (_, body) = call(&d, &s, post_json("/api/v1/mlflow/sync", serde_json::json!({}))).await;
+    assert_eq!(body["failed"], 1, "{body}");
+    let (_, body) = call(&d, &s, get("/api/v1/mlflow")).await;
+    assert_eq!(body["records"][0]["attempts"], 2, "{body}");
 }

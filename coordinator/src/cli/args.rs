@@ -115,6 +115,16 @@ pub(super) enum Command {
     },
     /// A device's serving telemetry (requests, errors, latency, RSS, temperature).
     Telemetry(crate::cli::deploy::TelemetryArgs),
+    /// The coordinator's MLflow mirror: sync what is missing, status.
+    Mlflow {
+        #[command(subcommand)]
+        command: crate::cli::mlflow::MlflowCmd,
+    },
+    /// Experiments in MLflow: compare runs across pipelines, days and machines.
+    Experiments {
+        #[command(subcommand)]
+        command: crate::cli::mlflow::ExperimentsCmd,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -147,6 +157,14 @@ pub(super) struct ServeArgs {
     /// registration by path is off; uploads always work).
     #[arg(long, env = "HONE_IMPORT_DIR")]
     pub(super) import_dir: Option<PathBuf>,
+    /// Write pipelines, candidates, campaigns and deployments to this MLflow tracking server
+    /// (`http://host:port`; credentials from MLFLOW_TRACKING_USERNAME/PASSWORD or
+    /// MLFLOW_TRACKING_TOKEN). Hone's database stays the source of truth; writes are retried.
+    #[arg(long, env = "HONE_MLFLOW_URL")]
+    pub(super) mlflow_url: Option<String>,
+    /// The MLflow experiment of campaigns (pipelines use one named after their model).
+    #[arg(long, default_value = "hone-campaigns")]
+    pub(super) mlflow_campaign_experiment: String,
 }
 
 #[derive(Debug, clap::Args)]

@@ -72,7 +72,8 @@ pub struct EvalArgs {
     #[arg(long)]
     model: PathBuf,
     /// Data: fashion-mnist, mnist, vader (labelled), photos (no labels: needs --reference), or
-    /// your own (a path with options, e.g. `shots,size=48x192,mean=0.5,std=0.5`; docs/data.md).
+    /// your own (a path with options, e.g. `shots,size=48x192,mean=0.5,std=0.5`, or a DVC data
+    /// set, `dvc://REPO/PATH@REV`; docs/data.md).
     #[arg(long)]
     data: String,
     /// Reference model: report the fidelity of --model against it (top-1 agreement and cosine

@@ -19,6 +19,7 @@ mod fleet;
 pub mod graph;
 pub mod learn;
 pub mod llm;
+mod mlflow;
 mod optimize;
 mod pipeline;
 mod print;
@@ -175,6 +176,8 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Alerts { command } => deploy::alerts(command).await,
         Command::Suggestions { command } => deploy::suggestions(command).await,
         Command::Telemetry(args) => deploy::telemetry(args).await,
+        Command::Mlflow { command } => mlflow::mlflow(command).await,
+        Command::Experiments { command } => mlflow::experiments(command).await,
     }
 }
 

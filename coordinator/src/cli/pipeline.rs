@@ -22,9 +22,14 @@ pub(super) struct CompressArgs {
     /// The parent: a registered model (id, name or digest prefix), or an ONNX file to upload.
     #[arg(long, required_unless_present = "from_suggestion")]
     model: Option<String>,
+    /// The MLflow experiment to write the pipeline to, when the coordinator writes to MLflow
+    /// (default: the parent model's name).
+    #[arg(long)]
+    experiment: Option<String>,
     /// Data: fashion-mnist, mnist, vader, photos, sotu (a text corpus, for a language model), or
     /// a path on the coordinator (an image folder, a JSONL/CSV of texts,
-    /// .npz/.npy/.safetensors tensors; see docs/data.md).
+    /// .npz/.npy/.safetensors tensors), or a DVC data set in a repository on the coordinator
+    /// (`dvc://REPO/PATH@REV`); see docs/data.md.
     #[arg(long, required_unless_present = "from_suggestion")]
     data: Option<String>,
     /// Image size HxW for image folders (default: the model's declared size).
@@ -160,6 +165,16 @@ pub(super) fn request(args: &CompressArgs, model: String) -> anyhow::Result<Pipe
     {
         data.source = hone_learn::eval::DataSource::Path(full);
     }
+    // So is a DVC repository found here (the coordinator reads it and checks its objects).
+    if let hone_learn::eval::DataSource::Dvc(r) = &data.source
+        && let Ok(r) = hone_learn::data::dvc::DvcRef::parse(r)
+        && let Ok(loc) = r.locate()
+        && let Ok(root) = std::fs::canonicalize(&loc.root)
+        && let Ok(inside) = r.path.strip_prefix(&loc.root)
+    {
+        let full = hone_learn::data::dvc::DvcRef { path: root.join(inside), rev: r.rev.clone() };
+        data.source = hone_learn::eval::DataSource::Dvc(full.to_string());
+    }
     if let Some(size) = &args.image_size {
         let (h, w) = size
             .split_once(['x', 'X'])
@@ -212,6 +227,7 @@ pub(super) fn request(args: &CompressArgs, model: String) -> anyhow::Result<Pipe
         validation_limit: args.validation_limit,
         deploy: args.deploy.then(|| args.rollout.request("", "")),
         from_suggestion: None,
+        experiment: args.experiment.clone(),
     };
     req.check().map_err(anyhow::Error::msg)?;
     Ok(req)

@@ -16,6 +16,10 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     config.mqtt_client_id = args.mqtt_client_id;
     config.import_dir = args.import_dir;
     config.alert_webhook = args.alert_webhook;
+    config.mlflow = args.mlflow_url.map(|url| crate::mlflow::MlflowConfig {
+        url,
+        campaign_experiment: args.mlflow_campaign_experiment,
+    });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -76,6 +76,15 @@ pub fn spawn(
             data =
                 data.replacen(&p.display().to_string(), &import.join(p).display().to_string(), 1);
         }
+        // So does a relative DVC repository path.
+        if let (Some(import), Ok(mut spec)) = (&import, hone_learn::eval::DataSpec::parse(&data))
+            && let hone_learn::eval::DataSource::Dvc(r) = &spec.source
+            && let Ok(r) = hone_learn::data::dvc::DvcRef::parse(r)
+            && r.path.is_relative()
+        {
+            spec.source = hone_learn::eval::DataSource::Dvc(r.relative_to(import).to_string());
+            data = spec.to_string();
+        }
         let now = hone_common::clock::now_ms() as i64;
         match compute(&db, &artifacts, &model, &data, now).await {
             Ok(n) => tracing::info!(%model, %data, inputs = n, "reference statistics stored"),

@@ -123,6 +123,10 @@ pub struct PipelineRequest {
     /// The re-compression suggestion this pipeline runs, if any (linked back to it).
     #[serde(default)]
     pub from_suggestion: Option<String>,
+    /// The MLflow experiment the pipeline is written to, when the coordinator writes to MLflow
+    /// (default: the parent model's name).
+    #[serde(default)]
+    pub experiment: Option<String>,
 }
 
 /// A data spec given as an object or in its compact text form.
@@ -133,11 +137,11 @@ fn data_spec<'de, D: serde::Deserializer<'de>>(
     #[serde(untagged)]
     enum Either {
         Text(String),
-        Spec(hone_learn::eval::DataSpec),
+        Spec(Box<hone_learn::eval::DataSpec>),
     }
     match Either::deserialize(d)? {
         Either::Text(s) => hone_learn::eval::DataSpec::parse(&s).map_err(serde::de::Error::custom),
-        Either::Spec(s) => Ok(s),
+        Either::Spec(s) => Ok(*s),
     }
 }
 
@@ -178,6 +182,11 @@ impl PipelineRequest {
                 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
         {
             return Err("pipeline id: 1-48 letters, digits, `-` or `_`".into());
+        }
+        if let Some(e) = &self.experiment
+            && (e.trim().is_empty() || e.len() > 200 || e.chars().any(char::is_control))
+        {
+            return Err("MLflow experiment: 1-200 printable characters".into());
         }
         let classes = self.classes();
         if classes.is_empty() {

@@ -46,6 +46,10 @@ pub struct PipelineResult {
     /// million inferences, each line with its provenance.
     #[serde(default)]
     pub gpu_comparison: Vec<crate::compare::Line>,
+    /// The DVC data set the candidates were validated on, `{repo, path, rev, md5}` (`None` for
+    /// other data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<hone_learn::data::dvc::DatasetIdentity>,
 }
 
 /// The constraints of a pipeline.

@@ -672,6 +672,7 @@ impl Runner {
             "class": target.class,
             "pipeline": d.row.id,
             "data": d.req.data.describe(),
+            "dataset": d.req.data.dataset,
             "validation": quality,
         });
         let name = format!(
@@ -1263,6 +1264,7 @@ impl Runner {
             report: None,
             coordinator_cpu: cpu_name(),
             gpu_comparison,
+            dataset: d.req.data.dataset.clone(),
         })
     }
 }

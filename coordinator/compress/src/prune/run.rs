@@ -26,7 +26,7 @@ pub struct PruneConfig {
     /// The ONNX model to prune.
     pub model: PathBuf,
     /// Data for calibration, fine-tuning and validation: fashion-mnist, mnist, vader, photos, or
-    /// your own (a path with options; docs/data.md).
+    /// your own (a path with options, or `dvc://REPO/PATH@REV`; docs/data.md).
     pub data: String,
     /// Importance family.
     pub criterion: Criterion,

@@ -20,8 +20,12 @@
 //! Every parser works on bytes and names its file in its errors ([`DataError`]); the loaders
 //! wrap them around [`hone_assets::path_in`], so a missing or altered asset says which package
 //! to fetch.
+//!
+//! [`dvc`] resolves DVC-tracked data sets (`dvc://PATH[@REV]`) into verified copies, without the
+//! `dvc` program.
 
 mod bundle;
+pub mod dvc;
 mod images;
 mod rng;
 mod sotu;

@@ -138,11 +138,21 @@ impl EvalData {
     /// folder of images, a JSONL or CSV file of texts, or tensors (`.npz`, a folder of `.npy`
     /// files, `.safetensors`). See `docs/data.md` for the formats, the preprocessing and its
     /// defaults. Errors name the file at fault.
+    ///
+    /// A DVC source is resolved first into a verified copy under
+    /// [`crate::data::dvc::default_dir`]; a path that is such a copy (its spec has a
+    /// [`DataSpec::dataset`]) is hashed again and refused when it no longer matches.
     pub fn open(spec: &DataSpec) -> anyhow::Result<EvalData> {
         let path = match &spec.source {
             DataSource::Builtin(name) => return EvalData::load(name),
+            DataSource::Dvc(_) => {
+                return EvalData::open(&spec.resolve_dvc(&crate::data::dvc::default_dir())?);
+            }
             DataSource::Path(p) => p,
         };
+        if let Some(identity) = &spec.dataset {
+            crate::data::dvc::verify_copy(path, identity)?;
+        }
         if !path.exists() {
             bail!(
                 "no data at `{}`: not a built-in data set ({}) and no such file or folder",

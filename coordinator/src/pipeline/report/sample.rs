@@ -290,5 +290,6 @@ pub(super) fn sample() -> PipelineResult {
                 provenance: "imported from h100.json: measured elsewhere".into(),
             },
         ],
+        dataset: None,
     }
 }

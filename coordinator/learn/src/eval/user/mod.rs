@@ -1,7 +1,8 @@
 //! The user's own data: a [`DataSpec`] names a built-in data set or a path (a folder of images,
 //! a JSONL or CSV file of texts, or tensors in `.npz`, `.npy` files or `.safetensors`), with
-//! the preprocessing it needs; [`crate::eval::EvalData::open`] reads it. The formats, defaults
-//! and errors are documented in `docs/data.md`.
+//! the preprocessing it needs; [`crate::eval::EvalData::open`] reads it. A DVC-tracked data set
+//! (`dvc://PATH[@REV]`) is resolved first into a verified copy ([`crate::data::dvc`]). The
+//! formats, defaults and errors are documented in `docs/data.md`.
 //!
 //! Every source gets a fixed split drawn with [`SPLIT_SEED`] ([`user_split`]): 10 % test, 10 %
 //! validation, the rest train, with at least one test and one validation example from 3
@@ -21,6 +22,7 @@ use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
 use super::data::DATA_NAMES;
+use crate::data::dvc::{self, DatasetIdentity, DvcRef};
 use crate::data::{SPLIT_SEED, Split};
 
 pub(crate) use images::ImageFeed;
@@ -43,6 +45,9 @@ pub enum DataSource {
     Builtin(String),
     /// A file or folder of the user's.
     Path(PathBuf),
+    /// A DVC-tracked file or folder, `dvc://PATH[@REV]` (or a `.dvc` file): resolved by
+    /// [`DataSpec::resolve_dvc`] into a verified copy (see [`crate::data::dvc`]).
+    Dvc(String),
 }
 
 /// The format of a path; found from the path when the spec does not say.
@@ -160,6 +165,10 @@ pub struct DataSpec {
     /// The model's folder, where a `tokenizer.json` is looked for.
     #[serde(default)]
     pub model_dir: Option<PathBuf>,
+    /// The DVC data set a path source is the verified copy of (set by
+    /// [`DataSpec::resolve_dvc`]); [`crate::eval::EvalData::open`] checks the copy against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<DatasetIdentity>,
 }
 
 impl DataSpec {
@@ -185,11 +194,32 @@ impl DataSpec {
             std: None,
             tokenizer: None,
             model_dir: None,
+            dataset: None,
         }
     }
 
+    /// A DVC data set, `dvc://PATH[@REV]` or a `.dvc` file (checked when given here; resolved
+    /// by [`DataSpec::resolve_dvc`] or [`crate::eval::EvalData::open`]).
+    pub fn dvc(reference: &str) -> anyhow::Result<DataSpec> {
+        let r = DvcRef::parse(reference)?;
+        Ok(DataSpec::with_source(DataSource::Dvc(r.to_string())))
+    }
+
+    /// For a DVC source: the spec with its source replaced by the verified copy under `dir`
+    /// and [`DataSpec::dataset`] set to what it is ([`crate::data::dvc::resolve`]). Any other
+    /// spec is returned as it is.
+    pub fn resolve_dvc(&self, dir: &Path) -> anyhow::Result<DataSpec> {
+        let DataSource::Dvc(r) = &self.source else { return Ok(self.clone()) };
+        let resolved = crate::data::dvc::resolve(&DvcRef::parse(r)?, dir)?;
+        let mut spec = self.clone();
+        spec.source = DataSource::Path(resolved.path);
+        spec.dataset = Some(resolved.identity);
+        Ok(spec)
+    }
+
     /// The compact command-line form: a built-in name (`fashion-mnist`, `mnist`, `vader`,
-    /// `photos`) or a path (write `./mnist` for a folder named like a built-in set), then
+    /// `photos`), a DVC data set (`dvc://PATH[@REV]`, or a path ending in `.dvc`) or a path
+    /// (write `./mnist` for a folder named like a built-in set), then
     /// optional `,key=value` options: `format=`, `size=HxW`, `layout=nchw|nhwc`,
     /// `channels=rgb|bgr|gray`, `scale=`, `mean=a:b:c` (or one value for all channels),
     /// `std=`, `tokenizer=PATH`, `model-dir=PATH`. Paths holding a comma cannot take options
@@ -201,6 +231,14 @@ impl DataSpec {
         }
         if DATA_NAMES.contains(&s) {
             return Ok(DataSpec::builtin(s));
+        }
+        let head = s.split(',').next().unwrap_or_default();
+        if dvc::is_dvc(head) {
+            let mut spec = DataSpec::dvc(head).with_context(|| format!("data spec `{s}`"))?;
+            for opt in s.split(',').skip(1) {
+                spec.set(opt).with_context(|| format!("data spec `{s}`"))?;
+            }
+            return Ok(spec);
         }
         // A path that exists as given wins over options (a comma in a file name).
         if Path::new(s).exists() {
@@ -334,7 +372,7 @@ impl DataSpec {
     }
 
     /// The format of a path source: the spec's, else found from the path. `None` for a
-    /// built-in set.
+    /// built-in set and for a DVC source not resolved yet.
     pub fn resolved_format(&self) -> anyhow::Result<Option<DataFormat>> {
         let DataSource::Path(path) = &self.source else { return Ok(None) };
         if let Some(f) = self.format {
@@ -348,8 +386,18 @@ impl DataSpec {
     pub fn describe(&self) -> String {
         let path = match &self.source {
             DataSource::Builtin(name) => return format!("built-in data set `{name}`"),
+            DataSource::Dvc(r) => return format!("DVC data set {r} (not resolved yet)"),
             DataSource::Path(p) => p.display().to_string(),
         };
+        let what = self.describe_path(&path);
+        match &self.dataset {
+            Some(id) => format!("{what}; from {id}"),
+            None => what,
+        }
+    }
+
+    /// [`DataSpec::describe`] of a path source.
+    fn describe_path(&self, path: &str) -> String {
         match self.resolved_format() {
             Ok(Some(DataFormat::Images)) => format!("images in {path}: {}", self.image_steps()),
             Ok(Some(f @ (DataFormat::Jsonl | DataFormat::Csv))) => format!(
@@ -448,6 +496,7 @@ impl fmt::Display for DataSpec {
         match &self.source {
             DataSource::Builtin(n) => write!(f, "{n}")?,
             DataSource::Path(p) => write!(f, "{}", p.display())?,
+            DataSource::Dvc(r) => write!(f, "{r}")?,
         }
         let three = |v: [f32; 3]| format!("{}:{}:{}", v[0], v[1], v[2]);
         if let Some(x) = self.format {
