@@ -19,15 +19,24 @@ struct MlflowServer {
     bin: PathBuf,
     dir: PathBuf,
     port: u16,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
     child: Option<std::process::Child>,
 }
 
 impl MlflowServer {
     fn start(dir: &Path) -> MlflowServer {
+        MlflowServer::start_with(dir, &[], &[])
+    }
+
+    /// With more `mlflow server` arguments and environment variables.
+    fn start_with(dir: &Path, args: &[&str], env: &[(&str, String)]) -> MlflowServer {
         let mut s = MlflowServer {
             bin: python_tool("mlflow"),
             dir: dir.to_path_buf(),
             port: free_port(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
             child: None,
         };
         s.spawn();
@@ -54,6 +63,8 @@ impl MlflowServer {
             .arg(format!("sqlite:///{}", self.dir.join("mlflow.db").display()))
             .arg("--artifacts-destination")
             .arg(self.dir.join("artifacts"))
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -68,6 +79,9 @@ impl MlflowServer {
                 && r.status().is_success()
             {
                 return;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("MLflow exited with {status}:\n{}", self.log());
             }
             assert!(
                 start.elapsed() < Duration::from_secs(90),
@@ -475,4 +489,54 @@ fn pipelines_reach_mlflow_complete_even_when_it_dies_midway_and_the_registry_ser
     );
     assert!(!table.contains(&p2), "a run id brings only its own pipeline: {table}");
     drop(agents);
+}
+
+#[test]
+fn a_server_with_basic_auth_is_written_to_with_the_credentials_and_refuses_without() {
+    use coordinator::mlflow::client::{Auth, MlflowClient};
+    let dir = tempfile::tempdir().unwrap();
+    let ini = dir.path().join("basic_auth.ini");
+    let password = "hone-e2e-admin-pass-0123456789";
+    std::fs::write(
+        &ini,
+        format!(
+            "[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{}\n\
+             admin_username = hone-admin\nadmin_password = {password}\n\
+             authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
+            dir.path().join("auth.db").display()
+        ),
+    )
+    .unwrap();
+    let server = MlflowServer::start_with(
+        &dir.path().join("mlflow"),
+        &["--app-name", "basic-auth"],
+        &[
+            ("MLFLOW_AUTH_CONFIG_PATH", ini.display().to_string()),
+            ("MLFLOW_FLASK_SERVER_SECRET_KEY", "hone-e2e-csrf-key".to_string()),
+        ],
+    );
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let anonymous = MlflowClient::with_auth(&server.url(), Auth::None).unwrap();
+        let e = anonymous.ensure_experiment("guarded").await.unwrap_err();
+        assert!(
+            matches!(e, coordinator::mlflow::MlflowError::Refused { status: 401, .. }),
+            "no credentials: 401, kept as a refusal (not retried as an outage): {e}"
+        );
+        assert!(!e.retryable());
+        let wrong =
+            MlflowClient::with_auth(&server.url(), Auth::Basic("hone-admin".into(), "nope".into()))
+                .unwrap();
+        assert!(wrong.ensure_experiment("guarded").await.is_err());
+        let admin = MlflowClient::with_auth(
+            &server.url(),
+            Auth::Basic("hone-admin".into(), password.into()),
+        )
+        .unwrap();
+        let id = admin.ensure_experiment("guarded").await.unwrap();
+        assert_eq!(admin.experiment_id("guarded").await.unwrap(), Some(id.clone()));
+        let run = admin.create_run(&id, "r", 1, &[("hone.kind".into(), "campaign".into())]).await;
+        let run = run.unwrap();
+        admin.upload_bytes(&run.artifact_uri, "results.json", b"{}".to_vec()).await.unwrap();
+    });
 }

@@ -26,6 +26,23 @@ pub struct MlflowSyncRow {
 }
 
 impl Db {
+    /// Every pipeline's id, creation time and last change (the mirror's cheap scan: no request
+    /// or result is read), oldest first.
+    pub async fn pipeline_versions(&self) -> Result<Vec<(String, i64, i64)>> {
+        let rows = sqlx::query(
+            "SELECT id, created_at_ms, updated_at_ms FROM pipelines ORDER BY created_at_ms, id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("pipeline versions"))?;
+        rows.iter()
+            .map(|r| {
+                Ok((r.try_get("id")?, r.try_get("created_at_ms")?, r.try_get("updated_at_ms")?))
+            })
+            .collect::<std::result::Result<_, sqlx::Error>>()
+            .map_err(q("decode pipeline version"))
+    }
+
     /// Every mirror row.
     pub async fn mlflow_rows(&self) -> Result<Vec<MlflowSyncRow>> {
         let rows = sqlx::query(

@@ -52,11 +52,43 @@ impl MlflowError {
 type Result<T> = std::result::Result<T, MlflowError>;
 
 /// How requests authenticate.
-#[derive(Clone)]
-enum Auth {
+#[derive(Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// No credentials.
     None,
+    /// HTTP basic auth (`mlflow server --app-name basic-auth`).
     Basic(String, String),
+    /// A bearer token.
     Bearer(String),
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secrets.
+        match self {
+            Auth::None => write!(f, "None"),
+            Auth::Basic(user, _) => write!(f, "Basic({user}, ***)"),
+            Auth::Bearer(_) => write!(f, "Bearer(***)"),
+        }
+    }
+}
+
+impl Auth {
+    /// MLflow's own variables, read through `var`: `MLFLOW_TRACKING_USERNAME` and
+    /// `MLFLOW_TRACKING_PASSWORD` (basic auth) win over `MLFLOW_TRACKING_TOKEN` (bearer); empty
+    /// values count as unset.
+    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Auth {
+        let get = |k: &str| var(k).filter(|v| !v.is_empty());
+        match (
+            get("MLFLOW_TRACKING_USERNAME"),
+            get("MLFLOW_TRACKING_PASSWORD"),
+            get("MLFLOW_TRACKING_TOKEN"),
+        ) {
+            (Some(u), Some(p), _) => Auth::Basic(u, p),
+            (_, _, Some(t)) => Auth::Bearer(t),
+            _ => Auth::None,
+        }
+    }
 }
 
 /// A run as MLflow returns it (the parts Hone reads).
@@ -162,8 +194,14 @@ impl std::fmt::Debug for MlflowClient {
 
 impl MlflowClient {
     /// A client of the server at `url` (`http://host:port`, optionally with a path prefix),
-    /// authenticating with MLflow's environment variables when they are set.
+    /// authenticating with MLflow's environment variables when they are set
+    /// ([`Auth::from_env`]).
     pub fn new(url: &str) -> anyhow::Result<MlflowClient> {
+        MlflowClient::with_auth(url, Auth::from_env(|k| std::env::var(k).ok()))
+    }
+
+    /// A client of the server at `url` with these credentials.
+    pub fn with_auth(url: &str, auth: Auth) -> anyhow::Result<MlflowClient> {
         let base = url.trim_end_matches('/').to_string();
         let parsed = reqwest::Url::parse(&base)
             .map_err(|e| anyhow::anyhow!("--mlflow-url `{url}` is not a URL: {e}"))?;
@@ -173,16 +211,6 @@ impl MlflowClient {
                  terminating proxy on loopback in front of an https server)"
             );
         }
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let auth = match (
-            env("MLFLOW_TRACKING_USERNAME"),
-            env("MLFLOW_TRACKING_PASSWORD"),
-            env("MLFLOW_TRACKING_TOKEN"),
-        ) {
-            (Some(u), Some(p), _) => Auth::Basic(u, p),
-            (_, _, Some(t)) => Auth::Bearer(t),
-            _ => Auth::None,
-        };
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(120))
@@ -507,7 +535,7 @@ impl MlflowClient {
     }
 }
 
-/// A filter-string literal: single quotes doubled away.
+/// A filter-string literal: single quotes removed (Hone's ids and names never hold one).
 pub fn quote(s: &str) -> String {
     s.replace('\'', "")
 }
@@ -515,4 +543,48 @@ pub fn quote(s: &str) -> String {
 fn short(s: &str) -> &str {
     let end = s.char_indices().nth(300).map(|(i, _)| i).unwrap_or(s.len());
     &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_come_from_mlflow_s_own_variables_and_never_print() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        assert_eq!(Auth::from_env(env(&[])), Auth::None);
+        let basic = Auth::from_env(env(&[
+            ("MLFLOW_TRACKING_USERNAME", "ann"),
+            ("MLFLOW_TRACKING_PASSWORD", "s3cret"),
+            ("MLFLOW_TRACKING_TOKEN", "tok"),
+        ]));
+        assert_eq!(basic, Auth::Basic("ann".into(), "s3cret".into()), "basic auth wins");
+        assert!(!format!("{basic:?}").contains("s3cret"));
+        let bearer = Auth::from_env(env(&[
+            ("MLFLOW_TRACKING_USERNAME", "ann"),
+            ("MLFLOW_TRACKING_PASSWORD", ""),
+            ("MLFLOW_TRACKING_TOKEN", "tok"),
+        ]));
+        assert_eq!(bearer, Auth::Bearer("tok".into()), "an empty password is unset");
+        assert!(!format!("{bearer:?}").contains("tok"));
+        assert!(MlflowClient::new("https://mlflow.example").is_err(), "http only, said clearly");
+        assert!(MlflowClient::new("not a url").is_err());
+    }
+
+    #[test]
+    fn artifact_uris_map_onto_the_proxy_and_others_are_refused_with_the_fix() {
+        let c = MlflowClient::with_auth("http://127.0.0.1:5000/", Auth::None).unwrap();
+        assert_eq!(
+            c.artifact_url("mlflow-artifacts:/1/abc/artifacts", "model/model.onnx").unwrap(),
+            "http://127.0.0.1:5000/api/2.0/mlflow-artifacts/artifacts/1/abc/artifacts/model/model.onnx"
+        );
+        assert_eq!(
+            c.artifact_url("mlflow-artifacts://h:5000/1/abc/artifacts", "MLmodel").unwrap(),
+            "http://127.0.0.1:5000/api/2.0/mlflow-artifacts/artifacts/1/abc/artifacts/MLmodel"
+        );
+        let e = c.artifact_url("s3://bucket/1/abc", "x").unwrap_err().to_string();
+        assert!(e.contains("--serve-artifacts"), "{e}");
+    }
 }

@@ -146,10 +146,8 @@ impl Mlflow {
                 due.push(Due { kind, id, version });
             }
         };
-        let mut pipelines = self.db.pipelines(false).await?;
-        pipelines.sort_by_key(|p| p.created_at_ms);
-        for p in pipelines {
-            consider("pipeline", p.id, p.updated_at_ms);
+        for (id, _, version) in self.db.pipeline_versions().await? {
+            consider("pipeline", id, version);
         }
         let mut campaigns = self.db.campaigns(None).await?;
         campaigns.sort_by_key(|c| c.created_at_ms);
