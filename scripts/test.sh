@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly what CI runs (.ci/run calls this script):
-# services up, real assets fetched, the pinned Python tools installed (or found warm), rustfmt, clippy -D warnings, build, every test.
+# services up, real assets fetched, the pinned Python tools installed (or found warm), rustfmt,
+# cargo deny, clippy -D warnings, build, every test.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -19,6 +20,8 @@ step "python tools (MLflow, DVC, Airflow: pinned environments, reused when warm)
 scripts/python-tools.sh >/dev/null
 step "rustfmt"
 cargo fmt --all -- --check
+step "cargo deny (licences, bans, sources; advisories when reachable)"
+scripts/deny.sh
 step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 step "build"

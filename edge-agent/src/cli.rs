@@ -76,6 +76,10 @@ enum Command {
         #[arg(long, env = "HONE_CALIBRATION_DIR", default_value_os_t = crate::calibrate::default_dir())]
         calibration_dir: PathBuf,
     },
+    /// Check this device for the agent: cgroups, thermal sensors, clock control, the broker
+    /// (an MQTT handshake), the coordinator (health, key, clock skew), transport, disk, ONNX
+    /// Runtime. Exits 1 when a check fails.
+    Doctor(DoctorArgs),
     /// Internal: the fixed matmul workload of the quota correction.
     #[command(hide = true)]
     CalibrateProbe {
@@ -110,6 +114,28 @@ enum Command {
         #[arg(long)]
         lib: PathBuf,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct DoctorArgs {
+    /// MQTT broker URL, as given to `run`.
+    #[arg(long, env = "HONE_BROKER")]
+    broker: Option<String>,
+    /// Coordinator API base URL, as given to `run`.
+    #[arg(long, env = "HONE_COORDINATOR")]
+    coordinator: Option<String>,
+    /// The agent's state folder (its pinned coordinator key, its models).
+    #[arg(long, env = "HONE_AGENT_STATE", default_value = "/var/lib/hone-agent")]
+    state_dir: PathBuf,
+    /// ONNX Runtime shared library, as given to `run`.
+    #[arg(long, env = "HONE_ORT_LIB")]
+    ort_lib: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    /// Read sensors and clocks under this folder instead of /sys (tests).
+    #[arg(long, hide = true, default_value = "/sys")]
+    sysfs: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -391,6 +417,27 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Bench(args) => bench(args).await,
+        Command::Doctor(a) => {
+            let checks = crate::doctor::run(&crate::doctor::DoctorInput {
+                broker: a.broker,
+                coordinator: a.coordinator,
+                state_dir: a.state_dir,
+                ort_lib: a.ort_lib,
+                sysfs: a.sysfs,
+            })
+            .await;
+            #[allow(clippy::print_stdout)]
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "checks": checks }))?
+                );
+            } else {
+                print!("{}", crate::doctor::table(&checks));
+            }
+            let failed = checks.iter().any(|c| c.status == crate::doctor::Status::Fail);
+            Ok(i32::from(failed))
+        }
         Command::Profiles { json } => {
             profiles(json);
             Ok(0)

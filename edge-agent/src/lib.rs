@@ -28,6 +28,7 @@ pub mod calibrate;
 pub mod cli;
 pub mod config;
 pub mod deploy;
+pub mod doctor;
 pub mod host;
 pub mod loadgen;
 pub mod mqtt;

@@ -7,6 +7,7 @@ mod compare;
 mod corpus;
 mod demo;
 mod deploy;
+mod doctor;
 mod dvc;
 mod faults;
 mod hostile;
