@@ -218,19 +218,19 @@ struct RunArgs {
     #[arg(long, env = "HONE_COORDINATOR")]
     coordinator: String,
     /// Device profile name (see `edge-agent profiles`).
-    #[arg(long)]
+    #[arg(long, env = "HONE_PROFILE")]
     profile: Option<String>,
     /// Device profile from a TOML file (see firmware-profiles/profiles/rpi4.toml).
-    #[arg(long, conflicts_with = "profile")]
+    #[arg(long, env = "HONE_PROFILE_FILE", conflicts_with = "profile")]
     profile_file: Option<PathBuf>,
     /// This is the profiled device itself: read temperatures and clocks, emulate nothing.
-    #[arg(long)]
+    #[arg(long, env = "HONE_NATIVE")]
     native: bool,
     /// Speed-up of the thermal model in sustained runs (1 = real time).
     #[arg(long, default_value_t = 1.0)]
     thermal_time_scale: f64,
     /// Device id (default: the host name).
-    #[arg(long)]
+    #[arg(long, env = "HONE_DEVICE_ID")]
     device_id: Option<String>,
     /// Durable state directory (outbox, model store, pinned key).
     #[arg(long, env = "HONE_AGENT_STATE", default_value = "/var/lib/hone-agent")]

@@ -13,6 +13,7 @@ mod faults;
 mod hostile;
 mod mlflow;
 mod optimize;
+mod package;
 mod pipeline;
 mod prune;
 mod report;
