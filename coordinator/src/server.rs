@@ -180,6 +180,7 @@ pub async fn start(
         metrics: metrics.clone(),
         monitor,
         rollout_wake: rollout_wake.clone(),
+        specs: Default::default(),
     };
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let engine = tokio::spawn(engine.run(rx, poke.clone(), stop_rx.clone()));

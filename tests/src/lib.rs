@@ -249,6 +249,11 @@ impl CoordinatorProc {
         std::fs::read_to_string(self.data_dir.join("coordinator.log")).unwrap_or_default()
     }
 
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.pid()
+    }
+
     /// API client with the operator token.
     pub fn api(&self) -> Api {
         Api::new(&self.api_url()).with_token(self.token.clone())

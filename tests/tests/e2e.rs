@@ -18,4 +18,5 @@ mod pipeline;
 mod prune;
 mod report;
 mod runtime;
+mod scale;
 mod security;

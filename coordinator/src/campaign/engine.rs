@@ -49,6 +49,10 @@ use crate::db::{CancelOutcome, Db, DeviceRow, JobRow, NewResult};
 use crate::metrics::Metrics;
 use crate::mqtt::{Bus, Inbound, Payload};
 
+/// Most jobs one tick dispatches; the rest go in the following ticks, with the agents'
+/// answers applied in between.
+pub const MAX_DISPATCH_PER_TICK: usize = 256;
+
 /// Everything the engine needs.
 #[derive(Clone)]
 pub struct Engine {
@@ -66,6 +70,9 @@ pub struct Engine {
     pub monitor: crate::deploy::monitor::Monitor,
     /// Wakes the rollout task when an activation report arrives.
     pub rollout_wake: Arc<Notify>,
+    /// Campaign specs by id, read once: a spec never changes after creation, and one of a whole
+    /// fleet (its device list) is too large to read and parse again for every accepted job.
+    pub specs: Arc<std::sync::Mutex<HashMap<String, Arc<CampaignSpec>>>>,
 }
 
 impl Engine {
@@ -78,12 +85,22 @@ impl Engine {
     ) {
         let mut interval = tokio::time::interval(Duration::from_millis(250));
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A result frees a device and a birth brings one, so each asks for a tick; in a burst
+        // the tick runs once the messages waiting have been applied, not once per message (each
+        // tick reads every device and open job: one per message made a fleet's campaign, and its
+        // coming online, quadratic in its size).
+        let mut tick_owed = false;
         loop {
             tokio::select! {
                 msg = inbound.recv() => match msg {
                     Some(m) => {
-                        if let Err(e) = self.handle(m).await {
-                            warn!(error = %e, "handling an MQTT message failed");
+                        match self.apply(m, inbound.is_empty()).await {
+                            Ok(owed) => tick_owed |= owed,
+                            Err(e) => warn!(error = %e, "handling an MQTT message failed"),
+                        }
+                        if tick_owed && inbound.is_empty() {
+                            tick_owed = false;
+                            self.tick_logged().await;
                         }
                     }
                     None => return,
@@ -101,8 +118,14 @@ impl Engine {
         }
     }
 
-    /// Applies one message from a device.
+    /// Applies one message from a device (and the tick it asks for).
     pub async fn handle(&self, inbound: Inbound) -> anyhow::Result<()> {
+        self.apply(inbound, true).await.map(|_| ())
+    }
+
+    /// Applies one message; a tick a result asks for runs now when `tick_now`, else the return
+    /// value says one is owed.
+    async fn apply(&self, inbound: Inbound, tick_now: bool) -> anyhow::Result<bool> {
         let now = now_ms() as i64;
         let device = inbound.device;
         let message = match inbound.payload {
@@ -112,7 +135,7 @@ impl Engine {
                     warn!(device = %device, found, needs = WIRE_VERSION, "device speaks another wire version: marked incompatible, nothing is dispatched to it");
                     self.poke_tick().await;
                 }
-                return Ok(());
+                return Ok(false);
             }
         };
         match message {
@@ -120,7 +143,7 @@ impl Engine {
                 if status.device_id != device {
                     warn!(topic_device = %device, claimed = %status.device_id, "status for another device ignored");
                     self.metrics.rejected_malformed.fetch_add(1, Relaxed);
-                    return Ok(());
+                    return Ok(false);
                 }
                 let previous = self.db.device(&device).await?;
                 if self.db.apply_status(&status, now).await? {
@@ -134,6 +157,10 @@ impl Engine {
                         )
                         .await?;
                     }
+                    // Births come in bursts too (a fleet reconnecting): coalesced like results.
+                    if !tick_now {
+                        return Ok(true);
+                    }
                     self.poke_tick().await;
                 } else {
                     self.metrics.stale_wills.fetch_add(1, Relaxed);
@@ -142,9 +169,9 @@ impl Engine {
             }
             Message::JobAccepted(acc) => {
                 self.db.touch_device(&device, now).await?;
-                let Some(job) = self.db.job(&acc.job_id).await? else { return Ok(()) };
+                let Some(job) = self.db.job(&acc.job_id).await? else { return Ok(false) };
                 if job.device_id != device {
-                    return Ok(());
+                    return Ok(false);
                 }
                 let timeout = self.job_timeout_ms(&job.campaign_id).await?;
                 self.db.mark_accepted(&acc.job_id, &acc.command_id, now, now + timeout).await?;
@@ -224,6 +251,9 @@ impl Engine {
                 }
                 let ack = Message::ResultAck(ResultAck { result_id: result.result_id.clone() });
                 self.bus.publish(&topic::cmd(&device, CmdKind::Ack), &ack, false).await?;
+                if !tick_now {
+                    return Ok(true);
+                }
                 self.poke_tick().await;
             }
             Message::ActivationReport(report) => {
@@ -245,7 +275,7 @@ impl Engine {
                 debug!(device = %device, message = ?std::mem::discriminant(&other), "ignored message")
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     async fn poke_tick(&self) {
@@ -266,9 +296,19 @@ impl Engine {
         Ok(self.spec(campaign_id).await?.map(|s| s.job_timeout_ms as i64).unwrap_or(300_000))
     }
 
-    async fn spec(&self, campaign_id: &str) -> anyhow::Result<Option<CampaignSpec>> {
+    async fn spec(&self, campaign_id: &str) -> anyhow::Result<Option<Arc<CampaignSpec>>> {
+        if let Some(s) = self.specs.lock().expect("spec cache").get(campaign_id) {
+            return Ok(Some(s.clone()));
+        }
         Ok(match self.db.campaign(campaign_id).await? {
-            Some(c) => Some(serde_json::from_value(c.spec)?),
+            Some(c) => {
+                let spec: Arc<CampaignSpec> = Arc::new(serde_json::from_value(c.spec)?);
+                self.specs
+                    .lock()
+                    .expect("spec cache")
+                    .insert(campaign_id.to_string(), spec.clone());
+                Some(spec)
+            }
             None => None,
         })
     }
@@ -306,12 +346,13 @@ impl Engine {
 
         // 2 and 3. Queued jobs.
         let campaigns = self.db.campaigns(Some("running")).await?;
-        let mut specs: HashMap<String, CampaignSpec> = HashMap::new();
+        let mut specs: HashMap<String, Arc<CampaignSpec>> = HashMap::new();
         for c in &campaigns {
-            match serde_json::from_value::<CampaignSpec>(c.spec.clone()) {
-                Ok(s) => {
+            match self.spec(&c.id).await {
+                Ok(Some(s)) => {
                     specs.insert(c.id.clone(), s);
                 }
+                Ok(None) => {}
                 Err(e) => warn!(campaign = %c.id, error = %e, "unreadable campaign spec"),
             }
         }
@@ -333,6 +374,7 @@ impl Engine {
         ordered.sort_by_key(|j| {
             (order.get(j.campaign_id.as_str()).copied().unwrap_or(usize::MAX), j.seq)
         });
+        let mut sent = 0usize;
         for mut job in ordered {
             let Some(spec) = specs.get(&job.campaign_id) else { continue };
             let device = devices.get(&job.device_id);
@@ -374,6 +416,13 @@ impl Engine {
             if self.dispatch(&job, spec, now).await? {
                 busy.insert(job.device_id.clone());
                 *running += 1;
+                sent += 1;
+                if sent >= MAX_DISPATCH_PER_TICK {
+                    // The rest waits for the next tick: the agents' answers to these are
+                    // applied first (a whole fleet's queue sent in one tick filled the inbound
+                    // channel, and the MQTT client blocked on it could no longer send).
+                    break;
+                }
             }
         }
 
@@ -653,6 +702,7 @@ mod tests {
             metrics,
             monitor: Default::default(),
             rollout_wake: Arc::new(Notify::new()),
+            specs: Default::default(),
         };
         (engine, rx)
     }

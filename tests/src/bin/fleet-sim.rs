@@ -1,0 +1,344 @@
+//! `fleet-sim --agents N [--database sqlite|postgres] [--json]`: one coordinator against N
+//! simulated agents, to measure what the coordinator holds (`scripts/fleet-scale.sh` runs it
+//! with raised file limits and the two processes on different cores).
+//!
+//! Each simulated agent is light but speaks the real protocol through the agent's own code: its
+//! MQTT module (persistent session, Last Will, retained birth message), the signature and expiry
+//! check of every job document (`store::verify_job`), the artifact download with its capability
+//! and sha256 check (`ModelStore`); only the benchmark is replaced by a recorded result, so the
+//! host is not the limit. One campaign sends one job to every agent at once; the figures: time to
+//! bring the fleet online, p50/p99 command delivery (dispatched → accepted, from the
+//! coordinator's job rows), p99 turnaround (dispatched → result stored), campaign completion,
+//! the coordinator's peak RSS and CPU seconds, and the database's size.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use edge_agent::mqtt::{BusConfig, BusEvent};
+use edge_agent::store::{ModelStore, verify_job};
+use hone_common::bench::percentile;
+use hone_common::topic::{self, CmdKind, EvtKind};
+use hone_common::wire::{self, JobAccepted, JobResult, Message, Outcome};
+use hone_e2e::*;
+use serde_json::json;
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
+/// The recorded result every simulated agent reports.
+fn recorded_report() -> hone_common::bench::BenchReport {
+    let l = hone_common::bench::LatencyStats::from_samples(&[0.21, 0.22, 0.2, 0.25, 0.23])
+        .expect("samples");
+    hone_common::bench::BenchReport {
+        execution: Default::default(),
+        latency: l,
+        iterations: 5,
+        warmup: 1,
+        load_ms: 1.0,
+        peak_rss_bytes: 8 << 20,
+        synthetic_inputs: true,
+        inputs: vec![],
+        runtime: "tract".into(),
+        mode: Default::default(),
+        emulation: Default::default(),
+        calibration: None,
+        agent_version: format!("{} (fleet-sim: recorded result)", hone_common::HONE_VERSION),
+        timeline: vec![],
+        throughput: vec![],
+        cold_start_ms: None,
+        readings: Default::default(),
+        served_requests: None,
+    }
+}
+
+struct Counters {
+    online: AtomicUsize,
+    jobs: AtomicUsize,
+    refused: AtomicUsize,
+}
+
+async fn sim_agent(
+    id: String,
+    host: String,
+    port: u16,
+    key: &'static ed25519_dalek::VerifyingKey,
+    store: ModelStore,
+    counters: Arc<Counters>,
+) {
+    let host_facts = edge_agent::host::HostFacts {
+        arch: "x86_64".into(),
+        os: "linux".into(),
+        cores: 2,
+        memory_bytes: 2 << 30,
+        runtimes: vec![],
+    };
+    let will = host_facts.status(&id, false, 1, Some("x86-vm-2core"), None);
+    let config = BusConfig {
+        host,
+        port,
+        client_id: id.clone(),
+        keepalive: Duration::from_secs(60),
+        will: (topic::status(&id), wire::encode(&Message::Status(will)).expect("will")),
+    };
+    let (bus, mut events) = edge_agent::mqtt::connect(&config);
+    let mut announced = false;
+    loop {
+        match events.next().await {
+            BusEvent::Connected { .. } => {
+                let _ = bus.subscribe(&topic::agent_subscription(&id));
+                let birth = host_facts.status(&id, true, 1, Some("x86-vm-2core"), None);
+                let _ = bus.publish(
+                    &topic::status(&id),
+                    wire::encode(&Message::Status(birth)).expect("birth"),
+                    true,
+                );
+                if !announced {
+                    announced = true;
+                    counters.online.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            BusEvent::Message { topic: t, payload } => {
+                let Ok(Message::RunJob(cmd)) = wire::decode(&payload) else { continue };
+                if t != topic::cmd(&id, CmdKind::Job) {
+                    continue;
+                }
+                let accepted = JobAccepted {
+                    command_id: cmd.command_id.clone(),
+                    job_id: cmd.job_id.clone(),
+                    attempt: cmd.attempt,
+                };
+                let job = match verify_job(cmd, key, hone_common::clock::now_ms()) {
+                    Ok(j) => j,
+                    Err(_) => {
+                        counters.refused.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                };
+                let _ = bus.publish(
+                    &topic::evt(&id, EvtKind::Accepted),
+                    wire::encode(&Message::JobAccepted(accepted)).expect("accepted"),
+                    false,
+                );
+                let outcome = match store.fetch_verified(&job).await {
+                    Ok(_) => Outcome::Ok(recorded_report()),
+                    Err(e) => Outcome::Failed { kind: e.kind(), reason: e.to_string() },
+                };
+                let cmd = job.into_inner();
+                let result = JobResult {
+                    result_id: format!("{}-{}", cmd.job_id, cmd.attempt),
+                    command_id: cmd.command_id,
+                    job_id: cmd.job_id,
+                    attempt: cmd.attempt,
+                    outcome,
+                };
+                let _ = bus.publish(
+                    &topic::evt(&id, EvtKind::Result),
+                    wire::encode(&Message::JobResult(result)).expect("result"),
+                    false,
+                );
+                counters.jobs.fetch_add(1, Ordering::Relaxed);
+            }
+            BusEvent::Disconnected(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+/// (peak RSS bytes, CPU seconds) of a process.
+fn usage(pid: u32) -> (u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<f64>().ok()).sum();
+    (hwm, ticks / 100.0)
+}
+
+fn main() -> anyhow::Result<()> {
+    let n: usize = arg("--agents").and_then(|v| v.parse().ok()).unwrap_or(100);
+    let database = arg("--database").unwrap_or_else(|| "sqlite".into());
+    let as_json = std::env::args().any(|a| a == "--json");
+    let timeout =
+        Duration::from_secs(arg("--timeout-s").and_then(|v| v.parse().ok()).unwrap_or(900));
+    let dir = tempfile::tempdir()?;
+    let db_url = match database.as_str() {
+        "sqlite" => None,
+        "postgres" => Some(fresh_postgres_db()?),
+        other => anyhow::bail!("--database sqlite or postgres, not `{other}`"),
+    };
+    let coord = CoordinatorProc::start(
+        &dir.path().join("coord"),
+        Broker::Embedded(free_port()),
+        db_url.clone(),
+    )?;
+    let pid = coord.pid().ok_or_else(|| anyhow::anyhow!("no coordinator pid"))?;
+    // The coordinator and the simulator on different cores (`--pin-coordinator 0 --pin-sim 1`).
+    let pin = |cpu: Option<String>, pid: u32| -> anyhow::Result<()> {
+        if let Some(cpu) = cpu {
+            let ok = std::process::Command::new("taskset")
+                .args(["-apc", &cpu, &pid.to_string()])
+                .stdout(std::process::Stdio::null())
+                .status()?
+                .success();
+            anyhow::ensure!(ok, "taskset -apc {cpu} {pid} failed");
+        }
+        Ok(())
+    };
+    pin(arg("--pin-coordinator"), pid)?;
+    pin(arg("--pin-sim"), std::process::id())?;
+    let api = coord.api();
+    let key_hex = coord.trust_key();
+    let key: &'static ed25519_dalek::VerifyingKey =
+        Box::leak(Box::new(edge_agent::config::parse_trust_key(&key_hex)?));
+    let (host, port) =
+        hone_common::parse_mqtt_url(&coord.mqtt_url()).map_err(anyhow::Error::msg)?;
+    let model_path = dir.path().join("mlp.onnx");
+    std::fs::write(&model_path, models::mlp(16))?;
+    let model_bytes = std::fs::metadata(&model_path)?.len();
+    let model = api.register(&model_path, "mlp16")?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let counters = Arc::new(Counters {
+        online: AtomicUsize::new(0),
+        jobs: AtomicUsize::new(0),
+        refused: AtomicUsize::new(0),
+    });
+    let ids: Vec<String> = (0..n).map(|i| format!("sim-{i:05}")).collect();
+    let started = Instant::now();
+    for id in &ids {
+        let store = ModelStore::open(&dir.path().join("agents").join(id))?;
+        rt.spawn(sim_agent(id.clone(), host.clone(), port, key, store, counters.clone()));
+    }
+    // The fleet online, as the coordinator sees it.
+    let mut said = Instant::now();
+    loop {
+        let devices = api.get("/api/v1/devices")?;
+        let online =
+            devices.as_array().map_or(0, |d| d.iter().filter(|x| x["status"] == "online").count());
+        if online >= n {
+            break;
+        }
+        if said.elapsed() > Duration::from_secs(10) {
+            said = Instant::now();
+            eprintln!(
+                "{:.0} s: {online} of {n} online as the coordinator sees it ({} connected here)",
+                started.elapsed().as_secs_f64(),
+                counters.online.load(Ordering::Relaxed)
+            );
+        }
+        anyhow::ensure!(
+            started.elapsed() < timeout,
+            "only {online} of {n} agents online after {:?}",
+            timeout
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let online_s = started.elapsed().as_secs_f64();
+    let (rss_idle, cpu_before) = usage(pid);
+    let t0 = Instant::now();
+    let campaign = api.start_campaign(json!({
+        "models": [model], "devices": "all", "job_timeout_ms": 600_000,
+        "bench": {"warmup": 0, "max_iterations": 1, "max_time_ms": 1, "symbols": []},
+    }))?;
+    eprintln!(
+        "{:.0} s: all {n} online; campaign {campaign} started",
+        started.elapsed().as_secs_f64()
+    );
+    // Wait on a counter: the campaign's view lists every job, and polling it would load the
+    // coordinator more than the fleet does.
+    let stored_before = api.metric("results_stored");
+    let mut said = Instant::now();
+    loop {
+        let stored = api.metric("results_stored").saturating_sub(stored_before) as usize;
+        if stored >= n {
+            break;
+        }
+        if said.elapsed() > Duration::from_secs(10) {
+            said = Instant::now();
+            eprintln!("{:.0} s: {stored} of {n} results stored", started.elapsed().as_secs_f64());
+        }
+        if t0.elapsed() > timeout {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let view = api.wait_campaign(&campaign, Duration::from_secs(60))?;
+    let campaign_s = t0.elapsed().as_secs_f64();
+    let (rss_peak, cpu_after) = usage(pid);
+    let lines = view["lines"].as_array().cloned().unwrap_or_default();
+    let done = lines.iter().filter(|l| l["state"] == "done").count();
+    let mut dispatch: Vec<f64> = lines.iter().filter_map(|l| l["dispatch_ms"].as_f64()).collect();
+    let mut turnaround: Vec<f64> =
+        lines.iter().filter_map(|l| l["turnaround_ms"].as_f64()).collect();
+    dispatch.sort_by(f64::total_cmp);
+    turnaround.sort_by(f64::total_cmp);
+    let db_bytes = match &db_url {
+        None => {
+            std::fs::metadata(coord.data_dir.join("hone.db")).map_or(0, |m| m.len())
+                + std::fs::metadata(coord.data_dir.join("hone.db-wal")).map_or(0, |m| m.len())
+        }
+        Some(url) => {
+            let name = url.rsplit('/').next().unwrap_or_default();
+            let out = std::process::Command::new("psql")
+                .args(["-h", "127.0.0.1", "-U", "postgres", "-tAc"])
+                .arg(format!("SELECT pg_database_size('{name}')"))
+                .output()?;
+            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+        }
+    };
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    let p = |v: &[f64], q: f64| (!v.is_empty()).then(|| percentile(v, q));
+    let out = json!({
+        "agents": n,
+        "database": database,
+        "broker": "embedded rumqttd",
+        "transport": "plain MQTT and HTTP on loopback",
+        "model_bytes": model_bytes,
+        "cpu": cpu_model,
+        "pinned": {"coordinator": arg("--pin-coordinator"), "simulator": arg("--pin-sim")},
+        "online_s": online_s,
+        "jobs_done": done,
+        "jobs_refused_by_agents": counters.refused.load(Ordering::Relaxed),
+        "delivery_p50_ms": p(&dispatch, 50.0),
+        "delivery_p99_ms": p(&dispatch, 99.0),
+        "turnaround_p50_ms": p(&turnaround, 50.0),
+        "turnaround_p99_ms": p(&turnaround, 99.0),
+        "campaign_s": campaign_s,
+        "coordinator_rss_idle_mib": rss_idle as f64 / 1048576.0,
+        "coordinator_rss_peak_mib": rss_peak as f64 / 1048576.0,
+        "coordinator_cpu_s_campaign": cpu_after - cpu_before,
+        "database_bytes": db_bytes,
+    });
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "{n} agents ({database}): online in {online_s:.1} s; {done}/{n} jobs in {campaign_s:.1} s; \
+             delivery p50 {:.0} ms p99 {:.0} ms; turnaround p99 {:.0} ms; coordinator RSS peak {:.0} MiB, \
+             {:.1} CPU s for the campaign; database {:.1} MiB ({cpu_model})",
+            p(&dispatch, 50.0).unwrap_or(f64::NAN),
+            p(&dispatch, 99.0).unwrap_or(f64::NAN),
+            p(&turnaround, 99.0).unwrap_or(f64::NAN),
+            rss_peak as f64 / 1048576.0,
+            cpu_after - cpu_before,
+            db_bytes as f64 / 1048576.0
+        );
+    }
+    rt.shutdown_background();
+    anyhow::ensure!(done == n, "{done} of {n} jobs done");
+    Ok(())
+}
