@@ -650,3 +650,15 @@ pub fn python_tool(name: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("scripts/python-tools.sh printed no `{name}=` line: {text}"));
     PathBuf::from(bin.trim())
 }
+
+/// Runs `cmd` and returns its stdout; panics with the command and its output when it fails.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -13,17 +13,7 @@ use hone_e2e::*;
 use hone_learn::data::dvc::{self, DvcRef};
 use serde_json::{Value, json};
 
-/// Runs `cmd`; its stdout, or a panic with its output.
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use hone_e2e::run_ok as run;
 
 /// A repository made with git and the real `dvc`.
 pub(crate) struct Repo {
