@@ -15,7 +15,7 @@ scripts/fetch-assets.sh open-nsfw-onnx onnxruntime-lib >/dev/null
 bin="$CARGO_TARGET_DIR/debug"
 assets="${HONE_ASSETS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/hone/assets}"
 port=$((20000 + RANDOM % 20000)); mqtt=$((port + 1))
-"$bin/coordinator" serve --listen "127.0.0.1:$port" --data-dir "$out/coord" \
+"$bin/coordinator" serve --plain --listen "127.0.0.1:$port" --data-dir "$out/coord" \
   --mqtt-listen "127.0.0.1:$mqtt" > "$out/coord.log" 2>&1 &
 pids=($!)
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT

@@ -37,12 +37,13 @@ pub struct BusConfig {
 }
 
 /// Parses an MQTT broker address: `mqtt://host:port`, `tcp://host:port` or `host:port`
-/// (port defaults to 1883). TLS (`mqtts://`) is not supported yet and is refused by name.
+/// (port defaults to 1883). A TLS address (`mqtts://`) is refused by name: read it with
+/// [`parse_broker_url`].
 pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
     let rest = if let Some(r) = url.strip_prefix("mqtt://").or_else(|| url.strip_prefix("tcp://")) {
         r
     } else if url.starts_with("mqtts://") || url.starts_with("ssl://") {
-        return Err(format!("`{url}`: TLS brokers are not supported yet; use mqtt://"));
+        return Err(format!("`{url}`: a TLS broker address where a plain one is needed"));
     } else if url.contains("://") {
         return Err(format!("`{url}`: unknown scheme, expected mqtt://host:port"));
     } else {
@@ -61,6 +62,45 @@ pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
     Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), port))
 }
 
+/// A broker address and whether it speaks TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// `mqtts://` (or `ssl://`): TLS with a client certificate.
+    pub tls: bool,
+}
+
+/// Parses `mqtts://host:port` (default port 8883) as well as everything [`parse_mqtt_url`]
+/// accepts.
+pub fn parse_broker_url(url: &str) -> Result<BrokerUrl, String> {
+    if let Some(rest) = url.strip_prefix("mqtts://").or_else(|| url.strip_prefix("ssl://")) {
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => {
+                (h, p.parse::<u16>().map_err(|_| format!("`{url}`: port `{p}` is not a number"))?)
+            }
+            _ => (rest, 8883),
+        };
+        if host.is_empty() {
+            return Err(format!("`{url}`: missing host"));
+        }
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        return Ok(BrokerUrl { host, port, tls: true });
+    }
+    let (host, port) = parse_mqtt_url(url)?;
+    Ok(BrokerUrl { host, port, tls: false })
+}
+
+/// Whether `host` names this machine only (`localhost`, 127.0.0.0/8, `::1`): where plain
+/// transport is allowed.
+pub fn is_loopback_host(host: &str) -> bool {
+    host == "localhost"
+        || host.parse::<std::net::IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,6 +110,20 @@ mod tests {
         assert_eq!(parse_mqtt_url("mqtt://127.0.0.1:1883").unwrap(), ("127.0.0.1".into(), 1883));
         assert_eq!(parse_mqtt_url("tcp://broker:1884").unwrap(), ("broker".into(), 1884));
         assert_eq!(parse_mqtt_url("broker").unwrap(), ("broker".into(), 1883));
+    }
+
+    #[test]
+    fn parses_tls_broker_urls_and_knows_loopback() {
+        let b = parse_broker_url("mqtts://broker.lan").unwrap();
+        assert_eq!((b.host.as_str(), b.port, b.tls), ("broker.lan", 8883, true));
+        let b = parse_broker_url("mqtts://127.0.0.1:18883").unwrap();
+        assert_eq!((b.host.as_str(), b.port, b.tls), ("127.0.0.1", 18883, true));
+        let b = parse_broker_url("mqtt://10.0.0.2:1883").unwrap();
+        assert_eq!((b.host.as_str(), b.port, b.tls), ("10.0.0.2", 1883, false));
+        assert!(parse_broker_url("mqtts://:1").is_err());
+        assert!(is_loopback_host("127.0.0.1") && is_loopback_host("::1"));
+        assert!(is_loopback_host("localhost") && is_loopback_host("127.3.0.1"));
+        assert!(!is_loopback_host("10.0.0.2") && !is_loopback_host("broker.lan"));
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub mod wire;
 /// Hone's version, reported by agents in their birth message.
 pub const HONE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-pub use bus::parse_mqtt_url;
+pub use bus::{BrokerUrl, is_loopback_host, parse_broker_url, parse_mqtt_url};
 
 /// Checks a device id: 1 to 64 characters of lowercase ASCII letters, digits and dashes, not
 /// starting with a dash. Device ids are MQTT client ids and topic levels, so they must be safe in

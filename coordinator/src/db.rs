@@ -1130,6 +1130,7 @@ mod deploy;
 pub mod imported;
 pub mod mlflow;
 mod pipelines;
+pub mod pki;
 #[cfg(test)]
 mod tests;
 

@@ -34,4 +34,5 @@ pub mod mlflow;
 pub mod models;
 pub mod mqtt;
 pub mod pipeline;
+pub mod pki;
 pub mod server;

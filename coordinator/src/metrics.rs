@@ -34,6 +34,11 @@ counters! {
     results_stored: "results stored",
     results_duplicate: "results received again after being stored (acked, not stored)",
     bus_connected: "1 while connected to the MQTT broker",
+    tls_refused: "TLS handshakes refused (no, foreign, expired or revoked client certificate, or not TLS)",
+    mqtt_denied: "device MQTT connections ended by the gate for a packet outside the device's own topics",
+    revocation_kicks: "live device MQTT sessions ended by a revocation",
+    enrolments: "device certificates issued on enrolment or approved re-enrolment",
+    renewals: "device certificates renewed",
 }
 
 impl Metrics {

@@ -89,9 +89,12 @@ pub fn config(
     BusConfig { host, port, client_id, keepalive, will }
 }
 
-/// Connects (persistent session, retained status + Last Will) and spawns the event-loop task.
+/// Connects (persistent session, retained status + Last Will; over TLS with `tls`) and spawns
+/// the event-loop task.
 pub fn start(
     config: BusConfig,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    pki: Option<Arc<crate::pki::Pki>>,
     started_at_ms: u64,
     metrics: Arc<Metrics>,
     inbound: mpsc::Sender<Inbound>,
@@ -107,9 +110,14 @@ pub fn start(
             QoS::AtLeastOnce,
             true,
         ));
+    if let Some(tls) = tls {
+        opts.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
+            tls,
+        )));
+    }
     let (client, eventloop) = AsyncClient::new(opts, 1024);
     let bus = Bus { client };
-    tokio::spawn(run_loop(bus.clone(), eventloop, config, started_at_ms, metrics, inbound));
+    tokio::spawn(run_loop(bus.clone(), eventloop, config, pki, started_at_ms, metrics, inbound));
     bus
 }
 
@@ -117,6 +125,7 @@ async fn run_loop(
     bus: Bus,
     mut eventloop: rumqttc::EventLoop,
     config: BusConfig,
+    pki: Option<Arc<crate::pki::Pki>>,
     started_at_ms: u64,
     metrics: Arc<Metrics>,
     inbound: mpsc::Sender<Inbound>,
@@ -141,7 +150,7 @@ async fn run_loop(
                 });
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                handle_publish(&p.topic, &p.payload, &metrics, &inbound).await;
+                handle_publish(&p.topic, &p.payload, pki.as_deref(), &metrics, &inbound).await;
             }
             Ok(_) => {}
             Err(e) => {
@@ -160,6 +169,7 @@ async fn run_loop(
 async fn handle_publish(
     topic_name: &str,
     payload: &[u8],
+    pki: Option<&crate::pki::Pki>,
     metrics: &Metrics,
     inbound: &mpsc::Sender<Inbound>,
 ) {
@@ -172,7 +182,18 @@ async fn handle_publish(
             return;
         }
     };
+    let stopped = pki.and_then(|p| p.stopped(&device));
     match wire::decode(payload) {
+        // An external broker keeps a revoked device's open session until it ends: everything
+        // from it is dropped but its going offline (its Last Will, after a revocation); from a
+        // decommissioned device, everything.
+        Ok(message)
+            if stopped == Some(crate::pki::Stopped::Decommissioned)
+                || (stopped.is_some() && !matches!(&message, Message::Status(s) if !s.online)) =>
+        {
+            metrics.mqtt_denied.fetch_add(1, Relaxed);
+            debug!(%device, topic = %topic_name, "dropped: the device is revoked");
+        }
         Ok(message) => {
             metrics.messages_received.fetch_add(1, Relaxed);
             let _ = inbound.send(Inbound { device, payload: Payload::Message(message) }).await;

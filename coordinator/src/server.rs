@@ -49,6 +49,9 @@ pub struct ServeConfig {
     pub alert_webhook: Option<String>,
     /// The MLflow tracking server records are written to, if any.
     pub mlflow: Option<crate::mlflow::MlflowConfig>,
+    /// TLS for the API and the broker, with enrolled device certificates; `None` is plain
+    /// transport, which [`start`] accepts on loopback addresses only.
+    pub tls: Option<crate::pki::TlsSettings>,
 }
 
 impl ServeConfig {
@@ -64,6 +67,7 @@ impl ServeConfig {
             import_dir: None,
             alert_webhook: None,
             mlflow: None,
+            tls: None,
         }
     }
 }
@@ -72,8 +76,10 @@ impl ServeConfig {
 pub struct Running {
     /// HTTP address.
     pub http_addr: SocketAddr,
-    /// Broker address as agents should use it (`mqtt://host:port`).
+    /// Broker address as agents should use it (`mqtt://host:port`, or `mqtts://` to the gate).
     pub mqtt_url: String,
+    /// Whether the API and the broker speak TLS.
+    pub tls: bool,
     /// State shared with the API.
     pub state: AppState,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -82,13 +88,15 @@ pub struct Running {
     rollout: tokio::task::JoinHandle<()>,
     compactor: tokio::task::JoinHandle<()>,
     mirror: Option<tokio::task::JoinHandle<()>>,
+    gate: Option<tokio::task::JoinHandle<()>>,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Running {
     /// Base URL of the API.
     pub fn api_url(&self) -> String {
-        format!("http://{}", self.http_addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.http_addr)
     }
 
     /// Stops the HTTP server (the broker thread, if embedded, ends with the process).
@@ -103,6 +111,9 @@ impl Running {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.compactor).await;
         if let Some(m) = self.mirror {
             let _ = tokio::time::timeout(Duration::from_secs(5), m).await;
+        }
+        if let Some(g) = self.gate {
+            let _ = tokio::time::timeout(Duration::from_secs(5), g).await;
         }
         self.state.db.close().await;
     }
@@ -141,15 +152,82 @@ pub async fn start(
     let artifacts = ArtifactStore::open(&config.data_dir.join("artifacts"))
         .context("opening artifact store")?;
     let signer = Signer::load_or_create(&config.data_dir.join("keys/coordinator.ed25519"))?;
-    let mqtt_url = match &config.mqtt {
+    let pki = match &config.tls {
+        Some(tls) => {
+            let revoked = db.revoked_certs(now_ms() as i64).await?;
+            let revoked: Vec<_> = revoked
+                .into_iter()
+                .map(|c| {
+                    let at_ms = c.revoked_at_ms.unwrap_or(0);
+                    (crate::pki::Revoked { serial: c.serial, at_ms }, c.fingerprint)
+                })
+                .collect();
+            let pki = crate::pki::Pki::start(
+                &config.data_dir.join("pki"),
+                &tls.names,
+                tls.cert_lifetime,
+                &revoked,
+            )
+            .context("starting the certificate authority")?;
+            let stopped = db.identities().await?.into_iter().filter_map(|i| {
+                crate::pki::Stopped::from_state(&i.state).map(|st| (i.device_id, st))
+            });
+            pki.set_stopped(stopped);
+            Some(Arc::new(pki))
+        }
+        None => {
+            check_plain(http_addr, &config.mqtt)?;
+            None
+        }
+    };
+    let mut gate_listener = None;
+    let agent_mqtt_url = match &config.mqtt {
         MqttMode::Embedded(addr) => {
+            if pki.is_some() && !addr.ip().is_loopback() {
+                anyhow::bail!(
+                    "with TLS the embedded broker listens on loopback only, behind the MQTT gate \
+                     (devices connect to the gate: --mqtt-tls-listen); got --mqtt-listen {addr}"
+                );
+            }
             crate::broker::start(*addr).await?;
             tracing::info!(%addr, "embedded MQTT broker listening");
-            format!("mqtt://{addr}")
+            match config.tls.as_ref().and_then(|t| t.gate_listen) {
+                Some(gate) if pki.is_some() => {
+                    let l = tokio::net::TcpListener::bind(gate)
+                        .await
+                        .with_context(|| format!("the MQTT gate cannot listen on {gate}"))?;
+                    let bound = l.local_addr()?;
+                    gate_listener = Some(l);
+                    let host = if bound.ip().is_unspecified() {
+                        "127.0.0.1".to_string()
+                    } else {
+                        bound.ip().to_string()
+                    };
+                    format!("mqtts://{host}:{}", bound.port())
+                }
+                _ => format!("mqtt://{addr}"),
+            }
         }
         MqttMode::External(url) => url.clone(),
     };
-    let (host, port) = hone_common::parse_mqtt_url(&mqtt_url).map_err(anyhow::Error::msg)?;
+    let mqtt_url = match &config.mqtt {
+        MqttMode::Embedded(addr) => format!("mqtt://{addr}"),
+        MqttMode::External(url) => url.clone(),
+    };
+    let broker = hone_common::parse_broker_url(&mqtt_url).map_err(anyhow::Error::msg)?;
+    let broker_tls = match (&pki, broker.tls) {
+        (Some(pki), true) => Some(pki.broker_client_config()?),
+        (None, true) => anyhow::bail!(
+            "--mqtt-url {mqtt_url} is a TLS broker: the coordinator's client certificate comes \
+             from its CA, which runs without --plain"
+        ),
+        (_, false) if !hone_common::is_loopback_host(&broker.host) => anyhow::bail!(
+            "plain MQTT to {} is refused: plain transport is for loopback only; use mqtts://",
+            broker.host
+        ),
+        (_, false) => None,
+    };
+    let (host, port) = (broker.host, broker.port);
     let metrics = Arc::new(Metrics::default());
     let (tx, rx) = mpsc::channel(1024);
     let started_at_ms = now_ms();
@@ -160,13 +238,15 @@ pub async fn start(
         Duration::from_secs(10),
         started_at_ms,
     );
-    let bus = crate::mqtt::start(bus_config, started_at_ms, metrics.clone(), tx);
+    let bus =
+        crate::mqtt::start(bus_config, broker_tls, pki.clone(), started_at_ms, metrics.clone(), tx);
+    let scheme = if pki.is_some() { "https" } else { "http" };
     let public_url = config.public_url.clone().unwrap_or_else(|| {
         if http_addr.ip().is_unspecified() {
             tracing::warn!("listening on all interfaces without --public-url: agents will be told to download from 127.0.0.1");
-            format!("http://127.0.0.1:{}", http_addr.port())
+            format!("{scheme}://127.0.0.1:{}", http_addr.port())
         } else {
-            format!("http://{http_addr}")
+            format!("{scheme}://{http_addr}")
         }
     });
     let poke = Arc::new(Notify::new());
@@ -186,7 +266,7 @@ pub async fn start(
     let engine = tokio::spawn(engine.run(rx, poke.clone(), stop_rx.clone()));
     let rollout = crate::deploy::rollout::Rollout {
         db: db.clone(),
-        bus,
+        bus: bus.clone(),
         signer: signer.clone(),
         public_url,
         wake: rollout_wake.clone(),
@@ -236,20 +316,51 @@ pub async fn start(
         dvc_dir: config.data_dir.join("dvc"),
         import_dir,
         mlflow,
+        pki: pki.clone(),
+        bus: Some(bus),
+    };
+    let gate = match (gate_listener, &pki, &config.mqtt) {
+        (Some(l), Some(pki), MqttMode::Embedded(upstream)) => {
+            tracing::info!(gate = %l.local_addr()?, "MQTT gate (TLS, client certificates, per-device topics) listening");
+            Some(tokio::spawn(crate::pki::gate::run(
+                l,
+                *upstream,
+                pki.clone(),
+                state.metrics.clone(),
+                stop_rx.clone(),
+            )))
+        }
+        _ => None,
     };
     let app = api::app(state.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
     let mut stop_http = stop_rx;
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_http.changed().await;
-            })
-            .await
-    });
-    tracing::info!(http = %http_addr, mqtt = %mqtt_url, key = %state.signer.public_hex(), "coordinator ready");
+    let shutdown = async move {
+        let _ = stop_http.changed().await;
+    };
+    let peer = app.into_make_service_with_connect_info::<crate::pki::listener::Peer>();
+    let server = match &pki {
+        Some(pki) => {
+            let tls = crate::pki::listener::TlsListener::new(
+                listener,
+                pki.clone(),
+                state.metrics.clone(),
+            )?;
+            tokio::spawn(
+                async move { axum::serve(tls, peer).with_graceful_shutdown(shutdown).await },
+            )
+        }
+        None => tokio::spawn(async move {
+            axum::serve(listener, peer).with_graceful_shutdown(shutdown).await
+        }),
+    };
+    if let Some(pki) = &pki {
+        tracing::info!(ca_sha256 = %pki.ca().fingerprint(), "TLS on: devices enrol with a token and this CA fingerprint");
+    }
+    tracing::info!(http = %http_addr, mqtt = %agent_mqtt_url, key = %state.signer.public_hex(), "coordinator ready");
     Ok(Running {
         http_addr,
-        mqtt_url,
+        mqtt_url: agent_mqtt_url,
+        tls: pki.is_some(),
         state,
         server,
         engine,
@@ -257,6 +368,26 @@ pub async fn start(
         rollout,
         compactor,
         mirror,
+        gate,
         stop,
     })
+}
+
+/// Plain transport is for loopback only: the API and the embedded broker must listen there.
+fn check_plain(http_addr: SocketAddr, mqtt: &MqttMode) -> anyhow::Result<()> {
+    if !http_addr.ip().is_loopback() {
+        anyhow::bail!(
+            "plain transport (--plain) on {http_addr} is refused: it is for loopback only \
+             (127.0.0.1, ::1); drop --plain to serve TLS with enrolled devices"
+        );
+    }
+    if let MqttMode::Embedded(addr) = mqtt
+        && !addr.ip().is_loopback()
+    {
+        anyhow::bail!(
+            "plain transport (--plain) with the embedded broker on {addr} is refused: it is for \
+             loopback only; drop --plain to serve TLS with enrolled devices"
+        );
+    }
+    Ok(())
 }

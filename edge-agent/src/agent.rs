@@ -63,6 +63,9 @@ pub const TELEMETRY_BUFFER: usize = 60;
 /// Activation reports kept to answer a redelivered command.
 const REPORTS_KEPT: usize = 32;
 
+/// How often a device whose certificate expired asks whether its re-enrolment was approved.
+const REENROL_EVERY: Duration = Duration::from_secs(5);
+
 /// Serving state kept by the agent loop.
 struct ServingState {
     requests: Option<mpsc::Sender<crate::deploy::Request>>,
@@ -175,8 +178,17 @@ pub async fn run(
     let mut durable = Durable::open(&config.state_dir).context("opening agent state")?;
     let session = durable.next_session().context("updating the session counter")?;
     let trusted = trusted_key(&config).await?;
-    let store = ModelStore::open(&config.state_dir.join("store")).context("opening model store")?;
     let mut config = config;
+    if let Some(identity) = &mut config.identity {
+        if identity.expired(hone_common::clock::now_ms() as i64) {
+            warn!(device = %config.device_id, "the device certificate has expired: asking to re-enrol");
+            identity.reenroll(REENROL_EVERY).await?;
+        }
+        tokio::spawn(identity.clone().keep_renewed(Duration::from_secs(60)));
+    }
+    let tls = config.identity.as_ref().map(|i| i.config());
+    let store = ModelStore::open_tls(&config.state_dir.join("store"), tls.clone())
+        .context("opening model store")?;
     config.runtimes =
         crate::bench::available_runtimes(&config.bench_exe, config.ort_lib.as_deref()).await;
     for r in &config.runtimes {
@@ -204,13 +216,16 @@ pub async fn run(
         profile,
         None,
     )))?;
-    let (bus, mut bus_loop) = mqtt::connect(&mqtt::BusConfig {
-        host: config.broker_host.clone(),
-        port: config.broker_port,
-        client_id: config.device_id.clone(),
-        keepalive: config.keepalive,
-        will: (topic::status(&config.device_id), will),
-    });
+    let (bus, mut bus_loop) = mqtt::connect(
+        &mqtt::BusConfig {
+            host: config.broker_host.clone(),
+            port: config.broker_port,
+            client_id: config.device_id.clone(),
+            keepalive: config.keepalive,
+            will: (topic::status(&config.device_id), will),
+        },
+        tls,
+    );
     info!(device = %config.device_id, session, broker = %format!("{}:{}", config.broker_host, config.broker_port), "agent starting");
 
     let (done_tx, mut done_rx) = mpsc::channel::<JobResult>(4);
@@ -882,6 +897,7 @@ mod tests {
             serving: None,
             ort_lib: None,
             runtimes: Vec::new(),
+            identity: None,
         }
     }
 

@@ -26,6 +26,9 @@ pub struct Cli {
 enum Command {
     /// Connect to the broker and serve benchmark jobs until interrupted.
     Run(RunArgs),
+    /// Enrol with a TLS coordinator using a one-time token: generate this device's key, get
+    /// its certificate (docs/install.md).
+    Enroll(EnrollArgs),
     /// Benchmark one ONNX model locally, without a coordinator.
     Bench(BenchArgs),
     /// List the built-in device profiles.
@@ -114,6 +117,30 @@ enum Command {
         #[arg(long)]
         lib: PathBuf,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct EnrollArgs {
+    /// Coordinator base URL, https://host:port.
+    #[arg(long, env = "HONE_COORDINATOR")]
+    coordinator: String,
+    /// The one-time enrolment token (`coordinator devices token`). Prefer the environment
+    /// variable: a command line is visible to every user of the host.
+    #[arg(long, env = "HONE_ENROL_TOKEN", hide_env_values = true)]
+    token: String,
+    /// SHA-256 of the coordinator's CA certificate, as `coordinator devices token` prints it:
+    /// the agent refuses a coordinator that presents another CA.
+    #[arg(long, env = "HONE_CA_SHA256")]
+    ca_sha256: String,
+    /// Device id to ask for (default: the host name); a token bound to a device decides.
+    #[arg(long, env = "HONE_DEVICE_ID")]
+    device_id: Option<String>,
+    /// The agent's state folder.
+    #[arg(long, env = "HONE_AGENT_STATE", default_value = "/var/lib/hone-agent")]
+    state_dir: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -416,6 +443,31 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
             crate::agent::run(config, shutdown_signal()).await?;
             Ok(0)
         }
+        Command::Enroll(a) => {
+            let identity = crate::enroll::enroll(&crate::enroll::EnrolRequest {
+                coordinator: a.coordinator,
+                token: a.token,
+                ca_sha256: a.ca_sha256,
+                device_id: a.device_id.unwrap_or_else(default_device_id),
+                state_dir: a.state_dir.clone(),
+            })
+            .await?;
+            let f = &identity.file;
+            #[allow(clippy::print_stdout)]
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(f)?);
+            } else {
+                println!(
+                    "enrolled as {} with {}; certificate valid until {} (Unix ms), renewed \
+                     automatically; state in {}",
+                    f.device_id,
+                    f.coordinator,
+                    f.not_after_ms,
+                    a.state_dir.join("tls").display()
+                );
+            }
+            Ok(0)
+        }
         Command::Bench(args) => bench(args).await,
         Command::Doctor(a) => {
             let checks = crate::doctor::run(&crate::doctor::DoctorInput {
@@ -567,9 +619,36 @@ async fn loadgen(args: LoadgenArgs) -> anyhow::Result<i32> {
 }
 
 fn run_config(args: RunArgs) -> anyhow::Result<AgentConfig> {
-    let (broker_host, broker_port) =
-        hone_common::parse_mqtt_url(&args.broker).map_err(anyhow::Error::msg)?;
-    let device_id = args.device_id.unwrap_or_else(default_device_id);
+    let broker = hone_common::parse_broker_url(&args.broker).map_err(anyhow::Error::msg)?;
+    let (broker_host, broker_port) = (broker.host.clone(), broker.port);
+    let enrolled = crate::enroll::Identity::exists(&args.state_dir)
+        .then(|| crate::enroll::Identity::load(&args.state_dir))
+        .transpose()
+        .context("reading the enrolled identity")?;
+    if broker.tls && enrolled.is_none() {
+        anyhow::bail!(
+            "{} is a TLS broker and this agent is not enrolled (no {}/tls/identity.json): run \
+             `edge-agent enroll --coordinator https://… --token … --ca-sha256 …` first",
+            args.broker,
+            args.state_dir.display()
+        );
+    }
+    if !broker.tls && !hone_common::is_loopback_host(&broker.host) {
+        anyhow::bail!(
+            "plain MQTT to {} is refused: plain transport is for loopback only; use mqtts:// \
+             with an enrolled identity",
+            broker.host
+        );
+    }
+    let device_id = match (&args.device_id, &enrolled) {
+        (Some(asked), Some(id)) if asked != &id.file.device_id => anyhow::bail!(
+            "--device-id {asked}, but this state folder is enrolled as {}",
+            id.file.device_id
+        ),
+        (_, Some(id)) => id.file.device_id.clone(),
+        (Some(asked), None) => asked.clone(),
+        (None, None) => default_device_id(),
+    };
     hone_common::validate_device_id(&device_id).map_err(anyhow::Error::msg)?;
     let profile =
         crate::config::resolve_profile(args.profile.as_deref(), args.profile_file.as_deref())?;
@@ -605,6 +684,11 @@ fn run_config(args: RunArgs) -> anyhow::Result<AgentConfig> {
         device_id,
         broker_host,
         broker_port,
+        identity: if broker.tls || args.coordinator.starts_with("https://") {
+            enrolled
+        } else {
+            None
+        },
         coordinator_url: args.coordinator,
         profile,
         native: args.native,

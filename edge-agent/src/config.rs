@@ -17,6 +17,9 @@ pub struct AgentConfig {
     pub broker_port: u16,
     /// Coordinator base URL (used to fetch its public key on first start).
     pub coordinator_url: String,
+    /// The enrolled TLS identity: the broker and artifact downloads then use TLS with its
+    /// client certificate. `None`: plain transport (loopback only).
+    pub identity: Option<crate::enroll::Identity>,
     /// Device profile to benchmark under.
     pub profile: Option<hone_firmware_profiles::DeviceProfile>,
     /// The agent runs on the profiled device itself: measure, do not emulate.

@@ -19,7 +19,8 @@
 //!   [`calibrate`]: host speed; [`readings`]: temperatures and clocks.
 //! - [`serve`]: the serving process (`serve-child`): KServe v2 over HTTP, one active model;
 //!   [`loadgen`]: an open-loop load generator for it.
-//! - [`config`]: validated configuration.
+//! - [`config`]: validated configuration; [`enroll`]: the TLS identity (enrolment, renewal,
+//!   re-enrolment).
 //! - [`cli`]: the `edge-agent` command line (the binary is a thin wrapper around it).
 
 pub mod agent;
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod deploy;
 pub mod doctor;
+pub mod enroll;
 pub mod host;
 pub mod loadgen;
 pub mod mqtt;

@@ -37,8 +37,12 @@ pub struct BusLoop {
     eventloop: EventLoop,
 }
 
-/// Creates a persistent-session connection with the Last Will set, on the shared bus settings.
-pub fn connect(config: &BusConfig) -> (BusHandle, BusLoop) {
+/// Creates a persistent-session connection with the Last Will set, on the shared bus settings;
+/// over TLS with `tls` (the enrolled identity's configuration).
+pub fn connect(
+    config: &BusConfig,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> (BusHandle, BusLoop) {
     let mut opts = MqttOptions::new(&config.client_id, &config.host, config.port);
     opts.set_keep_alive(config.keepalive)
         .set_clean_session(CLEAN_SESSION)
@@ -49,6 +53,11 @@ pub fn connect(config: &BusConfig) -> (BusHandle, BusLoop) {
             QoS::AtLeastOnce,
             true,
         ));
+    if let Some(tls) = tls {
+        opts.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
+            tls,
+        )));
+    }
     let (client, eventloop) = AsyncClient::new(opts, 256);
     (BusHandle { client }, BusLoop { eventloop })
 }

@@ -92,9 +92,22 @@ pub struct Fetched {
 impl ModelStore {
     /// Opens (creating) a store under `root`.
     pub fn open(root: &Path) -> std::io::Result<ModelStore> {
+        ModelStore::open_tls(root, None)
+    }
+
+    /// Opens (creating) a store under `root` that downloads over TLS with `tls` (the enrolled
+    /// identity's configuration: the coordinator's CA, the device certificate).
+    pub fn open_tls(
+        root: &Path,
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    ) -> std::io::Result<ModelStore> {
         std::fs::create_dir_all(root.join("models"))?;
         std::fs::create_dir_all(root.join("tmp"))?;
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder();
+        if let Some(tls) = tls {
+            http = http.use_preconfigured_tls((*tls).clone());
+        }
+        let http = http
             .connect_timeout(std::time::Duration::from_secs(10))
             .read_timeout(std::time::Duration::from_secs(30))
             .build()

@@ -154,6 +154,9 @@ pub struct CoordinatorProc {
     pub token: Option<String>,
     /// More `serve` arguments (e.g. `--mlflow-url URL`), kept across restarts.
     pub extra_args: Vec<String>,
+    /// TLS with enrolled devices (else `--plain`): the MQTT gate's port with the embedded
+    /// broker, 0 with an external one.
+    pub tls_gate_port: Option<u16>,
     child: Process,
 }
 
@@ -174,6 +177,31 @@ impl CoordinatorProc {
         database_url: Option<String>,
         extra_args: &[&str],
     ) -> anyhow::Result<CoordinatorProc> {
+        CoordinatorProc::start_full(data_dir, broker, database_url, extra_args, false)
+    }
+
+    /// Starts a coordinator on TLS (no `--plain`): HTTPS, the MQTT gate in front of an embedded
+    /// broker (or `mqtts://` to an external one), devices enrolled by [`enroll`].
+    pub fn start_tls(
+        data_dir: &Path,
+        broker: Broker,
+        database_url: Option<String>,
+        extra_args: &[&str],
+    ) -> anyhow::Result<CoordinatorProc> {
+        CoordinatorProc::start_full(data_dir, broker, database_url, extra_args, true)
+    }
+
+    fn start_full(
+        data_dir: &Path,
+        broker: Broker,
+        database_url: Option<String>,
+        extra_args: &[&str],
+        tls: bool,
+    ) -> anyhow::Result<CoordinatorProc> {
+        let tls_gate_port = tls.then(|| match broker {
+            Broker::Embedded(_) => free_port(),
+            Broker::External(_) => 0,
+        });
         let mut c = CoordinatorProc {
             data_dir: data_dir.to_path_buf(),
             http_port: free_port(),
@@ -183,6 +211,7 @@ impl CoordinatorProc {
             import_dir: data_dir.join("import"),
             token: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            tls_gate_port,
             child: Process::default(),
         };
         c.spawn()?;
@@ -211,6 +240,10 @@ impl Restartable for CoordinatorProc {
         if let Some(db) = &self.database_url {
             cmd.args(["--database-url", db]);
         }
+        match self.tls_gate_port {
+            None => cmd.arg("--plain"),
+            Some(port) => cmd.args(["--mqtt-tls-listen", &format!("127.0.0.1:{port}")]),
+        };
         cmd.args(&self.extra_args);
         std::fs::create_dir_all(&self.data_dir)?;
         std::fs::create_dir_all(&self.import_dir)?;
@@ -220,9 +253,10 @@ impl Restartable for CoordinatorProc {
             .open(self.data_dir.join("coordinator.log"))?;
         let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn()?;
         self.child = Process(Some(child));
-        let api = self.api();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
+            // Built each time: a TLS coordinator writes its CA when it starts.
+            let api = self.api();
             if let Ok(v) = api.get("/api/v1/health")
                 && v["mqtt_connected"] == true
             {
@@ -254,9 +288,18 @@ impl CoordinatorProc {
         self.child.pid()
     }
 
-    /// API client with the operator token.
+    /// API client with the operator token (trusting the coordinator's CA on TLS).
     pub fn api(&self) -> Api {
-        Api::new(&self.api_url()).with_token(self.token.clone())
+        let api = Api::new(&self.api_url()).with_token(self.token.clone());
+        match self.tls_gate_port {
+            Some(_) => api.with_ca(&self.ca_pem()),
+            None => api,
+        }
+    }
+
+    /// The coordinator's CA certificate (TLS).
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("pki/ca.pem")).unwrap_or_default()
     }
 
     /// The `coordinator` command line, pointed at this coordinator with the operator token
@@ -264,6 +307,7 @@ impl CoordinatorProc {
     pub fn cli(&self) -> Command {
         let mut cmd = Command::new(bin("coordinator"));
         cmd.env("HONE_API", self.api_url()).env_remove("HONE_TOKEN_FILE");
+        cmd.env("HONE_CA_FILE", self.data_dir.join("pki/ca.pem"));
         match &self.token {
             Some(token) => cmd.env("HONE_TOKEN", token),
             None => cmd.env_remove("HONE_TOKEN"),
@@ -273,15 +317,29 @@ impl CoordinatorProc {
 
     /// API base URL.
     pub fn api_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        let scheme = if self.tls_gate_port.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.http_port)
     }
 
-    /// Broker URL agents use.
+    /// Broker URL agents use (the gate, on TLS with the embedded broker).
     pub fn mqtt_url(&self) -> String {
-        match &self.broker {
-            Broker::Embedded(port) => format!("mqtt://127.0.0.1:{port}"),
-            Broker::External(url) => url.clone(),
+        match (&self.broker, self.tls_gate_port) {
+            (Broker::Embedded(_), Some(gate)) => format!("mqtts://127.0.0.1:{gate}"),
+            (Broker::Embedded(port), None) => format!("mqtt://127.0.0.1:{port}"),
+            (Broker::External(url), _) => url.clone(),
         }
+    }
+
+    /// Creates a one-time enrolment token (bound to `device` if given); returns the token and
+    /// the CA fingerprint.
+    pub fn enrol_token(&self, device: Option<&str>) -> anyhow::Result<(String, String)> {
+        let (status, v) = self
+            .api()
+            .post("/api/v1/enroll/tokens", &serde_json::json!({ "device_id": device }))?;
+        if status != 200 {
+            bail!("creating an enrolment token: {status} {v}");
+        }
+        Ok((v["token"].as_str().unwrap().to_string(), v["ca_sha256"].as_str().unwrap().to_string()))
     }
 
     /// The signing key agents trust.
@@ -323,6 +381,9 @@ impl AgentProc {
     ) -> anyhow::Result<AgentProc> {
         let state_dir = root.join(device_id);
         std::fs::create_dir_all(&state_dir)?;
+        if coord.tls_gate_port.is_some() && !state_dir.join("tls/identity.json").exists() {
+            enroll(coord, &state_dir, device_id)?;
+        }
         let args = vec![
             "run".to_string(),
             "--broker".into(),
@@ -407,6 +468,21 @@ impl Restartable for AgentProc {
     }
 }
 
+/// Enrols `device` into `state_dir` with a token bound to it (`edge-agent enroll`).
+pub fn enroll(coord: &CoordinatorProc, state_dir: &Path, device: &str) -> anyhow::Result<()> {
+    let (token, ca) = coord.enrol_token(Some(device))?;
+    let out = Command::new(bin("edge-agent"))
+        .args(["enroll", "--coordinator", &coord.api_url(), "--ca-sha256", &ca])
+        .args(["--device-id", device, "--state-dir"])
+        .arg(state_dir)
+        .env("HONE_ENROL_TOKEN", token)
+        .output()?;
+    if !out.status.success() {
+        bail!("edge-agent enroll failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
 /// A blocking JSON client of the coordinator API.
 #[derive(Clone)]
 pub struct Api {
@@ -426,6 +502,18 @@ impl Api {
                 .unwrap(),
             token: None,
         }
+    }
+
+    /// The same client trusting only the CA in `ca_pem` (a TLS coordinator).
+    pub fn with_ca(mut self, ca_pem: &str) -> Api {
+        let Ok(cert) = reqwest::Certificate::from_pem(ca_pem.as_bytes()) else { return self };
+        self.http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(cert)
+            .build()
+            .unwrap();
+        self
     }
 
     /// The same client with `token` as its bearer token (none if `None`).

@@ -10,6 +10,7 @@ mod deploy;
 mod doctor;
 mod dvc;
 mod faults;
+mod fleet_tls;
 mod hostile;
 mod mlflow;
 mod optimize;

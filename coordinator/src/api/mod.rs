@@ -8,6 +8,7 @@ mod campaigns;
 mod compare;
 mod deployments;
 mod devices;
+pub mod enroll;
 mod mlflow;
 mod models;
 mod pipelines;
@@ -55,6 +56,10 @@ pub struct AppState {
     pub import_dir: Option<std::path::PathBuf>,
     /// The MLflow mirror, when the coordinator writes to MLflow.
     pub mlflow: Option<Arc<crate::mlflow::Mlflow>>,
+    /// The CA and TLS state; `None` on plain transport (`--plain`, loopback only).
+    pub pki: Option<Arc<crate::pki::Pki>>,
+    /// The MQTT client (decommissioning clears a device's retained status); `None` in tests.
+    pub bus: Option<crate::mqtt::Bus>,
 }
 
 /// An API error.
@@ -119,7 +124,11 @@ pub fn app(state: AppState) -> Router {
     let open = Router::new()
         .route("/api/v1/health", get(health))
         .route("/api/v1/trust", get(trust))
-        .route("/artifacts/{sha}", get(models::artifact));
+        .route("/artifacts/{sha}", get(models::artifact))
+        .route("/api/v1/pki/ca", get(enroll::ca))
+        .route("/api/v1/enroll", post(enroll::enroll))
+        .route("/api/v1/enroll/renew", post(enroll::renew))
+        .route("/api/v1/enroll/reenroll", post(enroll::reenroll));
     Router::new()
         .route("/api/v1/metrics", get(metrics_json))
         .route("/metrics", get(metrics_prometheus))
@@ -131,6 +140,12 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/models/{key}", get(models::get))
         .route("/api/v1/devices", get(devices::list))
         .route("/api/v1/devices/{id}", get(devices::get))
+        .route("/api/v1/enroll/tokens", get(enroll::list_tokens).post(enroll::create_token))
+        .route("/api/v1/identities", get(enroll::identities))
+        .route("/api/v1/devices/{id}/identity", get(enroll::identity))
+        .route("/api/v1/devices/{id}/approve", post(enroll::approve))
+        .route("/api/v1/devices/{id}/revoke", post(enroll::revoke))
+        .route("/api/v1/devices/{id}/decommission", post(enroll::decommission))
         .route("/api/v1/campaigns", get(campaigns::list).post(campaigns::create))
         .route("/api/v1/campaigns/{id}", get(campaigns::get))
         .route("/api/v1/imported-results", post(compare::import))

@@ -154,6 +154,13 @@ pub(super) async fn artifact(
     Query(q): Query<Capability>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    if s.pki.is_some() {
+        // Over TLS only an enrolled, unrevoked device may download, and still only with the
+        // capability of its job.
+        let peer =
+            request.extensions().get::<axum::extract::ConnectInfo<crate::pki::listener::Peer>>();
+        super::enroll::device_of(&s, peer.map(|p| &p.0)).await?;
+    }
     if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()) {
         return Err(ApiError::BadRequest("artifact names are lowercase sha256 hex digests".into()));
     }

@@ -29,6 +29,8 @@ async fn state() -> (tempfile::TempDir, AppState) {
         dvc_dir: dir.path().join("dvc"),
         import_dir: Some(dir.path().join("import").canonicalize().unwrap()),
         mlflow: None,
+        pki: None,
+        bus: None,
     };
     (dir, state)
 }

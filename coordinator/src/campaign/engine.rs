@@ -692,7 +692,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(16);
         let config =
             crate::mqtt::config("127.0.0.1".into(), 1, "t".into(), Duration::from_secs(5), 0);
-        let bus = crate::mqtt::start(config, 0, metrics.clone(), tx);
+        let bus = crate::mqtt::start(config, None, None, 0, metrics.clone(), tx);
         let signer = Signer::from_seed([2; 32]);
         let engine = Engine {
             db,

@@ -36,10 +36,16 @@ pub(super) enum Command {
         #[command(subcommand)]
         command: ModelsCmd,
     },
-    /// The device registry.
+    /// The device registry, enrolment tokens, approval, revocation, decommissioning.
     Devices {
         #[command(subcommand)]
         command: DevicesCmd,
+    },
+    /// The coordinator's certificate authority: its fingerprint, and the configuration of an
+    /// external Mosquitto that checks Hone's devices. Works on the data folder directly.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCmd,
     },
     /// Build and train a baseline model (writes model.onnx and summary.json).
     Baseline {
@@ -165,6 +171,23 @@ pub(super) struct ServeArgs {
     /// The MLflow experiment of campaigns (pipelines use one named after their model).
     #[arg(long, default_value = "hone-campaigns")]
     pub(super) mlflow_campaign_experiment: String,
+    /// Plain HTTP and MQTT, without TLS or device certificates: for loopback only (the demo,
+    /// local tests); refused on any other address. Without it the API is HTTPS and devices
+    /// enrol (`coordinator devices token`).
+    #[arg(long, env = "HONE_PLAIN")]
+    pub(super) plain: bool,
+    /// A host name or address agents reach this coordinator by (repeatable, or
+    /// comma-separated): its server certificate is valid for these and for localhost,
+    /// 127.0.0.1 and ::1.
+    #[arg(long = "tls-name", env = "HONE_TLS_NAMES", value_delimiter = ',')]
+    pub(super) tls_names: Vec<String>,
+    /// Where the MQTT gate listens for devices (TLS with device certificates, each device
+    /// limited to its own topics), in front of the embedded broker.
+    #[arg(long, default_value = "0.0.0.0:8883")]
+    pub(super) mqtt_tls_listen: SocketAddr,
+    /// Life of a device certificate (90s, 15m, 12h, 7d); agents renew at two thirds of it.
+    #[arg(long, default_value = "7d", value_parser = crate::pki::parse_lifetime)]
+    pub(super) cert_lifetime: std::time::Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -179,6 +202,9 @@ pub(super) struct ApiArgs {
     /// Data folder of a coordinator on this machine (where its operator token is).
     #[arg(long, env = "HONE_DATA_DIR", default_value = "hone-data")]
     pub(super) data_dir: PathBuf,
+    /// The CA certificate of an https:// coordinator (default: `{data dir}/pki/ca.pem`).
+    #[arg(long, env = "HONE_CA_FILE")]
+    pub(super) ca_file: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     pub(super) json: bool,
@@ -193,7 +219,19 @@ impl ApiArgs {
             std::env::var("HONE_TOKEN").ok(),
             &self.data_dir,
         )?;
-        Ok(Client::new(&self.api).with_token(token))
+        let client = Client::new(&self.api).with_token(token);
+        if !self.api.starts_with("https://") {
+            return Ok(client);
+        }
+        let ca = self.ca_file.clone().unwrap_or_else(|| self.data_dir.join("pki/ca.pem"));
+        let pem = std::fs::read_to_string(&ca).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is https: its CA certificate is needed (--ca-file, HONE_CA_FILE; {}: {e})",
+                self.api,
+                ca.display()
+            )
+        })?;
+        client.with_ca(&pem)
     }
 }
 
@@ -336,9 +374,78 @@ pub(super) enum ModelsCmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub(super) enum PkiCmd {
+    /// The CA certificate's SHA-256 (what `edge-agent enroll --ca-sha256` pins).
+    Show {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a Mosquitto configuration for a Hone fleet: TLS listener with client certificates
+    /// of the Hone CA, the device id as user name, the CRL, and an ACL limiting each device to
+    /// its own topics. Re-run after a revocation (it refreshes crl.pem).
+    Mosquitto {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Folder to write into.
+        #[arg(long)]
+        out: PathBuf,
+        /// Host names and addresses of the broker (its server certificate).
+        #[arg(long = "name", value_delimiter = ',')]
+        names: Vec<String>,
+        /// The TLS listener's port.
+        #[arg(long, default_value_t = 8883)]
+        port: u16,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub(super) enum DevicesCmd {
     /// List devices.
     List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Create a one-time enrolment token (TLS coordinators) and print the enrolment command.
+    Token {
+        /// Bind the token to this device id (it may then replace the device's identity).
+        #[arg(long)]
+        device: Option<String>,
+        /// How long the token is valid, seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl_s: u64,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Enrolled identities and their state (with one device: its certificates).
+    Identities {
+        /// Only this device, with its certificates.
+        device: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Approve a device's re-enrolment after its certificate expired.
+    Approve {
+        /// Device id.
+        device: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Revoke every certificate of a device: its TLS connections end now and it cannot
+    /// reconnect (a token bound to it enrols it again).
+    Revoke {
+        /// Device id.
+        device: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Revoke a device and remove it from the fleet (its registry row and retained status;
+    /// its results stay).
+    Decommission {
+        /// Device id.
+        device: String,
         #[command(flatten)]
         api: ApiArgs,
     },

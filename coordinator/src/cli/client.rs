@@ -34,8 +34,10 @@ pub(super) fn resolve_token(
     if let Some(token) = env_token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) {
         return Ok(Some(token));
     }
-    let local = ["http://127.0.0.1", "http://localhost", "http://[::1]"].iter().any(|prefix| {
-        api.strip_prefix(prefix).is_some_and(|r| r.is_empty() || r.starts_with([':', '/']))
+    let host = api.strip_prefix("http://").or_else(|| api.strip_prefix("https://"));
+    let local = ["127.0.0.1", "localhost", "[::1]"].iter().any(|prefix| {
+        host.and_then(|h| h.strip_prefix(prefix))
+            .is_some_and(|r| r.is_empty() || r.starts_with([':', '/']))
     });
     let default = data_dir.join(OPERATOR_TOKEN_FILE);
     if local && default.is_file() {
@@ -54,6 +56,20 @@ impl Client {
             http: reqwest::Client::new(),
             token: None,
         }
+    }
+
+    /// The same client trusting only the CA in `ca_pem` (a TLS coordinator's `pki/ca.pem`).
+    pub fn with_ca(mut self, ca_pem: &str) -> anyhow::Result<Client> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in crate::pki::certs_from_pem(ca_pem)? {
+            roots.add(c)?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(crate::pki::provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        self.http = reqwest::Client::builder().use_preconfigured_tls(config).build()?;
+        Ok(self)
     }
 
     /// The same client sending `token` as its bearer token.
@@ -182,6 +198,8 @@ mod tests {
         assert_eq!(t(local, None, Some("hone_env")).as_deref(), Some("hone_env"));
         assert_eq!(t(local, None, None).as_deref(), Some("hone_local"));
         assert_eq!(t("http://localhost/", None, None).as_deref(), Some("hone_local"));
+        assert_eq!(t("https://127.0.0.1:7878", None, None).as_deref(), Some("hone_local"));
+        assert_eq!(t("https://127.0.0.1.evil.example", None, None), None);
         // A remote coordinator never gets the local operator token.
         assert_eq!(t("http://coordinator:7878", None, None), None);
         assert_eq!(t("http://127.0.0.1.evil.example", None, None), None);

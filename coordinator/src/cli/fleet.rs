@@ -9,12 +9,84 @@ use crate::api::CampaignView;
 use crate::campaign::CampaignRequest;
 
 pub(super) async fn devices(cmd: DevicesCmd) -> anyhow::Result<i32> {
-    let DevicesCmd::List { api } = cmd;
-    let devices: serde_json::Value = api.client()?.get("/api/v1/devices").await?;
+    let (api, path, body) = match cmd {
+        DevicesCmd::List { api } => {
+            let devices: serde_json::Value = api.client()?.get("/api/v1/devices").await?;
+            if api.json {
+                print_json(&devices);
+            } else {
+                print_devices(&devices);
+            }
+            return Ok(0);
+        }
+        DevicesCmd::Identities { device, api } => {
+            let path = match &device {
+                Some(d) => format!("/api/v1/devices/{d}/identity"),
+                None => "/api/v1/identities".to_string(),
+            };
+            let v: serde_json::Value = api.client()?.get(&path).await?;
+            if api.json || device.is_some() {
+                print_json(&v);
+            } else {
+                println!("{:<24} {:<15} {:<16} KEY", "DEVICE", "STATE", "SINCE (ms)");
+                for i in v.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<24} {:<15} {:<16} {}",
+                        i["device_id"].as_str().unwrap_or(""),
+                        i["state"].as_str().unwrap_or(""),
+                        i["updated_at_ms"],
+                        &i["key_id"].as_str().unwrap_or("")
+                            [..16.min(i["key_id"].as_str().unwrap_or("").len())]
+                    );
+                }
+            }
+            return Ok(0);
+        }
+        DevicesCmd::Token { device, ttl_s, api } => {
+            let body = serde_json::json!({ "device_id": device, "ttl_s": ttl_s });
+            let v: serde_json::Value = api.client()?.post("/api/v1/enroll/tokens", &body).await?;
+            if api.json {
+                print_json(&v);
+            } else {
+                let base = api.api.trim_end_matches('/');
+                eprintln!(
+                    "enrolment token {} (one use, valid until {} Unix ms{}); it is shown only once.",
+                    v["id"].as_str().unwrap_or(""),
+                    v["expires_at_ms"],
+                    device.as_deref().map(|d| format!(", bound to {d}")).unwrap_or_default()
+                );
+                eprintln!("on the device:");
+                println!(
+                    "HONE_ENROL_TOKEN={} edge-agent enroll --coordinator {base} --ca-sha256 {}",
+                    v["token"].as_str().unwrap_or(""),
+                    v["ca_sha256"].as_str().unwrap_or("")
+                );
+            }
+            return Ok(0);
+        }
+        DevicesCmd::Approve { device, api } => {
+            (api, format!("/api/v1/devices/{device}/approve"), serde_json::json!({}))
+        }
+        DevicesCmd::Revoke { device, api } => {
+            (api, format!("/api/v1/devices/{device}/revoke"), serde_json::json!({}))
+        }
+        DevicesCmd::Decommission { device, api } => {
+            (api, format!("/api/v1/devices/{device}/decommission"), serde_json::json!({}))
+        }
+    };
+    let v: serde_json::Value = api.client()?.post(&path, &body).await?;
     if api.json {
-        print_json(&devices);
+        print_json(&v);
     } else {
-        print_devices(&devices);
+        let mut line = format!(
+            "{}: {}",
+            v["device_id"].as_str().unwrap_or(""),
+            v["state"].as_str().unwrap_or("")
+        );
+        if let Some(n) = v["certificates_revoked"].as_u64() {
+            line.push_str(&format!(", {n} certificate(s) revoked"));
+        }
+        println!("{line}");
     }
     Ok(0)
 }

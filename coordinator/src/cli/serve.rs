@@ -20,12 +20,28 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         url,
         campaign_experiment: args.mlflow_campaign_experiment,
     });
+    if !args.plain {
+        let mut names = args.tls_names.clone();
+        if !args.listen.ip().is_unspecified() && !args.listen.ip().is_loopback() {
+            names.push(args.listen.ip().to_string());
+        }
+        let mut tls = crate::pki::TlsSettings::new(names);
+        tls.cert_lifetime = args.cert_lifetime;
+        tls.gate_listen = Some(args.mqtt_tls_listen);
+        config.tls = Some(tls);
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let running = crate::server::start(config, listener).await?;
     eprintln!("coordinator listening on {} (MQTT {})", running.api_url(), running.mqtt_url);
     eprintln!("trust key for agents: {}", running.state.signer.public_hex());
+    if let Some(pki) = &running.state.pki {
+        eprintln!(
+            "CA fingerprint for enrolment: {} (tokens: coordinator devices token)",
+            pki.ca().fingerprint()
+        );
+    }
     let token_file = args.data_dir.join(crate::api::auth::OPERATOR_TOKEN_FILE);
     if token_file.is_file() {
         eprintln!("operator API token: {} (mode 0600)", token_file.display());

@@ -1,9 +1,10 @@
-//! `coordinator tokens create | list | revoke`: API tokens, on the database directly (whoever
-//! can open the database administers the coordinator anyway).
+//! `coordinator tokens create | list | revoke`: API tokens, and `coordinator pki`: the CA, on the
+//! database and data folder directly (whoever can open them administers the coordinator
+//! anyway).
 
 use anyhow::bail;
 
-use super::args::{DbArgs, TokensCmd};
+use super::args::{DbArgs, PkiCmd, TokensCmd};
 use super::print::{print_json, print_tokens};
 use crate::api::auth::{Role, create_token};
 use crate::db::Db;
@@ -57,6 +58,58 @@ pub(super) async fn run(cmd: TokensCmd) -> anyhow::Result<i32> {
                 bail!("no active token `{id}` (see `coordinator tokens list`)");
             }
             eprintln!("revoked {id}");
+            Ok(0)
+        }
+    }
+}
+
+pub(super) async fn pki(cmd: PkiCmd) -> anyhow::Result<i32> {
+    match cmd {
+        PkiCmd::Show { db, json } => {
+            let ca = crate::pki::Ca::load_or_create(&db.data_dir.join("pki"))?;
+            if json {
+                print_json(&serde_json::json!({
+                    "sha256": ca.fingerprint(), "ca_pem": ca.cert_pem(),
+                }));
+            } else {
+                println!("{}", ca.fingerprint());
+            }
+            Ok(0)
+        }
+        PkiCmd::Mosquitto { db: args, out, names, port } => {
+            // Before the coordinator's first start too: the operator may set up the broker
+            // first (the database and the CA are then created here).
+            std::fs::create_dir_all(&args.data_dir)?;
+            let url = args.database_url.clone().unwrap_or_else(|| {
+                format!("sqlite://{}?mode=rwc", args.data_dir.join("hone.db").display())
+            });
+            let db = Db::open(&url).await?;
+            let now = hone_common::clock::now_ms() as i64;
+            let revoked: Vec<_> = db
+                .revoked_certs(now)
+                .await?
+                .into_iter()
+                .map(|c| {
+                    let at_ms = c.revoked_at_ms.unwrap_or(0);
+                    (crate::pki::Revoked { serial: c.serial, at_ms }, c.fingerprint)
+                })
+                .collect();
+            db.close().await;
+            let pki = crate::pki::Pki::start(
+                &args.data_dir.join("pki"),
+                &[],
+                crate::pki::DEFAULT_CERT_LIFETIME,
+                &revoked,
+            )?;
+            let written = pki.write_mosquitto_config(&out, &names, port)?;
+            for p in &written {
+                eprintln!("wrote {}", p.display());
+            }
+            eprintln!(
+                "include {} from Mosquitto's configuration; {} revoked certificate(s) in crl.pem",
+                out.join("mosquitto.conf").display(),
+                revoked.len()
+            );
             Ok(0)
         }
     }

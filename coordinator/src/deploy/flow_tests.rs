@@ -55,7 +55,7 @@ fn rollout(db: &Db) -> Rollout {
     let (tx, _rx) = tokio::sync::mpsc::channel(16);
     // A bus to no broker: publishing fails quietly, as during a broker outage.
     let config = crate::mqtt::config("127.0.0.1".into(), 1, "t".into(), Duration::from_secs(5), 0);
-    let bus = crate::mqtt::start(config, 0, metrics, tx);
+    let bus = crate::mqtt::start(config, None, None, 0, metrics, tx);
     Rollout {
         db: db.clone(),
         bus,

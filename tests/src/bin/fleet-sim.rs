@@ -83,7 +83,7 @@ async fn sim_agent(
         keepalive: Duration::from_secs(60),
         will: (topic::status(&id), wire::encode(&Message::Status(will)).expect("will")),
     };
-    let (bus, mut events) = edge_agent::mqtt::connect(&config);
+    let (bus, mut events) = edge_agent::mqtt::connect(&config, None);
     let mut announced = false;
     loop {
         match events.next().await {
