@@ -33,6 +33,7 @@ counters! {
     jobs_cancelled: "jobs failed because their campaign was cancelled",
     results_stored: "results stored",
     results_duplicate: "results received again after being stored (acked, not stored)",
+    documents_replayed: "job and activation documents agents refused as replayed (sequence number not above the last they accepted)",
     bus_connected: "1 while connected to the MQTT broker",
 }
 

@@ -41,6 +41,12 @@ pub(super) enum Command {
         #[command(subcommand)]
         command: DevicesCmd,
     },
+    /// The artifact-signing key: show it and its rotation chain, or rotate it (through the
+    /// API of the running coordinator, operator token).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCmd,
+    },
     /// Build and train a baseline model (writes model.onnx and summary.json).
     Baseline {
         #[command(subcommand)]
@@ -330,6 +336,22 @@ pub(super) enum ModelsCmd {
     },
     /// List models.
     List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum KeysCmd {
+    /// The current signing key and every rotation statement.
+    Show {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Replace the signing key: the old key signs a statement handing over to a new one, the
+    /// running coordinator signs with the new key from now on, and agents that pinned the old
+    /// key follow the chain (`GET /api/v1/keys`). Back up `{data dir}/keys/` afterwards.
+    Rotate {
         #[command(flatten)]
         api: ApiArgs,
     },

@@ -155,6 +155,7 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Campaign { command } => fleet::campaign(command).await,
         Command::Models { command } => fleet::models(command).await,
         Command::Devices { command } => fleet::devices(command).await,
+        Command::Keys { command } => fleet::keys(command).await,
         Command::Baseline { command } => learn::baseline(command).await,
         Command::Prune(args) => prune::run(args).await,
         Command::Distill(args) => distill::run(*args).await,
