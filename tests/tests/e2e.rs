@@ -16,6 +16,7 @@ mod optimize;
 mod package;
 mod pipeline;
 mod prune;
+mod replay;
 mod report;
 mod runtime;
 mod scale;
