@@ -609,10 +609,13 @@ pub fn clear_retained(mqtt_url: &str, device_ids: &[&str]) {
     }
 }
 
+/// (topic, payload) of every captured message, shared with the capturing thread.
+type Captured = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// Every message published on some topic filters, as a broker subscriber sees them (the bytes
 /// as sent), collected by a thread until dropped.
 pub struct Capture {
-    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
+    seen: Captured,
     client: rumqttc::Client,
 }
 
@@ -626,7 +629,7 @@ impl Capture {
         for f in filters {
             client.subscribe(f, rumqttc::QoS::AtLeastOnce).unwrap();
         }
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen: Captured = Default::default();
         let (subscribed, ready) = std::sync::mpsc::channel();
         let sink = seen.clone();
         let expected = filters.len();
