@@ -16,7 +16,7 @@ use crate::wire::{ActivateCommand, ArtifactRef, JobCommand};
 
 /// Domain-separation tag, so a Hone job signature can never be replayed as another message. The
 /// version in the tag is the wire version that introduced this layout.
-pub const SIGNING_DOMAIN: &[u8] = b"hone-job-v3\0";
+pub const SIGNING_DOMAIN: &[u8] = b"hone-job-v6\0";
 
 /// The fields of a [`JobCommand`] that a signature covers, in wire order.
 #[derive(Serialize)]
@@ -27,6 +27,7 @@ struct SignedFields<'a> {
     artifact: &'a ArtifactRef,
     spec: &'a BenchSpec,
     timeout_ms: u64,
+    seq: u64,
 }
 
 /// The bytes signed for a job: the domain tag, then `u32be(len(body)) || body`, where `body` is
@@ -35,7 +36,8 @@ struct SignedFields<'a> {
 pub fn signing_bytes(job: &JobCommand) -> Vec<u8> {
     // Destructured without `..`: a new field must be added to the signed fields (or this
     // function will not compile).
-    let JobCommand { command_id, job_id, attempt, artifact, spec, timeout_ms, signature: _ } = job;
+    let JobCommand { command_id, job_id, attempt, artifact, spec, timeout_ms, seq, signature: _ } =
+        job;
     let body = postcard::to_stdvec(&SignedFields {
         command_id,
         job_id,
@@ -43,6 +45,7 @@ pub fn signing_bytes(job: &JobCommand) -> Vec<u8> {
         artifact,
         spec,
         timeout_ms: *timeout_ms,
+        seq: *seq,
     })
     .expect("postcard encodes these types into memory");
     let mut out = Vec::with_capacity(SIGNING_DOMAIN.len() + 4 + body.len());
@@ -53,7 +56,7 @@ pub fn signing_bytes(job: &JobCommand) -> Vec<u8> {
 }
 
 /// Domain-separation tag of activation signatures (never valid as a job signature).
-pub const ACTIVATION_SIGNING_DOMAIN: &[u8] = b"hone-activate-v4\0";
+pub const ACTIVATION_SIGNING_DOMAIN: &[u8] = b"hone-activate-v6\0";
 
 /// The fields of an [`ActivateCommand`] that a signature covers, in wire order.
 #[derive(Serialize)]
@@ -70,6 +73,7 @@ struct SignedActivation<'a> {
     inputs: &'a crate::shapes::InputShapes,
     unknown_token_id: Option<i64>,
     timeout_ms: u64,
+    seq: u64,
 }
 
 /// The bytes signed for an activation, laid out as [`signing_bytes`] with its own domain tag.
@@ -87,6 +91,7 @@ pub fn activation_signing_bytes(cmd: &ActivateCommand) -> Vec<u8> {
         inputs,
         unknown_token_id,
         timeout_ms,
+        seq,
         signature: _,
     } = cmd;
     let body = postcard::to_stdvec(&SignedActivation {
@@ -102,10 +107,58 @@ pub fn activation_signing_bytes(cmd: &ActivateCommand) -> Vec<u8> {
         inputs,
         unknown_token_id: *unknown_token_id,
         timeout_ms: *timeout_ms,
+        seq: *seq,
     })
     .expect("postcard encodes these types into memory");
     let mut out = Vec::with_capacity(ACTIVATION_SIGNING_DOMAIN.len() + 4 + body.len());
     out.extend_from_slice(ACTIVATION_SIGNING_DOMAIN);
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Domain-separation tag of key-rotation statements (never valid as a job or an activation).
+pub const ROTATION_SIGNING_DOMAIN: &[u8] = b"hone-key-rotation-v6\0";
+
+/// A key-rotation statement: the coordinator's signing key `old_key` hands over to `new_key`,
+/// signed by `old_key`. The coordinator keeps the chain of them (`sequence` 1, 2, ... each
+/// `old_key` the previous `new_key`) and serves it at `GET /api/v1/keys`; an agent that pinned
+/// any key of the chain walks it forward, checking each statement with the key before it.
+/// Keys and signature are lowercase hex (JSON over HTTP, never MQTT).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeyRotation {
+    /// Position in the chain, from 1.
+    pub sequence: u64,
+    /// The key handing over (ed25519 public key, hex).
+    pub old_key: String,
+    /// The key taking over (ed25519 public key, hex).
+    pub new_key: String,
+    /// Unix ms when the coordinator made it.
+    pub issued_at_ms: u64,
+    /// Ed25519 signature by `old_key` over [`rotation_signing_bytes`], hex.
+    pub signature: String,
+}
+
+#[derive(Serialize)]
+struct SignedRotation<'a> {
+    sequence: u64,
+    old_key: &'a str,
+    new_key: &'a str,
+    issued_at_ms: u64,
+}
+
+/// The bytes signed for a key rotation, laid out as [`signing_bytes`] with its own domain tag.
+pub fn rotation_signing_bytes(r: &KeyRotation) -> Vec<u8> {
+    let KeyRotation { sequence, old_key, new_key, issued_at_ms, signature: _ } = r;
+    let body = postcard::to_stdvec(&SignedRotation {
+        sequence: *sequence,
+        old_key,
+        new_key,
+        issued_at_ms: *issued_at_ms,
+    })
+    .expect("postcard encodes these types into memory");
+    let mut out = Vec::with_capacity(ROTATION_SIGNING_DOMAIN.len() + 4 + body.len());
+    out.extend_from_slice(ROTATION_SIGNING_DOMAIN);
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
     out.extend_from_slice(&body);
     out
@@ -130,6 +183,7 @@ mod tests {
             },
             spec: BenchSpec::default(),
             timeout_ms: 1000,
+            seq: 41,
             signature: vec![],
         }
     }
@@ -153,6 +207,7 @@ mod tests {
             ("spec.symbols", |j| j.spec.symbols.push(("n".into(), 1))),
             ("spec.mode", |j| j.spec.mode = BenchMode::Cold),
             ("timeout_ms", |j| j.timeout_ms += 1),
+            ("seq", |j| j.seq += 1),
         ];
         for (field, tamper) in tampered {
             let mut j = job();
@@ -190,6 +245,7 @@ mod tests {
             inputs: Default::default(),
             unknown_token_id: None,
             timeout_ms: 1000,
+            seq: 7,
             signature: vec![],
         };
         let base = activation_signing_bytes(&base_cmd());
@@ -209,6 +265,7 @@ mod tests {
             ("inputs", |c| c.inputs = "x=1x3".parse().unwrap()),
             ("unknown_token_id", |c| c.unknown_token_id = Some(100)),
             ("timeout_ms", |c| c.timeout_ms += 1),
+            ("seq", |c| c.seq += 1),
         ];
         for (field, tamper) in tampered {
             let mut c = base_cmd();
@@ -219,5 +276,34 @@ mod tests {
         c.signature = vec![9];
         assert_eq!(activation_signing_bytes(&c), base);
         assert!(!base.starts_with(SIGNING_DOMAIN), "an activation is never a job");
+    }
+
+    #[test]
+    fn every_rotation_field_but_the_signature_is_signed() {
+        let base_r = || KeyRotation {
+            sequence: 1,
+            old_key: "aa".into(),
+            new_key: "bb".into(),
+            issued_at_ms: 5,
+            signature: String::new(),
+        };
+        let base = rotation_signing_bytes(&base_r());
+        type T = fn(&mut KeyRotation);
+        let tampered: Vec<(&str, T)> = vec![
+            ("sequence", |r| r.sequence += 1),
+            ("old_key", |r| r.old_key.push('0')),
+            ("new_key", |r| r.new_key.push('0')),
+            ("issued_at_ms", |r| r.issued_at_ms += 1),
+        ];
+        for (field, tamper) in tampered {
+            let mut r = base_r();
+            tamper(&mut r);
+            assert_ne!(rotation_signing_bytes(&r), base, "{field} is not covered");
+        }
+        let mut r = base_r();
+        r.signature = "cc".into();
+        assert_eq!(rotation_signing_bytes(&r), base);
+        assert!(base.starts_with(ROTATION_SIGNING_DOMAIN));
+        assert!(!base.starts_with(SIGNING_DOMAIN) && !base.starts_with(ACTIVATION_SIGNING_DOMAIN));
     }
 }

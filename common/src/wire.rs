@@ -28,7 +28,11 @@ use crate::bench::{BenchReport, BenchSpec};
 ///   of [`JobCommand`].
 /// - 4: deployments: [`ActivateCommand`], [`ActivationReport`], [`Telemetry`]; a benchmark
 ///   report says how many requests the device served while it was measured.
-pub const WIRE_VERSION: u16 = 5;
+/// - 5: runtimes: the birth message lists them, a job names one, [`FailureKind::Unsupported`].
+/// - 6: [`JobCommand::seq`] and [`ActivateCommand::seq`], signed: agents refuse a document
+///   whose sequence number is not above the last one they accepted
+///   ([`FailureKind::Replayed`]).
+pub const WIRE_VERSION: u16 = 6;
 
 /// Largest payload Hone writes or accepts, in bytes (64 KiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -132,6 +136,10 @@ pub struct JobCommand {
     pub spec: BenchSpec,
     /// Upper bound on the whole job on the agent (download + benchmark), milliseconds.
     pub timeout_ms: u64,
+    /// The coordinator's sequence number: strictly increasing over every document it signs (so
+    /// per device too), across restarts. An agent refuses a job whose `seq` is not above the
+    /// last job it accepted, unless it is that same command again (a redelivery).
+    pub seq: u64,
     /// Ed25519 signature by the coordinator over [`crate::artifact::signing_bytes`] of every
     /// field above; empty means unsigned (always rejected by agents). Always the last field.
     pub signature: Vec<u8>,
@@ -214,6 +222,9 @@ pub enum FailureKind {
     Oom,
     /// The agent cannot run what the job asks for (a runtime it does not have), with the reason.
     Unsupported,
+    /// The document's sequence number is not above the last one the agent accepted: a replay
+    /// of an old document (or a frozen stream), refused without acting on it.
+    Replayed,
 }
 
 impl FailureKind {
@@ -244,6 +255,7 @@ impl FailureKind {
             FailureKind::Internal => "internal",
             FailureKind::Oom => "oom",
             FailureKind::Unsupported => "unsupported",
+            FailureKind::Replayed => "replayed",
         }
     }
 }
@@ -279,6 +291,9 @@ pub struct ActivateCommand {
     pub unknown_token_id: Option<i64>,
     /// Upper bound on fetch + load + warm-up, milliseconds.
     pub timeout_ms: u64,
+    /// The coordinator's sequence number, as [`JobCommand::seq`] (activations are counted
+    /// apart from jobs on the agent). A rollback is a new activation with a new, higher one.
+    pub seq: u64,
     /// Ed25519 signature over [`crate::artifact::activation_signing_bytes`] of every field
     /// above; empty means unsigned (always rejected). Always the last field.
     pub signature: Vec<u8>,

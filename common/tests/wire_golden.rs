@@ -78,6 +78,7 @@ fn job_command(mode: BenchMode) -> Message {
             threads: Some(4),
         },
         timeout_ms: 600_000,
+        seq: 1_700_000_000_000_001,
         signature: vec![0xAA, 0xBB, 0xCC],
     })
 }
@@ -317,6 +318,7 @@ fn activate() -> Message {
         inputs: "x=1x3".parse().unwrap(),
         unknown_token_id: Some(100),
         timeout_ms: 60_000,
+        seq: 300,
         signature: vec![0xaa],
     })
 }
@@ -335,6 +337,7 @@ fn activate_stop() -> Message {
         inputs: Default::default(),
         unknown_token_id: None,
         timeout_ms: 1,
+        seq: 0,
         signature: vec![],
     })
 }
@@ -442,7 +445,7 @@ fn golden_status() {
     check(
         status(),
         concat!(
-            "05",                       // wire version
+            "06",                       // wire version
             "00",                       // Message::Status
             "07 727069342d3031",        // device_id "rpi4-01"
             "01",                       // online
@@ -488,7 +491,7 @@ macro_rules! run_job_fields {
 macro_rules! run_job_head {
     () => {
         concat!(
-            "05", // wire version
+            "06", // wire version
             "01", // Message::RunJob
             run_job_fields!(),
         )
@@ -506,6 +509,7 @@ fn golden_run_job() {
             "01 01 78 04 01 03 30 c002", // spec.inputs {"x": [1, 3, 48, 320]}
             "01 01 04",                  // spec.runtime Ort, spec.threads Some(4)
             "c0cf24",                    // timeout_ms
+            "8180f9c0c1c48203",          // seq 1_700_000_000_000_001
             "03 aabbcc",                 // signature (last)
         ),
     );
@@ -521,6 +525,7 @@ fn golden_run_job_single() {
             "01 01 78 04 01 03 30 c002", // spec.inputs {"x": [1, 3, 48, 320]}
             "01 01 04",                  // spec.runtime Ort, spec.threads Some(4)
             "c0cf24",                    // timeout_ms
+            "8180f9c0c1c48203",          // seq 1_700_000_000_000_001
             "03 aabbcc",                 // signature (last)
         ),
     );
@@ -537,6 +542,7 @@ fn golden_run_job_sustained() {
             "01 01 78 04 01 03 30 c002", // spec.inputs {"x": [1, 3, 48, 320]}
             "01 01 04",                  // spec.runtime Ort, spec.threads Some(4)
             "c0cf24",                    // timeout_ms
+            "8180f9c0c1c48203",          // seq 1_700_000_000_000_001
             "03 aabbcc",                 // signature (last)
         ),
     );
@@ -552,6 +558,7 @@ fn golden_run_job_cold() {
             "01 01 78 04 01 03 30 c002", // spec.inputs {"x": [1, 3, 48, 320]}
             "01 01 04",                  // spec.runtime Ort, spec.threads Some(4)
             "c0cf24",                    // timeout_ms
+            "8180f9c0c1c48203",          // seq 1_700_000_000_000_001
             "03 aabbcc",                 // signature (last)
         ),
     );
@@ -559,12 +566,12 @@ fn golden_run_job_cold() {
 
 #[test]
 fn golden_result_ack() {
-    check(result_ack(), "0502076a6f622d372f32");
+    check(result_ack(), "0602076a6f622d372f32");
 }
 
 #[test]
 fn golden_job_accepted() {
-    check(job_accepted(), "050305636d642d31056a6f622d3702");
+    check(job_accepted(), "060305636d642d31056a6f622d3702");
 }
 
 /// The bytes of [`job_result`] of [`base_report`] up to the report's `mode`, the same for every
@@ -575,7 +582,7 @@ macro_rules! job_result_head {
     };
     ($served:literal, $execution:literal) => {
         concat!(
-            "05",                                                   // wire version
+            "06",                                                   // wire version
             "04",                                                   // Message::JobResult
             "07 6a6f622d372f32",                                    // result_id
             "05 636d642d31",                                        // command_id
@@ -763,7 +770,7 @@ fn golden_job_result_failed() {
     check(
         job_result_failed(),
         concat!(
-            "05",                              // wire version
+            "06",                              // wire version
             "04",                              // Message::JobResult
             "07 6a6f622d372f33",               // result_id
             "05 636d642d32",                   // command_id
@@ -778,7 +785,7 @@ fn golden_job_result_failed() {
 
 #[test]
 fn golden_coordinator_status() {
-    check(coordinator_status(), "05050005302e312e30fbd095ffbc31");
+    check(coordinator_status(), "06050005302e312e30fbd095ffbc31");
 }
 
 #[test]
@@ -786,7 +793,7 @@ fn golden_activate() {
     check(
         activate(),
         concat!(
-            "05",                                                               // wire version
+            "06",                                                               // wire version
             "06",                                                               // Message::Activate
             "02 6332",                                                          // command_id "c2"
             "02 6431",       // deployment_id "d1"
@@ -804,6 +811,7 @@ fn golden_activate() {
             "01 01 78 02 01 03", // inputs {"x": [1, 3]}
             "01 c801",       // unknown_token_id Some(100) (zigzag)
             "e0d403",        // timeout_ms 60000
+            "ac02",          // seq 300
             "01 aa",         // signature (last)
         ),
     );
@@ -814,7 +822,7 @@ fn golden_activate_stop() {
     check(
         activate_stop(),
         concat!(
-            "05 06",         // wire version, Message::Activate
+            "06 06",         // wire version, Message::Activate
             "02 6333",       // command_id "c3"
             "02 6431",       // deployment_id "d1"
             "00",            // model_name ""
@@ -823,6 +831,7 @@ fn golden_activate_stop() {
             "05 7472616374", // runtime
             "00 00 00 00",   // warmup, symbols [], inputs {}, unknown_token_id None
             "01",            // timeout_ms
+            "00",            // seq 0
             "00",            // signature: empty
         ),
     );
@@ -833,7 +842,7 @@ fn golden_activation_reports() {
     check(
         activation_active(),
         concat!(
-            "05 07",            // wire version, Message::ActivationReport
+            "06 07",            // wire version, Message::ActivationReport
             "02 6332",          // command_id
             "02 6431",          // deployment_id
             "01 02 6d31",       // artifact_id Some("m1")
@@ -847,7 +856,7 @@ fn golden_activation_reports() {
     check(
         activation_failed(),
         concat!(
-            "05 07 02 6332 02 6431",
+            "06 07 02 6332 02 6431",
             "00",    // artifact_id None
             "01",    // ActivationOutcome::Failed
             "04",    //   kind: HashMismatch
@@ -863,7 +872,7 @@ fn golden_telemetry() {
     check(
         telemetry(),
         concat!(
-            "05 08",               // wire version, Message::Telemetry
+            "06 08",               // wire version, Message::Telemetry
             "01 64",               // device_id "d"
             "02 03",               // seq, session
             "01 02 6d31",          // artifact_id Some("m1")
@@ -897,20 +906,23 @@ fn golden_telemetry() {
 
 #[test]
 fn every_encoding_starts_with_the_wire_version() {
-    assert_eq!(WIRE_VERSION, 5, "a new wire version needs new golden tests");
+    assert_eq!(WIRE_VERSION, 6, "a new wire version needs new golden tests");
     for (name, msg) in all_samples() {
         let bytes = encode(&msg).unwrap();
-        assert_eq!(bytes[0], 5, "{name}");
+        assert_eq!(bytes[0], 6, "{name}");
     }
 }
 
 #[test]
 fn older_versions_are_refused_by_number() {
-    // The version-1, -2 and -3 golden `ResultAck`s: their bodies are still valid, their
+    // The version-1, -2, -3 and -5 golden `ResultAck`s: their bodies are still valid, their
     // versions are not, and the error names the version (the coordinator shows it).
-    for (hex_payload, found) in
-        [("0102076a6f622d372f32", 1), ("0202076a6f622d372f32", 2), ("0302076a6f622d372f32", 3)]
-    {
+    for (hex_payload, found) in [
+        ("0102076a6f622d372f32", 1),
+        ("0202076a6f622d372f32", 2),
+        ("0302076a6f622d372f32", 3),
+        ("0502076a6f622d372f32", 5),
+    ] {
         let old = hex::decode(hex_payload).unwrap();
         assert_eq!(decode(&old), Err(DecodeError::UnsupportedVersion { found }));
     }
@@ -1012,6 +1024,7 @@ fn failure_kind_indexes_are_pinned() {
         (FailureKind::Internal, 10),
         (FailureKind::Oom, 11),
         (FailureKind::Unsupported, 12),
+        (FailureKind::Replayed, 13),
     ];
     for (kind, index) in kinds {
         assert_eq!(postcard::to_stdvec(&kind).unwrap(), [index], "{kind:?}");
@@ -1026,7 +1039,7 @@ fn failure_kind_indexes_are_pinned() {
         let bytes = encode(&msg).unwrap();
         // version, Message tag, 3 one-char strings (len + byte), attempt, Outcome tag, kind, reason.
         assert_eq!(bytes.len(), 12);
-        assert_eq!(&bytes[..2], [5, 4]);
+        assert_eq!(&bytes[..2], [6, 4]);
         assert_eq!(bytes[9], 1, "Outcome::Failed tag");
         assert_eq!(bytes[10], index, "{kind:?}");
         assert_eq!(decode(&bytes).unwrap(), msg);
@@ -1074,13 +1087,14 @@ fn fuzz_seeds_are_the_golden_samples() {
 fn golden_signing_bytes() {
     let Message::RunJob(job) = run_job() else { unreachable!() };
     let expected: String = concat!(
-        "686f6e652d6a6f622d763300", // domain tag "hone-job-v3\0"
-        "00000082",                 // body length, u32 BE (130)
+        "686f6e652d6a6f622d763600", // domain tag "hone-job-v6\0"
+        "0000008a",                 // body length, u32 BE (138)
         run_job_fields!(),
         "03 03 01 08 ac02",          // spec.mode: Throughput [1, 8, 300]
         "01 01 78 04 01 03 30 c002", // spec.inputs {"x": [1, 3, 48, 320]}
         "01 01 04",                  // spec.runtime Ort, spec.threads Some(4)
         "c0cf24",                    // timeout_ms
+        "8180f9c0c1c48203",          // seq
     )
     .split_whitespace()
     .collect();

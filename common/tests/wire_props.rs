@@ -50,6 +50,7 @@ fn failure_kind() -> impl Strategy<Value = FailureKind> {
         FailureKind::Internal,
         FailureKind::Oom,
         FailureKind::Unsupported,
+        FailureKind::Replayed,
     ])
 }
 
@@ -141,9 +142,10 @@ prop_compose! {
         artifact in artifact_ref(),
         spec in bench_spec(),
         timeout_ms in any::<u64>(),
+        seq in any::<u64>(),
         signature in prop::collection::vec(any::<u8>(), 0..80),
     ) -> JobCommand {
-        JobCommand { command_id, job_id, attempt, artifact, spec, timeout_ms, signature }
+        JobCommand { command_id, job_id, attempt, artifact, spec, timeout_ms, seq, signature }
     }
 }
 
@@ -329,13 +331,14 @@ prop_compose! {
         inputs in prop::collection::btree_map(text(), prop::collection::vec(1u64..1_000, 1..5), 0..3),
         unknown_token_id in maybe(any::<i64>()),
         timeout_ms in any::<u64>(),
+        seq in any::<u64>(),
         signature in prop::collection::vec(any::<u8>(), 0..80),
     ) -> ActivateCommand {
         let inputs = InputShapes::new(inputs.into_iter().filter(|(n, _)| !n.trim().is_empty()))
             .expect("valid shapes");
         ActivateCommand {
             command_id, deployment_id, model_name, artifact, probe_rps, probe_s, runtime, warmup, symbols,
-            inputs, unknown_token_id, timeout_ms, signature,
+            inputs, unknown_token_id, timeout_ms, seq, signature,
         }
     }
 }

@@ -653,6 +653,29 @@ impl Db {
         Ok(())
     }
 
+    /// The floor of the signing sequence clock (µs; 0 before the first start).
+    pub async fn signing_floor(&self) -> Result<u64> {
+        let row = sqlx::query("SELECT floor_us FROM signing_clock WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("read the signing floor"))?;
+        let floor: i64 = match row {
+            Some(r) => r.try_get(0).map_err(q("decode the signing floor"))?,
+            None => 0,
+        };
+        Ok(floor.max(0) as u64)
+    }
+
+    /// Raises the floor of the signing sequence clock to `floor_us` (never lowers it).
+    pub async fn raise_signing_floor(&self, floor_us: u64) -> Result<()> {
+        sqlx::query("UPDATE signing_clock SET floor_us = $1 WHERE id = 1 AND floor_us < $1")
+            .bind(floor_us.min(i64::MAX as u64) as i64)
+            .execute(&self.pool)
+            .await
+            .map_err(q("raise the signing floor"))?;
+        Ok(())
+    }
+
     /// One device.
     pub async fn device(&self, id: &str) -> Result<Option<DeviceRow>> {
         let row = sqlx::query(&format!("SELECT {DEVICE_COLS} FROM devices WHERE id = $1"))

@@ -33,6 +33,7 @@ counters! {
     jobs_cancelled: "jobs failed because their campaign was cancelled",
     results_stored: "results stored",
     results_duplicate: "results received again after being stored (acked, not stored)",
+    documents_replayed: "job and activation documents agents refused as replayed (sequence number not above the last they accepted)",
     bus_connected: "1 while connected to the MQTT broker",
     tls_refused: "TLS handshakes refused (no, foreign, expired or revoked client certificate, or not TLS)",
     mqtt_denied: "device MQTT connections ended by the gate for a packet outside the device's own topics",

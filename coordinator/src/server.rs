@@ -125,6 +125,12 @@ impl Running {
     }
 }
 
+/// How far above the last sequence number the floor in the database is kept (60 s of µs): a
+/// restart starts above it, so it continues above every number issued before even after a
+/// crash, as long as the floor was written in the last minute or the clock did not step back
+/// by more than that.
+const SIGNING_FLOOR_AHEAD_US: u64 = 60_000_000;
+
 /// Starts a coordinator whose API listens on `listener`.
 pub async fn start(
     config: ServeConfig,
@@ -152,6 +158,11 @@ pub async fn start(
     let artifacts = ArtifactStore::open(&config.data_dir.join("artifacts"))
         .context("opening artifact store")?;
     let signer = Signer::load_or_create(&config.data_dir.join("keys/coordinator.ed25519"))?;
+    // The sequence clock starts above every number issued before this start (see
+    // `SIGNING_FLOOR_AHEAD_US`), and the floor is raised before anything is signed.
+    signer.clock().seed(db.signing_floor().await?);
+    let mut floor = signer.clock().last().max(crate::artifacts::now_us()) + SIGNING_FLOOR_AHEAD_US;
+    db.raise_signing_floor(floor).await?;
     let pki = match &config.tls {
         Some(tls) => {
             let revoked = db.revoked_certs(now_ms() as i64).await?;
@@ -274,10 +285,21 @@ pub async fn start(
     let rollout = tokio::spawn(rollout.run(stop_rx.clone()));
     let compactor_db = db.clone();
     let mut compactor_stop = stop_rx.clone();
+    let clock_signer = signer.clone();
     let compactor = tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(60));
+        let mut floor_every = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
+                _ = floor_every.tick() => {
+                    let want = clock_signer.clock().last().max(crate::artifacts::now_us()) + SIGNING_FLOOR_AHEAD_US;
+                    if want >= floor + 1_000_000 {
+                        match compactor_db.raise_signing_floor(want).await {
+                            Ok(()) => floor = want,
+                            Err(e) => tracing::warn!(error = %format!("{e:#}"), "raising the signing floor failed"),
+                        }
+                    }
+                }
                 _ = every.tick() => {
                     if let Err(e) = crate::deploy::monitor::compact(&compactor_db, now_ms() as i64).await {
                         tracing::warn!(error = %format!("{e:#}"), "telemetry downsampling failed");

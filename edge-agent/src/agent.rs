@@ -28,10 +28,11 @@ use tracing::{debug, info, warn};
 use crate::config::AgentConfig;
 use crate::host::{HostFacts, now_ms};
 use crate::mqtt::{self, BusEvent, BusHandle};
-use crate::outbox::Durable;
-use crate::store::{ModelStore, VerifiedJob};
+use crate::outbox::{DocKind, Durable};
+use crate::store::{ArtifactError, ModelStore, VerifiedJob};
 use crate::throttle::cgroup::Cgroups;
 use crate::throttle::{Plan, PlanInput};
+use crate::trust::Trust;
 use hone_common::bench::EmulationStatus;
 
 /// Counters the agent keeps about what it rejected.
@@ -177,7 +178,13 @@ pub async fn run(
         .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
     let mut durable = Durable::open(&config.state_dir).context("opening agent state")?;
     let session = durable.next_session().context("updating the session counter")?;
-    let trusted = trusted_key(&config).await?;
+    let (chain_tx, mut chain_rx) = mpsc::channel::<crate::trust::Fetched>(2);
+    let mut trust = Trust::new(
+        trusted_key(&config).await?,
+        &config.state_dir,
+        &config.coordinator_url,
+        chain_tx,
+    );
     let mut config = config;
     if let Some(identity) = &mut config.identity {
         if identity.expired(hone_common::clock::now_ms() as i64) {
@@ -187,6 +194,7 @@ pub async fn run(
         tokio::spawn(identity.clone().keep_renewed(Duration::from_secs(60)));
     }
     let tls = config.identity.as_ref().map(|i| i.config());
+    trust.set_tls(tls.clone());
     let store = ModelStore::open_tls(&config.state_dir.join("store"), tls.clone())
         .context("opening model store")?;
     config.runtimes =
@@ -305,7 +313,7 @@ pub async fn run(
                 }
                 BusEvent::Message { topic, payload } => {
                     let was_faulty = faults.is_faulty();
-                    handle_message(&config, &mut durable, &mut faults, &bus, &store, &trusted, &emulation, &done_tx, &mut busy, &mut rejections, &mut serving, &report_tx, &topic, &payload)?;
+                    handle_message(&config, &mut durable, &mut faults, &bus, &store, &mut trust, &emulation, &done_tx, &mut busy, &mut rejections, &mut serving, &report_tx, &topic, &payload)?;
                     if faults.is_faulty() && !was_faulty {
                         publish(&bus, &topic::status(&config.device_id), status(true, &faults)?, true);
                     }
@@ -317,6 +325,16 @@ pub async fn run(
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             },
+            Some(fetched) = chain_rx.recv() => {
+                // The key chain came back: the documents that waited for it are verified once
+                // more (under the new key if the chain led to one), and not parked again.
+                let parked = trust.on_fetched(fetched);
+                trust.retrying = true;
+                for (topic, payload) in parked {
+                    handle_message(&config, &mut durable, &mut faults, &bus, &store, &mut trust, &emulation, &done_tx, &mut busy, &mut rejections, &mut serving, &report_tx, &topic, &payload)?;
+                }
+                trust.retrying = false;
+            }
             Some(mut result) = done_rx.recv() => {
                 busy = None;
                 if let Outcome::Ok(report) = &mut result.outcome {
@@ -410,7 +428,7 @@ fn handle_message(
     faults: &mut Faults,
     bus: &BusHandle,
     store: &ModelStore,
-    trusted: &VerifyingKey,
+    trust: &mut Trust,
     emulation: &std::sync::Arc<(Plan, Cgroups)>,
     done_tx: &mpsc::Sender<JobResult>,
     busy: &mut Option<String>,
@@ -447,12 +465,40 @@ fn handle_message(
         }
         (CmdKind::Job, Message::RunJob(job)) => {
             // Nothing in the document is acted on (not even its command id recorded) before its
-            // signature holds. A refusal is reported once, and nothing of it is stored.
-            let job = match crate::store::verify_job(job, trusted, now_ms()) {
+            // signature and sequence number hold. A refusal is reported once, and nothing of it
+            // is stored.
+            let last = durable.last_accepted(DocKind::Job).cloned();
+            let job = match crate::store::verify_job(job, trust.key(), now_ms(), last.as_ref()) {
                 Ok(job) => job,
                 Err(refused) => {
                     let (job, e) = *refused;
-                    warn!(job = %job.job_id, error = %e, "job document refused");
+                    if matches!(e, ArtifactError::BadSignature(_))
+                        && trust.park(topic_name, payload)
+                    {
+                        // Verified again once the coordinator's key chain is fetched.
+                        return Ok(());
+                    }
+                    warn!(job = %job.job_id, command = %job.command_id, seq = job.seq, error = %e, "job document refused");
+                    if matches!(e, ArtifactError::Replayed { .. }) {
+                        // This agent may hold the answer to that command already: it is sent
+                        // again rather than a refusal the coordinator could take for it.
+                        let id = result_id_of(&job);
+                        if busy.as_deref() == Some(job.job_id.as_str()) {
+                            return Ok(());
+                        }
+                        let unsaved = faults.unsaved.iter().find(|(u, _)| *u == id);
+                        if let Some(pending) =
+                            durable.get(&id).or_else(|| unsaved.map(|(_, p)| p.clone()))
+                        {
+                            publish(
+                                bus,
+                                &topic::evt(&config.device_id, EvtKind::Result),
+                                pending,
+                                false,
+                            );
+                            return Ok(());
+                        }
+                    }
                     let result = JobResult {
                         result_id: result_id_of(&job),
                         command_id: job.command_id,
@@ -478,7 +524,8 @@ fn handle_message(
                 publish(bus, &topic::evt(&config.device_id, EvtKind::Result), payload, false);
                 Ok(())
             };
-            let fresh = match durable.mark_seen(&job.command_id) {
+            let recorded = durable.accept(DocKind::Job, job.seq, &job.command_id);
+            let fresh = match recorded.and_then(|()| durable.mark_seen(&job.command_id)) {
                 Ok(fresh) => fresh,
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
                     warn!(job = %job.job_id, error = %e, "command refused");
@@ -559,9 +606,11 @@ fn handle_message(
                 faults,
                 bus,
                 store,
-                trusted,
+                trust,
                 serving,
                 activations,
+                topic_name,
+                payload,
                 cmd,
             )?;
         }
@@ -583,9 +632,11 @@ fn handle_activate(
     faults: &mut Faults,
     bus: &BusHandle,
     store: &ModelStore,
-    trusted: &VerifyingKey,
+    trust: &mut Trust,
     serving: &mut ServingState,
     activations: &mpsc::Sender<crate::deploy::Report>,
+    topic_name: &str,
+    payload: &[u8],
     cmd: ActivateCommand,
 ) -> anyhow::Result<()> {
     let evt = topic::evt(&config.device_id, EvtKind::Activation);
@@ -597,15 +648,30 @@ fn handle_activate(
         publish(bus, &evt, wire::encode(&Message::ActivationReport(report))?, false);
         Ok(())
     };
-    let cmd = match crate::store::verify_activation(cmd, trusted, now_ms()) {
+    let last = durable.last_accepted(DocKind::Deploy).cloned();
+    let cmd = match crate::store::verify_activation(cmd, trust.key(), now_ms(), last.as_ref()) {
         Ok(cmd) => cmd,
         Err(refused) => {
             let (cmd, e) = *refused;
-            warn!(command = %cmd.command_id, error = %e, "activation refused");
+            if matches!(e, ArtifactError::BadSignature(_)) && trust.park(topic_name, payload) {
+                return Ok(());
+            }
+            warn!(command = %cmd.command_id, seq = cmd.seq, error = %e, "activation refused");
+            if matches!(e, ArtifactError::Replayed { .. }) {
+                // Answered or being answered already: its report, not a competing refusal.
+                if let Some((_, p)) = serving.reports.iter().find(|(id, _)| *id == cmd.command_id) {
+                    publish(bus, &evt, p.clone(), false);
+                    return Ok(());
+                }
+                if serving.in_flight.contains(&cmd.command_id) {
+                    return Ok(());
+                }
+            }
             return refuse(&cmd, e.kind(), e.to_string());
         }
     };
-    match durable.mark_seen(&cmd.command_id) {
+    let recorded = durable.accept(DocKind::Deploy, cmd.seq, &cmd.command_id);
+    match recorded.and_then(|()| durable.mark_seen(&cmd.command_id)) {
         Ok(true) => {}
         Ok(false) => {
             if let Some((_, payload)) = serving.reports.iter().find(|(id, _)| *id == cmd.command_id)
@@ -841,8 +907,18 @@ pub async fn execute(
 /// any of these the agent refuses to start: pinning whatever the network returns would let
 /// anyone on the path sign jobs.
 async fn trusted_key(config: &AgentConfig) -> anyhow::Result<VerifyingKey> {
-    let pinned = config.state_dir.join("trusted-coordinator.pub");
+    let pinned = crate::trust::pinned_path(&config.state_dir);
     if let Some(key) = config.trust_key {
+        // The configured key may be one the agent already followed a rotation from: the key it
+        // pinned then stays (re-pinning the configured one would trust the old key again).
+        if pinned.exists() {
+            let current = crate::config::parse_trust_key(&format!("@{}", pinned.display()))?;
+            let chain = crate::trust::stored_chain(&config.state_dir);
+            if current != key && crate::trust::walk(&key, &chain) == Ok(Some(current)) {
+                info!(configured = %hex::encode(key.as_bytes()), pinned = %hex::encode(current.as_bytes()), "the configured coordinator key was rotated: keeping the key its signed chain leads to");
+                return Ok(current);
+            }
+        }
         crate::outbox::write_atomic(&pinned, hex::encode(key.as_bytes()).as_bytes())?;
         return Ok(key);
     }

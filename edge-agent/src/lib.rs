@@ -9,7 +9,9 @@
 //! - [`agent`]: the event loop (MQTT events, finished jobs, shutdown).
 //! - [`mqtt`]: the only module that knows rumqttc.
 //! - [`store`]: verified, resumable artifact downloads, stored by digest.
-//! - [`outbox`]: durable results, seen commands and the session counter.
+//! - [`trust`]: the pinned coordinator key and following its signed rotation chain.
+//! - [`outbox`]: durable results, seen commands, the session counter and the last accepted
+//!   sequence number of each kind of document.
 //! - [`bench`]: benchmarks in a child process; [`bench::tract`] and `serve::model` are the only
 //!   tract users.
 //! - [`deploy`]: the serving supervisor (activation, durable pointers, restarts);
@@ -39,3 +41,4 @@ pub mod readings;
 pub mod serve;
 pub mod store;
 pub mod throttle;
+pub mod trust;

@@ -1,4 +1,6 @@
-//! Durable agent state: the result outbox, the seen-command log and the session counter.
+//! Durable agent state: the result outbox, the seen-command log, the session counter and the
+//! last accepted document of each kind (`sequences.json`: its sequence number and command id,
+//! the replay defence of [`crate::store::verify_job`]).
 //!
 //! A result is written to `outbox/` (write to a temporary file, fsync, atomic rename) *before*
 //! it is published, and deleted only when the coordinator acknowledges it. After a restart or a
@@ -25,10 +27,36 @@ pub const MAX_COMMAND_ID_BYTES: usize = 128;
 /// Longest escaped result id used as a file name as is; longer ones are named by their hash.
 const MAX_ESCAPED_NAME: usize = 160;
 
+/// The kinds of signed documents whose sequence numbers the agent follows apart (they travel on
+/// different topics, so their order between kinds is not kept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocKind {
+    /// Benchmark jobs.
+    Job,
+    /// Activations (deployments).
+    Deploy,
+}
+
+/// The last document of a kind the agent accepted.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Accepted {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its command id (a redelivery of this command is not a replay).
+    pub command_id: String,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Sequences {
+    job: Option<Accepted>,
+    deploy: Option<Accepted>,
+}
+
 /// The agent's durable state directory.
 #[derive(Debug)]
 pub struct Durable {
     root: PathBuf,
+    sequences: Sequences,
     seen: HashSet<String>,
     order: VecDeque<String>,
     /// Lines in the seen-command file (compacted when it reaches twice the capacity).
@@ -67,8 +95,21 @@ impl Durable {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(e),
         };
+        // A file that does not parse stops the agent: starting from nothing would accept every
+        // old document again.
+        let sequences = match fs::read(root.join("sequences.json")) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: {e}", root.join("sequences.json").display()),
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Sequences::default(),
+            Err(e) => return Err(e),
+        };
         let mut d = Durable {
             root: root.to_path_buf(),
+            sequences,
             seen: HashSet::new(),
             order: VecDeque::new(),
             seen_lines: 0,
@@ -93,6 +134,32 @@ impl Durable {
                 }
             }
         }
+    }
+
+    /// The last document of `kind` this agent accepted.
+    pub fn last_accepted(&self, kind: DocKind) -> Option<&Accepted> {
+        match kind {
+            DocKind::Job => self.sequences.job.as_ref(),
+            DocKind::Deploy => self.sequences.deploy.as_ref(),
+        }
+    }
+
+    /// Records a verified document of `kind` as the last accepted one, durably (atomic write)
+    /// and before it is acted on; a `seq` not above the current one changes nothing.
+    pub fn accept(&mut self, kind: DocKind, seq: u64, command_id: &str) -> std::io::Result<()> {
+        if self.last_accepted(kind).is_some_and(|a| a.seq >= seq) {
+            return Ok(());
+        }
+        let mut next = self.sequences.clone();
+        let new = Some(Accepted { seq, command_id: command_id.to_string() });
+        match kind {
+            DocKind::Job => next.job = new,
+            DocKind::Deploy => next.deploy = new,
+        }
+        let bytes = serde_json::to_vec(&next).map_err(std::io::Error::other)?;
+        write_atomic(&self.root.join("sequences.json"), &bytes)?;
+        self.sequences = next;
+        Ok(())
     }
 
     /// Increments and returns the session counter (1 on the first start).
@@ -288,6 +355,23 @@ mod tests {
         let mut d = Durable::open(dir.path()).unwrap();
         assert!(!d.mark_seen("c1").unwrap());
         assert!(d.mark_seen("c2").unwrap());
+    }
+
+    #[test]
+    fn the_last_accepted_sequence_of_each_kind_survives_a_restart_and_never_goes_down() {
+        use super::{Accepted, DocKind};
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = Durable::open(dir.path()).unwrap();
+        assert_eq!(d.last_accepted(DocKind::Job), None);
+        d.accept(DocKind::Job, 10, "a").unwrap();
+        d.accept(DocKind::Deploy, 3, "x").unwrap();
+        d.accept(DocKind::Job, 9, "b").unwrap();
+        let d = Durable::open(dir.path()).unwrap();
+        let job = Accepted { seq: 10, command_id: "a".into() };
+        assert_eq!(d.last_accepted(DocKind::Job), Some(&job));
+        assert_eq!(d.last_accepted(DocKind::Deploy).unwrap().seq, 3, "kinds apart");
+        std::fs::write(dir.path().join("sequences.json"), b"{not json").unwrap();
+        assert!(Durable::open(dir.path()).is_err(), "a damaged file is not read as nothing");
     }
 
     #[test]

@@ -3,17 +3,21 @@
 //! Order of checks for a job (nothing is acted on or parsed before all of them pass):
 //! 1. expiry of the job document ([`verify_job`]);
 //! 2. the ed25519 signature over the whole job document (every field but the signature: ids,
-//!    artifact, URL, benchmark spec, timeout) against the trusted coordinator key. Only a
-//!    [`VerifiedJob`] can be fetched;
-//! 3. download to `tmp/{sha}.part`, resuming with HTTP `Range` when a partial file exists, and
+//!    artifact, URL, benchmark spec, timeout, sequence number) against the trusted coordinator
+//!    key;
+//! 3. the sequence number: above the last job the agent accepted, or that same command again
+//!    (a redelivery). Only a [`VerifiedJob`] can be fetched;
+//! 4. download to `tmp/{sha}.part`, resuming with HTTP `Range` when a partial file exists, and
 //!    aborting as soon as more than the declared size arrives (endless-data defence);
-//! 4. SHA-256 of the complete file; only then an atomic rename into `models/{sha}.onnx`.
+//! 5. SHA-256 of the complete file; only then an atomic rename into `models/{sha}.onnx`.
 
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use hone_common::artifact::{activation_signing_bytes, signing_bytes};
 use hone_common::wire::{ActivateCommand, ArtifactRef, FailureKind, JobCommand};
+
+use crate::outbox::Accepted;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -34,6 +38,18 @@ pub enum ArtifactError {
     /// Signature does not verify over the document as received.
     #[error("job `{0}` has an invalid signature (a field was changed, or another key signed it)")]
     BadSignature(String),
+    /// A signed document whose sequence number is not above the last one of its kind the agent
+    /// accepted (and not a redelivery of that one): an old document replayed, or a stream held
+    /// back and released late. Nothing in it is acted on.
+    #[error(
+        "document sequence {seq} is not above {last}, the last this agent accepted: a replayed or out-of-date document, refused"
+    )]
+    Replayed {
+        /// Its sequence number.
+        seq: u64,
+        /// The last accepted one.
+        last: u64,
+    },
     /// More bytes than declared.
     #[error("server sent more than the declared {declared} bytes")]
     SizeExceeded {
@@ -63,6 +79,7 @@ impl ArtifactError {
             ArtifactError::Expired { .. } => FailureKind::Expired,
             ArtifactError::Unsigned(_) => FailureKind::Unsigned,
             ArtifactError::BadSignature(_) => FailureKind::BadSignature,
+            ArtifactError::Replayed { .. } => FailureKind::Replayed,
             ArtifactError::SizeExceeded { .. } => FailureKind::SizeExceeded,
             ArtifactError::HashMismatch { .. } => FailureKind::HashMismatch,
             ArtifactError::Download(_) => FailureKind::Download,
@@ -262,16 +279,32 @@ impl VerifiedJob {
 }
 
 /// Checks a job document's expiry, then its signature over every field
-/// ([`hone_common::artifact::signing_bytes`]). On failure the document comes back with the
-/// reason, so the agent can report it without acting on it.
+/// ([`hone_common::artifact::signing_bytes`]), then its sequence number against `last`, the
+/// last job this agent accepted ([`check_seq`]). On failure the document comes back with the
+/// reason, so the agent can report it without acting on it. The caller records the sequence
+/// number of a verified job ([`crate::outbox::Durable::accept`]) before acting on it.
 pub fn verify_job(
     job: JobCommand,
     trusted: &VerifyingKey,
     now_ms: u64,
+    last: Option<&Accepted>,
 ) -> Result<VerifiedJob, Box<(JobCommand, ArtifactError)>> {
-    match check_job(&job, trusted, now_ms) {
+    match check_job(&job, trusted, now_ms).and_then(|()| check_seq(job.seq, &job.command_id, last))
+    {
         Ok(()) => Ok(VerifiedJob(job)),
         Err(e) => Err(Box::new((job, e))),
+    }
+}
+
+/// A signed document's sequence number must be above the last accepted one of its kind, unless
+/// it carries that document's command id (the same command delivered again, which the seen-
+/// command log answers idempotently).
+pub fn check_seq(seq: u64, command_id: &str, last: Option<&Accepted>) -> Result<(), ArtifactError> {
+    match last {
+        Some(l) if seq <= l.seq && command_id != l.command_id => {
+            Err(ArtifactError::Replayed { seq, last: l.seq })
+        }
+        _ => Ok(()),
     }
 }
 
@@ -303,11 +336,13 @@ impl std::ops::Deref for VerifiedActivation {
     }
 }
 
-/// [`verify_job`] for an activation ([`hone_common::artifact::activation_signing_bytes`]).
+/// [`verify_job`] for an activation ([`hone_common::artifact::activation_signing_bytes`]);
+/// `last` is the last activation this agent accepted.
 pub fn verify_activation(
     cmd: ActivateCommand,
     trusted: &VerifyingKey,
     now_ms: u64,
+    last: Option<&Accepted>,
 ) -> Result<VerifiedActivation, Box<(ActivateCommand, ArtifactError)>> {
     let checked = (|| {
         if let Some(a) = &cmd.artifact
@@ -322,7 +357,8 @@ pub fn verify_activation(
             .map_err(|_| ArtifactError::BadSignature(cmd.command_id.clone()))?;
         trusted
             .verify_strict(&activation_signing_bytes(&cmd), &sig)
-            .map_err(|_| ArtifactError::BadSignature(cmd.command_id.clone()))
+            .map_err(|_| ArtifactError::BadSignature(cmd.command_id.clone()))?;
+        check_seq(cmd.seq, &cmd.command_id, last)
     })();
     match checked {
         Ok(()) => Ok(VerifiedActivation(cmd)),

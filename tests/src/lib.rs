@@ -697,6 +697,84 @@ pub fn clear_retained(mqtt_url: &str, device_ids: &[&str]) {
     }
 }
 
+/// (topic, payload) of every captured message, shared with the capturing thread.
+type Captured = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// Every message published on some topic filters, as a broker subscriber sees them (the bytes
+/// as sent), collected by a thread until dropped.
+pub struct Capture {
+    seen: Captured,
+    client: rumqttc::Client,
+}
+
+impl Capture {
+    /// Subscribes to `filters` on the broker at `mqtt_url` and waits for the subscription.
+    pub fn start(mqtt_url: &str, filters: &[String]) -> Capture {
+        let (host, port) = hone_common::parse_mqtt_url(mqtt_url).unwrap();
+        let mut opts = rumqttc::MqttOptions::new(unique("hone-capture"), host, port);
+        opts.set_keep_alive(Duration::from_secs(5)).set_max_packet_size(1 << 22, 1 << 22);
+        let (client, mut conn) = rumqttc::Client::new(opts, 64);
+        for f in filters {
+            client.subscribe(f, rumqttc::QoS::AtLeastOnce).unwrap();
+        }
+        let seen: Captured = Default::default();
+        let (subscribed, ready) = std::sync::mpsc::channel();
+        let sink = seen.clone();
+        let expected = filters.len();
+        std::thread::spawn(move || {
+            let mut acks = 0;
+            for ev in conn.iter() {
+                match ev {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        acks += 1;
+                        if acks == expected {
+                            let _ = subscribed.send(());
+                        }
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        sink.lock().unwrap().push((p.topic.clone(), p.payload.to_vec()));
+                    }
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        });
+        ready.recv_timeout(Duration::from_secs(10)).expect("the capture subscribed");
+        Capture { seen, client }
+    }
+
+    /// Everything captured so far.
+    pub fn messages(&self) -> Vec<(String, Vec<u8>)> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits until some captured message satisfies `pick`, and returns what it returns.
+    pub fn wait_for<T>(
+        &self,
+        timeout: Duration,
+        mut pick: impl FnMut(&str, &[u8]) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for (t, p) in self.messages() {
+                if let Some(found) = pick(&t, &p) {
+                    return Some(found);
+                }
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.client.disconnect();
+    }
+}
+
 /// Publishes raw payloads to topics, then disconnects.
 pub fn publish_raw(mqtt_url: &str, messages: &[(String, Vec<u8>)]) {
     let (host, port) = hone_common::parse_mqtt_url(mqtt_url).unwrap();

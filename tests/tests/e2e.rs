@@ -17,6 +17,7 @@ mod optimize;
 mod package;
 mod pipeline;
 mod prune;
+mod replay;
 mod report;
 mod runtime;
 mod scale;

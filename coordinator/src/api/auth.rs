@@ -1,6 +1,6 @@
 //! Bearer tokens with roles.
 //!
-//! Every route but `/api/v1/health`, `/api/v1/trust` and `/artifacts/{sha}` (which takes a
+//! Every route but `/api/v1/health`, `/api/v1/trust`, `/api/v1/keys` and `/artifacts/{sha}` (which takes a
 //! capability instead, see [`crate::artifacts`]) needs `Authorization: Bearer TOKEN`:
 //! - a `viewer` token reads (`GET`, `HEAD`), `/metrics` included;
 //! - an `operator` token also writes (registers models, starts campaigns).

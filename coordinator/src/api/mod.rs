@@ -1,6 +1,6 @@
 //! The HTTP API (axum). `app(state)` builds the router, so tests drive it with `oneshot`
 //! without a socket. Every error is a JSON body `{"error": "..."}`; internal errors are logged
-//! in full and answered generically. Every route but health, trust and artifacts needs a bearer
+//! in full and answered generically. Every route but health, trust, keys and artifacts needs a bearer
 //! token ([`auth`]); artifacts need the capability in their URL.
 
 pub mod auth;
@@ -9,6 +9,7 @@ mod compare;
 mod deployments;
 mod devices;
 pub mod enroll;
+mod keys;
 mod mlflow;
 mod models;
 mod pipelines;
@@ -124,6 +125,7 @@ pub fn app(state: AppState) -> Router {
     let open = Router::new()
         .route("/api/v1/health", get(health))
         .route("/api/v1/trust", get(trust))
+        .route("/api/v1/keys", get(keys::chain))
         .route("/artifacts/{sha}", get(models::artifact))
         .route("/api/v1/pki/ca", get(enroll::ca))
         .route("/api/v1/enroll", post(enroll::enroll))
@@ -138,6 +140,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/api/v1/models/register", post(models::register_path))
         .route("/api/v1/models/{key}", get(models::get))
+        .route("/api/v1/keys/rotate", post(keys::rotate))
         .route("/api/v1/devices", get(devices::list))
         .route("/api/v1/devices/{id}", get(devices::get))
         .route("/api/v1/enroll/tokens", get(enroll::list_tokens).post(enroll::create_token))

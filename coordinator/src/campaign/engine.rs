@@ -39,7 +39,10 @@ use std::time::Duration;
 
 use hone_common::clock::now_ms;
 use hone_common::topic::{self, CmdKind};
-use hone_common::wire::{ArtifactRef, JobCommand, Message, Outcome, ResultAck, WIRE_VERSION};
+use hone_common::wire::{
+    ActivationOutcome, ArtifactRef, FailureKind, JobCommand, Message, Outcome, ResultAck,
+    WIRE_VERSION,
+};
 use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info, warn};
 
@@ -178,6 +181,10 @@ impl Engine {
             }
             Message::JobResult(result) => {
                 self.db.touch_device(&device, now).await?;
+                if matches!(result.outcome, Outcome::Failed { kind: FailureKind::Replayed, .. }) {
+                    self.metrics.documents_replayed.fetch_add(1, Relaxed);
+                    warn!(job = %result.job_id, command = %result.command_id, %device, "the agent refused a replayed job document");
+                }
                 match self.db.job(&result.job_id).await? {
                     Some(job)
                         if job.device_id == device
@@ -258,6 +265,13 @@ impl Engine {
             }
             Message::ActivationReport(report) => {
                 self.db.touch_device(&device, now).await?;
+                if matches!(
+                    report.outcome,
+                    ActivationOutcome::Failed { kind: FailureKind::Replayed, .. }
+                ) {
+                    self.metrics.documents_replayed.fetch_add(1, Relaxed);
+                    warn!(command = %report.command_id, %device, "the agent refused a replayed activation");
+                }
                 if crate::deploy::rollout::record_activation(&self.db, &device, &report, now)
                     .await?
                 {
@@ -616,6 +630,7 @@ impl Engine {
             artifact,
             spec: bench,
             timeout_ms: spec.job_timeout_ms,
+            seq: 0, // the signer numbers it
             signature: Vec::new(),
         }))))
     }

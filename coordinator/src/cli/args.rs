@@ -47,6 +47,12 @@ pub(super) enum Command {
         #[command(subcommand)]
         command: PkiCmd,
     },
+    /// The artifact-signing key: show it and its rotation chain, or rotate it (through the
+    /// API of the running coordinator, operator token).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCmd,
+    },
     /// Build and train a baseline model (writes model.onnx and summary.json).
     Baseline {
         #[command(subcommand)]
@@ -398,6 +404,22 @@ pub(super) enum PkiCmd {
         /// The TLS listener's port.
         #[arg(long, default_value_t = 8883)]
         port: u16,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum KeysCmd {
+    /// The current signing key and every rotation statement.
+    Show {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Replace the signing key: the old key signs a statement handing over to a new one, the
+    /// running coordinator signs with the new key from now on, and agents that pinned the old
+    /// key follow the chain (`GET /api/v1/keys`). Back up `{data dir}/keys/` afterwards.
+    Rotate {
+        #[command(flatten)]
+        api: ApiArgs,
     },
 }
 

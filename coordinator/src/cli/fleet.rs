@@ -1,9 +1,9 @@
-//! The API commands: `models`, `devices` and `campaign`.
+//! The API commands: `models`, `devices`, `keys` and `campaign`.
 
 use anyhow::bail;
 use hone_common::bench::BenchSpec;
 
-use super::args::{CampaignCmd, DevicesCmd, ModelsCmd};
+use super::args::{CampaignCmd, DevicesCmd, KeysCmd, ModelsCmd};
 use super::print::{print_campaign, print_campaigns, print_devices, print_json, print_models};
 use crate::api::CampaignView;
 use crate::campaign::CampaignRequest;
@@ -87,6 +87,43 @@ pub(super) async fn devices(cmd: DevicesCmd) -> anyhow::Result<i32> {
             line.push_str(&format!(", {n} certificate(s) revoked"));
         }
         println!("{line}");
+    }
+    Ok(0)
+}
+
+pub(super) async fn keys(cmd: KeysCmd) -> anyhow::Result<i32> {
+    match cmd {
+        KeysCmd::Show { api } => {
+            let keys: serde_json::Value = api.client()?.get("/api/v1/keys").await?;
+            if api.json {
+                print_json(&keys);
+            } else {
+                println!("signing key {} (ed25519)", keys["public_key"].as_str().unwrap_or(""));
+                for r in keys["rotations"].as_array().into_iter().flatten() {
+                    println!(
+                        "rotation {}: {} -> {} at {} ms",
+                        r["sequence"], r["old_key"], r["new_key"], r["issued_at_ms"]
+                    );
+                }
+            }
+        }
+        KeysCmd::Rotate { api } => {
+            let out: serde_json::Value =
+                api.client()?.post("/api/v1/keys/rotate", &serde_json::json!({})).await?;
+            if api.json {
+                print_json(&out);
+            } else {
+                let r = &out["rotation"];
+                println!("{}", out["public_key"].as_str().unwrap_or(""));
+                eprintln!(
+                    "rotated the signing key (rotation {}): {} -> {}; agents follow the chain by \
+                     themselves; back up the coordinator's keys/ folder now",
+                    r["sequence"],
+                    r["old_key"].as_str().unwrap_or(""),
+                    r["new_key"].as_str().unwrap_or("")
+                );
+            }
+        }
     }
     Ok(0)
 }

@@ -156,6 +156,7 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Models { command } => fleet::models(command).await,
         Command::Devices { command } => fleet::devices(command).await,
         Command::Pki { command } => tokens::pki(command).await,
+        Command::Keys { command } => fleet::keys(command).await,
         Command::Baseline { command } => learn::baseline(command).await,
         Command::Prune(args) => prune::run(args).await,
         Command::Distill(args) => distill::run(*args).await,

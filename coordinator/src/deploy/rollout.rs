@@ -386,6 +386,7 @@ impl Rollout {
             inputs,
             unknown_token_id: None,
             timeout_ms: timeout_ms as u64,
+            seq: 0, // the signer numbers it
             signature: Vec::new(),
         });
         if let Err(e) = self

@@ -61,6 +61,7 @@ fn signed_job(body: &[u8], url: &str, seed: u8) -> JobCommand {
         },
         spec: hone_common::bench::BenchSpec::default(),
         timeout_ms: 60_000,
+        seq: 100,
         signature: Vec::new(),
     };
     sign(&mut job, seed);
@@ -79,7 +80,8 @@ async fn fetch(
     job: &JobCommand,
     now_ms: u64,
 ) -> Result<Fetched, ArtifactError> {
-    let verified = verify_job(job.clone(), &trusted_key(), now_ms).map_err(|refused| refused.1)?;
+    let verified =
+        verify_job(job.clone(), &trusted_key(), now_ms, None).map_err(|refused| refused.1)?;
     store.fetch_verified(&verified).await
 }
 
@@ -407,7 +409,7 @@ async fn a_tampered_field_of_the_job_is_refused_before_any_request() {
     }
     // The untampered document verifies.
     let job = signed_job(&body, &server.url, TRUSTED_SEED);
-    assert!(verify_job(job, &trusted_key(), NOW_MS).is_ok());
+    assert!(verify_job(job, &trusted_key(), NOW_MS, None).is_ok());
 }
 
 #[tokio::test]
@@ -657,6 +659,7 @@ fn signed_activation(job: &JobCommand, seed: u8) -> ActivateCommand {
         inputs: Default::default(),
         unknown_token_id: None,
         timeout_ms: 60_000,
+        seq: 100,
         signature: Vec::new(),
     };
     let msg = activation_signing_bytes(&cmd);
@@ -670,7 +673,7 @@ async fn activations_are_verified_like_jobs_before_any_request() {
     let server = TestServer::start(body.clone(), Mode::Good).await;
     let job = signed_job(&body, &server.url, TRUSTED_SEED);
     let refused = |cmd: ActivateCommand, now: u64| {
-        verify_activation(cmd, &trusted_key(), now).map(drop).unwrap_err().1.kind()
+        verify_activation(cmd, &trusted_key(), now, None).map(drop).unwrap_err().1.kind()
     };
     let mut unsigned = signed_activation(&job, TRUSTED_SEED);
     unsigned.signature.clear();
@@ -691,7 +694,7 @@ async fn activations_are_verified_like_jobs_before_any_request() {
 
     // A good one fetches and verifies exactly like a job; stopping fetches nothing.
     let (_dir, store) = open_store();
-    let ok = verify_activation(signed_activation(&job, TRUSTED_SEED), &trusted_key(), NOW_MS)
+    let ok = verify_activation(signed_activation(&job, TRUSTED_SEED), &trusted_key(), NOW_MS, None)
         .expect("verified");
     let fetched = store.fetch_activation(&ok).await.expect("fetched").expect("a model");
     assert_eq!(std::fs::read(&fetched.path).unwrap(), body);
@@ -699,7 +702,66 @@ async fn activations_are_verified_like_jobs_before_any_request() {
     stop.artifact = None;
     let msg = activation_signing_bytes(&stop);
     stop.signature = SigningKey::from_bytes(&[TRUSTED_SEED; 32]).sign(&msg).to_bytes().to_vec();
-    let stop = verify_activation(stop, &trusted_key(), NOW_MS).expect("verified");
+    let stop = verify_activation(stop, &trusted_key(), NOW_MS, None).expect("verified");
     assert!(store.fetch_activation(&stop).await.unwrap().is_none());
     assert_eq!(server.requests().len(), 1);
+}
+
+/// `job` renumbered to `seq` with a new command id, signed by the trusted key.
+fn renumbered(job: &JobCommand, seq: u64, command_id: &str) -> JobCommand {
+    let mut j = job.clone();
+    j.seq = seq;
+    j.command_id = command_id.into();
+    sign(&mut j, TRUSTED_SEED);
+    j
+}
+
+#[test]
+fn a_signed_job_whose_sequence_is_not_above_the_last_accepted_is_refused_as_replayed() {
+    let job = signed_job(b"m", "http://x/a", TRUSTED_SEED);
+    let last = Accepted { seq: 100, command_id: "cmd-1".into() };
+    let verdict = |j: JobCommand| verify_job(j, &trusted_key(), NOW_MS, Some(&last)).map(drop);
+    // The last accepted command delivered again (MQTT redelivery) passes: the seen-command
+    // log answers it as today.
+    assert!(verdict(job.clone()).is_ok());
+    // An older document (a frozen stream released late: still signed, not expired) or another
+    // command with the same number is refused, with both numbers.
+    for (seq, id) in [(99, "cmd-0"), (100, "cmd-2"), (1, "cmd-old")] {
+        let e = verdict(renumbered(&job, seq, id)).unwrap_err().1;
+        assert!(matches!(e, ArtifactError::Replayed { seq: s, last: 100 } if s == seq), "{e:?}");
+        assert_eq!(e.kind(), FailureKind::Replayed);
+        assert!(e.to_string().contains("replayed"), "{e}");
+    }
+    // A newer one (a deliberate rollback is a new document, so a higher number) passes.
+    assert!(verdict(renumbered(&job, 101, "cmd-3")).is_ok());
+    // The signature is checked first: a forged low number is a bad signature, not a replay.
+    let mut forged = renumbered(&job, 5, "cmd-9");
+    forged.signature[0] ^= 1;
+    assert_eq!(verdict(forged).unwrap_err().1.kind(), FailureKind::BadSignature);
+    // The number is signed: raising it breaks the signature.
+    let mut raised = job.clone();
+    raised.seq = 1_000;
+    assert_eq!(verdict(raised).unwrap_err().1.kind(), FailureKind::BadSignature);
+}
+
+#[test]
+fn activations_are_numbered_like_jobs_and_a_rollback_with_a_higher_number_is_accepted() {
+    let job = signed_job(b"m", "http://x/a", TRUSTED_SEED);
+    let first = signed_activation(&job, TRUSTED_SEED);
+    let last = Accepted { seq: first.seq, command_id: first.command_id.clone() };
+    let check = |c: ActivateCommand| verify_activation(c, &trusted_key(), NOW_MS, Some(&last));
+    assert!(check(first.clone()).is_ok(), "a redelivery of the last one");
+    let resign = |mut c: ActivateCommand, seq: u64, id: &str| {
+        c.seq = seq;
+        c.command_id = id.into();
+        let msg = activation_signing_bytes(&c);
+        c.signature = SigningKey::from_bytes(&[TRUSTED_SEED; 32]).sign(&msg).to_bytes().to_vec();
+        c
+    };
+    let old = resign(first.clone(), first.seq - 1, "act-0");
+    assert!(matches!(check(old).unwrap_err().1, ArtifactError::Replayed { .. }));
+    let mut rollback = resign(first.clone(), first.seq + 1, "act-rollback");
+    rollback.artifact = None;
+    let rollback = resign(rollback, first.seq + 1, "act-rollback");
+    assert!(check(rollback).is_ok(), "a rollback is a new document with a higher number");
 }

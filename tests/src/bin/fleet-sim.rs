@@ -85,6 +85,8 @@ async fn sim_agent(
     };
     let (bus, mut events) = edge_agent::mqtt::connect(&config, None);
     let mut announced = false;
+    // The replay defence as the agent keeps it (in memory here: a simulated agent never restarts).
+    let mut last: Option<edge_agent::outbox::Accepted> = None;
     loop {
         match events.next().await {
             BusEvent::Connected { .. } => {
@@ -110,8 +112,16 @@ async fn sim_agent(
                     job_id: cmd.job_id.clone(),
                     attempt: cmd.attempt,
                 };
-                let job = match verify_job(cmd, key, hone_common::clock::now_ms()) {
-                    Ok(j) => j,
+                let job = match verify_job(cmd, key, hone_common::clock::now_ms(), last.as_ref()) {
+                    Ok(j) => {
+                        if last.as_ref().is_none_or(|l| j.seq > l.seq) {
+                            last = Some(edge_agent::outbox::Accepted {
+                                seq: j.seq,
+                                command_id: j.command_id.clone(),
+                            });
+                        }
+                        j
+                    }
                     Err(_) => {
                         counters.refused.fetch_add(1, Ordering::Relaxed);
                         continue;
