@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds the agent's Debian package, hone-agent_VERSION_ARCH.deb: /usr/bin/edge-agent, the
 # systemd unit (hone-agent.service: a dedicated system user, state in /var/lib/hone-agent,
-# restart on failure, cgroup delegation), /etc/default/hone-agent (a conffile: the broker,
-# coordinator and key), and maintainer scripts that keep the state on removal and purge it with
-# the package (edge-agent/debian/).
+# restart on failure, cgroup delegation), /etc/default/hone-agent (a conffile: the broker and
+# the coordinator; scripts/install-agent.sh fills it in and enrols the device), and maintainer
+# scripts that keep the state on removal and purge it with the package (edge-agent/debian/).
 #
 #   scripts/package-agent.sh [--arch amd64|arm64] [--binary PATH] [--out DIR]
 #
@@ -46,8 +46,12 @@ install -m 0640 "$root/edge-agent/debian/hone-agent.default" "$pkg/etc/default/h
 for s in postinst prerm postrm; do install -m 0755 "$root/edge-agent/debian/$s" "$pkg/DEBIAN/$s"; done
 echo "/etc/default/hone-agent" > "$pkg/DEBIAN/conffiles"
 cat > "$pkg/usr/share/doc/hone-agent/README" <<DOC
-Hone edge agent $version. Fill in /etc/default/hone-agent (broker, coordinator, the coordinator's
-key), check the device with \`edge-agent doctor\`, then: systemctl start hone-agent.
+Hone edge agent $version. scripts/install-agent.sh installs this package, fills in
+/etc/default/hone-agent and enrols the device with a token from \`coordinator devices token\`.
+By hand: set HONE_BROKER (mqtts://HOST:8883) and HONE_COORDINATOR (https://HOST:7878) there, run
+\`edge-agent enroll --coordinator https://HOST:7878 --ca-sha256 HEX\` as the user hone-agent with
+the token in HONE_ENROL_TOKEN, check the device with \`edge-agent doctor\`, then:
+systemctl start hone-agent.
 Removal keeps /var/lib/hone-agent and the hone-agent user; purge deletes them.
 DOC
 size_kb=$(du -sk "$pkg" | cut -f1)

@@ -70,17 +70,28 @@ pub async fn run(input: &DoctorInput) -> Vec<Check> {
     let mut out = vec![cgroups(&crate::throttle::cgroup::Cgroups::detect())];
     out.push(thermal(&input.sysfs));
     out.push(clocks(&input.sysfs));
+    let identity = crate::enroll::Identity::exists(&input.state_dir)
+        .then(|| crate::enroll::Identity::load(&input.state_dir));
+    let tls_wanted = [&input.broker, &input.coordinator]
+        .into_iter()
+        .flatten()
+        .any(|u| u.starts_with("mqtts://") || u.starts_with("https://"));
+    out.push(certificate(identity.as_ref(), tls_wanted, hone_common::clock::now_ms() as i64));
+    let identity = identity.and_then(Result::ok);
     out.push(match &input.broker {
         Some(url) => {
             let url = url.clone();
-            tokio::task::spawn_blocking(move || broker(&url, Duration::from_secs(5)))
+            let tls = identity.as_ref().map(|i| i.config());
+            tokio::task::spawn_blocking(move || broker(&url, tls, Duration::from_secs(5)))
                 .await
                 .unwrap_or_else(|e| check("broker", Status::Fail, e.to_string()))
         }
         None => check("broker", Status::Warn, "not checked: give --broker (or HONE_BROKER)"),
     });
     match &input.coordinator {
-        Some(url) => out.extend(coordinator(url, &input.state_dir).await),
+        Some(url) => out.extend(
+            coordinator(url, &input.state_dir, identity.as_ref().map(|i| i.config())).await,
+        ),
         None => out.push(check(
             "coordinator",
             Status::Warn,
@@ -252,12 +263,67 @@ pub fn connack(bytes: &[u8]) -> Result<(), String> {
     }
 }
 
-/// Connects to the broker and completes an MQTT handshake (then disconnects).
-pub fn broker(url: &str, timeout: Duration) -> Check {
-    let (host, port) = match hone_common::parse_mqtt_url(url) {
+/// The enrolled identity: its certificate's validity and renewal.
+pub fn certificate(
+    identity: Option<&anyhow::Result<crate::enroll::Identity>>,
+    tls_wanted: bool,
+    now_ms: i64,
+) -> Check {
+    let id = match identity {
+        None if tls_wanted => {
+            return check(
+                "certificate",
+                Status::Fail,
+                "not enrolled (no tls/identity.json): run `edge-agent enroll` with a token",
+            );
+        }
+        None => return check("certificate", Status::Warn, "not enrolled: plain transport only"),
+        Some(Err(e)) => return check("certificate", Status::Fail, format!("{e:#}")),
+        Some(Ok(id)) => id,
+    };
+    let f = &id.file;
+    let left_h = (f.not_after_ms - now_ms) as f64 / 3_600_000.0;
+    if id.expired(now_ms) {
+        return check(
+            "certificate",
+            Status::Fail,
+            format!(
+                "{}: expired {:.1} h ago; the agent asks to re-enrol at start and waits for \
+                 `coordinator devices approve {}`",
+                f.device_id, -left_h, f.device_id
+            ),
+        );
+    }
+    let overdue = now_ms > id.renew_at_ms() + 3_600_000;
+    check(
+        "certificate",
+        if overdue { Status::Warn } else { Status::Ok },
+        format!(
+            "{} from {}: valid for {:.1} h more{}",
+            f.device_id,
+            f.coordinator,
+            left_h,
+            if overdue {
+                " (renewal overdue: is the coordinator reachable, or the device revoked?)"
+            } else {
+                ", renewed automatically at two thirds of its life"
+            }
+        ),
+    )
+}
+
+/// Connects to the broker and completes an MQTT handshake (then disconnects); over TLS, the
+/// handshake with the device certificate (no MQTT session: the agent's would be taken over).
+pub fn broker(
+    url: &str,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    timeout: Duration,
+) -> Check {
+    let parsed = match hone_common::parse_broker_url(url) {
         Ok(x) => x,
         Err(e) => return check("broker", Status::Fail, e),
     };
+    let (host, port) = (parsed.host.clone(), parsed.port);
     let addr = match (host.as_str(), port).to_socket_addrs().map(|mut a| a.next()) {
         Ok(Some(a)) => a,
         Ok(None) | Err(_) => {
@@ -272,6 +338,53 @@ pub fn broker(url: &str, timeout: Duration) -> Check {
         }
     };
     let _ = s.set_read_timeout(Some(timeout));
+    if parsed.tls {
+        let Some(tls) = tls else {
+            return check(
+                "broker",
+                Status::Fail,
+                format!("{url} is TLS and this agent is not enrolled"),
+            );
+        };
+        let name = match rustls::pki_types::ServerName::try_from(host.clone()) {
+            Ok(n) => n,
+            Err(e) => return check("broker", Status::Fail, format!("{url}: {e}")),
+        };
+        let conn = match rustls::ClientConnection::new(tls, name) {
+            Ok(c) => c,
+            Err(e) => return check("broker", Status::Fail, format!("{url}: {e}")),
+        };
+        let mut tls = rustls::StreamOwned::new(conn, s);
+        // TLS 1.3 sends the client's certificate after the server's Finished: a refusal comes
+        // as an alert on the first read, so read until the server has spoken or closed.
+        let mut probe = [0u8; 1];
+        let mut handshake_ms = 0;
+        let done = tls.conn.complete_io(&mut tls.sock).and_then(|_| {
+            handshake_ms = started.elapsed().as_millis();
+            let _ = tls.sock.set_read_timeout(Some(Duration::from_millis(500)));
+            match std::io::Read::read(&mut tls, &mut probe) {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    Ok(0)
+                }
+                other => other,
+            }
+        });
+        return match done {
+            Ok(_) => check(
+                "broker",
+                Status::Ok,
+                format!(
+                    "{url}: TLS with this device's certificate accepted (handshake {} ms; no \
+                     MQTT session opened: the agent's own would be taken over)",
+                    handshake_ms
+                ),
+            ),
+            Err(e) => check("broker", Status::Fail, format!("{url}: TLS refused: {e}")),
+        };
+    }
     let id = format!("hone-doctor-{}", std::process::id());
     let mut reply = [0u8; 4];
     let answer = s
@@ -293,9 +406,17 @@ pub fn broker(url: &str, timeout: Duration) -> Check {
 /// The coordinator's health, its key against the one pinned in the state folder, and the
 /// clock skew (job documents expire, so a clock far off makes every job look expired or
 /// from the future).
-pub async fn coordinator(url: &str, state_dir: &Path) -> Vec<Check> {
+pub async fn coordinator(
+    url: &str,
+    state_dir: &Path,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> Vec<Check> {
     let base = url.trim_end_matches('/');
-    let http = match reqwest::Client::builder().timeout(Duration::from_secs(5)).build() {
+    let mut http = reqwest::Client::builder();
+    if let Some(tls) = tls {
+        http = http.use_preconfigured_tls((*tls).clone());
+    }
+    let http = match http.timeout(Duration::from_secs(5)).build() {
         Ok(h) => h,
         Err(e) => return vec![check("coordinator", Status::Fail, e.to_string())],
     };
@@ -420,25 +541,34 @@ pub fn transport(broker: Option<&str>, coordinator: Option<&str>) -> Check {
         let host = u.split("://").nth(1).unwrap_or(u).split(['/', ':']).next().unwrap_or("");
         matches!(host, "127.0.0.1" | "localhost" | "[::1]" | "::1") || host.starts_with("127.")
     };
-    let remote: Vec<&str> =
-        [broker, coordinator].into_iter().flatten().filter(|u| !loopback(u)).collect();
-    if remote.is_empty() {
+    let tls = |u: &str| u.starts_with("mqtts://") || u.starts_with("https://");
+    let urls: Vec<&str> = [broker, coordinator].into_iter().flatten().collect();
+    let plain_remote: Vec<&str> =
+        urls.iter().copied().filter(|u| !tls(u) && !loopback(u)).collect();
+    if !plain_remote.is_empty() {
+        return check(
+            "transport",
+            Status::Fail,
+            format!(
+                "plain MQTT or HTTP to {}: refused beyond loopback; use mqtts:// and https:// \
+                 with an enrolled identity (`edge-agent enroll`)",
+                plain_remote.join(" and ")
+            ),
+        );
+    }
+    if !urls.is_empty() && urls.iter().all(|u| tls(u)) {
         check(
             "transport",
             Status::Ok,
-            "plain MQTT and HTTP on loopback; job documents are signed (ed25519) and artifacts \
-             checked by sha256 whatever the transport; no client certificate in this build",
+            "TLS with this device's client certificate to the broker and the coordinator; job \
+             documents are also signed (ed25519) and artifacts checked by sha256",
         )
     } else {
         check(
             "transport",
-            Status::Warn,
-            format!(
-                "plain MQTT and HTTP to {} (no TLS and no client certificate in this build): \
-                 jobs and artifacts are still signed and checked, but anyone on this network can \
-                 read them; keep agents on a trusted network",
-                remote.join(" and ")
-            ),
+            Status::Ok,
+            "plain MQTT and HTTP on loopback; job documents are signed (ed25519) and artifacts \
+             checked by sha256 whatever the transport",
         )
     }
 }
@@ -590,8 +720,11 @@ mod tests {
         let local = transport(Some("mqtt://127.0.0.1:1883"), Some("http://localhost:7878"));
         assert_eq!(local.status, Status::Ok);
         let lan = transport(Some("mqtt://10.0.0.5:1883"), Some("http://127.0.0.1:7878"));
-        assert_eq!(lan.status, Status::Warn);
+        assert_eq!(lan.status, Status::Fail, "the agent refuses plain transport off loopback");
         assert!(lan.detail.contains("10.0.0.5"), "{}", lan.detail);
+        let tls = transport(Some("mqtts://10.0.0.5:8883"), Some("https://10.0.0.5:7878"));
+        assert_eq!(tls.status, Status::Ok);
+        assert!(tls.detail.contains("client certificate"), "{}", tls.detail);
         let p = Path::new("/var/lib/hone-agent");
         assert_eq!(disk_verdict(p, 50 << 20).status, Status::Fail);
         assert_eq!(disk_verdict(p, 500 << 20).status, Status::Warn);
@@ -602,9 +735,19 @@ mod tests {
     #[test]
     fn a_dead_broker_port_fails_with_the_address() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let c = broker(&format!("mqtt://127.0.0.1:{port}"), Duration::from_secs(2));
+        let c = broker(&format!("mqtt://127.0.0.1:{port}"), None, Duration::from_secs(2));
         assert_eq!(c.status, Status::Fail);
         assert!(c.detail.contains(&format!("127.0.0.1:{port}")), "{}", c.detail);
-        assert_eq!(broker("http://x", Duration::from_secs(1)).status, Status::Fail);
+        assert_eq!(broker("http://x", None, Duration::from_secs(1)).status, Status::Fail);
+        let c = broker("mqtts://127.0.0.1:1", None, Duration::from_secs(1));
+        assert_eq!(c.status, Status::Fail);
+    }
+
+    #[test]
+    fn the_certificate_check_reads_the_identity_and_its_validity() {
+        assert_eq!(certificate(None, true, 0).status, Status::Fail, "TLS wanted, not enrolled");
+        assert_eq!(certificate(None, false, 0).status, Status::Warn);
+        let broken: anyhow::Result<crate::enroll::Identity> = Err(anyhow::anyhow!("bad key"));
+        assert_eq!(certificate(Some(&broken), true, 0).status, Status::Fail);
     }
 }

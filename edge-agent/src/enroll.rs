@@ -185,6 +185,13 @@ impl Identity {
         let serial = answer["serial"].as_str().unwrap_or_default().to_string();
         let key = certified(cert, &self.key_pem)?;
         crate::outbox::write_atomic(&self.dir.join("device.pem"), cert.as_bytes())?;
+        // After a CA rotation the answer carries the new CA with the old: trusted from the next
+        // start (until then the coordinator's cross-signed chain is accepted by the old CA).
+        if let Some(ca) = answer["ca_pem"].as_str()
+            && roots(ca).is_ok()
+        {
+            crate::outbox::write_atomic(&self.dir.join("ca.pem"), ca.as_bytes())?;
+        }
         self.file.issued_at_ms = now_ms();
         self.file.not_after_ms = not_after_ms;
         self.file.serial = serial;

@@ -127,6 +127,18 @@ impl Attacker {
     }
 }
 
+/// Runs one small benchmark job of `model` on `device`; the finished campaign's view.
+fn one_job(api: &Api, model: &str, device: &str) -> serde_json::Value {
+    let campaign = api
+        .start_campaign(json!({
+            "models": [model],
+            "devices": device,
+            "bench": {"warmup": 1, "max_iterations": 3, "max_time_ms": 1000, "symbols": []},
+        }))
+        .unwrap();
+    api.wait_campaign(&campaign, Duration::from_secs(90)).unwrap()
+}
+
 /// A device status that the coordinator would apply if it got through (a session newer than
 /// any real one).
 fn status_bytes(device: &str, online: bool) -> Vec<u8> {
@@ -316,14 +328,7 @@ fn devices_enrol_renew_run_jobs_re_enrol_with_approval_and_are_revoked_over_tls(
     let model = dir.path().join("mlp.onnx");
     std::fs::write(&model, models::mlp(32)).unwrap();
     let id = api.register(&model, "mlp32").unwrap();
-    let campaign = api
-        .start_campaign(json!({
-            "models": [id],
-            "devices": first,
-            "bench": {"warmup": 1, "max_iterations": 5, "max_time_ms": 1000, "symbols": []},
-        }))
-        .unwrap();
-    let view = api.wait_campaign(&campaign, Duration::from_secs(90)).unwrap();
+    let view = one_job(&api, &id, &first);
     assert_eq!(view["lines"][0]["state"], "done", "{view}");
 
     // Renewal: the agent renews at two thirds of 12 s and keeps working.
@@ -342,14 +347,7 @@ fn devices_enrol_renew_run_jobs_re_enrol_with_approval_and_are_revoked_over_tls(
     std::thread::sleep(Duration::from_secs(13));
     let _ = coord.cli().args(["devices", "list"]).output();
     api.wait_device(&first, true, Duration::from_secs(10)).unwrap();
-    let campaign = api
-        .start_campaign(json!({
-            "models": [id],
-            "devices": first,
-            "bench": {"warmup": 1, "max_iterations": 5, "max_time_ms": 1000, "symbols": []},
-        }))
-        .unwrap();
-    let view = api.wait_campaign(&campaign, Duration::from_secs(90)).unwrap();
+    let view = one_job(&api, &id, &first);
     assert_eq!(view["lines"][0]["state"], "done", "a job after renewal: {view}");
 
     // A device whose certificate expired while it was off asks again and waits for approval.
@@ -375,6 +373,25 @@ fn devices_enrol_renew_run_jobs_re_enrol_with_approval_and_are_revoked_over_tls(
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     api.wait_device(&idle, true, Duration::from_secs(20)).unwrap();
 
+    // The doctor checks the certificate and both TLS connections with it.
+    let doctor = || {
+        Command::new(bin("edge-agent"))
+            .args(["doctor", "--json", "--broker", &coord.mqtt_url()])
+            .args(["--coordinator", &coord.api_url(), "--state-dir"])
+            .arg(root.join(&first))
+            .output()
+            .unwrap()
+    };
+    let status = |out: &std::process::Output, name: &str| -> String {
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let c = v["checks"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap();
+        format!("{} {}", c["status"].as_str().unwrap(), c["detail"].as_str().unwrap())
+    };
+    let out = doctor();
+    for name in ["certificate", "broker", "coordinator", "transport"] {
+        assert!(status(&out, name).starts_with("ok"), "{name}: {}", status(&out, name));
+    }
+
     // Revocation ends the session at once, and the device cannot come back.
     let kicks = api.metric("revocation_kicks");
     let out = coord.cli().args(["devices", "revoke", &first]).output().unwrap();
@@ -387,6 +404,9 @@ fn devices_enrol_renew_run_jobs_re_enrol_with_approval_and_are_revoked_over_tls(
     let v = api.get(&format!("/api/v1/devices/{first}")).unwrap();
     assert_eq!(v["online"], false, "a revoked device stays out: {v}");
     assert!(api.metric("tls_refused") > 0, "its reconnections fail the handshake");
+    let out = doctor();
+    assert_eq!(out.status.code(), Some(1), "the doctor fails a revoked device");
+    assert!(status(&out, "broker").contains("CertificateRevoked"), "{}", status(&out, "broker"));
 
     // Decommissioning removes the device from the fleet.
     let out = coord.cli().args(["devices", "decommission", &idle, "--json"]).output().unwrap();
@@ -425,4 +445,70 @@ fn plain_transport_is_refused_beyond_loopback() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not enrolled"));
+}
+
+#[test]
+fn the_ca_is_rotated_without_re_enrolling_the_fleet() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("agents");
+    let data = dir.path().join("coord");
+    let mut coord = CoordinatorProc::start_tls(
+        &data,
+        Broker::Embedded(free_port()),
+        None,
+        &["--cert-lifetime", "12s"],
+    )
+    .unwrap();
+    let device = unique("tls-rot");
+    let agent = AgentProc::start_with(&coord, &root, &device, &[], 5).unwrap();
+    coord.api().wait_device(&device, true, Duration::from_secs(20)).unwrap();
+    let model = dir.path().join("mlp.onnx");
+    std::fs::write(&model, models::mlp(16)).unwrap();
+    let id = coord.api().register(&model, "mlp16").unwrap();
+    let job = |coord: &CoordinatorProc| {
+        let view = one_job(&coord.api(), &id, &device);
+        assert_eq!(view["lines"][0]["state"], "done", "{view}\n{}", agent.log());
+    };
+    job(&coord);
+    let old_ca = coord.ca_pem();
+
+    // Refused under a running coordinator; done on a stopped one.
+    let rotate = || {
+        Command::new(bin("coordinator"))
+            .args(["pki", "rotate-ca", "--json", "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap()
+    };
+    let out = rotate();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stop it"));
+    coord.kill9();
+    let out = rotate();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let fps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ne!(fps["sha256"], fps["previous_sha256"]);
+    coord.spawn().unwrap();
+    assert_ne!(coord.ca_pem(), old_ca, "a new CA signs");
+
+    // The agent, which trusts only the old CA, reconnects (the new CA is cross-signed), runs a
+    // job, and moves to the new CA at its next renewal.
+    let api = coord.api();
+    api.wait_device(&device, true, Duration::from_secs(30)).unwrap();
+    job(&coord);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let bundle = root.join(&device).join("tls/ca.pem");
+    while std::fs::read_to_string(&bundle).unwrap().matches("BEGIN CERTIFICATE").count() < 2 {
+        assert!(Instant::now() < deadline, "no renewal from the new CA within 30 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let trusted = std::fs::read_to_string(&bundle).unwrap();
+    assert!(trusted.starts_with(coord.ca_pem().trim()), "the new CA first, then the old");
+    job(&coord);
+
+    // A new device enrols against the new CA's fingerprint.
+    let (_, ca) = coord.enrol_token(None).unwrap();
+    assert_eq!(ca, fps["sha256"].as_str().unwrap());
+    let other = unique("tls-new");
+    enroll(&coord, &root.join(&other), &other).unwrap();
 }

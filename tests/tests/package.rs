@@ -1,8 +1,11 @@
 //! The agent's Debian package (`scripts/package-agent.sh`) in a clean Debian 12 root made by
-//! debootstrap (`scripts/debian-chroot.sh`): `dpkg -i` creates the unit's user and state folder,
-//! the unit passes `systemd-analyze verify`, the agent started as the unit's user with the
-//! unit's environment connects to a coordinator on this host and runs a campaign job; an
-//! upgrade keeps the state, removal keeps it, purge deletes it and the user.
+//! debootstrap (`scripts/debian-chroot.sh`), installed by `scripts/install-agent.sh --root`
+//! against a TLS coordinator on this host: `dpkg -i` creates the unit's user and state folder,
+//! the installer writes the settings and enrols with a one-time token as the unit's user (the
+//! device key is that user's, 0600), the unit passes `systemd-analyze verify`, the agent started
+//! as the unit's user with the unit's environment runs a campaign job over TLS; installing again
+//! with the used token keeps the enrolment; an upgrade keeps the state, removal keeps it, purge
+//! deletes it (the device key with it) and the user.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -68,20 +71,61 @@ fn the_deb_installs_into_clean_debian_and_its_user_runs_a_campaign_job() {
     assert!(deb.file_name().unwrap().to_string_lossy().ends_with("_amd64.deb"), "{deb:?}");
     let info = run(Command::new("dpkg-deb").arg("--info").arg(&deb));
     assert!(info.contains("Package: hone-agent") && info.contains("Depends: adduser"), "{info}");
-    std::fs::copy(&deb, root.path.join("tmp/hone-agent.deb")).unwrap();
 
-    // Install: user, state folder, conffile, unit.
-    run(root.chroot().args(["dpkg", "-i", "/tmp/hone-agent.deb"]));
+    // The installer, against a TLS coordinator on this host (the chroot shares its network):
+    // the package, the settings, and enrolment as the unit's user with a one-time token.
+    let dir = tempfile::tempdir().unwrap();
+    let coord = CoordinatorProc::start_tls(
+        &dir.path().join("coord"),
+        Broker::Embedded(free_port()),
+        None,
+        &[],
+    )
+    .unwrap();
+    let api = coord.api();
+    let device = unique("deb-agent");
+    let (token, ca_sha256) = coord.enrol_token(None).unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    // Runs the installer with the token in HONE_ENROL_TOKEN, or in a file; returns its output.
+    let install = |from_file: bool| {
+        let mut c = script("install-agent.sh");
+        c.arg("--root")
+            .arg(&root.path)
+            .arg("--deb")
+            .arg(&deb)
+            .args(["--coordinator", &coord.api_url(), "--broker", &coord.mqtt_url()])
+            .args(["--ca-sha256", &ca_sha256, "--device-id", &device])
+            .args(["--profile", "x86-vm-2core", "--no-start"])
+            .env_remove("HONE_ENROL_TOKEN");
+        if from_file {
+            c.arg("--token-file").arg(&token_file);
+        } else {
+            c.env("HONE_ENROL_TOKEN", &token);
+        }
+        let out = c.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{c:?} failed:\n{text}");
+        assert!(!text.contains(&token), "the installer printed the token:\n{text}");
+        text
+    };
+    let first = install(false);
+    assert!(first.contains(&format!("enrolled as {device}")), "{first}");
+
+    // The package: user, state folder, conffile, unit; the key: the unit user's alone.
     let passwd = run(root.chroot().args(["getent", "passwd", "hone-agent"]));
     assert!(passwd.contains("/var/lib/hone-agent") && passwd.contains("nologin"), "{passwd}");
     let state = run(root.chroot().args(["stat", "-c", "%U:%G %a", "/var/lib/hone-agent"]));
     assert_eq!(state.trim(), "hone-agent:hone-agent 750");
+    let key =
+        run(root.chroot().args(["stat", "-c", "%U %a", "/var/lib/hone-agent/tls/device.key"]));
+    assert_eq!(key.trim(), "hone-agent 600", "the device key is the unit user's alone");
     let conf = run(root.chroot().args(["stat", "-c", "%U:%G %a", "/etc/default/hone-agent"]));
-    assert_eq!(
-        conf.trim(),
-        "root:hone-agent 640",
-        "the trust key and settings are not world-readable"
-    );
+    assert_eq!(conf.trim(), "root:hone-agent 640", "the settings are not world-readable");
     run(Command::new("systemd-analyze")
         .arg(format!("--root={}", root.path.display()))
         .args(["verify", "hone-agent.service"]));
@@ -95,28 +139,28 @@ fn the_deb_installs_into_clean_debian_and_its_user_runs_a_campaign_job() {
     ] {
         assert!(unit.contains(line), "{line}");
     }
-
-    // The agent, as the unit's user with the unit's environment, runs a job for a coordinator.
-    let dir = tempfile::tempdir().unwrap();
-    let coord =
-        CoordinatorProc::start(&dir.path().join("coord"), Broker::Embedded(free_port()), None)
-            .unwrap();
-    let api = coord.api();
-    let device = unique("deb-agent");
-    let settings = format!(
-        "HONE_BROKER={}\nHONE_COORDINATOR={}\nHONE_TRUST_KEY={}\nHONE_DEVICE_ID={device}\nHONE_PROFILE=x86-vm-2core\n\
-         HONE_SERVE_ADDR=127.0.0.1:{}\n",
-        coord.mqtt_url(),
-        coord.api_url(),
-        coord.trust_key(),
-        free_port()
-    );
+    let written = std::fs::read_to_string(root.path.join("etc/default/hone-agent")).unwrap();
+    for line in [
+        format!("HONE_BROKER={}", coord.mqtt_url()),
+        format!("HONE_COORDINATOR={}", coord.api_url()),
+        format!("HONE_DEVICE_ID={device}"),
+        "HONE_PROFILE=x86-vm-2core".to_string(),
+    ] {
+        assert!(written.lines().any(|l| l == line), "{line} in\n{written}");
+    }
+    assert!(written.contains("# HONE_NATIVE=true"), "the file's comments are kept:\n{written}");
+    // The operator's own edit (a free serving port: tests run side by side).
+    let settings = format!("{written}HONE_SERVE_ADDR=127.0.0.1:{}\n", free_port());
     std::fs::write(root.path.join("etc/default/hone-agent"), &settings).unwrap();
+
+    // The agent, as the unit's user with the unit's environment, runs a job over TLS.
     let env: Vec<(String, String)> = settings
         .lines()
+        .filter(|l| !l.starts_with('#'))
         .chain(["HONE_AGENT_STATE=/var/lib/hone-agent"])
         .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
         .collect();
+    assert!(env.iter().all(|(k, _)| k != "HONE_TRUST_KEY"), "enrolment pins the key: {env:?}");
     let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
     let agent = Agent(
         Command::new("chroot")
@@ -154,25 +198,48 @@ fn the_deb_installs_into_clean_debian_and_its_user_runs_a_campaign_job() {
         run(root.chroot().args(["find", "/var/lib/hone-agent", "-not", "-user", "hone-agent"]));
     assert!(owned.trim().is_empty(), "files not owned by hone-agent: {owned}");
     let pinned = run(root.chroot().args(["cat", "/var/lib/hone-agent/trusted-coordinator.pub"]));
-    assert_eq!(pinned.trim(), coord.trust_key());
+    assert_eq!(pinned.trim(), coord.trust_key(), "enrolment pinned the signing key");
 
-    // Upgrade (the same package again): state and settings kept.
-    run(root.chroot().args(["dpkg", "-i", "/tmp/hone-agent.deb"]));
-    assert!(root.path.join("var/lib/hone-agent/trusted-coordinator.pub").is_file());
+    // Installing again with the used token: already enrolled, nothing enrolled again, the
+    // identity and the operator's settings kept.
+    let tls =
+        |name: &str| std::fs::read(root.path.join("var/lib/hone-agent/tls").join(name)).unwrap();
+    let before = (tls("device.key"), tls("device.pem"), tls("identity.json"));
+    let again = install(true);
+    assert!(again.contains("already enrolled"), "{again}");
+    assert_eq!((tls("device.key"), tls("device.pem"), tls("identity.json")), before);
     assert_eq!(
         std::fs::read_to_string(root.path.join("etc/default/hone-agent")).unwrap(),
         settings
     );
-    // Removal keeps the state and the user; purge deletes both.
-    run(root.chroot().args(["dpkg", "-r", "hone-agent"]));
+
+    // Upgrade (the same package again, by hand): state and settings kept.
+    std::fs::copy(&deb, root.path.join("tmp/hone-agent.deb")).unwrap();
+    run(root.chroot().args(["dpkg", "-i", "/tmp/hone-agent.deb"]));
+    assert!(root.path.join("var/lib/hone-agent/tls/device.key").is_file());
+    assert_eq!(
+        std::fs::read_to_string(root.path.join("etc/default/hone-agent")).unwrap(),
+        settings
+    );
+    // Removal keeps the state and the user; purge deletes both, the device key with them.
+    let uninstall = |purge: bool| {
+        let mut c = script("install-agent.sh");
+        c.arg("--uninstall").arg("--root").arg(&root.path);
+        if purge {
+            c.arg("--purge");
+        }
+        run(&mut c)
+    };
+    uninstall(false);
     assert!(!root.path.join("usr/bin/edge-agent").exists());
     assert!(
-        root.path.join("var/lib/hone-agent/trusted-coordinator.pub").is_file(),
+        root.path.join("var/lib/hone-agent/tls/device.key").is_file(),
         "removal keeps the state"
     );
     run(root.chroot().args(["getent", "passwd", "hone-agent"]));
-    run(root.chroot().args(["dpkg", "-P", "hone-agent"]));
-    assert!(!root.path.join("var/lib/hone-agent").exists(), "purge deletes the state");
+    let purged = uninstall(true);
+    assert!(purged.contains(&format!("coordinator devices decommission {device}")), "{purged}");
+    assert!(!root.path.join("var/lib/hone-agent").exists(), "purge deletes the state and key");
     assert!(!root.path.join("etc/default/hone-agent").exists(), "purge deletes the settings");
     let gone = root.chroot().args(["getent", "passwd", "hone-agent"]).output().unwrap();
     assert!(!gone.status.success(), "purge deletes the user");

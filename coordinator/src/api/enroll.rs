@@ -50,7 +50,7 @@ fn refused(e: PkiError) -> ApiError {
 pub(super) async fn ca(State(s): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
     let pki = pki(&s)?;
     Ok(Json(serde_json::json!({
-        "ca_pem": pki.ca().cert_pem(),
+        "ca_pem": pki.trust_bundle_pem(),
         "sha256": pki.ca().fingerprint(),
     })))
 }
@@ -80,7 +80,7 @@ async fn issue(s: &AppState, pki: &Pki, device: &str, csr: &str) -> ApiResult<se
     Ok(serde_json::json!({
         "device_id": device,
         "cert_pem": issued.pem,
-        "ca_pem": pki.ca().cert_pem(),
+        "ca_pem": pki.trust_bundle_pem(),
         "serial": issued.serial,
         "not_after_ms": issued.not_after_ms,
         "trust_key": s.signer.public_hex(),

@@ -389,6 +389,17 @@ pub(super) enum PkiCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Rotate the CA (stop the coordinator first, start it after): a new CA signs from now on,
+    /// the old one stays trusted for the certificates it issued (devices move to the new CA at
+    /// their next renewal) and signs the new one, so enrolled devices accept the coordinator
+    /// without re-enrolling. Re-run `pki mosquitto` for an external broker.
+    RotateCa {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a Mosquitto configuration for a Hone fleet: TLS listener with client certificates
     /// of the Hone CA, the device id as user name, the CRL, and an ACL limiting each device to
     /// its own topics. Re-run after a revocation (it refreshes crl.pem).

@@ -34,6 +34,9 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let running = crate::server::start(config, listener).await?;
+    // Offline commands (`pki rotate-ca`) refuse to run under a live coordinator.
+    let pid_file = args.data_dir.join("coordinator.pid");
+    let _ = std::fs::write(&pid_file, std::process::id().to_string());
     eprintln!("coordinator listening on {} (MQTT {})", running.api_url(), running.mqtt_url);
     eprintln!("trust key for agents: {}", running.state.signer.public_hex());
     if let Some(pki) = &running.state.pki {
@@ -52,6 +55,7 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     }
     eprintln!("shutting down");
     running.shutdown().await;
+    let _ = std::fs::remove_file(&pid_file);
     Ok(0)
 }
 

@@ -76,6 +76,27 @@ pub(super) async fn pki(cmd: PkiCmd) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        PkiCmd::RotateCa { db, json } => {
+            let dir = db.data_dir.join("pki");
+            if let Some(pid) = running_coordinator(&db.data_dir) {
+                anyhow::bail!(
+                    "a coordinator (pid {pid}) is using {}: stop it, rotate, then start it",
+                    db.data_dir.display()
+                );
+            }
+            let (old, new) = crate::pki::Ca::rotate(&dir)?;
+            if json {
+                print_json(&serde_json::json!({ "previous_sha256": old, "sha256": new }));
+            } else {
+                eprintln!(
+                    "rotated the CA: {new} signs from now on; {old} stays trusted for the \
+                     certificates it issued, and devices move to the new CA at their next \
+                     renewal. New enrolments pin {new}."
+                );
+                println!("{new}");
+            }
+            Ok(0)
+        }
         PkiCmd::Mosquitto { db: args, out, names, port } => {
             // Before the coordinator's first start too: the operator may set up the broker
             // first (the database and the CA are then created here).
@@ -113,4 +134,12 @@ pub(super) async fn pki(cmd: PkiCmd) -> anyhow::Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// The pid of a coordinator serving from `data_dir`, if one runs on this host (its
+/// `coordinator.pid` names a live process).
+fn running_coordinator(data_dir: &std::path::Path) -> Option<u32> {
+    let pid: u32 =
+        std::fs::read_to_string(data_dir.join("coordinator.pid")).ok()?.trim().parse().ok()?;
+    std::path::Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
 }

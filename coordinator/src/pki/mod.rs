@@ -147,26 +147,38 @@ pub fn certs_from_pem(pem: &str) -> anyhow::Result<Vec<CertificateDer<'static>>>
 impl Ca {
     /// Loads the CA from `dir` (`ca.key`, `ca.pem`), or creates one there.
     pub fn load_or_create(dir: &Path) -> anyhow::Result<Ca> {
-        let (key_path, cert_path) = (dir.join("ca.key"), dir.join("ca.pem"));
-        if key_path.exists() || cert_path.exists() {
-            let key_pem = std::fs::read_to_string(&key_path)
-                .with_context(|| format!("reading the CA key {}", key_path.display()))?;
-            let cert_pem = std::fs::read_to_string(&cert_path)
-                .with_context(|| format!("reading the CA certificate {}", cert_path.display()))?;
-            let key = KeyPair::from_pem(&key_pem)
-                .with_context(|| format!("the CA key {} does not parse", key_path.display()))?;
-            let cert_der = certs_from_pem(&cert_pem)?
-                .into_iter()
-                .next()
-                .with_context(|| format!("no certificate in {}", cert_path.display()))?;
-            let issuer = Issuer::from_ca_cert_der(&cert_der, key).with_context(|| {
-                format!("the CA certificate {} does not match its key", cert_path.display())
-            })?;
-            return Ok(Ca { issuer, cert_der, cert_pem });
+        if dir.join("ca.key").exists() || dir.join("ca.pem").exists() {
+            return Ca::load(dir, "ca");
         }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .context("generating the CA key")?;
+        let (ca, key_pem) = Ca::generate()?;
+        crate::api::auth::write_secret(&dir.join("ca.key"), &key_pem)?;
+        std::fs::write(dir.join("ca.pem"), &ca.cert_pem)
+            .with_context(|| format!("writing {}", dir.join("ca.pem").display()))?;
+        Ok(ca)
+    }
+
+    /// Loads `{stem}.key` and `{stem}.pem` from `dir`.
+    fn load(dir: &Path, stem: &str) -> anyhow::Result<Ca> {
+        let (key_path, cert_path) =
+            (dir.join(format!("{stem}.key")), dir.join(format!("{stem}.pem")));
+        let key_pem = std::fs::read_to_string(&key_path)
+            .with_context(|| format!("reading the CA key {}", key_path.display()))?;
+        let cert_pem = std::fs::read_to_string(&cert_path)
+            .with_context(|| format!("reading the CA certificate {}", cert_path.display()))?;
+        let key = KeyPair::from_pem(&key_pem)
+            .with_context(|| format!("the CA key {} does not parse", key_path.display()))?;
+        let cert_der = certs_from_pem(&cert_pem)?
+            .into_iter()
+            .next()
+            .with_context(|| format!("no certificate in {}", cert_path.display()))?;
+        let issuer = Issuer::from_ca_cert_der(&cert_der, key).with_context(|| {
+            format!("the CA certificate {} does not match its key", cert_path.display())
+        })?;
+        Ok(Ca { issuer, cert_der, cert_pem })
+    }
+
+    fn params() -> CertificateParams {
         let mut params = CertificateParams::default();
         let now = SystemTime::now();
         let mut dn = DistinguishedName::new();
@@ -185,13 +197,43 @@ impl Ca {
         params.not_before = offset(now - BACKDATE);
         params.not_after = offset(now + Duration::from_secs(10 * 365 * 24 * 3600));
         params.serial_number = Some(random_serial());
+        params
+    }
+
+    /// A new CA in memory, and its key's PEM.
+    fn generate() -> anyhow::Result<(Ca, String)> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .context("generating the CA key")?;
+        let key_pem = key.serialize_pem();
+        let params = Ca::params();
         let cert = params.self_signed(&key).context("self-signing the CA")?;
-        crate::api::auth::write_secret(&key_path, &key.serialize_pem())?;
-        std::fs::write(&cert_path, cert.pem())
-            .with_context(|| format!("writing {}", cert_path.display()))?;
         let cert_der = cert.der().clone();
-        let issuer = Issuer::new(params, key);
-        Ok(Ca { issuer, cert_pem: cert.pem(), cert_der })
+        Ok((Ca { issuer: Issuer::new(params, key), cert_pem: cert.pem(), cert_der }, key_pem))
+    }
+
+    /// Rotates the CA in `dir` (on a stopped coordinator): a new CA becomes current, the old
+    /// one becomes `previous-ca.*` (still trusted for the certificates it issued, which devices
+    /// replace at their next renewal; an older previous CA is dropped), and the old CA signs
+    /// `cross.pem`, the new CA's certificate, which the coordinator sends with its server
+    /// certificate so devices that trust only the old CA accept it. Returns (old, new)
+    /// fingerprints.
+    pub fn rotate(dir: &Path) -> anyhow::Result<(String, String)> {
+        let old = Ca::load(dir, "ca").context("no CA to rotate")?;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let params = Ca::params();
+        let cert = params.self_signed(&key).context("self-signing the new CA")?;
+        let cross = params.signed_by(&key, &old.issuer).context("cross-signing the new CA")?;
+        let new_fp = sha256_hex(cert.der());
+        // New files beside the old, then renames: a crash leaves either CA whole.
+        crate::api::auth::write_secret(&dir.join("ca.key.new"), &key.serialize_pem())?;
+        std::fs::write(dir.join("ca.pem.new"), cert.pem())?;
+        std::fs::write(dir.join("cross.pem.new"), cross.pem())?;
+        std::fs::rename(dir.join("ca.key"), dir.join("previous-ca.key"))?;
+        std::fs::rename(dir.join("ca.pem"), dir.join("previous-ca.pem"))?;
+        std::fs::rename(dir.join("ca.key.new"), dir.join("ca.key"))?;
+        std::fs::rename(dir.join("ca.pem.new"), dir.join("ca.pem"))?;
+        std::fs::rename(dir.join("cross.pem.new"), dir.join("cross.pem"))?;
+        Ok((old.fingerprint(), new_fp))
     }
 
     /// The CA certificate, PEM.
@@ -365,6 +407,8 @@ impl Stopped {
 /// The CA and the live server configurations (rebuilt on revocation).
 pub struct Pki {
     ca: Ca,
+    /// The CA before the last rotation: still trusted for the certificates it issued.
+    previous: Option<Ca>,
     dir: PathBuf,
     server_chain: Vec<CertificateDer<'static>>,
     server_key_pem: String,
@@ -395,6 +439,15 @@ impl Pki {
         revoked: &[(Revoked, String)],
     ) -> anyhow::Result<Pki> {
         let ca = Ca::load_or_create(dir)?;
+        let previous = dir
+            .join("previous-ca.key")
+            .exists()
+            .then(|| Ca::load(dir, "previous-ca"))
+            .transpose()?;
+        let cross = match std::fs::read_to_string(dir.join("cross.pem")) {
+            Ok(pem) if previous.is_some() => certs_from_pem(&pem)?,
+            _ => Vec::new(),
+        };
         let mut all = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
         for n in names {
             if !all.contains(n) {
@@ -403,6 +456,9 @@ impl Pki {
         }
         let (server_pem, server_key_pem) = ca.issue_service(&all)?;
         let mut server_chain = certs_from_pem(&server_pem)?;
+        // After a rotation the old CA's signature on the new one lets devices that trust only
+        // the old CA accept this certificate.
+        server_chain.extend(cross);
         server_chain.push(ca.cert_der().clone());
         let coordinator_client = ca.issue_service(&[])?;
         let (kicks, _) = broadcast::channel(64);
@@ -414,6 +470,7 @@ impl Pki {
         );
         let pki = Pki {
             ca,
+            previous,
             dir: dir.to_path_buf(),
             server_chain,
             server_key_pem,
@@ -432,6 +489,25 @@ impl Pki {
     /// The CA.
     pub fn ca(&self) -> &Ca {
         &self.ca
+    }
+
+    /// The CA certificates devices must trust, PEM: the current one first, then the one before
+    /// the last rotation.
+    pub fn trust_bundle_pem(&self) -> String {
+        let mut pem = self.ca.cert_pem().to_string();
+        if let Some(p) = &self.previous {
+            pem.push_str(p.cert_pem());
+        }
+        pem
+    }
+
+    fn roots(&self) -> anyhow::Result<rustls::RootCertStore> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.cert_der().clone())?;
+        if let Some(p) = &self.previous {
+            roots.add(p.cert_der().clone())?;
+        }
+        Ok(roots)
     }
 
     /// Life of a device certificate.
@@ -465,16 +541,20 @@ impl Pki {
     /// `crlfile`).
     pub fn set_revoked(&self, revoked: &[(Revoked, String)]) -> anyhow::Result<()> {
         let list: Vec<Revoked> = revoked.iter().map(|(r, _)| r.clone()).collect();
-        let crl = self.ca.crl(&list)?;
-        let pem = pem_block("X509 CRL", &crl);
+        // One CRL per CA (a certificate's revocation is looked up in its issuer's list); every
+        // revoked serial is in both, which is harmless.
+        let mut crls = vec![self.ca.crl(&list)?];
+        if let Some(p) = &self.previous {
+            crls.push(p.crl(&list)?);
+        }
+        let pem: String = crls.iter().map(|c| pem_block("X509 CRL", c)).collect();
         let tmp = self.dir.join("crl.pem.tmp");
         std::fs::write(&tmp, &pem).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, self.dir.join("crl.pem")).context("replacing crl.pem")?;
         let build = |require: bool| -> anyhow::Result<Arc<rustls::ServerConfig>> {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add(self.ca.cert_der().clone())?;
-            let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-                .with_crls([crl.clone()]);
+            let builder =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider())
+                    .with_crls(crls.clone());
             let verifier =
                 if require { builder.build()? } else { builder.allow_unauthenticated().build()? };
             let mut config = rustls::ServerConfig::builder_with_provider(provider())
@@ -510,12 +590,10 @@ impl Pki {
     /// The rustls client configuration of the coordinator towards an external TLS broker:
     /// trusts this CA, presents [`COORDINATOR_IDENTITY`].
     pub fn broker_client_config(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.cert_der().clone())?;
         let chain = certs_from_pem(&self.coordinator_client.0)?;
         let config = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
+            .with_root_certificates(self.roots()?)
             .with_client_auth_cert(chain, parse_key(&self.coordinator_client.1)?)?;
         Ok(Arc::new(config))
     }
@@ -536,7 +614,12 @@ impl Pki {
                 all.push(n.to_string());
             }
         }
-        let (cert, key) = self.ca.issue_service(&all)?;
+        let (mut cert, key) = self.ca.issue_service(&all)?;
+        if let Ok(cross) = std::fs::read_to_string(self.dir.join("cross.pem"))
+            && self.previous.is_some()
+        {
+            cert.push_str(&cross);
+        }
         let mut written = Vec::new();
         let mut put = |name: &str, text: &str, secret: bool| -> anyhow::Result<()> {
             let path = out.join(name);
@@ -549,7 +632,7 @@ impl Pki {
             written.push(path);
             Ok(())
         };
-        put("ca.pem", self.ca.cert_pem(), false)?;
+        put("ca.pem", &self.trust_bundle_pem(), false)?;
         put("server.pem", &cert, false)?;
         put("server.key", &key, true)?;
         let crl = std::fs::read_to_string(self.dir.join("crl.pem")).context("reading crl.pem")?;

@@ -166,3 +166,36 @@ fn pem_blocks_are_standard_base64() {
     assert!(pem_block("X", b"Ma").contains("\nTWE=\n"));
     assert!(pem_block("X", b"M").contains("\nTQ==\n"));
 }
+
+#[tokio::test]
+async fn after_a_ca_rotation_devices_of_either_ca_connect_and_trust_the_coordinator() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = Ca::load_or_create(dir.path()).unwrap();
+    let (key_a, csr_a) = request("x");
+    let cert_a = old.issue_device("rpi-a", &csr_a, Duration::from_secs(3600)).unwrap();
+    let (old_fp, new_fp) = Ca::rotate(dir.path()).unwrap();
+    assert_eq!(old_fp, old.fingerprint());
+    assert_ne!(old_fp, new_fp);
+    let pki = Pki::start(dir.path(), &[], Duration::from_secs(3600), &[]).unwrap();
+    assert_eq!(pki.ca().fingerprint(), new_fp);
+    assert!(pki.trust_bundle_pem().ends_with(old.cert_pem()), "the old CA follows the new");
+    // A device that trusts only the old CA, with the old CA's certificate.
+    let before = client_config(&old, Some((cert_a.pem.clone(), &key_a)));
+    assert_eq!(handshake(pki.mqtt_config(), before.clone()).await, Ok(Some("rpi-a".into())));
+    // A device renewed by the new CA.
+    let (key_b, csr_b) = request("x");
+    let cert_b = pki.ca().issue_device("rpi-b", &csr_b, Duration::from_secs(3600)).unwrap();
+    let after = client_config(pki.ca(), Some((cert_b.pem.clone(), &key_b)));
+    assert_eq!(handshake(pki.mqtt_config(), after).await, Ok(Some("rpi-b".into())));
+    // Revocation still works for the old CA's certificates.
+    pki.set_revoked(&[(
+        Revoked { serial: cert_a.serial.clone(), at_ms: hone_common::clock::now_ms() as i64 },
+        cert_a.fingerprint.clone(),
+    )])
+    .unwrap();
+    assert!(handshake(pki.mqtt_config(), before).await.is_err());
+    // A second rotation drops the oldest CA.
+    Ca::rotate(dir.path()).unwrap();
+    let pki = Pki::start(dir.path(), &[], Duration::from_secs(3600), &[]).unwrap();
+    assert!(!pki.trust_bundle_pem().contains(old.cert_pem().trim()));
+}
