@@ -1,6 +1,7 @@
-//! `fleet-sim --agents N [--database sqlite|postgres] [--json]`: one coordinator against N
-//! simulated agents, to measure what the coordinator holds (`scripts/fleet-scale.sh` runs it
-//! with raised file limits and the two processes on different cores).
+//! `fleet-sim --agents N [--database sqlite|postgres] [--mqtt-url URL] [--tls] [--json]`:
+//! one coordinator against N simulated agents, to measure what the coordinator holds
+//! (`scripts/fleet-scale.sh` runs it with raised file limits and the two processes on different
+//! cores).
 //!
 //! Each simulated agent is light but speaks the real protocol through the agent's own code: its
 //! MQTT module (persistent session, Last Will, retained birth message), the signature and expiry
@@ -66,6 +67,7 @@ async fn sim_agent(
     port: u16,
     key: &'static ed25519_dalek::VerifyingKey,
     store: ModelStore,
+    tls: Option<Arc<rustls::ClientConfig>>,
     counters: Arc<Counters>,
 ) {
     let host_facts = edge_agent::host::HostFacts {
@@ -83,7 +85,7 @@ async fn sim_agent(
         keepalive: Duration::from_secs(60),
         will: (topic::status(&id), wire::encode(&Message::Status(will)).expect("will")),
     };
-    let (bus, mut events) = edge_agent::mqtt::connect(&config, None);
+    let (bus, mut events) = edge_agent::mqtt::connect(&config, tls);
     let mut announced = false;
     // The replay defence as the agent keeps it (in memory here: a simulated agent never restarts).
     let mut last: Option<edge_agent::outbox::Accepted> = None;
@@ -184,11 +186,19 @@ fn main() -> anyhow::Result<()> {
         "postgres" => Some(fresh_postgres_db()?),
         other => anyhow::bail!("--database sqlite or postgres, not `{other}`"),
     };
-    let coord = CoordinatorProc::start(
-        &dir.path().join("coord"),
-        Broker::Embedded(free_port()),
-        db_url.clone(),
-    )?;
+    // `--mqtt-url mqtt://…`: an external broker (a Mosquitto of the run's own: 10,000 retained
+    // births would reach every later user of a shared one) instead of the embedded one.
+    let broker = match arg("--mqtt-url") {
+        Some(url) => Broker::External(url),
+        None => Broker::Embedded(free_port()),
+    };
+    // `--tls`: the coordinator's default transport (HTTPS, the MQTT gate, enrolled devices).
+    let tls = std::env::args().any(|a| a == "--tls");
+    let coord = if tls {
+        CoordinatorProc::start_tls(&dir.path().join("coord"), broker, db_url.clone(), &[])?
+    } else {
+        CoordinatorProc::start(&dir.path().join("coord"), broker, db_url.clone())?
+    };
     let pid = coord.pid().ok_or_else(|| anyhow::anyhow!("no coordinator pid"))?;
     // The coordinator and the simulator on different cores (`--pin-coordinator 0 --pin-sim 1`).
     let pin = |cpu: Option<String>, pid: u32| -> anyhow::Result<()> {
@@ -208,8 +218,9 @@ fn main() -> anyhow::Result<()> {
     let key_hex = coord.trust_key();
     let key: &'static ed25519_dalek::VerifyingKey =
         Box::leak(Box::new(edge_agent::config::parse_trust_key(&key_hex)?));
-    let (host, port) =
-        hone_common::parse_mqtt_url(&coord.mqtt_url()).map_err(anyhow::Error::msg)?;
+    let broker_url =
+        hone_common::parse_broker_url(&coord.mqtt_url()).map_err(anyhow::Error::msg)?;
+    let (host, port) = (broker_url.host.clone(), broker_url.port);
     let model_path = dir.path().join("mlp.onnx");
     std::fs::write(&model_path, models::mlp(16))?;
     let model_bytes = std::fs::metadata(&model_path)?.len();
@@ -222,10 +233,33 @@ fn main() -> anyhow::Result<()> {
         refused: AtomicUsize::new(0),
     });
     let ids: Vec<String> = (0..n).map(|i| format!("sim-{i:05}")).collect();
+    // On TLS every agent enrols first (a key, a signing request, a one-time token), one after
+    // the other, as devices installed one by one would.
+    let mut identities = Vec::new();
+    let enrol_started = Instant::now();
+    if tls {
+        for id in &ids {
+            let (token, ca_sha256) = coord.enrol_token(Some(id))?;
+            let state_dir = dir.path().join("agents").join(id);
+            let identity =
+                rt.block_on(edge_agent::enroll::enroll(&edge_agent::enroll::EnrolRequest {
+                    coordinator: coord.api_url(),
+                    token,
+                    ca_sha256,
+                    device_id: id.clone(),
+                    state_dir,
+                }))?;
+            identities.push(Some(identity.config()));
+        }
+    } else {
+        identities.resize(n, None);
+    }
+    let enrol_s = enrol_started.elapsed().as_secs_f64();
     let started = Instant::now();
-    for id in &ids {
-        let store = ModelStore::open(&dir.path().join("agents").join(id))?;
-        rt.spawn(sim_agent(id.clone(), host.clone(), port, key, store, counters.clone()));
+    for (id, tls) in ids.iter().zip(identities) {
+        let store =
+            ModelStore::open_tls(&dir.path().join("agents").join(id).join("store"), tls.clone())?;
+        rt.spawn(sim_agent(id.clone(), host.clone(), port, key, store, tls, counters.clone()));
     }
     // The fleet online, as the coordinator sees it.
     let mut said = Instant::now();
@@ -315,8 +349,17 @@ fn main() -> anyhow::Result<()> {
     let out = json!({
         "agents": n,
         "database": database,
-        "broker": "embedded rumqttd",
-        "transport": "plain MQTT and HTTP on loopback",
+        "broker": match &coord.broker {
+            Broker::Embedded(_) if tls => "embedded rumqttd behind the MQTT gate".to_string(),
+            Broker::Embedded(_) => "embedded rumqttd".to_string(),
+            Broker::External(url) => format!("external ({url})"),
+        },
+        "transport": if tls {
+            "TLS with enrolled device certificates (mqtts to the gate, HTTPS downloads)"
+        } else {
+            "plain MQTT and HTTP on loopback"
+        },
+        "enrol_s": tls.then_some(enrol_s),
         "model_bytes": model_bytes,
         "cpu": cpu_model,
         "pinned": {"coordinator": arg("--pin-coordinator"), "simulator": arg("--pin-sim")},
