@@ -43,7 +43,13 @@ pub struct Bus {
 }
 
 impl Bus {
-    /// Publishes a message with QoS 1.
+    /// Publishes a message with QoS 1 without waiting on the event loop.
+    ///
+    /// The event loop may itself be waiting for the caller: it hands incoming messages to the
+    /// engine over a bounded channel, and the engine is the main publisher. Awaiting a full
+    /// request queue here deadlocked a 10,000-agent campaign (the engine waited for the loop to
+    /// send, the loop for the engine to read). When the queue is full the publish is handed to
+    /// a task of its own, which waits instead of the caller.
     pub async fn publish(
         &self,
         topic: &str,
@@ -51,8 +57,20 @@ impl Bus {
         retain: bool,
     ) -> anyhow::Result<()> {
         let payload = wire::encode(message)?;
-        self.client.publish(topic, QoS::AtLeastOnce, retain, payload).await?;
-        Ok(())
+        match self.client.try_publish(topic, QoS::AtLeastOnce, retain, payload.clone()) {
+            Ok(()) => Ok(()),
+            Err(rumqttc::ClientError::TryRequest(_)) => {
+                let (client, topic) = (self.client.clone(), topic.to_string());
+                tokio::spawn(async move {
+                    if let Err(e) = client.publish(&topic, QoS::AtLeastOnce, retain, payload).await
+                    {
+                        warn!(%topic, error = %e, "deferred publish failed");
+                    }
+                });
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Publishes raw bytes (used by tests and tools to probe the protocol).
@@ -131,6 +149,7 @@ async fn run_loop(
     inbound: mpsc::Sender<Inbound>,
 ) {
     let mut backoff = Duration::from_millis(100);
+    let mut first_connection = true;
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -138,9 +157,16 @@ async fn run_loop(
                 info!(broker = %format!("{}:{}", config.host, config.port), session_present = ack.session_present, "connected to MQTT broker");
                 metrics.bus_connected.store(1, std::sync::atomic::Ordering::Relaxed);
                 let client = bus.client.clone();
+                // At this process's first connection, subscribe even to a kept session: the
+                // retained births it then receives tell a restarted coordinator the fleet's
+                // state. On a reconnection the kept session still has its subscriptions, and
+                // subscribing again would make the broker re-send every retained birth (10,000
+                // at once in a large fleet, when the connection was already struggling).
+                let subscribe = first_connection || !ack.session_present;
+                first_connection = false;
                 tokio::spawn(async move {
-                    for filter in topic::COORDINATOR_SUBSCRIPTIONS {
-                        if let Err(e) = client.subscribe(filter, QoS::AtLeastOnce).await {
+                    for filter in topic::COORDINATOR_SUBSCRIPTIONS.iter().filter(|_| subscribe) {
+                        if let Err(e) = client.subscribe(*filter, QoS::AtLeastOnce).await {
                             warn!(%filter, error = %e, "subscribe failed");
                         }
                     }

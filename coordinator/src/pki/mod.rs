@@ -294,11 +294,11 @@ impl Ca {
         Ok((cert.pem(), key.serialize_pem()))
     }
 
-    /// The revocation list of `revoked`, DER.
+    /// The revocation list of `revoked`, as DER and as PEM.
     pub fn crl(
         &self,
         revoked: &[Revoked],
-    ) -> anyhow::Result<CertificateRevocationListDer<'static>> {
+    ) -> anyhow::Result<(CertificateRevocationListDer<'static>, String)> {
         let now = SystemTime::now();
         let revoked_certs = revoked
             .iter()
@@ -322,7 +322,7 @@ impl Ca {
             key_identifier_method: KeyIdMethod::Sha256,
         };
         let crl = params.signed_by(&self.issuer).context("signing the CRL")?;
-        Ok(crl.der().clone())
+        Ok((crl.der().clone(), crl.pem().context("encoding the CRL")?))
     }
 }
 
@@ -543,11 +543,12 @@ impl Pki {
         let list: Vec<Revoked> = revoked.iter().map(|(r, _)| r.clone()).collect();
         // One CRL per CA (a certificate's revocation is looked up in its issuer's list); every
         // revoked serial is in both, which is harmless.
-        let mut crls = vec![self.ca.crl(&list)?];
+        let mut signed = vec![self.ca.crl(&list)?];
         if let Some(p) = &self.previous {
-            crls.push(p.crl(&list)?);
+            signed.push(p.crl(&list)?);
         }
-        let pem: String = crls.iter().map(|c| pem_block("X509 CRL", c)).collect();
+        let pem: String = signed.iter().map(|(_, pem)| pem.as_str()).collect();
+        let crls: Vec<_> = signed.into_iter().map(|(der, _)| der).collect();
         let tmp = self.dir.join("crl.pem.tmp");
         std::fs::write(&tmp, &pem).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, self.dir.join("crl.pem")).context("replacing crl.pem")?;
@@ -679,29 +680,6 @@ pub fn mosquitto_acl() -> String {
 fn parse_key(pem: &str) -> anyhow::Result<PrivateKeyDer<'static>> {
     use rustls::pki_types::pem::PemObject;
     PrivateKeyDer::from_pem_slice(pem.as_bytes()).context("reading a PEM private key")
-}
-
-fn pem_block(label: &str, der: &[u8]) -> String {
-    use std::fmt::Write as _;
-    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut b64 = String::new();
-    for chunk in der.chunks(3) {
-        let n =
-            chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (*b as u32) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                b64.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                b64.push('=');
-            }
-        }
-    }
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        let _ = writeln!(out, "{}", std::str::from_utf8(line).expect("ascii"));
-    }
-    let _ = writeln!(out, "-----END {label}-----");
-    out
 }
 
 /// Parses a duration such as `90s`, `15m`, `12h` or `7d`.

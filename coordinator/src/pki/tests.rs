@@ -159,14 +159,6 @@ fn lifetimes_parse_with_units_and_refuse_nonsense() {
     assert!(parse_lifetime("d").is_err());
 }
 
-#[test]
-fn pem_blocks_are_standard_base64() {
-    // "Man" is the classic example; one and two trailing bytes need padding.
-    assert!(pem_block("X", b"Man").contains("\nTWFu\n"));
-    assert!(pem_block("X", b"Ma").contains("\nTWE=\n"));
-    assert!(pem_block("X", b"M").contains("\nTQ==\n"));
-}
-
 #[tokio::test]
 async fn after_a_ca_rotation_devices_of_either_ca_connect_and_trust_the_coordinator() {
     let dir = tempfile::tempdir().unwrap();
