@@ -183,9 +183,12 @@ impl Ca {
         let now = SystemTime::now();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "Hone");
+        // The ULID's random part, not its time: two CAs made in the same millisecond (a
+        // rotation right after a creation) must not share a name, or a verifier could take
+        // one for the other's issuer.
         dn.push(
             DnType::CommonName,
-            format!("Hone fleet CA {}", &ulid::Ulid::new().to_string()[..10]),
+            format!("Hone fleet CA {}", &ulid::Ulid::new().to_string()[14..]),
         );
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));

@@ -167,6 +167,15 @@ async fn after_a_ca_rotation_devices_of_either_ca_connect_and_trust_the_coordina
     let cert_a = old.issue_device("rpi-a", &csr_a, Duration::from_secs(3600)).unwrap();
     let (old_fp, new_fp) = Ca::rotate(dir.path()).unwrap();
     assert_eq!(old_fp, old.fingerprint());
+    let names: Vec<_> = [
+        old.cert_der().to_vec(),
+        certs_from_pem(&std::fs::read_to_string(dir.path().join("ca.pem")).unwrap()).unwrap()[0]
+            .to_vec(),
+    ]
+    .iter()
+    .map(|d| common_name(d).unwrap())
+    .collect();
+    assert_ne!(names[0], names[1], "the new CA has a name of its own, even made at once");
     assert_ne!(old_fp, new_fp);
     let pki = Pki::start(dir.path(), &[], Duration::from_secs(3600), &[]).unwrap();
     assert_eq!(pki.ca().fingerprint(), new_fp);

@@ -124,8 +124,12 @@ async fn sim_agent(
                         }
                         j
                     }
-                    Err(_) => {
-                        counters.refused.fetch_add(1, Ordering::Relaxed);
+                    Err(e) => {
+                        // Said once per kind of refusal: a refused document is never answered,
+                        // and would otherwise look lost.
+                        if counters.refused.fetch_add(1, Ordering::Relaxed) < 3 {
+                            eprintln!("{id}: job document refused: {}", e.1);
+                        }
                         continue;
                     }
                 };
@@ -307,7 +311,11 @@ fn main() -> anyhow::Result<()> {
         }
         if said.elapsed() > Duration::from_secs(10) {
             said = Instant::now();
-            eprintln!("{:.0} s: {stored} of {n} results stored", started.elapsed().as_secs_f64());
+            eprintln!(
+                "{:.0} s: {stored} of {n} results stored ({} job documents refused by agents)",
+                started.elapsed().as_secs_f64(),
+                counters.refused.load(Ordering::Relaxed)
+            );
         }
         if t0.elapsed() > timeout {
             break;
