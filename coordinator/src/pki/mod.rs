@@ -278,19 +278,16 @@ impl Ca {
     pub fn issue_service(&self, names: &[String]) -> anyhow::Result<(String, String)> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let params = if names.is_empty() {
-            client_params(COORDINATOR_IDENTITY, SERVICE_CERT_LIFETIME)
+            leaf_params(
+                COORDINATOR_IDENTITY,
+                SERVICE_CERT_LIFETIME,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            )
         } else {
-            let mut p = CertificateParams::new(names.to_vec()).context("server names")?;
-            let now = SystemTime::now();
-            let mut dn = DistinguishedName::new();
-            dn.push(DnType::CommonName, names[0].clone());
-            p.distinguished_name = dn;
-            p.not_before = offset(now - BACKDATE);
-            p.not_after = offset(now + SERVICE_CERT_LIFETIME);
-            p.serial_number = Some(random_serial());
-            p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-            p.use_authority_key_identifier_extension = true;
+            let mut p =
+                leaf_params(&names[0], SERVICE_CERT_LIFETIME, ExtendedKeyUsagePurpose::ServerAuth);
+            p.subject_alt_names =
+                CertificateParams::new(names.to_vec()).context("server names")?.subject_alt_names;
             p
         };
         let cert = params.signed_by(&key, &self.issuer)?;
@@ -330,6 +327,16 @@ impl Ca {
 }
 
 fn client_params(name: &str, lifetime: Duration) -> CertificateParams {
+    leaf_params(name, lifetime, ExtendedKeyUsagePurpose::ClientAuth)
+}
+
+/// An end-entity certificate for `name` (common name), valid from a little before now for
+/// `lifetime`, for one use (client or server authentication).
+fn leaf_params(
+    name: &str,
+    lifetime: Duration,
+    usage: ExtendedKeyUsagePurpose,
+) -> CertificateParams {
     let now = SystemTime::now();
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -339,7 +346,7 @@ fn client_params(name: &str, lifetime: Duration) -> CertificateParams {
     p.not_after = offset(now + lifetime);
     p.serial_number = Some(random_serial());
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.extended_key_usages = vec![usage];
     p.use_authority_key_identifier_extension = true;
     p
 }
