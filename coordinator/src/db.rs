@@ -52,7 +52,13 @@ pub struct Db {
     pool: AnyPool,
     /// Whether the backend is PostgreSQL.
     pub is_postgres: bool,
+    /// When this process last wrote each device's last-seen time ([`Db::touch_device`]).
+    touched: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>>,
 }
+
+/// A device's last-seen time is written at most this often (ms): every message a device sends
+/// refreshes it, and a write for each was a sizeable share of a campaign's database work.
+pub const TOUCH_INTERVAL_MS: i64 = 1_000;
 
 /// A registered model.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -407,6 +413,17 @@ pub struct NewResult<'a> {
     pub now_ms: i64,
 }
 
+/// Job counts of one campaign ([`Db::campaign_job_counts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobCounts {
+    /// All its jobs.
+    pub total: i64,
+    /// Jobs neither done nor failed.
+    pub open: i64,
+    /// Failed jobs.
+    pub failed: i64,
+}
+
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}://***{}", &url[..s], &url[at..]),
@@ -423,6 +440,38 @@ impl Db {
         let pool = AnyPoolOptions::new()
             .max_connections(if is_sqlite { 4 } else { 8 })
             .acquire_timeout(std::time::Duration::from_secs(15))
+            // A test query before every use doubled the round trips of a busy coordinator. A
+            // SQLite connection is a file in this process and needs none; a PostgreSQL one is
+            // tested when it has been idle for a second or more (after a server restart, say),
+            // and replaced if the test fails.
+            .test_before_acquire(false)
+            .before_acquire(move |conn, meta| {
+                Box::pin(async move {
+                    if !is_sqlite && meta.idle_for >= std::time::Duration::from_secs(1) {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    // Commits do not wait for the disk: every message a device sends is a
+                    // commit or two, and waiting for a flush at each made the disk the pace of
+                    // a fleet. SQLite in WAL mode with NORMAL syncs at checkpoints: a power loss
+                    // may forget the last commits but never corrupts the file, and a crash of
+                    // the coordinator loses nothing. PostgreSQL without synchronous commit: a
+                    // crash of the server may forget the last commits (well under a second),
+                    // never corrupts. What may be forgotten, the engine recovers: a dispatch is
+                    // sent again (the agent answers a duplicate as one), a result is measured
+                    // again.
+                    if is_sqlite {
+                        sqlx::query("PRAGMA synchronous=NORMAL").execute(conn).await?;
+                    } else {
+                        sqlx::query("SET synchronous_commit = off").execute(conn).await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(url)
             .await
             .map_err(|source| DbError::Open { url: redact(url), source })?;
@@ -430,7 +479,7 @@ impl Db {
             sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await.map_err(q("enable WAL"))?;
         }
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Db { pool, is_postgres })
+        Ok(Db { pool, is_postgres, touched: Default::default() })
     }
 
     // ---- models ----
@@ -642,8 +691,19 @@ impl Db {
         Ok(n > 0)
     }
 
-    /// Refreshes a device's last-seen time.
+    /// Refreshes a device's last-seen time, unless this process wrote it less than
+    /// [`TOUCH_INTERVAL_MS`] before `now_ms`.
     pub async fn touch_device(&self, id: &str, now_ms: i64) -> Result<()> {
+        {
+            let mut touched = self.touched.lock().unwrap_or_else(|e| e.into_inner());
+            match touched.get_mut(id) {
+                Some(at) if now_ms.saturating_sub(*at) < TOUCH_INTERVAL_MS => return Ok(()),
+                Some(at) => *at = now_ms,
+                None => {
+                    touched.insert(id.to_string(), now_ms);
+                }
+            }
+        }
         sqlx::query("UPDATE devices SET last_seen_ms = $1 WHERE id = $2")
             .bind(now_ms)
             .bind(id)
@@ -914,6 +974,22 @@ impl Db {
             .await
             .map_err(q("finish campaign"))?;
         Ok(())
+    }
+
+    /// How many jobs a campaign has: in all, still open (neither done nor failed), failed.
+    pub async fn campaign_job_counts(&self, campaign_id: &str) -> Result<JobCounts> {
+        let row = sqlx::query(
+            "SELECT COUNT(*), \
+             COALESCE(SUM(CASE WHEN state IN ('done', 'failed') THEN 0 ELSE 1 END), 0), \
+             COALESCE(SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END), 0) \
+             FROM jobs WHERE campaign_id = $1",
+        )
+        .bind(campaign_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(q("count campaign jobs"))?;
+        let get = |i: usize| row.try_get::<i64, _>(i).map_err(q("decode job counts"));
+        Ok(JobCounts { total: get(0)?, open: get(1)?, failed: get(2)? })
     }
 
     /// Jobs of a campaign in order.

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use hone_common::bus::BusConfig;
-use hone_common::bus::{CLEAN_SESSION, MAX_INCOMING_PACKET_BYTES, MAX_OUTGOING_PACKET_BYTES};
+use hone_common::bus::{
+    CLEAN_SESSION, CLIENT_REQUEST_QUEUE, MAX_INCOMING_PACKET_BYTES, MAX_OUTGOING_PACKET_BYTES,
+};
 use hone_common::topic::{self, Topic};
 use hone_common::wire::{self, DecodeError, Message};
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
@@ -40,16 +42,25 @@ pub struct Inbound {
 #[derive(Clone)]
 pub struct Bus {
     client: AsyncClient,
+    outbox: mpsc::UnboundedSender<Outgoing>,
+}
+
+/// A publish waiting in [`Bus`]'s own queue for room in the MQTT client's.
+struct Outgoing {
+    topic: String,
+    payload: Vec<u8>,
+    retain: bool,
 }
 
 impl Bus {
-    /// Publishes a message with QoS 1 without waiting on the event loop.
+    /// Queues a message for publishing with QoS 1 and returns at once.
     ///
     /// The event loop may itself be waiting for the caller: it hands incoming messages to the
     /// engine over a bounded channel, and the engine is the main publisher. Awaiting a full
     /// request queue here deadlocked a 10,000-agent campaign (the engine waited for the loop to
-    /// send, the loop for the engine to read). When the queue is full the publish is handed to
-    /// a task of its own, which waits instead of the caller.
+    /// send, the loop for the engine to read). Publishes go to an unbounded queue of the bus's
+    /// own, which one task feeds to the MQTT client in order (see [`CLIENT_REQUEST_QUEUE`]);
+    /// the engine bounds what it queues (a tick dispatches a bounded number of jobs).
     pub async fn publish(
         &self,
         topic: &str,
@@ -57,20 +68,9 @@ impl Bus {
         retain: bool,
     ) -> anyhow::Result<()> {
         let payload = wire::encode(message)?;
-        match self.client.try_publish(topic, QoS::AtLeastOnce, retain, payload.clone()) {
-            Ok(()) => Ok(()),
-            Err(rumqttc::ClientError::TryRequest(_)) => {
-                let (client, topic) = (self.client.clone(), topic.to_string());
-                tokio::spawn(async move {
-                    if let Err(e) = client.publish(&topic, QoS::AtLeastOnce, retain, payload).await
-                    {
-                        warn!(%topic, error = %e, "deferred publish failed");
-                    }
-                });
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
+        self.outbox
+            .send(Outgoing { topic: topic.to_string(), payload, retain })
+            .map_err(|_| anyhow::anyhow!("the MQTT connection is closed"))
     }
 
     /// Publishes raw bytes (used by tests and tools to probe the protocol).
@@ -133,8 +133,19 @@ pub fn start(
             tls,
         )));
     }
-    let (client, eventloop) = AsyncClient::new(opts, 1024);
-    let bus = Bus { client };
+    let (client, eventloop) = AsyncClient::new(opts, CLIENT_REQUEST_QUEUE);
+    let (outbox, mut queued) = mpsc::unbounded_channel::<Outgoing>();
+    let feeder = client.clone();
+    tokio::spawn(async move {
+        while let Some(o) = queued.recv().await {
+            if let Err(e) = feeder.publish(&o.topic, QoS::AtLeastOnce, o.retain, o.payload).await {
+                // Only when the event loop has ended, with the process.
+                warn!(topic = %o.topic, error = %e, "publish dropped: the MQTT client is closed");
+                return;
+            }
+        }
+    });
+    let bus = Bus { client, outbox };
     tokio::spawn(run_loop(bus.clone(), eventloop, config, pki, started_at_ms, metrics, inbound));
     bus
 }

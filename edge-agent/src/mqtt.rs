@@ -4,8 +4,11 @@
 use std::time::Duration;
 
 pub use hone_common::bus::BusConfig;
-use hone_common::bus::{CLEAN_SESSION, MAX_INCOMING_PACKET_BYTES, MAX_OUTGOING_PACKET_BYTES};
+use hone_common::bus::{
+    CLEAN_SESSION, CLIENT_REQUEST_QUEUE, MAX_INCOMING_PACKET_BYTES, MAX_OUTGOING_PACKET_BYTES,
+};
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
 
 /// What the rest of the agent sees of MQTT.
 #[derive(Debug)]
@@ -26,10 +29,18 @@ pub enum BusEvent {
     Disconnected(String),
 }
 
-/// Cloneable publishing handle.
+/// Cloneable publishing handle: requests go, in order, through a queue of its own to the MQTT
+/// client, whose own queue holds one at most ([`CLIENT_REQUEST_QUEUE`]: more are lost when a
+/// connection drops with the in-flight window full).
 #[derive(Clone)]
 pub struct BusHandle {
-    client: AsyncClient,
+    outbox: mpsc::UnboundedSender<Request>,
+}
+
+enum Request {
+    Publish { topic: String, payload: Vec<u8>, retain: bool },
+    Subscribe(String),
+    Disconnect,
 }
 
 /// The event loop; poll it from exactly one task.
@@ -38,7 +49,8 @@ pub struct BusLoop {
 }
 
 /// Creates a persistent-session connection with the Last Will set, on the shared bus settings;
-/// over TLS with `tls` (the enrolled identity's configuration).
+/// over TLS with `tls` (the enrolled identity's configuration). Call within a Tokio runtime
+/// (it spawns the task that feeds the client).
 pub fn connect(
     config: &BusConfig,
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
@@ -58,24 +70,44 @@ pub fn connect(
             tls,
         )));
     }
-    let (client, eventloop) = AsyncClient::new(opts, 256);
-    (BusHandle { client }, BusLoop { eventloop })
+    let (client, eventloop) = AsyncClient::new(opts, CLIENT_REQUEST_QUEUE);
+    let (outbox, mut queued) = mpsc::unbounded_channel::<Request>();
+    tokio::spawn(async move {
+        while let Some(request) = queued.recv().await {
+            let sent = match request {
+                Request::Publish { topic, payload, retain } => {
+                    client.publish(topic, QoS::AtLeastOnce, retain, payload).await
+                }
+                Request::Subscribe(filter) => client.subscribe(filter, QoS::AtLeastOnce).await,
+                Request::Disconnect => client.disconnect().await,
+            };
+            if sent.is_err() {
+                return; // the event loop is gone
+            }
+        }
+    });
+    (BusHandle { outbox }, BusLoop { eventloop })
 }
 
 impl BusHandle {
-    /// Queues a QoS 1 publish; returns an error only if the request queue is closed or full.
+    fn queue(&self, request: Request) -> Result<(), String> {
+        self.outbox.send(request).map_err(|_| "the MQTT connection is closed".to_string())
+    }
+
+    /// Queues a QoS 1 publish; returns an error only if the connection is closed for good.
     pub fn publish(&self, topic: &str, payload: Vec<u8>, retain: bool) -> Result<(), String> {
-        self.client.try_publish(topic, QoS::AtLeastOnce, retain, payload).map_err(|e| e.to_string())
+        self.queue(Request::Publish { topic: topic.to_string(), payload, retain })
     }
 
     /// Queues a QoS 1 subscription.
     pub fn subscribe(&self, filter: &str) -> Result<(), String> {
-        self.client.try_subscribe(filter, QoS::AtLeastOnce).map_err(|e| e.to_string())
+        self.queue(Request::Subscribe(filter.to_string()))
     }
 
-    /// Queues a clean disconnect (the broker then does not fire the Last Will).
+    /// Queues a clean disconnect, after what was queued before it (the broker then does not
+    /// fire the Last Will).
     pub fn disconnect(&self) -> Result<(), String> {
-        self.client.try_disconnect().map_err(|e| e.to_string())
+        self.queue(Request::Disconnect)
     }
 }
 

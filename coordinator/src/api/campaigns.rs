@@ -81,7 +81,10 @@ pub struct Line {
     /// not serving).
     #[serde(default)]
     pub served_requests: Option<u64>,
-    /// Time from dispatch to acceptance by the agent, ms.
+    /// Last dispatch, Unix ms.
+    #[serde(default)]
+    pub dispatched_at_ms: Option<i64>,
+    /// Time from dispatch to the coordinator's receipt of the agent's acceptance, ms.
     pub dispatch_ms: Option<i64>,
     /// Time from dispatch to the result, ms (includes download and benchmark).
     pub turnaround_ms: Option<i64>,
@@ -208,6 +211,7 @@ fn line(
             .unwrap_or_default(),
         cold_start_ms: r.and_then(|r| r.report["cold_start_ms"].as_f64()),
         served_requests: r.and_then(|r| r.report["served_requests"].as_u64()),
+        dispatched_at_ms: j.dispatched_at_ms,
         dispatch_ms: j.dispatched_at_ms.zip(j.accepted_at_ms).map(|(d, a)| a - d),
         turnaround_ms: r.zip(j.dispatched_at_ms).map(|(r, d)| r.received_at_ms - d),
     }

@@ -335,7 +335,8 @@ impl Engine {
 
         // 1. Active attempts that timed out or lost their device.
         let mut ended: HashMap<String, String> = HashMap::new();
-        for job in self.db.jobs_in_states(&["dispatched", "running"]).await? {
+        let mut active = self.db.jobs_in_states(&["dispatched", "running"]).await?;
+        for job in &active {
             let device = devices.get(&job.device_id);
             let online = device.is_some_and(|d| d.online);
             let reason = if job.deadline_ms.is_some_and(|d| d < now) {
@@ -370,7 +371,9 @@ impl Engine {
                 Err(e) => warn!(campaign = %c.id, error = %e, "unreadable campaign spec"),
             }
         }
-        let active = self.db.jobs_in_states(&["dispatched", "running"]).await?;
+        if !ended.is_empty() {
+            active = self.db.jobs_in_states(&["dispatched", "running"]).await?;
+        }
         let mut busy: HashSet<String> = active.iter().map(|j| j.device_id.clone()).collect();
         busy.extend(self.db.held_devices(now).await?);
         let mut running_per_campaign: HashMap<String, u32> = HashMap::new();
@@ -389,6 +392,7 @@ impl Engine {
             (order.get(j.campaign_id.as_str()).copied().unwrap_or(usize::MAX), j.seq)
         });
         let mut sent = 0usize;
+        let mut models = HashMap::new();
         for mut job in ordered {
             let Some(spec) = specs.get(&job.campaign_id) else { continue };
             let device = devices.get(&job.device_id);
@@ -427,7 +431,7 @@ impl Engine {
             if spec.max_parallel.is_some_and(|m| *running >= m) {
                 continue;
             }
-            if self.dispatch(&job, spec, now).await? {
+            if self.dispatch(&job, spec, &mut models).await? {
                 busy.insert(job.device_id.clone());
                 *running += 1;
                 sent += 1;
@@ -440,13 +444,13 @@ impl Engine {
             }
         }
 
-        // 4. Completion.
+        // 4. Completion (counted in the database: reading every job of a fleet-wide campaign at
+        // every tick was a large part of a campaign's cost).
         for c in &campaigns {
-            let jobs = self.db.campaign_jobs(&c.id).await?;
-            if jobs.iter().all(|j| j.state == "done" || j.state == "failed") {
+            let count = self.db.campaign_job_counts(&c.id).await?;
+            if count.open == 0 {
                 self.db.finish_campaign(&c.id, now).await?;
-                let failed = jobs.iter().filter(|j| j.state == "failed").count();
-                info!(campaign = %c.id, jobs = jobs.len(), failed, "campaign finished");
+                info!(campaign = %c.id, jobs = count.total, failed = count.failed, "campaign finished");
             }
         }
         Ok(())
@@ -604,6 +608,19 @@ impl Engine {
         now: i64,
     ) -> anyhow::Result<Option<Message>> {
         let Some(model) = self.db.find_model(&job.model_id).await? else { return Ok(None) };
+        self.command_for(&model, job, spec, command_id, attempt, now).map(Some)
+    }
+
+    /// The signed job document of one attempt of `job`, which runs `model`.
+    fn command_for(
+        &self,
+        model: &crate::db::ModelRow,
+        job: &JobRow,
+        spec: &CampaignSpec,
+        command_id: String,
+        attempt: u32,
+        now: i64,
+    ) -> anyhow::Result<Message> {
         let sha256: [u8; 32] =
             hex::decode(&model.sha256)?.try_into().map_err(|_| anyhow::anyhow!("bad digest"))?;
         let ttl = (spec.job_timeout_ms as i64).max(3_600_000);
@@ -623,7 +640,7 @@ impl Engine {
         {
             bench.inputs = serde_json::from_value(stored.clone()).unwrap_or_default();
         }
-        Ok(Some(Message::RunJob(self.signer.sign_job(JobCommand {
+        Ok(Message::RunJob(self.signer.sign_job(JobCommand {
             command_id,
             job_id: job.id.clone(),
             attempt,
@@ -632,20 +649,34 @@ impl Engine {
             timeout_ms: spec.job_timeout_ms,
             seq: 0, // the signer numbers it
             signature: Vec::new(),
-        }))))
+        })))
     }
 
     /// Sends a queued job to its device; returns whether it was sent (not if the job stopped
     /// being queued meanwhile, e.g. its campaign was cancelled, or its model is gone).
-    async fn dispatch(&self, job: &JobRow, spec: &CampaignSpec, now: i64) -> anyhow::Result<bool> {
+    /// `models` keeps the models this tick has read (a campaign's jobs mostly share a few).
+    /// The dispatch time is read here, not at the tick's start: a tick sending hundreds of jobs
+    /// takes a while, and the delivery time counts from each job's own dispatch.
+    async fn dispatch(
+        &self,
+        job: &JobRow,
+        spec: &CampaignSpec,
+        models: &mut HashMap<String, Option<crate::db::ModelRow>>,
+    ) -> anyhow::Result<bool> {
+        let now = now_ms() as i64;
         let command_id = ulid::Ulid::new().to_string();
         let attempt = (job.attempt + 1) as u32;
-        let Some(cmd) = self.command(job, spec, command_id.clone(), attempt, now).await? else {
+        if !models.contains_key(&job.model_id) {
+            let model = self.db.find_model(&job.model_id).await?;
+            models.insert(job.model_id.clone(), model);
+        }
+        let Some(model) = &models[&job.model_id] else {
             self.db
                 .fail_queued(&job.id, &format!("model {} no longer exists", job.model_id), now)
                 .await?;
             return Ok(false);
         };
+        let cmd = self.command_for(model, job, spec, command_id.clone(), attempt, now)?;
         let deadline = now + spec.job_timeout_ms as i64;
         if !self.db.mark_dispatched(&job.id, &command_id, now, deadline).await? {
             return Ok(false);

@@ -44,6 +44,19 @@ async fn a_stale_will_does_not_override_a_newer_birth() {
 }
 
 #[tokio::test]
+async fn a_devices_last_seen_time_is_written_at_most_once_per_interval() {
+    let (_d, db) = db().await;
+    assert!(db.apply_status(&status("a", true, 1), 10).await.unwrap());
+    let seen = |db: Db| async move { db.device("a").await.unwrap().unwrap().last_seen_ms };
+    db.touch_device("a", 1_000).await.unwrap();
+    assert_eq!(seen(db.clone()).await, 1_000);
+    db.touch_device("a", 1_000 + TOUCH_INTERVAL_MS - 1).await.unwrap();
+    assert_eq!(seen(db.clone()).await, 1_000, "within the interval: not written");
+    db.touch_device("a", 1_000 + TOUCH_INTERVAL_MS).await.unwrap();
+    assert_eq!(seen(db.clone()).await, 1_000 + TOUCH_INTERVAL_MS);
+}
+
+#[tokio::test]
 async fn a_result_is_stored_once_per_job_and_completes_it() {
     let (_d, db) = db().await;
     let jobs = vec![("j1".to_string(), "m".to_string(), "a".to_string(), 3)];
