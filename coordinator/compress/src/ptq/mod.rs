@@ -22,6 +22,21 @@ use anyhow::Context as _;
 use hone_graph::Graph;
 use serde::{Deserialize, Serialize};
 
+/// Whether this host is an x86 CPU without VNNI, where the u8×s8 int8 kernels (ONNX Runtime's;
+/// `vpmaddubsw` adds two u8×s8 products into a saturating i16) can saturate with full 8-bit
+/// weights: the case the 7-bit passes exist for.
+pub fn u8s8_saturates() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        !(std::arch::is_x86_feature_detected!("avx512vnni")
+            || std::arch::is_x86_feature_detected!("avxvnni"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// One post-training pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

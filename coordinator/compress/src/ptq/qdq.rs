@@ -573,7 +573,11 @@ mod tests {
         assert!(max_rel_diff(&a, &b) < 0.05, "tract: {}", max_rel_diff(&a, &b));
         let name = hone_learn::eval::tract::true_inputs(&q)[0].clone();
         let c = OrtModel::new(&q, 1).unwrap().run(&[(name, x.clone())]).unwrap();
-        assert!(max_rel_diff(&a, &c[0].1) < 0.05, "ort: {}", max_rel_diff(&a, &c[0].1));
+        // ONNX Runtime's u8×s8 kernels saturate on x86 CPUs without VNNI (seen: 0.126 on an
+        // AVX2-only EPYC, under 0.05 with VNNI): a looser bound there; tract's check above
+        // holds the graph itself to 0.05 on every CPU.
+        let bound = if crate::ptq::u8s8_saturates() { 0.25 } else { 0.05 };
+        assert!(max_rel_diff(&a, &c[0].1) < bound, "ort: {}", max_rel_diff(&a, &c[0].1));
         // Entropy calibration on the same: tensors seen too few times (the logits) keep their
         // range instead of being clipped to noise.
         let (e, _) = quantize_static(&g, &data, Calibration::Entropy, 32).unwrap();

@@ -266,11 +266,23 @@ mod tests {
         let tract_q =
             TractPlan::new(q.proto(), &facts).unwrap().run(std::slice::from_ref(&input)).unwrap();
         let name = hone_learn::eval::tract::true_inputs(&q)[0].clone();
-        let ort_q = OrtModel::new(&q, 1).unwrap().run(&[(name, input)]).unwrap();
-        for out in [&tract_q, &ort_q] {
+        let ort_q = OrtModel::new(&q, 1).unwrap().run(&[(name.clone(), input.clone())]).unwrap();
+        // ONNX Runtime's u8×s8 kernels saturate on x86 CPUs without VNNI (seen: cosine 0.9955
+        // on an AVX2-only EPYC): there the 8-bit form gets a looser bound, and the 7-bit form,
+        // made for such CPUs, must meet the tight one.
+        let saturates = crate::ptq::u8s8_saturates();
+        for (runtime, out) in [("tract", &tract_q), ("onnxruntime", &ort_q)] {
             assert_eq!(out[0].0, vec![4, 10]);
             let c = cosine(&f32_out[0].1, &out[0].1);
-            assert!(c > 0.999, "cosine {c}");
+            let bound = if runtime == "onnxruntime" && saturates { 0.99 } else { 0.999 };
+            assert!(c > bound, "{runtime}: cosine {c} (u8×s8 saturates here: {saturates})");
+        }
+        if saturates {
+            let options = DynamicOptions { reduce_range: true, ..DynamicOptions::default() };
+            let (q7, _) = quantize_dynamic(&g, options).unwrap();
+            let ort_7 = OrtModel::new(&q7, 1).unwrap().run(&[(name, input)]).unwrap();
+            let c = cosine(&f32_out[0].1, &ort_7[0].1);
+            assert!(c > 0.999, "onnxruntime, 7-bit weights: cosine {c}");
         }
         // A broken weight scale would not be caught by shapes alone: perturbing it moves
         // the outputs away, so the check above can fail.
