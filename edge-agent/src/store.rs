@@ -124,7 +124,11 @@ impl ModelStore {
         if let Some(tls) = tls {
             http = http.use_preconfigured_tls((*tls).clone());
         }
+        // No idle connection is kept: an agent downloads a model now and then, and a fleet's
+        // idle connections would each hold a socket on the coordinator (at 10,000 agents they
+        // and the MQTT sessions passed the file limit of a simulated fleet).
         let http = http
+            .pool_max_idle_per_host(0)
             .connect_timeout(std::time::Duration::from_secs(10))
             .read_timeout(std::time::Duration::from_secs(30))
             .build()

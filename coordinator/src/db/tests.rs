@@ -44,6 +44,30 @@ async fn a_stale_will_does_not_override_a_newer_birth() {
 }
 
 #[tokio::test]
+async fn commits_do_not_wait_for_the_disk() {
+    for t in testing::backends().await {
+        // Every pooled connection, not only the first: the settings are per connection.
+        let mut conns = Vec::new();
+        for _ in 0..3 {
+            conns.push(t.db.pool.acquire().await.unwrap());
+        }
+        for conn in &mut conns {
+            let setting: String = if t.backend == "sqlite" {
+                let v: i64 =
+                    sqlx::query_scalar("PRAGMA synchronous").fetch_one(&mut **conn).await.unwrap();
+                v.to_string()
+            } else {
+                sqlx::query_scalar("SHOW synchronous_commit").fetch_one(&mut **conn).await.unwrap()
+            };
+            let expected = if t.backend == "sqlite" { "1" } else { "off" }; // 1 = NORMAL
+            assert_eq!(setting, expected, "{}", t.backend);
+        }
+        drop(conns);
+        t.finish().await;
+    }
+}
+
+#[tokio::test]
 async fn a_devices_last_seen_time_is_written_at_most_once_per_interval() {
     let (_d, db) = db().await;
     assert!(db.apply_status(&status("a", true, 1), 10).await.unwrap());

@@ -657,6 +657,9 @@ impl Pki {
              # Re-run it after `coordinator devices revoke` to refresh crl.pem, then send\n\
              # Mosquitto SIGHUP (it reloads the CRL for new connections). server.key is\n\
              # private (0600): let the broker's user read it (chown mosquitto).\n\
+             # A fleet's messages wait here while the coordinator is busy: Mosquitto drops those\n\
+             # past this (its default is 1,000; a 10,000-agent campaign once passed 10,000).\n\
+             max_queued_messages 100000\n\
              per_listener_settings true\n\
              listener {listen_port}\n\
              cafile {d}/ca.pem\n\

@@ -253,10 +253,23 @@ fn main() -> anyhow::Result<()> {
     let enrol_concurrency: usize =
         arg("--enrol-concurrency").and_then(|v| v.parse().ok()).unwrap_or(16).max(1);
     if tls {
+        // Tokens as an operator's script would make them, several at a time.
+        let tokens: Vec<(String, String)> = std::thread::scope(|scope| {
+            let chunks: Vec<_> = ids
+                .chunks(ids.len().div_ceil(enrol_concurrency).max(1))
+                .map(|chunk| {
+                    scope.spawn(|| {
+                        chunk.iter().map(|id| coord.enrol_token(Some(id))).collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            chunks.into_iter().flat_map(|c| c.join().expect("token thread")).collect::<Vec<_>>()
+        })
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
         let permits = Arc::new(tokio::sync::Semaphore::new(enrol_concurrency));
         let mut enrolling = Vec::new();
-        for id in &ids {
-            let (token, ca_sha256) = coord.enrol_token(Some(id))?;
+        for (id, (token, ca_sha256)) in ids.iter().zip(tokens) {
             let request = edge_agent::enroll::EnrolRequest {
                 coordinator: coord.api_url(),
                 token,
@@ -289,7 +302,15 @@ fn main() -> anyhow::Result<()> {
     // The fleet online, as the coordinator sees it.
     let mut said = Instant::now();
     loop {
-        let devices = api.get("/api/v1/devices")?;
+        // A coordinator busy with thousands of handshakes may not answer in time: asked again.
+        let devices = match api.get("/api/v1/devices") {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("{:.0} s: asking again: {e}", started.elapsed().as_secs_f64());
+                anyhow::ensure!(started.elapsed() < timeout, "no answer within {timeout:?}");
+                continue;
+            }
+        };
         let online =
             devices.as_array().map_or(0, |d| d.iter().filter(|x| x["status"] == "online").count());
         if online >= n {
@@ -312,6 +333,8 @@ fn main() -> anyhow::Result<()> {
     }
     let online_s = started.elapsed().as_secs_f64();
     let (rss_idle, cpu_before) = usage(pid);
+    // Read before the campaign starts: its first results are stored within a second.
+    let stored_before = api.metric("results_stored");
     let t0 = Instant::now();
     let campaign = api.start_campaign(json!({
         "models": [model], "devices": "all", "job_timeout_ms": 600_000,
@@ -323,7 +346,6 @@ fn main() -> anyhow::Result<()> {
     );
     // Wait on a counter: the campaign's view lists every job, and polling it would load the
     // coordinator more than the fleet does.
-    let stored_before = api.metric("results_stored");
     let mut said = Instant::now();
     loop {
         let stored = api.metric("results_stored").saturating_sub(stored_before) as usize;
