@@ -252,6 +252,28 @@ fn attacks_fail(
     let key = std::fs::read_to_string(mallory_dir.join("tls/device.key")).unwrap();
     let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
     assert!(!logs.contains(&body[..40]), "a device key is in a log");
+
+    // 6. The victim, a real agent with an open session, is revoked: offline to the coordinator
+    //    at once on either broker (Mosquitto keeps the session until it drops), and no job is
+    //    sent to it.
+    let out = coord.cli().args(["devices", "revoke", &victim]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = api.get(&format!("/api/v1/devices/{victim}")).unwrap();
+    assert_eq!(
+        v["online"],
+        false,
+        "revoked: offline at once: {v}\n{}",
+        coord.log().lines().rev().take(15).collect::<Vec<_>>().join("\n")
+    );
+    let model = api.register(&asset("minilm-l3-onnx"), "minilm-l3").unwrap();
+    let campaign = api
+        .start_campaign(serde_json::json!({"models": [model], "devices": victim.clone()}))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let c = api.get(&format!("/api/v1/campaigns/{campaign}")).unwrap();
+    assert_eq!(c["lines"][0]["attempts"], 0, "nothing was dispatched to a revoked device: {c}");
+    let v = api.get(&format!("/api/v1/devices/{victim}")).unwrap();
+    assert_eq!(v["online"], false, "and it stays offline: {v}");
 }
 
 #[test]

@@ -339,7 +339,12 @@ async fn stop_device(s: &AppState, id: &str, state: &str) -> ApiResult<serde_jso
     let revoked = s.db.revoke_device_certs(id, now()).await?;
     s.db.set_identity_state(id, state, None, now()).await?;
     refresh_revocations(s, Some(id)).await?;
-    tracing::warn!(device = %id, certificates = revoked, from = %identity.state, to = %state, "device certificates revoked");
+    // Offline at once, whatever the broker: an external one keeps the open session until it
+    // drops, and the engine must neither send it a job nor wait for one it holds (its attempts
+    // end and move on the next tick).
+    let was_online = s.db.mark_offline(id, now()).await?;
+    s.poke.notify_one();
+    tracing::warn!(device = %id, certificates = revoked, from = %identity.state, to = %state, was_online, "device certificates revoked");
     Ok(serde_json::json!({ "device_id": id, "state": state, "certificates_revoked": revoked }))
 }
 

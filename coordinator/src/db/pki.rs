@@ -130,6 +130,21 @@ impl Db {
             .map_err(q("decode enrolment token"))
     }
 
+    /// Marks a device offline now (a revocation: an external broker may keep its session, and
+    /// what it sends is dropped, so no birth or Will would say so); returns whether it was
+    /// online.
+    pub async fn mark_offline(&self, device: &str, now_ms: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE devices SET online = 0, status_changed_ms = $1 WHERE id = $2 AND online = 1",
+        )
+        .bind(now_ms)
+        .bind(device)
+        .execute(&self.pool)
+        .await
+        .map_err(q("mark device offline"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Removes a device from the registry (decommissioning); its results stay.
     pub async fn delete_device(&self, device: &str) -> Result<bool> {
         let done = sqlx::query("DELETE FROM devices WHERE id = $1")
